@@ -1,0 +1,595 @@
+//! The builder: write a graph the way the maths reads.
+//!
+//! ```
+//! use wengert_ir::{DType, GraphBuilder};
+//! let b = GraphBuilder::new("case3");
+//! let x1 = b.input("x1", DType::F64, &[]);
+//! let x2 = b.input("x2", DType::F64, &[]);
+//! let y = x1 * x2 + x1.sin();
+//! let g = b.build(&[("y", y)]).unwrap();
+//! assert_eq!(g.len(), 5);
+//! ```
+//!
+//! [`Var`] is a light `Copy` handle, so `x * x + 1.0` needs no `&` (though
+//! `&x1 * &x2` works too). Binary operators broadcast numpy-style by
+//! inserting explicit `broadcast` nodes; scalar literals become constants of
+//! the other operand's dtype.
+//!
+//! **Errors.** Builder methods never panic and do not return `Result`: the
+//! builder records the *first* error, with the user's source line (every
+//! method is `#[track_caller]`), and [`GraphBuilder::build`] returns it. Handles
+//! made after an error are poisoned and make no further nodes, so one
+//! mistake gives one message: `src/main.rs:12:13: cannot broadcast f32[3]
+//! and f32[4]`. This keeps expressions free of `?` at every operator.
+
+use crate::error::IrError;
+use crate::graph::{Graph, NodeId};
+use crate::op::{BinaryOp, CmpOp, Op, UnaryOp};
+use crate::tensor::Tensor;
+use crate::types::{num_elements, DType, TensorType};
+use crate::verify::verify;
+use std::cell::RefCell;
+use std::panic::Location;
+
+struct State {
+    graph: Option<Graph>,
+    error: Option<IrError>,
+}
+
+/// Builds a [`Graph`] through [`Var`] handles.
+pub struct GraphBuilder {
+    state: RefCell<State>,
+}
+
+/// A handle to a value being built. Cheap to copy.
+#[derive(Clone, Copy)]
+pub struct Var<'b> {
+    b: &'b GraphBuilder,
+    /// `None` once an error was recorded.
+    id: Option<NodeId>,
+}
+
+impl std::fmt::Debug for Var<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.id, self.ty()) {
+            (Some(id), Some(ty)) => write!(f, "Var(#{} : {ty})", id.index()),
+            _ => f.write_str("Var(<error>)"),
+        }
+    }
+}
+
+/// The numpy broadcast of two shapes, if they are compatible.
+pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for i in 0..rank {
+        let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
+        let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
+        out[i] = if da == db || db == 1 {
+            da
+        } else if da == 1 {
+            db
+        } else {
+            return None;
+        };
+    }
+    Some(out)
+}
+
+impl GraphBuilder {
+    /// A builder for a graph named `name` (printed as `@name`).
+    pub fn new(name: &str) -> GraphBuilder {
+        GraphBuilder {
+            state: RefCell::new(State {
+                graph: Some(Graph::new(name)),
+                error: None,
+            }),
+        }
+    }
+
+    #[track_caller]
+    fn fail(&self, message: impl Into<String>) -> Var<'_> {
+        let mut st = self.state.borrow_mut();
+        if st.error.is_none() {
+            let loc = Location::caller();
+            st.error = Some(IrError::Build {
+                location: format!("{}:{}:{}", loc.file(), loc.line(), loc.column()),
+                message: message.into(),
+            });
+        }
+        Var { b: self, id: None }
+    }
+
+    fn var(&self, id: NodeId) -> Var<'_> {
+        Var { b: self, id: Some(id) }
+    }
+
+    fn poisoned(&self) -> Var<'_> {
+        Var { b: self, id: None }
+    }
+
+    /// Adds a node, recording the error at the caller on failure.
+    #[track_caller]
+    fn node(&self, op: Op, args: &[Var<'_>]) -> Var<'_> {
+        let mut ids = Vec::with_capacity(args.len());
+        for a in args {
+            if !std::ptr::eq(a.b, self) {
+                return self.fail("a value from another builder was used here");
+            }
+            match a.id {
+                Some(id) => ids.push(id),
+                None => return self.poisoned(),
+            }
+        }
+        let name = op.name();
+        let result = {
+            let mut st = self.state.borrow_mut();
+            match st.graph.as_mut() {
+                Some(g) => g.add(op, &ids).map_err(|e| match e {
+                    IrError::Node { message, .. } => message,
+                    other => other.to_string(),
+                }),
+                None => Err("the builder was already built".to_string()),
+            }
+        };
+        match result {
+            Ok(id) => self.var(id),
+            Err(message) => self.fail(format!("{name}: {message}")),
+        }
+    }
+
+    fn ty_of(&self, id: NodeId) -> Option<TensorType> {
+        self.state.borrow().graph.as_ref().map(|g| g.ty(id).clone())
+    }
+
+    #[track_caller]
+    fn add_input(&self, name: &str, dtype: DType, shape: &[usize], differentiable: bool) -> Var<'_> {
+        let result = {
+            let mut st = self.state.borrow_mut();
+            match st.graph.as_mut() {
+                Some(g) => g.add_input(name, TensorType::new(dtype, shape.to_vec()), differentiable),
+                None => Err(IrError::Graph("the builder was already built".into())),
+            }
+        };
+        match result {
+            Ok(id) => self.var(id),
+            Err(e) => self.fail(e.to_string()),
+        }
+    }
+
+    /// A differentiable input (a parameter, or `x`).
+    #[track_caller]
+    pub fn input(&self, name: &str, dtype: DType, shape: &[usize]) -> Var<'_> {
+        self.add_input(name, dtype, shape, true)
+    }
+
+    /// A non-differentiable input (data, such as one-hot targets).
+    #[track_caller]
+    pub fn data(&self, name: &str, dtype: DType, shape: &[usize]) -> Var<'_> {
+        self.add_input(name, dtype, shape, false)
+    }
+
+    /// A constant tensor.
+    #[track_caller]
+    pub fn constant(&self, value: Tensor) -> Var<'_> {
+        self.node(Op::Const { value }, &[])
+    }
+
+    /// A scalar constant of the given dtype.
+    #[track_caller]
+    pub fn scalar(&self, dtype: DType, v: f64) -> Var<'_> {
+        self.constant(Tensor::scalar(dtype, v))
+    }
+
+    /// `select(cond, a, b)`: `a` where `cond` is true, else `b`; the three
+    /// broadcast to a common shape.
+    #[track_caller]
+    pub fn select(&self, cond: Var<'_>, a: Var<'_>, b: Var<'_>) -> Var<'_> {
+        let (Some(ct), Some(at), Some(bt)) = (cond.ty(), a.ty(), b.ty()) else {
+            return self.poisoned();
+        };
+        let Some(shape) = broadcast_shapes(&ct.shape, &at.shape).and_then(|s| broadcast_shapes(&s, &bt.shape)) else {
+            return self.fail(format!("select: shapes {ct}, {at} and {bt} do not broadcast"));
+        };
+        let (c, a, b) = (cond.broadcast_to(&shape), a.broadcast_to(&shape), b.broadcast_to(&shape));
+        self.node(Op::Select, &[c, a, b])
+    }
+
+    /// Joins values along `axis`.
+    #[track_caller]
+    pub fn concat(&self, values: &[Var<'_>], axis: usize) -> Var<'_> {
+        self.node(Op::Concat { axis }, values)
+    }
+
+    /// The first error recorded, if any.
+    pub fn error(&self) -> Option<IrError> {
+        self.state.borrow().error.clone()
+    }
+
+    /// Finishes the graph with the given named outputs, verifies it and
+    /// returns it, or returns the first error recorded while building.
+    #[track_caller]
+    pub fn build(&self, outputs: &[(&str, Var<'_>)]) -> Result<Graph, IrError> {
+        for (_, v) in outputs {
+            if !std::ptr::eq(v.b, self) {
+                self.fail("an output comes from another builder");
+            }
+        }
+        let mut st = self.state.borrow_mut();
+        if let Some(e) = st.error.clone() {
+            return Err(e);
+        }
+        let mut g = st
+            .graph
+            .take()
+            .ok_or_else(|| IrError::Graph("the builder was already built".into()))?;
+        for (name, v) in outputs {
+            let id = v.id.ok_or_else(|| IrError::Graph("an output has no value".into()))?;
+            g.add_output(name, id)?;
+        }
+        verify(&g)?;
+        Ok(g)
+    }
+}
+
+impl<'b> Var<'b> {
+    /// The type of the value (`None` after an error).
+    pub fn ty(&self) -> Option<TensorType> {
+        self.id.and_then(|id| self.b.ty_of(id))
+    }
+
+    /// The node id in the graph under construction.
+    pub fn id(&self) -> Option<NodeId> {
+        self.id
+    }
+
+    pub fn builder(&self) -> &'b GraphBuilder {
+        self.b
+    }
+
+    #[track_caller]
+    fn unary(self, op: UnaryOp) -> Var<'b> {
+        self.b.node(Op::Unary(op), &[self])
+    }
+
+    #[track_caller]
+    pub fn exp(self) -> Var<'b> {
+        self.unary(UnaryOp::Exp)
+    }
+    /// Natural logarithm.
+    #[track_caller]
+    pub fn log(self) -> Var<'b> {
+        self.unary(UnaryOp::Log)
+    }
+    #[track_caller]
+    pub fn sin(self) -> Var<'b> {
+        self.unary(UnaryOp::Sin)
+    }
+    #[track_caller]
+    pub fn cos(self) -> Var<'b> {
+        self.unary(UnaryOp::Cos)
+    }
+    #[track_caller]
+    pub fn tanh(self) -> Var<'b> {
+        self.unary(UnaryOp::Tanh)
+    }
+    #[track_caller]
+    pub fn sqrt(self) -> Var<'b> {
+        self.unary(UnaryOp::Sqrt)
+    }
+    #[track_caller]
+    pub fn abs(self) -> Var<'b> {
+        self.unary(UnaryOp::Abs)
+    }
+    #[track_caller]
+    pub fn relu(self) -> Var<'b> {
+        self.unary(UnaryOp::Relu)
+    }
+    /// `x ^ p` for a constant `p`.
+    #[track_caller]
+    pub fn powf(self, p: f64) -> Var<'b> {
+        self.b.node(Op::Pow { exponent: p }, &[self])
+    }
+    /// `x²`, as `pow[exponent=2]`.
+    #[track_caller]
+    pub fn square(self) -> Var<'b> {
+        self.powf(2.0)
+    }
+    /// `1 / (1 + exp(-x))`.
+    #[track_caller]
+    pub fn sigmoid(self) -> Var<'b> {
+        1.0 / ((-self).exp() + 1.0)
+    }
+
+    /// A scalar constant of this value's dtype.
+    #[track_caller]
+    fn literal(self, v: f64) -> Var<'b> {
+        match self.ty() {
+            Some(t) if t.dtype.is_float() => self.b.scalar(t.dtype, v),
+            Some(t) => self.b.fail(format!("a number cannot be combined with {t}")),
+            None => self.b.poisoned(),
+        }
+    }
+
+    /// Broadcasts numpy-style to `shape` (no node if already that shape).
+    #[track_caller]
+    pub fn broadcast_to(self, shape: &[usize]) -> Var<'b> {
+        match self.ty() {
+            Some(t) if t.shape == shape => self,
+            Some(_) => self.b.node(Op::Broadcast { shape: shape.to_vec() }, &[self]),
+            None => self,
+        }
+    }
+
+    #[track_caller]
+    fn binary(self, op: BinaryOp, other: Var<'b>) -> Var<'b> {
+        let (Some(a), Some(b)) = (self.ty(), other.ty()) else {
+            return self.b.poisoned();
+        };
+        let Some(shape) = broadcast_shapes(&a.shape, &b.shape) else {
+            return self.b.fail(format!("{}: cannot broadcast {a} and {b}", op.name()));
+        };
+        let (x, y) = (self.broadcast_to(&shape), other.broadcast_to(&shape));
+        self.b.node(Op::Binary(op), &[x, y])
+    }
+
+    #[track_caller]
+    fn compare(self, op: CmpOp, other: Var<'b>) -> Var<'b> {
+        let (Some(a), Some(b)) = (self.ty(), other.ty()) else {
+            return self.b.poisoned();
+        };
+        let Some(shape) = broadcast_shapes(&a.shape, &b.shape) else {
+            return self.b.fail(format!("{}: cannot broadcast {a} and {b}", op.name()));
+        };
+        let (x, y) = (self.broadcast_to(&shape), other.broadcast_to(&shape));
+        self.b.node(Op::Compare(op), &[x, y])
+    }
+
+    /// Elementwise maximum (broadcasting).
+    #[track_caller]
+    pub fn max(self, other: Var<'b>) -> Var<'b> {
+        self.binary(BinaryOp::Max, other)
+    }
+    /// Elementwise minimum (broadcasting).
+    #[track_caller]
+    pub fn min(self, other: Var<'b>) -> Var<'b> {
+        self.binary(BinaryOp::Min, other)
+    }
+    #[track_caller]
+    pub fn lt(self, other: Var<'b>) -> Var<'b> {
+        self.compare(CmpOp::Lt, other)
+    }
+    #[track_caller]
+    pub fn le(self, other: Var<'b>) -> Var<'b> {
+        self.compare(CmpOp::Le, other)
+    }
+    #[track_caller]
+    pub fn gt(self, other: Var<'b>) -> Var<'b> {
+        self.compare(CmpOp::Gt, other)
+    }
+    #[track_caller]
+    pub fn ge(self, other: Var<'b>) -> Var<'b> {
+        self.compare(CmpOp::Ge, other)
+    }
+    #[track_caller]
+    pub fn eq(self, other: Var<'b>) -> Var<'b> {
+        self.compare(CmpOp::Eq, other)
+    }
+    #[track_caller]
+    pub fn ne(self, other: Var<'b>) -> Var<'b> {
+        self.compare(CmpOp::Ne, other)
+    }
+    /// Compares with a number of this value's dtype, e.g. `x.gt_scalar(0.0)`.
+    #[track_caller]
+    pub fn gt_scalar(self, v: f64) -> Var<'b> {
+        let c = self.literal(v);
+        self.gt(c)
+    }
+    /// Compares with a number of this value's dtype.
+    #[track_caller]
+    pub fn lt_scalar(self, v: f64) -> Var<'b> {
+        let c = self.literal(v);
+        self.lt(c)
+    }
+    /// `a` where this boolean value is true, else `b`.
+    #[track_caller]
+    pub fn select(self, a: Var<'b>, b: Var<'b>) -> Var<'b> {
+        self.b.select(self, a, b)
+    }
+
+    #[track_caller]
+    pub fn convert(self, to: DType) -> Var<'b> {
+        self.b.node(Op::Convert { to }, &[self])
+    }
+    #[track_caller]
+    pub fn reshape(self, shape: &[usize]) -> Var<'b> {
+        self.b.node(Op::Reshape { shape: shape.to_vec() }, &[self])
+    }
+    #[track_caller]
+    pub fn transpose(self, perm: &[usize]) -> Var<'b> {
+        self.b.node(Op::Transpose { perm: perm.to_vec() }, &[self])
+    }
+    /// Swaps the last two axes.
+    #[track_caller]
+    pub fn t(self) -> Var<'b> {
+        let Some(ty) = self.ty() else { return self };
+        if ty.rank() < 2 {
+            return self.b.fail(format!("t: {ty} has fewer than two axes"));
+        }
+        let r = ty.rank();
+        let mut perm: Vec<usize> = (0..r).collect();
+        perm.swap(r - 2, r - 1);
+        self.transpose(&perm)
+    }
+    /// Sum over `axes`, which are removed.
+    #[track_caller]
+    pub fn sum(self, axes: &[usize]) -> Var<'b> {
+        let mut axes = axes.to_vec();
+        axes.sort_unstable();
+        self.b.node(Op::ReduceSum { axes }, &[self])
+    }
+    /// Sum of all elements (a scalar).
+    #[track_caller]
+    pub fn sum_all(self) -> Var<'b> {
+        let Some(ty) = self.ty() else { return self };
+        self.sum(&(0..ty.rank()).collect::<Vec<_>>())
+    }
+    /// Maximum over `axes`, which are removed.
+    #[track_caller]
+    pub fn max_over(self, axes: &[usize]) -> Var<'b> {
+        let mut axes = axes.to_vec();
+        axes.sort_unstable();
+        self.b.node(Op::ReduceMax { axes }, &[self])
+    }
+    /// Mean over `axes`, which are removed.
+    #[track_caller]
+    pub fn mean(self, axes: &[usize]) -> Var<'b> {
+        let Some(ty) = self.ty() else { return self };
+        let count: usize = axes.iter().filter_map(|&a| ty.shape.get(a)).product();
+        self.sum(axes) / count as f64
+    }
+    /// Mean of all elements (a scalar).
+    #[track_caller]
+    pub fn mean_all(self) -> Var<'b> {
+        let Some(ty) = self.ty() else { return self };
+        self.sum_all() / num_elements(&ty.shape) as f64
+    }
+    /// Reinserts the reduced `axes` (as extent 1) and broadcasts back to
+    /// `shape`: the inverse shape move of a reduction.
+    #[track_caller]
+    pub fn expand_reduced(self, axes: &[usize], shape: &[usize]) -> Var<'b> {
+        let kept: Vec<usize> = (0..shape.len()).map(|a| if axes.contains(&a) { 1 } else { shape[a] }).collect();
+        self.reshape(&kept).broadcast_to(shape)
+    }
+    /// Numerically stable softmax along `axis`.
+    #[track_caller]
+    pub fn softmax(self, axis: usize) -> Var<'b> {
+        let Some(ty) = self.ty() else { return self };
+        let m = self.max_over(&[axis]).expand_reduced(&[axis], &ty.shape);
+        let e = (self - m).exp();
+        let s = e.sum(&[axis]).expand_reduced(&[axis], &ty.shape);
+        e / s
+    }
+    /// Matrix product (2-D or batched 3-D).
+    #[track_caller]
+    pub fn matmul(self, other: Var<'b>) -> Var<'b> {
+        self.b.node(Op::MatMul, &[self, other])
+    }
+    /// A linear layer `x W + b`, with `b` broadcast over the batch.
+    #[track_caller]
+    pub fn linear(self, w: Var<'b>, b: Var<'b>) -> Var<'b> {
+        self.matmul(w) + b
+    }
+    #[track_caller]
+    pub fn slice(self, start: &[usize], end: &[usize]) -> Var<'b> {
+        self.b.node(
+            Op::Slice {
+                start: start.to_vec(),
+                end: end.to_vec(),
+            },
+            &[self],
+        )
+    }
+    #[track_caller]
+    pub fn pad(self, low: &[usize], high: &[usize]) -> Var<'b> {
+        self.b.node(
+            Op::Pad {
+                low: low.to_vec(),
+                high: high.to_vec(),
+            },
+            &[self],
+        )
+    }
+    /// Fused softmax cross-entropy against `targets` (same shape `[..., K]`),
+    /// averaged over the batch: a scalar.
+    #[track_caller]
+    pub fn softmax_cross_entropy(self, targets: Var<'b>) -> Var<'b> {
+        self.b.node(Op::SoftmaxCrossEntropy, &[self, targets])
+    }
+}
+
+macro_rules! binary_operator {
+    ($Trait:ident, $method:ident, $op:expr) => {
+        impl<'b> std::ops::$Trait<Var<'b>> for Var<'b> {
+            type Output = Var<'b>;
+            #[track_caller]
+            fn $method(self, rhs: Var<'b>) -> Var<'b> {
+                self.binary($op, rhs)
+            }
+        }
+        impl<'b> std::ops::$Trait<&Var<'b>> for &Var<'b> {
+            type Output = Var<'b>;
+            #[track_caller]
+            fn $method(self, rhs: &Var<'b>) -> Var<'b> {
+                (*self).binary($op, *rhs)
+            }
+        }
+        impl<'b> std::ops::$Trait<&Var<'b>> for Var<'b> {
+            type Output = Var<'b>;
+            #[track_caller]
+            fn $method(self, rhs: &Var<'b>) -> Var<'b> {
+                self.binary($op, *rhs)
+            }
+        }
+        impl<'b> std::ops::$Trait<Var<'b>> for &Var<'b> {
+            type Output = Var<'b>;
+            #[track_caller]
+            fn $method(self, rhs: Var<'b>) -> Var<'b> {
+                (*self).binary($op, rhs)
+            }
+        }
+        impl<'b> std::ops::$Trait<f64> for Var<'b> {
+            type Output = Var<'b>;
+            #[track_caller]
+            fn $method(self, rhs: f64) -> Var<'b> {
+                let c = self.literal(rhs);
+                self.binary($op, c)
+            }
+        }
+        impl<'b> std::ops::$Trait<f64> for &Var<'b> {
+            type Output = Var<'b>;
+            #[track_caller]
+            fn $method(self, rhs: f64) -> Var<'b> {
+                let c = self.literal(rhs);
+                (*self).binary($op, c)
+            }
+        }
+        impl<'b> std::ops::$Trait<Var<'b>> for f64 {
+            type Output = Var<'b>;
+            #[track_caller]
+            fn $method(self, rhs: Var<'b>) -> Var<'b> {
+                let c = rhs.literal(self);
+                c.binary($op, rhs)
+            }
+        }
+        impl<'b> std::ops::$Trait<&Var<'b>> for f64 {
+            type Output = Var<'b>;
+            #[track_caller]
+            fn $method(self, rhs: &Var<'b>) -> Var<'b> {
+                let c = rhs.literal(self);
+                c.binary($op, *rhs)
+            }
+        }
+    };
+}
+
+binary_operator!(Add, add, BinaryOp::Add);
+binary_operator!(Sub, sub, BinaryOp::Sub);
+binary_operator!(Mul, mul, BinaryOp::Mul);
+binary_operator!(Div, div, BinaryOp::Div);
+
+impl<'b> std::ops::Neg for Var<'b> {
+    type Output = Var<'b>;
+    #[track_caller]
+    fn neg(self) -> Var<'b> {
+        self.unary(UnaryOp::Neg)
+    }
+}
+
+impl<'b> std::ops::Neg for &Var<'b> {
+    type Output = Var<'b>;
+    #[track_caller]
+    fn neg(self) -> Var<'b> {
+        (*self).unary(UnaryOp::Neg)
+    }
+}

@@ -1,0 +1,270 @@
+//! The computation graph, stored on petgraph.
+//!
+//! Nodes hold an [`Op`] and the [`TensorType`] of the value it produces;
+//! edges run from operand to user and carry the operand position.
+//!
+//! Invariant: node indices are a topological order. Every operand of a node
+//! has a smaller index, because nodes are only ever appended and an operand
+//! must exist before its user. Passes never delete nodes in place; they
+//! build a new graph. So every traversal is a plain loop over indices, and
+//! nothing recurses with the depth of the graph.
+
+use crate::error::IrError;
+use crate::infer::infer;
+use crate::op::Op;
+use crate::tensor::Tensor;
+use crate::types::TensorType;
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+
+/// Identifies a node of a [`Graph`].
+pub type NodeId = petgraph::graph::NodeIndex<u32>;
+
+/// A node: an operation and the type of its result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub op: Op,
+    pub ty: TensorType,
+}
+
+/// A graph input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Input {
+    pub name: String,
+    pub ty: TensorType,
+    /// Whether gradients may be taken with respect to this input (parameters
+    /// and `x`), or not (data such as one-hot targets).
+    pub differentiable: bool,
+    pub node: NodeId,
+}
+
+/// A named graph output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    pub name: String,
+    pub node: NodeId,
+}
+
+/// A static computation graph.
+#[derive(Clone, Debug)]
+pub struct Graph {
+    pub name: String,
+    dag: petgraph::Graph<Node, u32>,
+    inputs: Vec<Input>,
+    outputs: Vec<Output>,
+}
+
+/// Whether a string is a valid name for a graph, input or output: a letter
+/// or `_`, then letters, digits, `_` and `.`.
+pub fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+impl Graph {
+    /// An empty graph.
+    pub fn new(name: impl Into<String>) -> Graph {
+        Graph {
+            name: name.into(),
+            dag: petgraph::Graph::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    /// Number of nodes (inputs and constants included).
+    pub fn len(&self) -> usize {
+        self.dag.node_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dag.node_count() == 0
+    }
+
+    /// All node ids in topological order.
+    pub fn node_ids(&self) -> impl DoubleEndedIterator<Item = NodeId> + ExactSizeIterator {
+        (0..self.dag.node_count()).map(NodeId::new)
+    }
+
+    /// Whether `id` names a node of this graph.
+    pub fn contains(&self, id: NodeId) -> bool {
+        id.index() < self.dag.node_count()
+    }
+
+    /// The node `id`. Panics if `id` is not a node of this graph: ids come
+    /// from the graph itself, never from user text.
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.dag[id]
+    }
+
+    pub fn op(&self, id: NodeId) -> &Op {
+        &self.dag[id].op
+    }
+
+    pub fn ty(&self, id: NodeId) -> &TensorType {
+        &self.dag[id].ty
+    }
+
+    /// Operands of `id`, in operand order.
+    pub fn args(&self, id: NodeId) -> Vec<NodeId> {
+        let mut edges: Vec<(u32, NodeId)> = self
+            .dag
+            .edges_directed(id, Direction::Incoming)
+            .map(|e| (*e.weight(), e.source()))
+            .collect();
+        edges.sort_unstable_by_key(|&(pos, _)| pos);
+        edges.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// Users of `id` (one entry per use, so a node using `id` twice appears
+    /// twice), in no particular order.
+    pub fn users(&self, id: NodeId) -> Vec<NodeId> {
+        self.dag.edges_directed(id, Direction::Outgoing).map(|e| e.target()).collect()
+    }
+
+    /// Number of uses of each node by other nodes, indexed by node.
+    pub fn use_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.len()];
+        for e in self.dag.edge_references() {
+            counts[e.source().index()] += 1;
+        }
+        counts
+    }
+
+    /// The underlying petgraph graph (read-only), for algorithms and export.
+    pub fn petgraph(&self) -> &petgraph::Graph<Node, u32> {
+        &self.dag
+    }
+
+    pub fn inputs(&self) -> &[Input] {
+        &self.inputs
+    }
+
+    pub fn outputs(&self) -> &[Output] {
+        &self.outputs
+    }
+
+    pub fn input(&self, name: &str) -> Option<&Input> {
+        self.inputs.iter().find(|i| i.name == name)
+    }
+
+    pub fn output(&self, name: &str) -> Option<&Output> {
+        self.outputs.iter().find(|o| o.name == name)
+    }
+
+    /// Adds an input. Names must be identifiers and unique among inputs.
+    pub fn add_input(&mut self, name: &str, ty: TensorType, differentiable: bool) -> Result<NodeId, IrError> {
+        if !is_identifier(name) {
+            return Err(IrError::Graph(format!("input name `{name}` is not an identifier")));
+        }
+        if self.input(name).is_some() {
+            return Err(IrError::Graph(format!("input `{name}` is declared twice")));
+        }
+        let index = self.inputs.len();
+        let node = self.dag.add_node(Node {
+            op: Op::Input { index },
+            ty: ty.clone(),
+        });
+        self.inputs.push(Input {
+            name: name.to_string(),
+            ty,
+            differentiable,
+            node,
+        });
+        Ok(node)
+    }
+
+    /// Adds a constant node.
+    pub fn add_const(&mut self, value: Tensor) -> NodeId {
+        let ty = value.ty().clone();
+        self.dag.add_node(Node {
+            op: Op::Const { value },
+            ty,
+        })
+    }
+
+    /// Adds a node, inferring its type; fails if the operands do not exist
+    /// or do not fit the op. Inputs are added with [`Graph::add_input`].
+    pub fn add(&mut self, op: Op, args: &[NodeId]) -> Result<NodeId, IrError> {
+        if let Op::Input { .. } = op {
+            return Err(IrError::Graph("inputs are added with `add_input`".into()));
+        }
+        if let Some(&bad) = args.iter().find(|a| !self.contains(**a)) {
+            return Err(IrError::Graph(format!("operand {} of `{}` is not a node of this graph", bad.index(), op.name())));
+        }
+        let tys: Vec<&TensorType> = args.iter().map(|&a| &self.dag[a].ty).collect();
+        let ty = infer(&op, &tys).map_err(|message| IrError::Node {
+            node: format!("new `{}` node", op.name()),
+            message,
+        })?;
+        Ok(self.add_typed(op, args, ty))
+    }
+
+    /// Adds a node with a given type, without inference. The parser uses it
+    /// to keep a declared type that inference disagrees with, so that
+    /// [`crate::verify`] can report every such problem at once.
+    pub fn add_typed(&mut self, op: Op, args: &[NodeId], ty: TensorType) -> NodeId {
+        let id = self.dag.add_node(Node { op, ty });
+        for (pos, &a) in args.iter().enumerate() {
+            self.dag.add_edge(a, id, pos as u32);
+        }
+        id
+    }
+
+    /// Appends a named output.
+    pub fn add_output(&mut self, name: &str, node: NodeId) -> Result<(), IrError> {
+        if !is_identifier(name) {
+            return Err(IrError::Graph(format!("output name `{name}` is not an identifier")));
+        }
+        if self.output(name).is_some() {
+            return Err(IrError::Graph(format!("output `{name}` is declared twice")));
+        }
+        if !self.contains(node) {
+            return Err(IrError::Graph(format!("output `{name}` refers to a node that does not exist")));
+        }
+        self.outputs.push(Output {
+            name: name.to_string(),
+            node,
+        });
+        Ok(())
+    }
+
+    /// Removes all outputs (to set new ones).
+    pub fn clear_outputs(&mut self) {
+        self.outputs.clear();
+    }
+
+    /// The printed name of every node, indexed by node: `%name` for inputs,
+    /// `%0`, `%1`, ... for the other nodes in topological order.
+    pub fn value_names(&self) -> Vec<String> {
+        let mut counter = 0;
+        self.node_ids()
+            .map(|id| match &self.dag[id].op {
+                Op::Input { index } => match self.inputs.get(*index) {
+                    Some(input) => format!("%{}", input.name),
+                    None => format!("%<input {index}>"),
+                },
+                _ => {
+                    counter += 1;
+                    format!("%{}", counter - 1)
+                }
+            })
+            .collect()
+    }
+
+    /// The printed name of one node (see [`Graph::value_names`]).
+    pub fn value_name(&self, id: NodeId) -> String {
+        if let Op::Input { index } = &self.dag[id].op {
+            if let Some(input) = self.inputs.get(*index) {
+                return format!("%{}", input.name);
+            }
+        }
+        let before = self
+            .node_ids()
+            .take(id.index())
+            .filter(|&n| !matches!(self.dag[n].op, Op::Input { .. }))
+            .count();
+        format!("%{before}")
+    }
+}

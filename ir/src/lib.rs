@@ -1,0 +1,32 @@
+//! `wengert-ir`: the graph intermediate representation of wengert.
+//!
+//! A [`Graph`] is a static dataflow graph of primitive [`Op`]s over tensors
+//! of static [`TensorType`]. It is built with the [`GraphBuilder`], printed
+//! and parsed as a Wengert list ([`print`], [`parse()`]), checked by
+//! [`verify()`], exported to Graphviz ([`to_dot`]) and given meaning by the
+//! reference interpreter ([`interpret`]).
+
+pub mod builder;
+pub mod dot;
+pub mod error;
+pub mod graph;
+pub mod infer;
+pub mod interp;
+pub mod op;
+pub mod parse;
+pub mod print;
+pub mod tensor;
+pub mod types;
+pub mod verify;
+
+pub use builder::{broadcast_shapes, GraphBuilder, Var};
+pub use dot::to_dot;
+pub use error::{IrError, ParseError, Problem};
+pub use graph::{is_identifier, Graph, Input, Node, NodeId, Output};
+pub use infer::infer;
+pub use interp::{interpret, interpret_named};
+pub use op::{Attr, BinaryOp, CmpOp, Op, UnaryOp};
+pub use parse::{parse, parse_literal};
+pub use tensor::{Element, Tensor};
+pub use types::{num_elements, row_major_strides, DType, Shape, TensorType};
+pub use verify::verify;

@@ -1,0 +1,320 @@
+//! The closed set of primitive operations.
+//!
+//! Every concern (shape rule in `infer`, meaning in `interp`, derivative in
+//! the passes crate's VJP rules, lowering in codegen) is one exhaustive
+//! `match` over [`Op`] with no catch-all arm, so adding a variant makes the
+//! compiler list every place to touch. Composite operations (square, mean,
+//! sigmoid, softmax, linear layer) live in the builder and need no rules.
+//!
+//! A loop op with a body graph (`scan`, for recurrences) is planned; it will
+//! be a variant holding a `Graph`, which this enum has room for.
+
+use crate::tensor::Tensor;
+use crate::types::DType;
+
+/// Elementwise operations of one operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    /// Natural logarithm; `log(0) = -inf`, `log(x < 0) = NaN`.
+    Log,
+    Sin,
+    Cos,
+    Tanh,
+    Sqrt,
+    Abs,
+    /// `max(x, 0)`, propagating NaN. Its derivative at 0 is 0.
+    Relu,
+}
+
+/// Elementwise operations of two operands of the same type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    /// Larger operand, NaN if either is NaN. At a tie the gradient is split
+    /// equally between the operands (as JAX and PyTorch do).
+    Max,
+    /// Smaller operand, NaN if either is NaN. Ties split like `Max`.
+    Min,
+}
+
+/// Elementwise comparisons; they produce `bool`. NaN compares unequal to
+/// everything, as in IEEE 754.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+/// A primitive operation. Operands are the node's incoming edges, ordered by
+/// operand position.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// The graph input with this position in `Graph::inputs`.
+    Input { index: usize },
+    /// A constant (a scalar or a small tensor).
+    Const { value: Tensor },
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    /// `x ^ exponent` for a constant exponent.
+    Pow { exponent: f64 },
+    Compare(CmpOp),
+    /// `select(cond, a, b)`: `a` where `cond` is true, else `b`.
+    Select,
+    /// Changes the element type (bool becomes 0/1; float to bool is `!= 0`).
+    Convert { to: DType },
+    /// Numpy-style broadcast to `shape`: operand axes align to the right and
+    /// each has the output extent or 1; missing leading axes are added.
+    Broadcast { shape: Vec<usize> },
+    /// Same elements in row-major order under another shape.
+    Reshape { shape: Vec<usize> },
+    /// Output axis `i` is operand axis `perm[i]`.
+    Transpose { perm: Vec<usize> },
+    /// Sum over `axes` (sorted, distinct); those axes are removed.
+    ReduceSum { axes: Vec<usize> },
+    /// Maximum over `axes`, which are removed; NaN if any element is NaN;
+    /// `-inf` over an empty axis. Ties share the gradient equally.
+    ReduceMax { axes: Vec<usize> },
+    /// Matrix product `[m,k] x [k,n] -> [m,n]`, or batched
+    /// `[b,m,k] x [b,k,n] -> [b,m,n]`.
+    MatMul,
+    /// Elements `start[i] .. end[i]` of each axis.
+    Slice { start: Vec<usize>, end: Vec<usize> },
+    /// Zero padding: `low[i]` zeros before and `high[i]` after axis `i`.
+    /// It is the transpose of `Slice` and so its VJP partner.
+    Pad { low: Vec<usize>, high: Vec<usize> },
+    /// Joins the operands along `axis`; the other extents must agree.
+    Concat { axis: usize },
+    /// Fused, stable softmax cross-entropy: `softmax_cross_entropy(z, t)`
+    /// for logits `z` and targets `t` of shape `[..., K]` is the mean over
+    /// the leading (batch) elements of `-sum_k t_k log softmax(z)_k`, a
+    /// scalar. It is a primitive because its hand-written backward
+    /// `(softmax(z) - t) / B` is cheaper and stable where the mechanical one
+    /// is not: it stays finite for logits of magnitude 1e4, and a logit of
+    /// `-inf` whose target is 0 contributes exactly 0.
+    SoftmaxCrossEntropy,
+}
+
+impl UnaryOp {
+    pub const ALL: [UnaryOp; 9] = [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
+        UnaryOp::Tanh,
+        UnaryOp::Sqrt,
+        UnaryOp::Abs,
+        UnaryOp::Relu,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Relu => "relu",
+        }
+    }
+}
+
+impl BinaryOp {
+    pub const ALL: [BinaryOp; 6] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Max,
+        BinaryOp::Min,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Max => "max",
+            BinaryOp::Min => "min",
+        }
+    }
+}
+
+impl CmpOp {
+    pub const ALL: [CmpOp; 6] = [CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge, CmpOp::Eq, CmpOp::Ne];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CmpOp::Lt => "lt",
+            CmpOp::Le => "le",
+            CmpOp::Gt => "gt",
+            CmpOp::Ge => "ge",
+            CmpOp::Eq => "eq",
+            CmpOp::Ne => "ne",
+        }
+    }
+
+    /// Applies the comparison with IEEE 754 semantics.
+    pub fn apply<T: PartialOrd>(self, a: T, b: T) -> bool {
+        match self {
+            CmpOp::Lt => a < b,
+            CmpOp::Le => a <= b,
+            CmpOp::Gt => a > b,
+            CmpOp::Ge => a >= b,
+            CmpOp::Eq => a == b,
+            CmpOp::Ne => a != b,
+        }
+    }
+}
+
+/// An attribute value in the text format.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Attr {
+    Float(f64),
+    Int(usize),
+    Ints(Vec<usize>),
+    DType(DType),
+}
+
+impl Op {
+    /// The mnemonic used in the text format.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Const { .. } => "const",
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
+            Op::Pow { .. } => "pow",
+            Op::Compare(c) => c.name(),
+            Op::Select => "select",
+            Op::Convert { .. } => "convert",
+            Op::Broadcast { .. } => "broadcast",
+            Op::Reshape { .. } => "reshape",
+            Op::Transpose { .. } => "transpose",
+            Op::ReduceSum { .. } => "reduce_sum",
+            Op::ReduceMax { .. } => "reduce_max",
+            Op::MatMul => "matmul",
+            Op::Slice { .. } => "slice",
+            Op::Pad { .. } => "pad",
+            Op::Concat { .. } => "concat",
+            Op::SoftmaxCrossEntropy => "softmax_cross_entropy",
+        }
+    }
+
+    /// Attributes as `(key, value)` pairs sorted by key; constants' values
+    /// and input positions are not attributes.
+    pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        match self {
+            Op::Input { .. }
+            | Op::Const { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Compare(_)
+            | Op::Select
+            | Op::MatMul
+            | Op::SoftmaxCrossEntropy => vec![],
+            Op::Pow { exponent } => vec![("exponent", Attr::Float(*exponent))],
+            Op::Convert { to } => vec![("to", Attr::DType(*to))],
+            Op::Broadcast { shape } | Op::Reshape { shape } => vec![("shape", Attr::Ints(shape.clone()))],
+            Op::Transpose { perm } => vec![("perm", Attr::Ints(perm.clone()))],
+            Op::ReduceSum { axes } | Op::ReduceMax { axes } => vec![("axes", Attr::Ints(axes.clone()))],
+            Op::Slice { start, end } => vec![("end", Attr::Ints(end.clone())), ("start", Attr::Ints(start.clone()))],
+            Op::Pad { low, high } => vec![("high", Attr::Ints(high.clone())), ("low", Attr::Ints(low.clone()))],
+            Op::Concat { axis } => vec![("axis", Attr::Int(*axis))],
+        }
+    }
+
+    /// Number of operands, or `None` for a variable count (concat).
+    pub fn arity(&self) -> Option<usize> {
+        match self {
+            Op::Input { .. } | Op::Const { .. } => Some(0),
+            Op::Unary(_)
+            | Op::Pow { .. }
+            | Op::Convert { .. }
+            | Op::Broadcast { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::ReduceSum { .. }
+            | Op::ReduceMax { .. }
+            | Op::Slice { .. }
+            | Op::Pad { .. } => Some(1),
+            Op::Binary(_) | Op::Compare(_) | Op::MatMul | Op::SoftmaxCrossEntropy => Some(2),
+            Op::Select => Some(3),
+            Op::Concat { .. } => None,
+        }
+    }
+
+    /// Builds an op from its mnemonic and attributes (the parser's half of
+    /// the text format). Constants and inputs are not built here.
+    pub fn from_parts(name: &str, attrs: &[(String, Attr)]) -> Result<Op, String> {
+        let get = |key: &str| attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+        let ints = |key: &str| match get(key) {
+            Some(Attr::Ints(v)) => Ok(v.clone()),
+            Some(Attr::Int(v)) => Ok(vec![*v]),
+            Some(other) => Err(format!("attribute `{key}` of `{name}` must be a list like (0, 1), not {other:?}")),
+            None => Err(format!("`{name}` needs the attribute `{key}`")),
+        };
+        let op = if let Some(u) = UnaryOp::ALL.into_iter().find(|u| u.name() == name) {
+            Op::Unary(u)
+        } else if let Some(b) = BinaryOp::ALL.into_iter().find(|b| b.name() == name) {
+            Op::Binary(b)
+        } else if let Some(c) = CmpOp::ALL.into_iter().find(|c| c.name() == name) {
+            Op::Compare(c)
+        } else {
+            match name {
+            "pow" => match get("exponent") {
+                Some(Attr::Float(e)) => Op::Pow { exponent: *e },
+                Some(Attr::Int(e)) => Op::Pow { exponent: *e as f64 },
+                _ => return Err("`pow` needs a numeric attribute `exponent`".into()),
+            },
+            "select" => Op::Select,
+            "convert" => match get("to") {
+                Some(Attr::DType(d)) => Op::Convert { to: *d },
+                _ => return Err("`convert` needs the attribute `to` naming f32, f64 or bool".into()),
+            },
+            "broadcast" => Op::Broadcast { shape: ints("shape")? },
+            "reshape" => Op::Reshape { shape: ints("shape")? },
+            "transpose" => Op::Transpose { perm: ints("perm")? },
+            "reduce_sum" => Op::ReduceSum { axes: ints("axes")? },
+            "reduce_max" => Op::ReduceMax { axes: ints("axes")? },
+            "matmul" => Op::MatMul,
+            "slice" => Op::Slice {
+                start: ints("start")?,
+                end: ints("end")?,
+            },
+            "pad" => Op::Pad {
+                low: ints("low")?,
+                high: ints("high")?,
+            },
+            "concat" => match get("axis") {
+                Some(Attr::Int(a)) => Op::Concat { axis: *a },
+                _ => return Err("`concat` needs an integer attribute `axis`".into()),
+            },
+            "softmax_cross_entropy" => Op::SoftmaxCrossEntropy,
+            "input" => return Err("inputs are declared in the graph header, not with `input`".into()),
+            "const" => return Err("`const` takes a literal, not operands".into()),
+            _ => return Err(format!("unknown op `{name}`")),
+            }
+        };
+        let known = op.attrs();
+        for (k, _) in attrs {
+            if !known.iter().any(|(key, _)| key == k) {
+                return Err(format!("`{name}` has no attribute `{k}`"));
+            }
+        }
+        Ok(op)
+    }
+}

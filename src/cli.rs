@@ -1,0 +1,172 @@
+//! The `wengert` command line: `print`, `dot`, `eval`.
+//!
+//! Every command returns its standard output as a `String` or a
+//! [`CliError`] whose message names the file and place, so the binary only
+//! prints and sets the exit code (and tests can call [`run`] directly).
+
+use crate::npy::read_npy;
+use clap::{Parser, Subcommand};
+use std::fmt::Write;
+use std::io::Read;
+use std::path::Path;
+use wengert_ir::tensor::write_nested_list;
+use wengert_ir::{interpret, parse, parse_literal, to_dot, verify, Graph, IrError, Tensor};
+
+/// An error of the command line, already formatted for the user.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+#[derive(Parser, Debug)]
+#[command(name = "wengert", version, about = "A static-graph compiler for reverse-mode automatic differentiation")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Parse, verify and print the canonical text of a graph.
+    Print {
+        /// A `.wg` file, or `-` for standard input.
+        file: String,
+    },
+    /// Print a graph in Graphviz DOT format.
+    Dot {
+        /// A `.wg` file, or `-` for standard input.
+        file: String,
+    },
+    /// Evaluate a graph with the reference interpreter.
+    Eval {
+        /// A `.wg` file, or `-` for standard input.
+        file: String,
+        /// An input value: `NAME=0.7`, `NAME=[[1,2],[3,4]]` or `NAME=@file.npy`.
+        #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
+        inputs: Vec<String>,
+        /// Print one JSON object instead of `NAME = VALUE` lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Reads the text of `file` (`-` is standard input).
+pub fn read_source(file: &str) -> Result<String, CliError> {
+    if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| CliError(format!("cannot read standard input: {e}")))?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(file).map_err(|e| CliError(format!("cannot read {file}: {e}")))
+    }
+}
+
+/// Formats an IR error with the file name in front of each place.
+pub fn located(file: &str, e: &IrError) -> CliError {
+    let file = if file == "-" { "<stdin>" } else { file };
+    match e {
+        IrError::Parse(errors) => CliError(errors.iter().map(|p| format!("{file}:{p}")).collect::<Vec<_>>().join("\n")),
+        other => CliError(format!("{file}: {other}")),
+    }
+}
+
+/// Reads, parses and verifies a graph.
+pub fn load_graph(file: &str) -> Result<Graph, CliError> {
+    let text = read_source(file)?;
+    let g = parse(&text).map_err(|e| located(file, &e))?;
+    verify(&g).map_err(|e| located(file, &e))?;
+    Ok(g)
+}
+
+/// Parses `NAME=VALUE` arguments into the graph's inputs, in the graph's
+/// order. Missing, unknown, repeated and ill-shaped inputs are errors that
+/// name the input.
+pub fn parse_inputs(g: &Graph, args: &[String]) -> Result<Vec<Tensor>, CliError> {
+    let mut given: Vec<Option<Tensor>> = vec![None; g.inputs().len()];
+    for arg in args {
+        let (name, value) = arg
+            .split_once('=')
+            .ok_or_else(|| CliError(format!("--input `{arg}` must look like NAME=VALUE")))?;
+        let name = name.trim();
+        let index = g.inputs().iter().position(|i| i.name == name).ok_or_else(|| {
+            let names: Vec<&str> = g.inputs().iter().map(|i| i.name.as_str()).collect();
+            CliError(format!("--input {name}: the graph has no input `{name}` (its inputs: {})", names.join(", ")))
+        })?;
+        let decl = &g.inputs()[index];
+        if given[index].is_some() {
+            return Err(CliError(format!("--input {name}: given more than once")));
+        }
+        let tensor = if let Some(path) = value.strip_prefix('@') {
+            let t = read_npy(Path::new(path)).map_err(|e| CliError(format!("--input {name}: {e}")))?;
+            if t.dtype() == decl.ty.dtype {
+                t
+            } else {
+                t.convert(decl.ty.dtype)
+            }
+        } else {
+            parse_literal(value, decl.ty.dtype).map_err(|e| CliError(format!("--input {name}: cannot read `{value}`: {e}")))?
+        };
+        if tensor.shape() != decl.ty.shape.as_slice() {
+            return Err(CliError(format!(
+                "--input {name}: expected a value of shape {:?} ({}), got shape {:?}",
+                decl.ty.shape,
+                decl.ty,
+                tensor.shape()
+            )));
+        }
+        given[index] = Some(tensor);
+    }
+    given
+        .into_iter()
+        .zip(g.inputs())
+        .map(|(t, decl)| t.ok_or_else(|| CliError(format!("missing --input {}=VALUE (expected {})", decl.name, decl.ty))))
+        .collect()
+}
+
+/// Writes a tensor as JSON (nested arrays; non-finite numbers as strings).
+pub fn tensor_json(t: &Tensor) -> String {
+    let items: Vec<String> = t
+        .to_f64_vec()
+        .into_iter()
+        .map(|v| if v.is_finite() { format!("{v:?}") } else { format!("\"{v}\"") })
+        .collect();
+    let mut out = String::new();
+    let _ = write_nested_list(&mut out, t.shape(), &items);
+    out
+}
+
+/// Formats named outputs as `NAME = VALUE` lines or one JSON object.
+pub fn format_outputs(outputs: &[(String, Tensor)], json: bool) -> String {
+    let mut out = String::new();
+    if json {
+        out.push('{');
+        for (i, (name, t)) in outputs.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            let _ = write!(out, "\"{name}\": {}", tensor_json(t));
+        }
+        out.push_str("}\n");
+    } else {
+        for (name, t) in outputs {
+            let _ = writeln!(out, "{name} = {t}");
+        }
+    }
+    out
+}
+
+/// Runs one command and returns what it prints.
+pub fn run(cli: Cli) -> Result<String, CliError> {
+    match cli.command {
+        Command::Print { file } => Ok(load_graph(&file)?.to_string()),
+        Command::Dot { file } => Ok(to_dot(&load_graph(&file)?)),
+        Command::Eval { file, inputs, json } => {
+            let g = load_graph(&file)?;
+            let values = parse_inputs(&g, &inputs)?;
+            let outs = interpret(&g, &values).map_err(|e| located(&file, &e))?;
+            let named: Vec<(String, Tensor)> = g.outputs().iter().map(|o| o.name.clone()).zip(outs).collect();
+            Ok(format_outputs(&named, json))
+        }
+    }
+}

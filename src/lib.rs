@@ -1,0 +1,13 @@
+//! wengert: a static-graph compiler for reverse-mode automatic differentiation.
+//!
+//! This facade re-exports the IR ([`ir`]) and the passes, and holds the
+//! seed case studies ([`cases`]) used by the examples, tests and benchmarks.
+
+pub mod cases;
+
+pub use wengert_ir as ir;
+pub use wengert_ir::{
+    interpret, interpret_named, parse, to_dot, verify, DType, Graph, GraphBuilder, IrError, Op, Tensor, TensorType, Var,
+};
+pub mod cli;
+pub mod npy;
