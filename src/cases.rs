@@ -100,8 +100,11 @@ pub fn case09_checkpoint_chain() -> Result<Graph, IrError> {
     b.build(&[("L", h.sum_all())])
 }
 
+/// A function that builds one case.
+pub type CaseBuilder = fn() -> Result<Graph, IrError>;
+
 /// Every case: its file name under `examples/cases/` and its builder.
-pub const ALL: [(&str, fn() -> Result<Graph, IrError>); 9] = [
+pub const ALL: [(&str, CaseBuilder); 9] = [
     ("case01_scalar.wg", case01_scalar),
     ("case02_shared.wg", case02_shared),
     ("case03_two_inputs.wg", case03_two_inputs),

@@ -18,7 +18,11 @@ use wengert_ir::{interpret, parse, parse_literal, to_dot, verify, Graph, IrError
 pub struct CliError(pub String);
 
 #[derive(Parser, Debug)]
-#[command(name = "wengert", version, about = "A static-graph compiler for reverse-mode automatic differentiation")]
+#[command(
+    name = "wengert",
+    version,
+    about = "A static-graph compiler for reverse-mode automatic differentiation"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -66,7 +70,13 @@ pub fn read_source(file: &str) -> Result<String, CliError> {
 pub fn located(file: &str, e: &IrError) -> CliError {
     let file = if file == "-" { "<stdin>" } else { file };
     match e {
-        IrError::Parse(errors) => CliError(errors.iter().map(|p| format!("{file}:{p}")).collect::<Vec<_>>().join("\n")),
+        IrError::Parse(errors) => CliError(
+            errors
+                .iter()
+                .map(|p| format!("{file}:{p}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
         other => CliError(format!("{file}: {other}")),
     }
 }
@@ -91,7 +101,10 @@ pub fn parse_inputs(g: &Graph, args: &[String]) -> Result<Vec<Tensor>, CliError>
         let name = name.trim();
         let index = g.inputs().iter().position(|i| i.name == name).ok_or_else(|| {
             let names: Vec<&str> = g.inputs().iter().map(|i| i.name.as_str()).collect();
-            CliError(format!("--input {name}: the graph has no input `{name}` (its inputs: {})", names.join(", ")))
+            CliError(format!(
+                "--input {name}: the graph has no input `{name}` (its inputs: {})",
+                names.join(", ")
+            ))
         })?;
         let decl = &g.inputs()[index];
         if given[index].is_some() {
@@ -105,7 +118,8 @@ pub fn parse_inputs(g: &Graph, args: &[String]) -> Result<Vec<Tensor>, CliError>
                 t.convert(decl.ty.dtype)
             }
         } else {
-            parse_literal(value, decl.ty.dtype).map_err(|e| CliError(format!("--input {name}: cannot read `{value}`: {e}")))?
+            parse_literal(value, decl.ty.dtype)
+                .map_err(|e| CliError(format!("--input {name}: cannot read `{value}`: {e}")))?
         };
         if tensor.shape() != decl.ty.shape.as_slice() {
             return Err(CliError(format!(
@@ -120,7 +134,9 @@ pub fn parse_inputs(g: &Graph, args: &[String]) -> Result<Vec<Tensor>, CliError>
     given
         .into_iter()
         .zip(g.inputs())
-        .map(|(t, decl)| t.ok_or_else(|| CliError(format!("missing --input {}=VALUE (expected {})", decl.name, decl.ty))))
+        .map(|(t, decl)| {
+            t.ok_or_else(|| CliError(format!("missing --input {}=VALUE (expected {})", decl.name, decl.ty)))
+        })
         .collect()
 }
 
@@ -129,7 +145,13 @@ pub fn tensor_json(t: &Tensor) -> String {
     let items: Vec<String> = t
         .to_f64_vec()
         .into_iter()
-        .map(|v| if v.is_finite() { format!("{v:?}") } else { format!("\"{v}\"") })
+        .map(|v| {
+            if v.is_finite() {
+                format!("{v:?}")
+            } else {
+                format!("\"{v}\"")
+            }
+        })
         .collect();
     let mut out = String::new();
     let _ = write_nested_list(&mut out, t.shape(), &items);

@@ -11,3 +11,8 @@ pub use wengert_ir::{
 };
 pub mod cli;
 pub mod npy;
+
+/// The README's code blocks, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

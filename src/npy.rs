@@ -18,7 +18,10 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Tensor, String> {
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         v => return Err(format!("unsupported .npy version {v}")),
     };
     let header = bytes
@@ -26,7 +29,9 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Tensor, String> {
         .and_then(|h| std::str::from_utf8(h).ok())
         .ok_or("truncated or non-UTF-8 header")?;
     let field = |key: &str| -> Result<&str, String> {
-        let at = header.find(&format!("'{key}'")).ok_or(format!("header has no '{key}'"))?;
+        let at = header
+            .find(&format!("'{key}'"))
+            .ok_or(format!("header has no '{key}'"))?;
         let rest = &header[at + key.len() + 2..];
         let colon = rest.find(':').ok_or("malformed header")?;
         Ok(rest[colon + 1..].trim_start())
@@ -39,7 +44,10 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Tensor, String> {
     } else if descr.starts_with("'|b1'") || descr.starts_with("'|u1'") {
         DType::Bool
     } else {
-        return Err(format!("unsupported dtype {}", descr.split(',').next().unwrap_or(descr)));
+        return Err(format!(
+            "unsupported dtype {}",
+            descr.split(',').next().unwrap_or(descr)
+        ));
     };
     if field("fortran_order")?.starts_with("True") {
         return Err("Fortran-order arrays are not supported; save with np.ascontiguousarray".into());
@@ -55,7 +63,11 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Tensor, String> {
     let ty = TensorType::new(dtype, shape);
     let data = &bytes[start + header_len..];
     if data.len() != ty.size_bytes() {
-        return Err(format!("{ty} needs {} bytes of data, the file has {}", ty.size_bytes(), data.len()));
+        return Err(format!(
+            "{ty} needs {} bytes of data, the file has {}",
+            ty.size_bytes(),
+            data.len()
+        ));
     }
     let mut t = Tensor::zeros(ty);
     match dtype {

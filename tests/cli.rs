@@ -1,0 +1,177 @@
+//! Tests of the `wengert` binary: output formats, exit codes and error
+//! messages (never a panic).
+
+mod common;
+
+use common::case_path;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn wengert(args: &[&str], stdin: Option<&str>) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wengert"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    };
+    assert!(!run.stderr.contains("panicked"), "panic: {}", run.stderr);
+    run
+}
+
+#[test]
+fn print_canonicalizes_a_case_file() {
+    let r = wengert(&["print", &case_path("case03_two_inputs.wg")], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "graph @case03_two_inputs(%x1: f64[], %x2: f64[]) -> (y: f64[]) {\n  %0: f64[] = mul %x1, %x2\n  %1: f64[] = sin %x1\n  %2: f64[] = add %0, %1\n  return %2\n}\n"
+    );
+    // Printing the printed text from standard input gives the same text.
+    let again = wengert(&["print", "-"], Some(&r.stdout));
+    assert_eq!(again.stdout, r.stdout);
+}
+
+#[test]
+fn dot_prints_graphviz() {
+    let r = wengert(&["dot", &case_path("case01_scalar.wg")], None);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.starts_with("digraph \"case01_scalar\" {"));
+    assert!(r.stdout.contains("label=\"%3 = log\\nf64[]\""), "{}", r.stdout);
+}
+
+#[test]
+fn eval_prints_one_line_per_output() {
+    let r = wengert(
+        &[
+            "eval",
+            &case_path("case04_vjp.wg"),
+            "--input",
+            "x1=2",
+            "--input",
+            "x2=3",
+        ],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "y1 = 6.0\ny2 = 11.0\n");
+    let r = wengert(
+        &[
+            "eval",
+            &case_path("case05_linear.wg"),
+            "-i",
+            "X=[[1,2,3],[4,5,6],[7,8,9],[1,0,0]]",
+            "-i",
+            "W=[[1,0],[0,1],[1,1]]",
+            "-i",
+            "b=[0.5,-0.5]",
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "{\"Y\": [[4.5, 4.5], [10.5, 10.5], [16.5, 16.5], [1.5, -0.5]]}\n"
+    );
+}
+
+#[test]
+fn eval_reads_npy_inputs() {
+    // A hand-made .npy v1.0 file holding a little-endian f8 array of shape (2, 3).
+    let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }";
+    let mut h = header.to_string();
+    while !(10 + h.len() + 1).is_multiple_of(64) {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((h.len() as u16).to_le_bytes());
+    bytes.extend(h.as_bytes());
+    for v in [-1.0f64, 2.0, -3.0, 4.0, 0.0, -0.5] {
+        bytes.extend(v.to_le_bytes());
+    }
+    let dir = std::env::temp_dir().join(format!("wengert-npy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("x.npy");
+    std::fs::write(&path, bytes).unwrap();
+    let r = wengert(
+        &[
+            "eval",
+            &case_path("case06_relu.wg"),
+            "--input",
+            &format!("X=@{}", path.display()),
+        ],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "Y = [[0.0, 2.0, 0.0], [4.0, 0.0, 0.0]]\n");
+}
+
+fn assert_fails(args: &[&str], stdin: Option<&str>, message: &str) {
+    let r = wengert(args, stdin);
+    assert_eq!(r.code, 1, "expected failure for {args:?}: {}", r.stdout);
+    assert_eq!(r.stderr.trim_end(), message);
+}
+
+#[test]
+fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
+    let case5 = case_path("case05_linear.wg");
+    assert_fails(
+        &["eval", &case_path("case03_two_inputs.wg"), "--input", "x1=2"],
+        None,
+        "error: missing --input x2=VALUE (expected f64[])",
+    );
+    assert_fails(
+        &[
+            "eval",
+            &case_path("case03_two_inputs.wg"),
+            "--input",
+            "x1=2",
+            "--input",
+            "x2=3",
+            "--input",
+            "x3=1",
+        ],
+        None,
+        "error: --input x3: the graph has no input `x3` (its inputs: x1, x2)",
+    );
+    assert_fails(
+        &["eval", &case5, "-i", "X=[[1,2],[3,4]]", "-i", "W=1", "-i", "b=2"],
+        None,
+        "error: --input X: expected a value of shape [4, 3] (f64[4,3]), got shape [2, 2]",
+    );
+    assert_fails(
+        &["eval", &case_path("case01_scalar.wg"), "-i", "x=abc"],
+        None,
+        "error: --input x: cannot read `abc`: 1:1: expected a number or a list like [1, 2], found `abc`",
+    );
+    assert_fails(
+        &["print", "/nonexistent/file.wg"],
+        None,
+        "error: cannot read /nonexistent/file.wg: No such file or directory (os error 2)",
+    );
+    assert_fails(
+        &["print", "-"],
+        Some("graph @f(%x: f32[3]) -> (y: f32[3]) {\n  %y = exp %q\n  return %y\n}\n"),
+        "error: <stdin>:2:12: `%q` is not defined",
+    );
+}

@@ -191,7 +191,11 @@ impl GraphBuilder {
         let Some(shape) = broadcast_shapes(&ct.shape, &at.shape).and_then(|s| broadcast_shapes(&s, &bt.shape)) else {
             return self.fail(format!("select: shapes {ct}, {at} and {bt} do not broadcast"));
         };
-        let (c, a, b) = (cond.broadcast_to(&shape), a.broadcast_to(&shape), b.broadcast_to(&shape));
+        let (c, a, b) = (
+            cond.broadcast_to(&shape),
+            a.broadcast_to(&shape),
+            b.broadcast_to(&shape),
+        );
         self.node(Op::Select, &[c, a, b])
     }
 
@@ -458,7 +462,9 @@ impl<'b> Var<'b> {
     /// `shape`: the inverse shape move of a reduction.
     #[track_caller]
     pub fn expand_reduced(self, axes: &[usize], shape: &[usize]) -> Var<'b> {
-        let kept: Vec<usize> = (0..shape.len()).map(|a| if axes.contains(&a) { 1 } else { shape[a] }).collect();
+        let kept: Vec<usize> = (0..shape.len())
+            .map(|a| if axes.contains(&a) { 1 } else { shape[a] })
+            .collect();
         self.reshape(&kept).broadcast_to(shape)
     }
     /// Numerically stable softmax along `axis`.

@@ -22,14 +22,23 @@ pub fn to_dot(g: &Graph) -> String {
         let mut head = String::new();
         let _ = write_op_head(&mut head, &node.op);
         let (label, style) = match &node.op {
-            Op::Input { .. } => (format!("{}\\n{}", names[id.index()], node.ty), ", style=filled, fillcolor=\"#dde8f7\""),
+            Op::Input { .. } => (
+                format!("{}\\n{}", names[id.index()], node.ty),
+                ", style=filled, fillcolor=\"#dde8f7\"",
+            ),
             Op::Const { value } if value.len() == 1 => (
                 format!("{} = const {}\\n{}", names[id.index()], value, node.ty),
                 ", style=filled, fillcolor=\"#eeeeee\"",
             ),
             _ => (format!("{} = {}\\n{}", names[id.index()], head, node.ty), ""),
         };
-        let _ = writeln!(out, "  n{} [label=\"{}\"{}];", id.index(), escape(&label).replace("\\\\n", "\\n"), style);
+        let _ = writeln!(
+            out,
+            "  n{} [label=\"{}\"{}];",
+            id.index(),
+            escape(&label).replace("\\\\n", "\\n"),
+            style
+        );
     }
     for id in g.node_ids() {
         let args = g.args(id);

@@ -120,7 +120,10 @@ impl Graph {
     /// Users of `id` (one entry per use, so a node using `id` twice appears
     /// twice), in no particular order.
     pub fn users(&self, id: NodeId) -> Vec<NodeId> {
-        self.dag.edges_directed(id, Direction::Outgoing).map(|e| e.target()).collect()
+        self.dag
+            .edges_directed(id, Direction::Outgoing)
+            .map(|e| e.target())
+            .collect()
     }
 
     /// Number of uses of each node by other nodes, indexed by node.
@@ -191,7 +194,11 @@ impl Graph {
             return Err(IrError::Graph("inputs are added with `add_input`".into()));
         }
         if let Some(&bad) = args.iter().find(|a| !self.contains(**a)) {
-            return Err(IrError::Graph(format!("operand {} of `{}` is not a node of this graph", bad.index(), op.name())));
+            return Err(IrError::Graph(format!(
+                "operand {} of `{}` is not a node of this graph",
+                bad.index(),
+                op.name()
+            )));
         }
         let tys: Vec<&TensorType> = args.iter().map(|&a| &self.dag[a].ty).collect();
         let ty = infer(&op, &tys).map_err(|message| IrError::Node {
@@ -221,7 +228,9 @@ impl Graph {
             return Err(IrError::Graph(format!("output `{name}` is declared twice")));
         }
         if !self.contains(node) {
-            return Err(IrError::Graph(format!("output `{name}` refers to a node that does not exist")));
+            return Err(IrError::Graph(format!(
+                "output `{name}` refers to a node that does not exist"
+            )));
         }
         self.outputs.push(Output {
             name: name.to_string(),

@@ -33,12 +33,7 @@ fn check_axes(name: &str, axes: &[usize], rank: usize) -> Result<(), String> {
 /// Checks that `from` broadcasts to `to` under numpy rules (right-aligned,
 /// extents equal or 1).
 pub fn broadcast_compatible(from: &[usize], to: &[usize]) -> bool {
-    from.len() <= to.len()
-        && from
-            .iter()
-            .rev()
-            .zip(to.iter().rev())
-            .all(|(&f, &t)| f == t || f == 1)
+    from.len() <= to.len() && from.iter().rev().zip(to.iter().rev()).all(|(&f, &t)| f == t || f == 1)
 }
 
 /// Infers the result type of `op` applied to operands of types `args`.
@@ -70,7 +65,10 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
         }
         Op::Compare(_) => {
             if args[0] != args[1] {
-                return Err(format!("`{name}` operands have different types {} and {}", args[0], args[1]));
+                return Err(format!(
+                    "`{name}` operands have different types {} and {}",
+                    args[0], args[1]
+                ));
             }
             Ok(TensorType::new(DType::Bool, args[0].shape.clone()))
         }
@@ -79,7 +77,10 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
                 return Err(format!("`select` condition must be bool, not {}", args[0]));
             }
             if args[1] != args[2] {
-                return Err(format!("`select` branches have different types {} and {}", args[1], args[2]));
+                return Err(format!(
+                    "`select` branches have different types {} and {}",
+                    args[1], args[2]
+                ));
             }
             if args[0].shape != args[1].shape {
                 return Err(format!(
@@ -146,7 +147,9 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
             }
             for (axis, ((&s, &e), &d)) in start.iter().zip(end).zip(&t.shape).enumerate() {
                 if s > e || e > d {
-                    return Err(format!("`slice` range {s}..{e} is out of bounds for axis {axis} of {t}"));
+                    return Err(format!(
+                        "`slice` range {s}..{e} is out of bounds for axis {axis} of {t}"
+                    ));
                 }
             }
             let shape = start.iter().zip(end).map(|(s, e)| e - s).collect::<Vec<_>>();
@@ -157,7 +160,12 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
             if low.len() != t.rank() || high.len() != t.rank() {
                 return Err(format!("`pad` of {t} needs {} low and high amounts", t.rank()));
             }
-            let shape = t.shape.iter().zip(low.iter().zip(high)).map(|(d, (l, h))| d + l + h).collect::<Vec<_>>();
+            let shape = t
+                .shape
+                .iter()
+                .zip(low.iter().zip(high))
+                .map(|(d, (l, h))| d + l + h)
+                .collect::<Vec<_>>();
             Ok(TensorType::new(t.dtype, shape))
         }
         Op::Concat { axis } => {

@@ -66,7 +66,11 @@ pub fn interpret(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
             op => {
                 let arg_values: Vec<&Tensor> = args
                     .iter()
-                    .map(|a| values[a.index()].as_ref().ok_or_else(|| internal(g, id, "operand freed too early")))
+                    .map(|a| {
+                        values[a.index()]
+                            .as_ref()
+                            .ok_or_else(|| internal(g, id, "operand freed too early"))
+                    })
                     .collect::<Result<_, _>>()?;
                 eval_op(op, &arg_values, &node.ty).map_err(|m| internal(g, id, &m))?
             }
@@ -82,7 +86,11 @@ pub fn interpret(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
     }
     g.outputs()
         .iter()
-        .map(|o| values[o.node.index()].clone().ok_or_else(|| internal(g, o.node, "output missing")))
+        .map(|o| {
+            values[o.node.index()]
+                .clone()
+                .ok_or_else(|| internal(g, o.node, "output missing"))
+        })
         .collect()
 }
 
@@ -297,20 +305,22 @@ fn map_float<T: Element + Float>(x: &Tensor, ty: &TensorType, f: impl Fn(T) -> T
 }
 
 fn softmax_cross_entropy<T: Element + Float>(z: &[T], t: &[T], k: usize) -> T {
-    let rows = if k == 0 { 0 } else { z.len() / k };
+    let rows = z.len().checked_div(k).unwrap_or(0);
     let mut total = T::zero();
     for r in 0..rows {
         let zr = &z[r * k..(r + 1) * k];
         let tr = &t[r * k..(r + 1) * k];
-        let m = zr.iter().fold(T::neg_infinity(), |m, &v| if v > m || v.is_nan() { v } else { m });
+        let m = zr
+            .iter()
+            .fold(T::neg_infinity(), |m, &v| if v > m || v.is_nan() { v } else { m });
         let s = zr.iter().fold(T::zero(), |s, &v| s + (v - m).exp());
         let lse = m + s.ln();
         // A zero target contributes exactly zero, even where the logit is
         // -inf and `lse - z` is +inf.
-        let row = zr
-            .iter()
-            .zip(tr)
-            .fold(T::zero(), |acc, (&zv, &tv)| if tv == T::zero() { acc } else { acc + tv * (lse - zv) });
+        let row = zr.iter().zip(tr).fold(
+            T::zero(),
+            |acc, (&zv, &tv)| if tv == T::zero() { acc } else { acc + tv * (lse - zv) },
+        );
         total = total + row;
     }
     total / T::from(rows.max(1)).unwrap_or_else(T::one)
@@ -353,7 +363,13 @@ pub fn eval_op(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Tensor, Str
             let in_strides = row_major_strides(x.shape());
             let lead = shape.len() - x.shape().len();
             let strides: Vec<isize> = (0..shape.len())
-                .map(|a| if a < lead || x.shape()[a - lead] == 1 { 0 } else { in_strides[a - lead] as isize })
+                .map(|a| {
+                    if a < lead || x.shape()[a - lead] == 1 {
+                        0
+                    } else {
+                        in_strides[a - lead] as isize
+                    }
+                })
                 .collect();
             any_dtype!(ty.dtype, T => gather(x.data::<T>(), ty, &strides, 0))
         }
@@ -420,7 +436,7 @@ pub fn eval_op(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Tensor, Str
                         let av = x[bi * m * k + i * k + p];
                         for j in 0..n {
                             let idx = bi * m * n + i * n + j;
-                            o[idx] = o[idx] + av * y[bi * k * n + p * n + j];
+                            o[idx] += av * y[bi * k * n + p * n + j];
                         }
                     }
                 }

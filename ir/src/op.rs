@@ -59,40 +59,66 @@ pub enum CmpOp {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// The graph input with this position in `Graph::inputs`.
-    Input { index: usize },
+    Input {
+        index: usize,
+    },
     /// A constant (a scalar or a small tensor).
-    Const { value: Tensor },
+    Const {
+        value: Tensor,
+    },
     Unary(UnaryOp),
     Binary(BinaryOp),
     /// `x ^ exponent` for a constant exponent.
-    Pow { exponent: f64 },
+    Pow {
+        exponent: f64,
+    },
     Compare(CmpOp),
     /// `select(cond, a, b)`: `a` where `cond` is true, else `b`.
     Select,
     /// Changes the element type (bool becomes 0/1; float to bool is `!= 0`).
-    Convert { to: DType },
+    Convert {
+        to: DType,
+    },
     /// Numpy-style broadcast to `shape`: operand axes align to the right and
     /// each has the output extent or 1; missing leading axes are added.
-    Broadcast { shape: Vec<usize> },
+    Broadcast {
+        shape: Vec<usize>,
+    },
     /// Same elements in row-major order under another shape.
-    Reshape { shape: Vec<usize> },
+    Reshape {
+        shape: Vec<usize>,
+    },
     /// Output axis `i` is operand axis `perm[i]`.
-    Transpose { perm: Vec<usize> },
+    Transpose {
+        perm: Vec<usize>,
+    },
     /// Sum over `axes` (sorted, distinct); those axes are removed.
-    ReduceSum { axes: Vec<usize> },
+    ReduceSum {
+        axes: Vec<usize>,
+    },
     /// Maximum over `axes`, which are removed; NaN if any element is NaN;
     /// `-inf` over an empty axis. Ties share the gradient equally.
-    ReduceMax { axes: Vec<usize> },
+    ReduceMax {
+        axes: Vec<usize>,
+    },
     /// Matrix product `[m,k] x [k,n] -> [m,n]`, or batched
     /// `[b,m,k] x [b,k,n] -> [b,m,n]`.
     MatMul,
     /// Elements `start[i] .. end[i]` of each axis.
-    Slice { start: Vec<usize>, end: Vec<usize> },
+    Slice {
+        start: Vec<usize>,
+        end: Vec<usize>,
+    },
     /// Zero padding: `low[i]` zeros before and `high[i]` after axis `i`.
     /// It is the transpose of `Slice` and so its VJP partner.
-    Pad { low: Vec<usize>, high: Vec<usize> },
+    Pad {
+        low: Vec<usize>,
+        high: Vec<usize>,
+    },
     /// Joins the operands along `axis`; the other extents must agree.
-    Concat { axis: usize },
+    Concat {
+        axis: usize,
+    },
     /// Fused, stable softmax cross-entropy: `softmax_cross_entropy(z, t)`
     /// for logits `z` and targets `t` of shape `[..., K]` is the mean over
     /// the leading (batch) elements of `-sum_k t_k log softmax(z)_k`, a
@@ -264,7 +290,9 @@ impl Op {
         let ints = |key: &str| match get(key) {
             Some(Attr::Ints(v)) => Ok(v.clone()),
             Some(Attr::Int(v)) => Ok(vec![*v]),
-            Some(other) => Err(format!("attribute `{key}` of `{name}` must be a list like (0, 1), not {other:?}")),
+            Some(other) => Err(format!(
+                "attribute `{key}` of `{name}` must be a list like (0, 1), not {other:?}"
+            )),
             None => Err(format!("`{name}` needs the attribute `{key}`")),
         };
         let op = if let Some(u) = UnaryOp::ALL.into_iter().find(|u| u.name() == name) {
@@ -275,38 +303,38 @@ impl Op {
             Op::Compare(c)
         } else {
             match name {
-            "pow" => match get("exponent") {
-                Some(Attr::Float(e)) => Op::Pow { exponent: *e },
-                Some(Attr::Int(e)) => Op::Pow { exponent: *e as f64 },
-                _ => return Err("`pow` needs a numeric attribute `exponent`".into()),
-            },
-            "select" => Op::Select,
-            "convert" => match get("to") {
-                Some(Attr::DType(d)) => Op::Convert { to: *d },
-                _ => return Err("`convert` needs the attribute `to` naming f32, f64 or bool".into()),
-            },
-            "broadcast" => Op::Broadcast { shape: ints("shape")? },
-            "reshape" => Op::Reshape { shape: ints("shape")? },
-            "transpose" => Op::Transpose { perm: ints("perm")? },
-            "reduce_sum" => Op::ReduceSum { axes: ints("axes")? },
-            "reduce_max" => Op::ReduceMax { axes: ints("axes")? },
-            "matmul" => Op::MatMul,
-            "slice" => Op::Slice {
-                start: ints("start")?,
-                end: ints("end")?,
-            },
-            "pad" => Op::Pad {
-                low: ints("low")?,
-                high: ints("high")?,
-            },
-            "concat" => match get("axis") {
-                Some(Attr::Int(a)) => Op::Concat { axis: *a },
-                _ => return Err("`concat` needs an integer attribute `axis`".into()),
-            },
-            "softmax_cross_entropy" => Op::SoftmaxCrossEntropy,
-            "input" => return Err("inputs are declared in the graph header, not with `input`".into()),
-            "const" => return Err("`const` takes a literal, not operands".into()),
-            _ => return Err(format!("unknown op `{name}`")),
+                "pow" => match get("exponent") {
+                    Some(Attr::Float(e)) => Op::Pow { exponent: *e },
+                    Some(Attr::Int(e)) => Op::Pow { exponent: *e as f64 },
+                    _ => return Err("`pow` needs a numeric attribute `exponent`".into()),
+                },
+                "select" => Op::Select,
+                "convert" => match get("to") {
+                    Some(Attr::DType(d)) => Op::Convert { to: *d },
+                    _ => return Err("`convert` needs the attribute `to` naming f32, f64 or bool".into()),
+                },
+                "broadcast" => Op::Broadcast { shape: ints("shape")? },
+                "reshape" => Op::Reshape { shape: ints("shape")? },
+                "transpose" => Op::Transpose { perm: ints("perm")? },
+                "reduce_sum" => Op::ReduceSum { axes: ints("axes")? },
+                "reduce_max" => Op::ReduceMax { axes: ints("axes")? },
+                "matmul" => Op::MatMul,
+                "slice" => Op::Slice {
+                    start: ints("start")?,
+                    end: ints("end")?,
+                },
+                "pad" => Op::Pad {
+                    low: ints("low")?,
+                    high: ints("high")?,
+                },
+                "concat" => match get("axis") {
+                    Some(Attr::Int(a)) => Op::Concat { axis: *a },
+                    _ => return Err("`concat` needs an integer attribute `axis`".into()),
+                },
+                "softmax_cross_entropy" => Op::SoftmaxCrossEntropy,
+                "input" => return Err("inputs are declared in the graph header, not with `input`".into()),
+                "const" => return Err("`const` takes a literal, not operands".into()),
+                _ => return Err(format!("unknown op `{name}`")),
             }
         };
         let known = op.attrs();

@@ -132,13 +132,20 @@ fn lex(text: &str) -> Result<Vec<(Tok, Pos)>, IrError> {
             col += 1;
             let name = take_while(&mut i, &mut col, &is_ident_char);
             if name.is_empty() {
-                return Err(IrError::parse(pos.line, pos.col, format!("expected a name after `{c}`")));
+                return Err(IrError::parse(
+                    pos.line,
+                    pos.col,
+                    format!("expected a name after `{c}`"),
+                ));
             }
             toks.push((if c == '%' { Tok::Value(name) } else { Tok::Global(name) }, pos));
             continue;
         }
         let starts_number = c.is_ascii_digit()
-            || ((c == '-' || c == '+' || c == '.') && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit() || *d == '.' || *d == 'i' || *d == 'n'));
+            || ((c == '-' || c == '+' || c == '.')
+                && chars
+                    .get(i + 1)
+                    .is_some_and(|d| d.is_ascii_digit() || *d == '.' || *d == 'i' || *d == 'n'));
         if starts_number {
             let mut s = String::new();
             if c == '-' || c == '+' {
@@ -150,7 +157,8 @@ fn lex(text: &str) -> Result<Vec<(Tok, Pos)>, IrError> {
             let mut prev = ' ';
             while i < chars.len() {
                 let d = chars[i];
-                let ok = d.is_ascii_alphanumeric() || d == '.' || ((d == '-' || d == '+') && (prev == 'e' || prev == 'E'));
+                let ok =
+                    d.is_ascii_alphanumeric() || d == '.' || ((d == '-' || d == '+') && (prev == 'e' || prev == 'E'));
                 if !ok {
                     break;
                 }
@@ -298,8 +306,13 @@ impl Parser {
 
     fn ty(&mut self) -> PResult<TensorType> {
         let (name, pos) = self.ident("a type like `f32[3,4]`")?;
-        let dtype = DType::from_name(&name)
-            .ok_or_else(|| IrError::parse(pos.line, pos.col, format!("unknown element type `{name}` (expected f32, f64 or bool)")))?;
+        let dtype = DType::from_name(&name).ok_or_else(|| {
+            IrError::parse(
+                pos.line,
+                pos.col,
+                format!("unknown element type `{name}` (expected f32, f64 or bool)"),
+            )
+        })?;
         self.expect(Tok::LBracket)?;
         let mut shape = Vec::new();
         if !self.eat(&Tok::RBracket) {
@@ -331,7 +344,10 @@ impl Parser {
             });
         }
         if *self.peek() != Tok::LBracket {
-            return self.error(format!("expected a number or a list like [1, 2], found {}", self.peek().describe()));
+            return self.error(format!(
+                "expected a number or a list like [1, 2], found {}",
+                self.peek().describe()
+            ));
         }
         // extents[d] is the length of every list at depth d (fixed by the
         // first list closed at that depth); counts[d] counts the current one.
@@ -360,7 +376,11 @@ impl Parser {
                     match extents[depth] {
                         None => extents[depth] = Some(n),
                         Some(e) if e != n => {
-                            return Err(IrError::parse(p.line, p.col, format!("ragged list: {n} elements where its siblings have {e}")));
+                            return Err(IrError::parse(
+                                p.line,
+                                p.col,
+                                format!("ragged list: {n} elements where its siblings have {e}"),
+                            ));
                         }
                         Some(_) => {}
                     }
@@ -375,7 +395,11 @@ impl Parser {
                         match leaf_depth {
                             None => leaf_depth = Some(depth),
                             Some(d) if d != depth => {
-                                return Err(IrError::parse(p.line, p.col, "a number where a list was expected (ragged nesting)"));
+                                return Err(IrError::parse(
+                                    p.line,
+                                    p.col,
+                                    "a number where a list was expected (ragged nesting)",
+                                ));
                             }
                             Some(_) => {}
                         }
@@ -384,7 +408,13 @@ impl Parser {
                         }
                         items.push((s, p));
                     }
-                    None => return Err(IrError::parse(p.line, p.col, format!("expected a number, `,` or `]`, found {}", other.describe()))),
+                    None => {
+                        return Err(IrError::parse(
+                            p.line,
+                            p.col,
+                            format!("expected a number, `,` or `]`, found {}", other.describe()),
+                        ))
+                    }
                 },
             }
         }
@@ -445,7 +475,9 @@ impl Parser {
         self.expect(Tok::Equals)?;
         let (op_name, op_pos) = self.ident("an op name")?;
         let mut attrs = Vec::new();
-        if self.eat(&Tok::LBracket) {
+        // A constant's literal may itself start with `[`, so constants take
+        // no attribute list.
+        if op_name != "const" && self.eat(&Tok::LBracket) {
             loop {
                 let (key, _) = self.ident("an attribute name")?;
                 self.expect(Tok::Equals)?;
@@ -456,7 +488,11 @@ impl Parser {
                 self.expect(Tok::Comma)?;
             }
         }
-        let literal = if op_name == "const" { Some(self.literal()?) } else { None };
+        let literal = if op_name == "const" {
+            Some(self.literal()?)
+        } else {
+            None
+        };
         let mut operands = Vec::new();
         if literal.is_none() {
             if let Tok::Value(_) = self.peek() {
@@ -485,7 +521,10 @@ impl Parser {
 
 /// Parses IR text into a graph. See the module documentation for the format.
 pub fn parse(text: &str) -> Result<Graph, IrError> {
-    let mut p = Parser { toks: lex(text)?, at: 0 };
+    let mut p = Parser {
+        toks: lex(text)?,
+        at: 0,
+    };
     // Header.
     let (kw, _) = p.ident("`graph`")?;
     if kw != "graph" {
@@ -493,7 +532,13 @@ pub fn parse(text: &str) -> Result<Graph, IrError> {
     }
     let name = match p.bump() {
         (Tok::Global(s), _) => s,
-        (t, pos) => return Err(IrError::parse(pos.line, pos.col, format!("expected the graph name like `@f`, found {}", t.describe()))),
+        (t, pos) => {
+            return Err(IrError::parse(
+                pos.line,
+                pos.col,
+                format!("expected the graph name like `@f`, found {}", t.describe()),
+            ))
+        }
     };
     p.expect(Tok::LParen)?;
     let mut params = Vec::new();
@@ -540,7 +585,9 @@ pub fn parse(text: &str) -> Result<Graph, IrError> {
             Tok::Ident(s) if s == "return" => break,
             t => {
                 let t = t.describe();
-                return p.error(format!("expected a statement like `%v = op ...` or `return`, found {t}"));
+                return p.error(format!(
+                    "expected a statement like `%v = op ...` or `return`, found {t}"
+                ));
             }
         }
     }
@@ -554,7 +601,10 @@ pub fn parse(text: &str) -> Result<Graph, IrError> {
     }
     p.expect(Tok::RBrace)?;
     if *p.peek() != Tok::Eof {
-        return p.error(format!("expected the end of the input after `}}`, found {}", p.peek().describe()));
+        return p.error(format!(
+            "expected the end of the input after `}}`, found {}",
+            p.peek().describe()
+        ));
     }
     build(name, params, results, stmts, returned, return_pos)
 }
@@ -636,9 +686,19 @@ fn build(
         }
     }
     if order.len() < stmts.len() {
-        let on_cycle: Vec<String> = (0..stmts.len()).filter(|&i| indegree[i] > 0).map(|i| format!("%{}", stmts[i].name)).collect();
-        let first = (0..stmts.len()).find(|&i| indegree[i] > 0).map(|i| stmts[i].pos).unwrap_or(return_pos);
-        perr(&mut errors, first, format!("the values {} depend on each other in a cycle", on_cycle.join(", ")));
+        let on_cycle: Vec<String> = (0..stmts.len())
+            .filter(|&i| indegree[i] > 0)
+            .map(|i| format!("%{}", stmts[i].name))
+            .collect();
+        let first = (0..stmts.len())
+            .find(|&i| indegree[i] > 0)
+            .map(|i| stmts[i].pos)
+            .unwrap_or(return_pos);
+        perr(
+            &mut errors,
+            first,
+            format!("the values {} depend on each other in a cycle", on_cycle.join(", ")),
+        );
     }
     // Build nodes in topological order. A statement whose operand failed is
     // skipped quietly, so that one mistake gives one error.
@@ -665,13 +725,21 @@ fn build(
         }
         let op = if let Some(lit) = &s.literal {
             let Some((ty, _)) = &s.declared else {
-                perr(&mut errors, s.op_pos, format!("`%{}`: a `const` needs a type annotation like `: f32[]`", s.name));
+                perr(
+                    &mut errors,
+                    s.op_pos,
+                    format!("`%{}`: a `const` needs a type annotation like `: f32[]`", s.name),
+                );
                 continue;
             };
             match lit.to_tensor(ty.dtype) {
                 Ok(t) if t.shape() == ty.shape.as_slice() => Op::Const { value: t },
                 Ok(t) => {
-                    perr(&mut errors, lit.pos, format!("literal has shape {:?} but the value is declared {ty}", t.shape()));
+                    perr(
+                        &mut errors,
+                        lit.pos,
+                        format!("literal has shape {:?} but the value is declared {ty}", t.shape()),
+                    );
                     continue;
                 }
                 Err(IrError::Parse(mut es)) => {
@@ -697,7 +765,11 @@ fn build(
             Ok(ty) => {
                 if let Some((declared, dpos)) = &s.declared {
                     if *declared != ty {
-                        perr(&mut errors, *dpos, format!("`%{}` is declared {declared} but `{}` computes {ty}", s.name, s.op_name));
+                        perr(
+                            &mut errors,
+                            *dpos,
+                            format!("`%{}` is declared {declared} but `{}` computes {ty}", s.name, s.op_name),
+                        );
                         continue;
                     }
                 }
@@ -711,7 +783,11 @@ fn build(
         perr(
             &mut errors,
             return_pos,
-            format!("the header declares {} output(s) but `return` gives {}", results.len(), returned.len()),
+            format!(
+                "the header declares {} output(s) but `return` gives {}",
+                results.len(),
+                returned.len()
+            ),
         );
     }
     for ((rname, rpos, rty), (vname, vpos)) in results.iter().zip(&returned) {
@@ -725,7 +801,11 @@ fn build(
         };
         if let Some(node) = node {
             if g.ty(node) != rty {
-                perr(&mut errors, *vpos, format!("output `{rname}` is declared {rty} but `%{vname}` is {}", g.ty(node)));
+                perr(
+                    &mut errors,
+                    *vpos,
+                    format!("output `{rname}` is declared {rty} but `%{vname}` is {}", g.ty(node)),
+                );
             } else if let Err(e) = g.add_output(rname, node) {
                 perr(&mut errors, *rpos, e.to_string());
             }
@@ -742,7 +822,10 @@ fn build(
 /// Parses a value literal (a number or a nested list such as
 /// `[[1, 2], [3, 4]]`) as a tensor of the given dtype.
 pub fn parse_literal(text: &str, dtype: DType) -> Result<Tensor, IrError> {
-    let mut p = Parser { toks: lex(text)?, at: 0 };
+    let mut p = Parser {
+        toks: lex(text)?,
+        at: 0,
+    };
     let lit = p.literal()?;
     if *p.peek() != Tok::Eof {
         return p.error(format!("unexpected {} after the value", p.peek().describe()));

@@ -173,10 +173,7 @@ impl Tensor {
     /// The same elements under another shape with as many elements.
     pub fn reshaped(mut self, shape: Vec<usize>) -> Result<Tensor, IrError> {
         if num_elements(&shape) != self.len() {
-            return Err(IrError::Tensor(format!(
-                "cannot reshape {} to {:?}",
-                self.ty, shape
-            )));
+            return Err(IrError::Tensor(format!("cannot reshape {} to {:?}", self.ty, shape)));
         }
         self.ty.shape = shape;
         Ok(self)
@@ -190,7 +187,11 @@ impl Tensor {
             DType::F64 => out.data_mut::<f64>().copy_from_slice(&src),
             DType::F32 => match self.ty.dtype {
                 DType::F32 => out.data_mut::<f32>().copy_from_slice(self.data::<f32>()),
-                _ => out.data_mut::<f32>().iter_mut().zip(&src).for_each(|(o, &v)| *o = v as f32),
+                _ => out
+                    .data_mut::<f32>()
+                    .iter_mut()
+                    .zip(&src)
+                    .for_each(|(o, &v)| *o = v as f32),
             },
             DType::Bool => out
                 .data_mut::<u8>()

@@ -29,23 +29,38 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
         let name = &names[id.index()];
         let args = g.args(id);
         if let Some(a) = args.iter().find(|a| a.index() >= id.index()) {
-            problem(name, format!("operand {} does not precede its user (a cycle or a forward reference)", names[a.index()]));
+            problem(
+                name,
+                format!(
+                    "operand {} does not precede its user (a cycle or a forward reference)",
+                    names[a.index()]
+                ),
+            );
             continue;
         }
         match &node.op {
             Op::Input { index } => match g.inputs().get(*index) {
                 Some(input) if input.node == id => {
                     if input.ty != node.ty {
-                        problem(name, format!("input node has type {} but the header says {}", node.ty, input.ty));
+                        problem(
+                            name,
+                            format!("input node has type {} but the header says {}", node.ty, input.ty),
+                        );
                     }
                 }
-                _ => problem(name, format!("input node refers to input {index}, which is not declared as this node")),
+                _ => problem(
+                    name,
+                    format!("input node refers to input {index}, which is not declared as this node"),
+                ),
             },
             op => {
                 let tys: Vec<&TensorType> = args.iter().map(|&a| g.ty(a)).collect();
                 match infer(op, &tys) {
                     Ok(ty) if ty == node.ty => {}
-                    Ok(ty) => problem(name, format!("`{}` is declared as {} but computes {ty}", op.name(), node.ty)),
+                    Ok(ty) => problem(
+                        name,
+                        format!("`{}` is declared as {} but computes {ty}", op.name(), node.ty),
+                    ),
                     Err(message) => problem(name, message),
                 }
             }

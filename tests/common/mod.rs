@@ -1,0 +1,53 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use wengert::{Graph, Tensor};
+
+/// A small deterministic generator (xorshift64*), so tests need no RNG crate
+/// and every run sees the same numbers.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+    }
+    pub fn vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+}
+
+/// Random f64 inputs for every input of `g`, uniform in [lo, hi).
+pub fn random_inputs(g: &Graph, rng: &mut Rng, lo: f64, hi: f64) -> Vec<Tensor> {
+    g.inputs()
+        .iter()
+        .map(|i| {
+            let n = i.ty.num_elements();
+            let t = Tensor::from_vec(i.ty.shape.clone(), rng.vec(n, lo, hi)).unwrap();
+            t.convert(i.ty.dtype)
+        })
+        .collect()
+}
+
+/// The path of a seed case file.
+pub fn case_path(file: &str) -> String {
+    format!("{}/examples/cases/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Asserts `|a - b| <= tol * max(1, |b|)` elementwise.
+pub fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let scale = y.abs().max(1.0);
+        assert!((x - y).abs() <= tol * scale, "{what}[{i}]: {x} vs {y} (tol {tol})");
+    }
+}
