@@ -11,6 +11,7 @@ use std::io::Read;
 use std::path::Path;
 use wengert_ir::tensor::write_nested_list;
 use wengert_ir::{interpret, parse, parse_literal, to_dot, verify, Graph, IrError, Tensor};
+use wengert_passes::{autodiff, partition, GradGraph, Seed};
 
 /// An error of the command line, already formatted for the user.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,45 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Differentiate a graph and print the gradient graph: the original
+    /// outputs, then `grad_<input>` for each input in `--wrt`.
+    Grad {
+        /// A `.wg` file, or `-` for standard input.
+        file: String,
+        /// Inputs to differentiate with respect to, comma-separated
+        /// (default: every differentiable input).
+        #[arg(long, value_delimiter = ',')]
+        wrt: Vec<String>,
+        /// Make an output's seed an input of the gradient graph:
+        /// `--seed y1=u1` (scalar outputs default to a seed of 1).
+        #[arg(long = "seed", value_name = "OUTPUT=INPUT")]
+        seeds: Vec<String>,
+        /// Print the forward and backward graphs of the default partition
+        /// instead of the joint graph.
+        #[arg(long)]
+        split: bool,
+    },
+}
+
+/// Differentiates `g` as the `grad` command does.
+pub fn grad_graph(file: &str, g: &Graph, wrt: &[String], seeds: &[String]) -> Result<GradGraph, CliError> {
+    let wrt: Vec<&str> = if wrt.is_empty() {
+        g.inputs()
+            .iter()
+            .filter(|i| i.differentiable && i.ty.dtype.is_float())
+            .map(|i| i.name.as_str())
+            .collect()
+    } else {
+        wrt.iter().map(String::as_str).collect()
+    };
+    let mut seed_specs = Vec::new();
+    for s in seeds {
+        let (out, input) = s
+            .split_once('=')
+            .ok_or_else(|| CliError(format!("--seed `{s}` must look like OUTPUT=INPUT")))?;
+        seed_specs.push((out.trim(), Seed::Input(input.trim().to_string())));
+    }
+    autodiff(g, &wrt, &seed_specs).map_err(|e| CliError(format!("{file}: {e}")))
 }
 
 /// Reads the text of `file` (`-` is standard input).
@@ -189,6 +229,33 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
             let outs = interpret(&g, &values).map_err(|e| located(&file, &e))?;
             let named: Vec<(String, Tensor)> = g.outputs().iter().map(|o| o.name.clone()).zip(outs).collect();
             Ok(format_outputs(&named, json))
+        }
+        Command::Grad {
+            file,
+            wrt,
+            seeds,
+            split,
+        } => {
+            let g = load_graph(&file)?;
+            let gg = grad_graph(&file, &g, &wrt, &seeds)?;
+            if split {
+                let p = partition(&gg, None).map_err(|e| CliError(format!("{file}: {e}")))?;
+                let mut out = String::new();
+                let _ = writeln!(out, "// ----- forward ----- //\n{}", p.forward);
+                let _ = writeln!(out, "// ----- backward ----- //\n{}", p.backward);
+                let _ = writeln!(
+                    out,
+                    "// saved: {} value(s), {} bytes",
+                    p.residuals.len(),
+                    p.saved_bytes()
+                );
+                for r in &p.residuals {
+                    let _ = writeln!(out, "//   {}: {} = {}", r.name, r.ty, gg.graph.value_name(r.node));
+                }
+                Ok(out)
+            } else {
+                Ok(gg.graph.to_string())
+            }
         }
     }
 }

@@ -9,6 +9,8 @@ pub use wengert_ir as ir;
 pub use wengert_ir::{
     interpret, interpret_named, parse, to_dot, verify, DType, Graph, GraphBuilder, IrError, Op, Tensor, TensorType, Var,
 };
+pub use wengert_passes as passes;
+pub use wengert_passes::{autodiff, partition, GradGraph, PassError, Seed};
 pub mod cli;
 pub mod npy;
 

@@ -175,3 +175,72 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
         "error: <stdin>:2:12: `%q` is not defined",
     );
 }
+
+#[test]
+fn grad_prints_the_gradient_graph_and_pipes_into_eval() {
+    let r = wengert(&["grad", &case_path("case03_two_inputs.wg"), "--wrt", "x1,x2"], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with(
+        "graph @case03_two_inputs.grad(%x1: f64[], %x2: f64[]) -> (y: f64[], grad_x1: f64[], grad_x2: f64[]) {"
+    ));
+    let e = wengert(&["eval", "-", "--input", "x1=2", "--input", "x2=3"], Some(&r.stdout));
+    assert_eq!(e.code, 0, "{}", e.stderr);
+    let expected = format!(
+        "y = {:?}\ngrad_x1 = {:?}\ngrad_x2 = 2.0\n",
+        6.0 + 2f64.sin(),
+        3.0 + 2f64.cos()
+    );
+    assert_eq!(e.stdout, expected);
+}
+
+#[test]
+fn grad_with_seed_inputs_and_split() {
+    let r = wengert(
+        &[
+            "grad",
+            &case_path("case04_vjp.wg"),
+            "--wrt",
+            "x1,x2",
+            "--seed",
+            "y1=u1",
+            "--seed",
+            "y2=u2",
+        ],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let e = wengert(
+        &[
+            "eval", "-", "-i", "x1=1.5", "-i", "x2=-0.5", "-i", "u1=2", "-i", "u2=10",
+        ],
+        Some(&r.stdout),
+    );
+    assert_eq!(e.stdout, "y1 = -0.75\ny2 = 1.75\ngrad_x1 = 9.0\ngrad_x2 = -7.0\n");
+    let s = wengert(&["grad", &case_path("case06_relu.wg"), "--split"], None);
+    assert_eq!(s.code, 0, "{}", s.stderr);
+    assert!(
+        s.stdout.contains(
+            "// ----- forward ----- //\ngraph @case06_relu.forward(%X: f64[2,3]) -> (Y: f64[2,3], saved0: bool[2,3]) {"
+        ),
+        "{}",
+        s.stdout
+    );
+    assert!(s.stdout.contains("// saved: 1 value(s), 6 bytes"), "{}", s.stdout);
+}
+
+#[test]
+fn grad_errors_name_the_input() {
+    assert_fails(
+        &["grad", &case_path("case07_softmax_xent.wg"), "--wrt", "T"],
+        None,
+        &format!(
+            "error: {}: cannot differentiate with respect to `T`: the input is marked `nodiff` (data, not a parameter)",
+            case_path("case07_softmax_xent.wg")
+        ),
+    );
+    assert_fails(
+        &["grad", &case_path("case03_two_inputs.wg"), "--wrt", "x1", "--seed", "y"],
+        None,
+        "error: --seed `y` must look like OUTPUT=INPUT",
+    );
+}

@@ -277,3 +277,58 @@ impl Graph {
         format!("%{before}")
     }
 }
+
+impl Graph {
+    /// A copy of the graph keeping only the nodes marked in `keep` (indexed
+    /// by node) plus every input, in the same order; outputs are carried
+    /// over. Every kept node's operands must be kept. Returns the new graph
+    /// and the map from old to new ids.
+    pub fn retain(&self, keep: &[bool]) -> Result<(Graph, Vec<Option<NodeId>>), IrError> {
+        let mut out = Graph::new(self.name.clone());
+        let mut map: Vec<Option<NodeId>> = vec![None; self.len()];
+        for id in self.node_ids() {
+            let node = self.node(id);
+            if let Op::Input { index } = node.op {
+                let input = &self.inputs[index];
+                map[id.index()] = Some(out.add_input(&input.name, input.ty.clone(), input.differentiable)?);
+                continue;
+            }
+            if !keep[id.index()] {
+                continue;
+            }
+            let args = self
+                .args(id)
+                .iter()
+                .map(|a| map[a.index()])
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| IrError::Node {
+                    node: self.value_name(id),
+                    message: "kept node has an operand that was not kept".into(),
+                })?;
+            map[id.index()] = Some(out.add_typed(node.op.clone(), &args, node.ty.clone()));
+        }
+        for o in &self.outputs {
+            let node =
+                map[o.node.index()].ok_or_else(|| IrError::Graph(format!("output `{}` was not kept", o.name)))?;
+            out.add_output(&o.name, node)?;
+        }
+        Ok((out, map))
+    }
+
+    /// Marks every node that some output depends on (inputs excluded from
+    /// the requirement but marked when reached).
+    pub fn live_nodes(&self) -> Vec<bool> {
+        let mut live = vec![false; self.len()];
+        for o in &self.outputs {
+            live[o.node.index()] = true;
+        }
+        for id in self.node_ids().rev() {
+            if live[id.index()] {
+                for a in self.args(id) {
+                    live[a.index()] = true;
+                }
+            }
+        }
+        live
+    }
+}

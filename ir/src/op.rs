@@ -123,9 +123,10 @@ pub enum Op {
     /// for logits `z` and targets `t` of shape `[..., K]` is the mean over
     /// the leading (batch) elements of `-sum_k t_k log softmax(z)_k`, a
     /// scalar. It is a primitive because its hand-written backward
-    /// `(softmax(z) - t) / B` is cheaper and stable where the mechanical one
-    /// is not: it stays finite for logits of magnitude 1e4, and a logit of
-    /// `-inf` whose target is 0 contributes exactly 0.
+    /// `(softmax(z)·Σt - t) / B` (that is `(P - T) / B` for targets whose
+    /// rows sum to 1, such as one-hot labels) is cheaper and stable where
+    /// the mechanical one is not: it stays finite for logits of magnitude
+    /// 1e4, and a logit of `-inf` whose target is 0 contributes exactly 0.
     SoftmaxCrossEntropy,
 }
 

@@ -51,3 +51,51 @@ pub fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
         assert!((x - y).abs() <= tol * scale, "{what}[{i}]: {x} vs {y} (tol {tol})");
     }
 }
+
+/// Central finite differences of the first output (a scalar) of `g` with
+/// respect to every element of the inputs named in `wrt`.
+pub fn finite_differences(g: &Graph, inputs: &[Tensor], wrt: &[&str], h: f64) -> Vec<Vec<f64>> {
+    let f = |ins: &[Tensor]| wengert::interpret(g, ins).unwrap()[0].to_f64_vec()[0];
+    wrt.iter()
+        .map(|name| {
+            let k = g.inputs().iter().position(|i| i.name == *name).unwrap();
+            (0..inputs[k].len())
+                .map(|i| {
+                    let shifted = |d: f64| {
+                        let mut ins = inputs.to_vec();
+                        let mut v = ins[k].to_f64_vec();
+                        v[i] += d;
+                        ins[k] = Tensor::from_vec(ins[k].shape().to_vec(), v)
+                            .unwrap()
+                            .convert(ins[k].dtype());
+                        ins
+                    };
+                    (f(&shifted(h)) - f(&shifted(-h))) / (2.0 * h)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Gradients of the first output of `g` from autodiff and the interpreter.
+pub fn autodiff_gradients(g: &Graph, inputs: &[Tensor], wrt: &[&str]) -> Vec<Vec<f64>> {
+    let gg = wengert::autodiff(g, wrt, &[]).unwrap();
+    let outs = wengert::interpret(&gg.graph, inputs).unwrap();
+    outs[gg.primal_outputs..].iter().map(|t| t.to_f64_vec()).collect()
+}
+
+/// Checks autodiff against central finite differences for every
+/// differentiable input.
+pub fn check_gradients(g: &Graph, inputs: &[Tensor], tol: f64) {
+    let wrt: Vec<&str> = g
+        .inputs()
+        .iter()
+        .filter(|i| i.differentiable)
+        .map(|i| i.name.as_str())
+        .collect();
+    let ad = autodiff_gradients(g, inputs, &wrt);
+    let fd = finite_differences(g, inputs, &wrt, 1e-6);
+    for ((name, a), f) in wrt.iter().zip(&ad).zip(&fd) {
+        assert_close(a, f, tol, &format!("{}: grad_{name}", g.name));
+    }
+}

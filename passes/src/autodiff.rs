@@ -1,0 +1,232 @@
+//! Reverse-mode automatic differentiation as a graph pass.
+//!
+//! `autodiff(f)` returns a joint graph that computes f's outputs and the
+//! vector-Jacobian product uᵀJ for output seeds u. The forward nodes are
+//! copied unchanged (same ids); adjoint nodes are appended while walking the
+//! forward nodes in reverse topological order, as the seed's case studies do
+//! by hand. An adjoint reached along several paths is the sum of its
+//! contributions (case 2); operands that do not depend on a differentiated
+//! input get no adjoint; contributions known to be zero are never built
+//! (symbolic zeros), and multiplications by a seed of one are folded away.
+
+use crate::emit::Emitter;
+use crate::error::PassError;
+use crate::vjp::{differentiable_dtype, vjp};
+use wengert_ir::{verify, Graph, NodeId, Op, Tensor};
+
+/// The seed (output adjoint) of one output.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Seed {
+    /// A constant one in every element; the default for scalar outputs.
+    One,
+    /// A new input of the gradient graph with this name, of the output's
+    /// type (case 4's `u1`, `u2`); the default for non-scalar outputs is
+    /// `seed_<output>`.
+    Input(String),
+    /// A constant seed; its type must equal the output's.
+    Const(Tensor),
+    /// The output is not differentiated (an auxiliary output).
+    Zero,
+}
+
+/// The result of [`autodiff`]: the joint graph and how to read it.
+#[derive(Clone, Debug)]
+pub struct GradGraph {
+    /// Inputs: the original inputs, then the seed inputs. Outputs: the
+    /// original outputs, then `grad_<input>` for each input in `wrt`.
+    pub graph: Graph,
+    /// How many of the outputs are the original (primal) outputs.
+    pub primal_outputs: usize,
+    /// How many nodes the original graph had: nodes with smaller ids are
+    /// the forward (primal) nodes, the rest are adjoint nodes.
+    pub primal_nodes: usize,
+    /// Names of the inputs that are seeds.
+    pub seed_inputs: Vec<String>,
+    /// The inputs differentiated, in output order.
+    pub wrt: Vec<String>,
+}
+
+/// Differentiates `g` with respect to the inputs named in `wrt`. `seeds`
+/// sets the seed of some outputs; the others get [`Seed::One`] if scalar,
+/// else a seed input named `seed_<output>` (bool outputs get none).
+pub fn autodiff(g: &Graph, wrt: &[&str], seeds: &[(&str, Seed)]) -> Result<GradGraph, PassError> {
+    verify(g)?;
+    // Check what was asked for before building anything.
+    let mut wrt_nodes = Vec::with_capacity(wrt.len());
+    for (i, &name) in wrt.iter().enumerate() {
+        let bad = |reason: &str| PassError::BadWrt {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        };
+        if wrt[..i].contains(&name) {
+            return Err(bad("it is listed twice"));
+        }
+        let input = g.input(name).ok_or_else(|| {
+            let names: Vec<&str> = g.inputs().iter().map(|i| i.name.as_str()).collect();
+            bad(&format!(
+                "the graph has no input `{name}` (its inputs: {})",
+                names.join(", ")
+            ))
+        })?;
+        if !input.differentiable {
+            return Err(bad("the input is marked `nodiff` (data, not a parameter)"));
+        }
+        if !differentiable_dtype(input.ty.dtype) {
+            return Err(bad(&format!("its type {} is not a float type", input.ty)));
+        }
+        wrt_nodes.push(input.node);
+    }
+    for (name, seed) in seeds {
+        let output = g.output(name).ok_or_else(|| PassError::BadSeed {
+            output: name.to_string(),
+            reason: "the graph has no such output".into(),
+        })?;
+        let ty = g.ty(output.node);
+        match seed {
+            Seed::Const(t) if t.ty() != ty => {
+                return Err(PassError::BadSeed {
+                    output: name.to_string(),
+                    reason: format!("the seed has type {} but the output is {ty}", t.ty()),
+                })
+            }
+            Seed::Input(input) if g.input(input).is_some() || seeds.iter().filter(|(_, s)| *s == *seed).count() > 1 => {
+                return Err(PassError::BadSeed {
+                    output: name.to_string(),
+                    reason: format!("the seed input name `{input}` is already taken"),
+                })
+            }
+            Seed::One | Seed::Input(_) | Seed::Zero | Seed::Const(_) => {}
+        }
+        if !ty.dtype.is_float() && *seed != Seed::Zero {
+            return Err(PassError::BadSeed {
+                output: name.to_string(),
+                reason: format!("the output has type {ty}, which carries no gradient"),
+            });
+        }
+    }
+
+    let n = g.len();
+    let mut joint = g.clone();
+    joint.clear_outputs();
+    joint.name = format!("{}.grad", g.name);
+
+    // requires[v]: v depends on a differentiated input, so it needs an adjoint.
+    let mut requires = vec![false; n];
+    for &w in &wrt_nodes {
+        requires[w.index()] = true;
+    }
+    for id in g.node_ids() {
+        if !requires[id.index()] && differentiable_dtype(g.ty(id).dtype) {
+            requires[id.index()] = g.args(id).iter().any(|a| requires[a.index()]);
+        }
+    }
+
+    let mut adj: Vec<Option<NodeId>> = vec![None; n];
+    let mut seed_inputs = Vec::new();
+    for output in g.outputs() {
+        let ty = g.ty(output.node).clone();
+        let seed = match seeds.iter().find(|(name, _)| *name == output.name) {
+            Some((_, s)) => s.clone(),
+            None if !ty.dtype.is_float() => Seed::Zero,
+            None if ty.is_scalar() => Seed::One,
+            None => Seed::Input(format!("seed_{}", output.name)),
+        };
+        let seed_node = match seed {
+            Seed::Zero => None,
+            Seed::One => {
+                let mut e = Emitter {
+                    g: &mut joint,
+                    at: output.node,
+                };
+                let one = e.scalar(ty.dtype, 1.0);
+                Some(e.broadcast(one, &ty.shape)?)
+            }
+            Seed::Const(t) => Some(joint.add_const(t)),
+            Seed::Input(name) => {
+                let id = joint
+                    .add_input(&name, ty.clone(), true)
+                    .map_err(|e| PassError::BadSeed {
+                        output: output.name.clone(),
+                        reason: e.to_string(),
+                    })?;
+                seed_inputs.push(name);
+                Some(id)
+            }
+        };
+        if let Some(s) = seed_node {
+            if requires[output.node.index()] {
+                accumulate(&mut joint, &mut adj, output.node, s)?;
+            }
+        }
+    }
+
+    // The reverse sweep.
+    for id in g.node_ids().rev() {
+        let Some(ybar) = adj[id.index()] else { continue };
+        if let Op::Input { .. } = g.op(id) {
+            continue;
+        }
+        let args = g.args(id);
+        let wants: Vec<bool> = args.iter().map(|a| requires[a.index()]).collect();
+        if !wants.iter().any(|&w| w) {
+            continue;
+        }
+        let contributions = vjp(&mut Emitter { g: &mut joint, at: id }, id, ybar, &wants)?;
+        for ((&arg, want), contribution) in args.iter().zip(wants).zip(contributions) {
+            if let (true, Some(c)) = (want, contribution) {
+                if joint.ty(c) != joint.ty(arg) {
+                    return Err(PassError::Internal {
+                        node: joint.value_name(id),
+                        message: format!(
+                            "the `{}` rule gave an adjoint of type {} for an operand of type {}",
+                            g.op(id).name(),
+                            joint.ty(c),
+                            joint.ty(arg)
+                        ),
+                    });
+                }
+                accumulate(&mut joint, &mut adj, arg, c)?;
+            }
+        }
+    }
+
+    // Outputs: the primal ones, then one gradient per differentiated input
+    // (zeros, materialized only here, where nothing reached the input).
+    for output in g.outputs() {
+        joint.add_output(&output.name, output.node)?;
+    }
+    for (&name, &node) in wrt.iter().zip(&wrt_nodes) {
+        let grad = match adj[node.index()] {
+            Some(a) => a,
+            None => Emitter {
+                g: &mut joint,
+                at: node,
+            }
+            .full_like(node, 0.0)?,
+        };
+        joint.add_output(&format!("grad_{name}"), grad)?;
+    }
+
+    // Drop adjoint nodes that no output uses (such as an unused seed
+    // constant); forward nodes are all kept.
+    let mut keep = joint.live_nodes();
+    keep[..n].iter_mut().for_each(|k| *k = true);
+    let (graph, _) = joint.retain(&keep)?;
+    verify(&graph)?;
+    Ok(GradGraph {
+        graph,
+        primal_outputs: g.outputs().len(),
+        primal_nodes: n,
+        seed_inputs,
+        wrt: wrt.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+/// `adj[v] += c`: the first contribution is taken as is, later ones added.
+fn accumulate(joint: &mut Graph, adj: &mut [Option<NodeId>], v: NodeId, c: NodeId) -> Result<(), PassError> {
+    adj[v.index()] = Some(match adj[v.index()] {
+        None => c,
+        Some(prev) => Emitter { g: joint, at: v }.add(prev, c)?,
+    });
+    Ok(())
+}

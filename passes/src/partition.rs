@@ -1,0 +1,295 @@
+//! Partition: splits the joint graph of [`autodiff`](crate::autodiff) into
+//! a forward graph `inputs → outputs + saved values` and a backward graph
+//! `saved values + seeds → gradients`.
+//!
+//! The one decision is *which values are saved* (the residuals). It is a
+//! parameter: [`partition`] takes any set, and every value the backward
+//! needs that is not saved is recomputed inside the backward graph from
+//! saved values and constants (the checkpoint pass uses this to trade
+//! memory for recomputation). [`default_saved`] is the default policy:
+//! save the forward values the backward reads, except
+//! - a ReLU-style mask `x > 0` (a `bool` computed from forward values) is
+//!   computed in the forward and saved instead of `x` (1 byte per element
+//!   instead of 4 or 8), unless `x` is saved anyway;
+//! - a `broadcast` of a saved value is recomputed from the smaller value;
+//! - constants, and anything computed only from constants, are never saved.
+
+use crate::autodiff::GradGraph;
+use crate::error::PassError;
+use std::collections::BTreeSet;
+use wengert_ir::{DType, Graph, NodeId, Op, TensorType};
+
+/// A value saved by the forward for the backward.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Residual {
+    /// Its name: an output of the forward and an input of the backward.
+    pub name: String,
+    /// The node of the joint graph it holds.
+    pub node: NodeId,
+    pub ty: TensorType,
+}
+
+impl Residual {
+    pub fn size_bytes(&self) -> usize {
+        self.ty.size_bytes()
+    }
+}
+
+/// The two halves of a gradient computation.
+#[derive(Clone, Debug)]
+pub struct Partition {
+    /// Inputs: the primal inputs. Outputs: the primal outputs, then the
+    /// residuals in order.
+    pub forward: Graph,
+    /// Inputs: the residuals in order, then the seed inputs. Outputs: the
+    /// gradients (`grad_<input>`).
+    pub backward: Graph,
+    pub residuals: Vec<Residual>,
+}
+
+impl Partition {
+    /// Total bytes of saved values.
+    pub fn saved_bytes(&self) -> usize {
+        self.residuals.iter().map(Residual::size_bytes).sum()
+    }
+}
+
+struct Classes {
+    primal: Vec<bool>,
+    seed: Vec<bool>,
+    /// Computed only from constants: free to copy into any graph.
+    constant: Vec<bool>,
+    /// Depends on a seed input: only the backward can compute it.
+    seed_dependent: Vec<bool>,
+    /// A bool value computed by an adjoint rule from forward values only.
+    mask: Vec<bool>,
+}
+
+fn classify(gg: &GradGraph) -> Classes {
+    let j = &gg.graph;
+    let n = j.len();
+    let mut c = Classes {
+        primal: (0..n).map(|i| i < gg.primal_nodes).collect(),
+        seed: vec![false; n],
+        constant: vec![false; n],
+        seed_dependent: vec![false; n],
+        mask: vec![false; n],
+    };
+    for input in j.inputs() {
+        if gg.seed_inputs.contains(&input.name) {
+            c.seed[input.node.index()] = true;
+        }
+    }
+    for id in j.node_ids() {
+        let i = id.index();
+        let args = j.args(id);
+        c.constant[i] = match j.op(id) {
+            Op::Const { .. } => true,
+            Op::Input { .. } => false,
+            _ => args.iter().all(|a| c.constant[a.index()]),
+        };
+        c.seed_dependent[i] = c.seed[i] || args.iter().any(|a| c.seed_dependent[a.index()]);
+        c.mask[i] = !c.primal[i]
+            && !c.constant[i]
+            && j.ty(id).dtype == DType::Bool
+            && args.iter().all(|a| c.primal[a.index()] || c.constant[a.index()]);
+    }
+    c
+}
+
+fn gradient_outputs(gg: &GradGraph) -> impl Iterator<Item = &wengert_ir::Output> {
+    gg.graph.outputs()[gg.primal_outputs..].iter()
+}
+
+/// The default set of saved values (see the module documentation).
+pub fn default_saved(gg: &GradGraph) -> Vec<NodeId> {
+    let j = &gg.graph;
+    let c = classify(gg);
+    let mut needed = vec![false; j.len()];
+    for o in gradient_outputs(gg) {
+        needed[o.node.index()] = true;
+    }
+    let mut saved = BTreeSet::new();
+    for id in j.node_ids().rev() {
+        let i = id.index();
+        if !needed[i] || c.constant[i] || c.seed[i] {
+            continue;
+        }
+        if c.primal[i] || c.mask[i] {
+            saved.insert(id);
+            continue;
+        }
+        for a in j.args(id) {
+            needed[a.index()] = true;
+        }
+    }
+    // A mask whose operands are saved anyway is cheaper to recompute.
+    let redundant: Vec<NodeId> = saved
+        .iter()
+        .copied()
+        .filter(|&m| c.mask[m.index()] && j.args(m).iter().all(|a| c.constant[a.index()] || saved.contains(a)))
+        .collect();
+    for m in redundant {
+        saved.remove(&m);
+    }
+    // Save the operand of a broadcast rather than the broadcast.
+    loop {
+        let swap = saved
+            .iter()
+            .copied()
+            .find(|&s| matches!(j.op(s), Op::Broadcast { .. }) && c.primal[s.index()]);
+        let Some(s) = swap else { break };
+        saved.remove(&s);
+        let x = j.args(s)[0];
+        if !c.constant[x.index()] {
+            saved.insert(x);
+        }
+    }
+    saved.into_iter().collect()
+}
+
+/// Splits `gg` into forward and backward graphs that communicate through
+/// the values in `saved` (ids of `gg.graph`), or through
+/// [`default_saved`] when `saved` is `None`.
+pub fn partition(gg: &GradGraph, saved: Option<&[NodeId]>) -> Result<Partition, PassError> {
+    let j = &gg.graph;
+    let c = classify(gg);
+    let saved: Vec<NodeId> = match saved {
+        Some(s) => {
+            let mut s = s.to_vec();
+            s.sort();
+            s.dedup();
+            s
+        }
+        None => default_saved(gg),
+    };
+    let mut is_saved = vec![false; j.len()];
+    for &s in &saved {
+        if !j.contains(s) {
+            return Err(PassError::Partition(format!(
+                "saved value #{} is not a node of the graph",
+                s.index()
+            )));
+        }
+        if c.seed_dependent[s.index()] {
+            return Err(PassError::Partition(format!(
+                "{} depends on a seed, so the forward cannot compute it to save it",
+                j.value_name(s)
+            )));
+        }
+        is_saved[s.index()] = true;
+    }
+    // What the backward computes: everything the gradients need, down to
+    // saved values, seeds and constants.
+    let mut in_backward = vec![false; j.len()];
+    for o in gradient_outputs(gg) {
+        in_backward[o.node.index()] = true;
+    }
+    for id in j.node_ids().rev() {
+        let i = id.index();
+        if !in_backward[i] || is_saved[i] {
+            continue;
+        }
+        if let Op::Input { index } = j.op(id) {
+            if !c.seed[i] {
+                return Err(PassError::Partition(format!(
+                    "the backward needs the input `{}`, which is not saved",
+                    j.inputs()[*index].name
+                )));
+            }
+            continue;
+        }
+        for a in j.args(id) {
+            in_backward[a.index()] = true;
+        }
+    }
+    // What the forward computes: the primal outputs and the saved values.
+    let mut in_forward = vec![false; j.len()];
+    for o in &j.outputs()[..gg.primal_outputs] {
+        in_forward[o.node.index()] = true;
+    }
+    for &s in &saved {
+        in_forward[s.index()] = true;
+    }
+    for id in j.node_ids().rev() {
+        if in_forward[id.index()] {
+            for a in j.args(id) {
+                in_forward[a.index()] = true;
+            }
+        }
+    }
+
+    let residuals: Vec<Residual> = saved
+        .iter()
+        .enumerate()
+        .map(|(k, &s)| Residual {
+            name: format!("saved{k}"),
+            node: s,
+            ty: j.ty(s).clone(),
+        })
+        .collect();
+
+    // Forward graph.
+    let base = j.name.strip_suffix(".grad").unwrap_or(&j.name);
+    let mut fwd = Graph::new(format!("{base}.forward"));
+    let mut map: Vec<Option<NodeId>> = vec![None; j.len()];
+    for input in j.inputs().iter().filter(|i| !c.seed[i.node.index()]) {
+        map[input.node.index()] = Some(fwd.add_input(&input.name, input.ty.clone(), input.differentiable)?);
+    }
+    copy_nodes(j, &mut fwd, &mut map, &in_forward)?;
+    for o in &j.outputs()[..gg.primal_outputs] {
+        fwd.add_output(&o.name, mapped(j, &map, o.node)?)?;
+    }
+    for r in &residuals {
+        fwd.add_output(&r.name, mapped(j, &map, r.node)?)?;
+    }
+
+    // Backward graph.
+    let mut bwd = Graph::new(format!("{base}.backward"));
+    let mut map: Vec<Option<NodeId>> = vec![None; j.len()];
+    for r in &residuals {
+        map[r.node.index()] = Some(bwd.add_input(&r.name, r.ty.clone(), true)?);
+    }
+    for input in j.inputs().iter().filter(|i| c.seed[i.node.index()]) {
+        map[input.node.index()] = Some(bwd.add_input(&input.name, input.ty.clone(), true)?);
+    }
+    let mut compute = in_backward;
+    for &s in &saved {
+        compute[s.index()] = false;
+    }
+    copy_nodes(j, &mut bwd, &mut map, &compute)?;
+    for o in gradient_outputs(gg) {
+        bwd.add_output(&o.name, mapped(j, &map, o.node)?)?;
+    }
+    wengert_ir::verify(&fwd)?;
+    wengert_ir::verify(&bwd)?;
+    Ok(Partition {
+        forward: fwd,
+        backward: bwd,
+        residuals,
+    })
+}
+
+fn mapped(j: &Graph, map: &[Option<NodeId>], id: NodeId) -> Result<NodeId, PassError> {
+    map[id.index()].ok_or_else(|| PassError::Internal {
+        node: j.value_name(id),
+        message: "partition lost a value".into(),
+    })
+}
+
+/// Copies the marked non-input nodes of `j` into `out` in topological order.
+fn copy_nodes(j: &Graph, out: &mut Graph, map: &mut [Option<NodeId>], marked: &[bool]) -> Result<(), PassError> {
+    for id in j.node_ids() {
+        if !marked[id.index()] || map[id.index()].is_some() || matches!(j.op(id), Op::Input { .. }) {
+            continue;
+        }
+        let args = j
+            .args(id)
+            .iter()
+            .map(|&a| mapped(j, map, a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let node = j.node(id);
+        map[id.index()] = Some(out.add_typed(node.op.clone(), &args, node.ty.clone()));
+    }
+    Ok(())
+}
