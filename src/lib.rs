@@ -3,8 +3,11 @@
 //! This facade re-exports the IR ([`ir`]) and the passes, and holds the
 //! seed case studies ([`cases`]) used by the examples, tests and benchmarks.
 
+pub mod api;
 pub mod cases;
 
+pub use api::{compile, value_and_grad, value_and_grad_with_seeds, Error, Executable, GradFn, Options, Residuals};
+pub use wengert_codegen::CodegenOptions;
 pub use wengert_ir as ir;
 pub use wengert_ir::{
     interpret, interpret_named, parse, to_dot, verify, DType, Graph, GraphBuilder, IrError, Op, Tensor, TensorType, Var,

@@ -1,1 +1,17 @@
-//! placeholder
+//! `wengert-codegen`: graphs to native code through Cranelift.
+//!
+//! - [`kernel`]: loop kernels (strided operands, straight-line bodies,
+//!   accumulating stores), the unit of generated loop code.
+//! - [`lower`]: one graph to one Cranelift function; values live in
+//!   registers, broadcast registers or strided memory views.
+//! - [`math`]: inline vectorized f32 exp, log, sin, cos, tanh.
+//! - [`jit`]: ISA settings, the JIT module and the code owner.
+
+pub mod error;
+pub mod jit;
+pub mod kernel;
+pub mod lower;
+pub mod math;
+
+pub use error::CodegenError;
+pub use jit::{compile_graph, compile_graphs, CodegenOptions};

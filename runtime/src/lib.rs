@@ -1,1 +1,15 @@
-//! placeholder
+//! `wengert-runtime`: what compiled code runs against.
+//!
+//! - [`Tensor`]: the IR's owned, 64-byte aligned host tensor.
+//! - [`Executable`]: compiled code with input validation, per-thread arenas
+//!   and caller-provided outputs.
+//! - [`gemm`]: the matrix-multiplication kernels generated code calls, and
+//!   the other symbols it may import.
+
+pub mod error;
+pub mod executable;
+pub mod gemm;
+
+pub use error::RuntimeError;
+pub use executable::{CodeOwner, EntryFn, Executable, MemoryReport};
+pub use wengert_ir::Tensor;

@@ -1,0 +1,203 @@
+//! Loop kernels: the unit of generated loop code.
+//!
+//! A kernel iterates over a static `shape`; each operand and each store is
+//! addressed with one stride per axis (0 for broadcasting, any value for a
+//! transposed or sliced view), and the body is a straight-line expression
+//! DAG over scalars of the operands. One node of the graph lowers to one
+//! kernel (or a few, for reductions and softmax cross-entropy); fusion will
+//! merge several nodes' bodies into one kernel with no intermediate buffer.
+//!
+//! Stores either overwrite (`Combine::Store`) or accumulate
+//! (`Combine::Add`, `Combine::Max`); an accumulating store with stride 0
+//! on the innermost axis is a reduction, kept in vector registers across
+//! the inner loop.
+
+use cranelift_codegen::ir::Value;
+use wengert_ir::{BinaryOp, CmpOp, DType, UnaryOp};
+
+/// Where an operand's elements come from.
+#[derive(Clone, Copy, Debug)]
+pub enum Src {
+    /// Memory at `ptr + offset·size_of(dtype)`, addressed with strides.
+    Mem { ptr: Value, offset: i64 },
+    /// One scalar value, the same for every element (a broadcast register).
+    Splat(Value),
+}
+
+#[derive(Clone, Debug)]
+pub struct KOperand {
+    pub src: Src,
+    /// Element strides per kernel axis.
+    pub strides: Vec<isize>,
+    pub dtype: DType,
+}
+
+/// One scalar operation of a kernel body; operands index earlier exprs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KExpr {
+    /// Element of operand `i`.
+    Operand(usize),
+    Const(f64),
+    Unary(UnaryOp, usize),
+    Binary(BinaryOp, usize, usize),
+    Pow(f64, usize),
+    Cmp(CmpOp, usize, usize),
+    Select(usize, usize, usize),
+    Convert(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Combine {
+    Store,
+    Add,
+    /// Maximum, propagating NaN.
+    Max,
+}
+
+#[derive(Clone, Debug)]
+pub struct KStore {
+    pub ptr: Value,
+    pub offset: i64,
+    pub strides: Vec<isize>,
+    pub dtype: DType,
+    /// The expr whose value is stored.
+    pub expr: usize,
+    pub combine: Combine,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Kernel {
+    pub shape: Vec<usize>,
+    pub operands: Vec<KOperand>,
+    /// Each expr with the dtype of its value.
+    pub exprs: Vec<(KExpr, DType)>,
+    pub stores: Vec<KStore>,
+}
+
+impl Kernel {
+    pub fn new(shape: &[usize]) -> Kernel {
+        Kernel {
+            shape: shape.to_vec(),
+            ..Kernel::default()
+        }
+    }
+
+    pub fn operand(&mut self, src: Src, strides: Vec<isize>, dtype: DType) -> usize {
+        self.operands.push(KOperand { src, strides, dtype });
+        self.expr(KExpr::Operand(self.operands.len() - 1), dtype)
+    }
+
+    pub fn expr(&mut self, e: KExpr, dtype: DType) -> usize {
+        self.exprs.push((e, dtype));
+        self.exprs.len() - 1
+    }
+
+    pub fn store(&mut self, ptr: Value, offset: i64, strides: Vec<isize>, dtype: DType, expr: usize, combine: Combine) {
+        self.stores.push(KStore {
+            ptr,
+            offset,
+            strides,
+            dtype,
+            expr,
+            combine,
+        });
+    }
+
+    /// Drops axes of extent 1 and merges adjacent axes that every access
+    /// walks contiguously (stride of the outer = stride·extent of the
+    /// inner), so a contiguous elementwise kernel is one flat loop.
+    pub fn simplify(&mut self) {
+        let keep: Vec<usize> = (0..self.shape.len()).filter(|&a| self.shape[a] != 1).collect();
+        if keep.len() != self.shape.len() {
+            self.shape = keep.iter().map(|&a| self.shape[a]).collect();
+            for o in &mut self.operands {
+                o.strides = keep.iter().map(|&a| o.strides[a]).collect();
+            }
+            for s in &mut self.stores {
+                s.strides = keep.iter().map(|&a| s.strides[a]).collect();
+            }
+        }
+        let mut a = 0;
+        while a + 1 < self.shape.len() {
+            let inner = self.shape[a + 1] as isize;
+            let mergeable = self.operands.iter().all(|o| o.strides[a] == o.strides[a + 1] * inner)
+                && self.stores.iter().all(|s| s.strides[a] == s.strides[a + 1] * inner);
+            if mergeable {
+                self.shape[a] *= self.shape[a + 1];
+                self.shape.remove(a + 1);
+                for o in &mut self.operands {
+                    o.strides.remove(a);
+                }
+                for s in &mut self.stores {
+                    s.strides.remove(a);
+                }
+            } else {
+                a += 1;
+            }
+        }
+        if self.shape.is_empty() {
+            self.shape.push(1);
+            for o in &mut self.operands {
+                o.strides.push(0);
+            }
+            for s in &mut self.stores {
+                s.strides.push(0);
+            }
+        }
+    }
+
+    /// Whether an expr calls out of line (f64 transcendentals, fractional
+    /// powers), which keeps the kernel scalar.
+    pub fn calls_out(e: &KExpr, dtype: DType) -> bool {
+        match e {
+            KExpr::Unary(u, _) => {
+                dtype == DType::F64
+                    && match u {
+                        UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tanh => true,
+                        UnaryOp::Neg | UnaryOp::Sqrt | UnaryOp::Abs | UnaryOp::Relu => false,
+                    }
+            }
+            KExpr::Pow(p, _) => wengert_ir::interp::integer_exponent(*p).is_none() && *p != 0.5,
+            KExpr::Operand(_)
+            | KExpr::Const(_)
+            | KExpr::Binary(..)
+            | KExpr::Cmp(..)
+            | KExpr::Select(..)
+            | KExpr::Convert(_) => false,
+        }
+    }
+
+    /// The float type the kernel can be vectorized over, if any: every
+    /// memory access and float value of one float dtype, innermost strides
+    /// 0 or 1, no conversions, no bool in memory, no out-of-line calls.
+    pub fn vector_dtype(&self) -> Option<DType> {
+        let last = self.shape.len() - 1;
+        let dt = self
+            .stores
+            .first()
+            .map(|s| s.dtype)
+            .or_else(|| self.operands.first().map(|o| o.dtype))?;
+        if !dt.is_float() {
+            return None;
+        }
+        let ok_operands = self
+            .operands
+            .iter()
+            .all(|o| o.dtype == dt && matches!(o.strides[last], 0 | 1));
+        let ok_stores = self
+            .stores
+            .iter()
+            .all(|s| s.dtype == dt && (s.strides[last] == 1 || (s.strides[last] == 0 && s.combine != Combine::Store)));
+        let ok_exprs = self.exprs.iter().all(|(e, d)| {
+            (*d == dt || *d == DType::Bool)
+                && !Self::calls_out(e, *d)
+                && match e {
+                    KExpr::Convert(_) => false,
+                    KExpr::Const(_) => *d == dt,
+                    KExpr::Cmp(_, a, _) => self.exprs[*a].1 == dt,
+                    _ => true,
+                }
+        });
+        (ok_operands && ok_stores && ok_exprs).then_some(dt)
+    }
+}

@@ -1,0 +1,1268 @@
+//! Lowering of one graph to one Cranelift function.
+//!
+//! The function takes a pointer to `[inputs…, outputs…, arena]` and walks
+//! the graph in topological order. Each value lives in one of three places:
+//!
+//! - a register (`Loc::Reg`): every one-element value, so a scalar graph
+//!   (seed cases 1–4) becomes straight-line register code with no loops and
+//!   no memory traffic but its inputs and outputs;
+//! - a broadcast register (`Loc::Splat`): a one-element value broadcast to
+//!   a shape, read with stride 0;
+//! - a strided view of memory (`Loc::Mem`): an input, a constant, an arena
+//!   slot or an output buffer, with an offset and one stride per axis.
+//!
+//! `broadcast`, `transpose`, `slice` and (contiguous) `reshape` only change
+//! the view, so they cost nothing: elementwise kernels broadcast by index
+//! arithmetic, and a transposed matmul operand is passed to GEMM with
+//! swapped strides instead of being copied. Values computed into memory
+//! that are graph outputs are computed straight into the output buffer.
+//! Every `match` over `Op` here is exhaustive.
+
+use crate::error::CodegenError;
+use crate::kernel::{Combine, KExpr, Kernel, Src};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, AbiParam, Endianness, FuncRef, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_frontend::{FunctionBuilder, Variable};
+use cranelift_jit::JITModule;
+use cranelift_module::{FuncId, Linkage, Module};
+use std::collections::HashMap;
+use wengert_ir::interp::integer_exponent;
+use wengert_ir::{row_major_strides, BinaryOp, CmpOp, DType, Graph, NodeId, Op, Tensor, UnaryOp};
+use wengert_runtime::gemm::GemmParams;
+
+/// How many vectors the main loop of a kernel processes per iteration.
+/// Cranelift does not unroll loops; unrolling in the emitted CLIF matched
+/// LLVM's speed in measurements on this machine (DESIGN.md).
+const UNROLL: usize = 4;
+
+/// A strided view of memory.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub ptr: Value,
+    pub offset: i64,
+    pub shape: Vec<usize>,
+    pub strides: Vec<isize>,
+    pub dtype: DType,
+}
+
+impl View {
+    fn is_contiguous(&self) -> bool {
+        let rm = row_major_strides(&self.shape);
+        self.shape
+            .iter()
+            .zip(self.strides.iter().zip(&rm))
+            .all(|(&d, (&s, &r))| d == 1 || s == r as isize)
+    }
+}
+
+/// Where a value lives.
+#[derive(Clone, Debug)]
+pub enum Loc {
+    Reg(Value),
+    Splat(Value, Vec<usize>),
+    Mem(View),
+}
+
+/// Function-level state shared with the module: imports, and data the
+/// code points into (constants, GEMM parameter blocks), which the
+/// executable keeps alive.
+pub struct ModuleState {
+    pub imports: HashMap<&'static str, FuncId>,
+    pub consts: Vec<Tensor>,
+    pub gemm_params: Vec<Box<GemmParams>>,
+}
+
+/// Lowers one graph into the current function.
+pub struct Lowerer<'m> {
+    pub module: &'m mut JITModule,
+    pub state: &'m mut ModuleState,
+    func_imports: HashMap<&'static str, FuncRef>,
+    arena: Value,
+    arena_bytes: usize,
+}
+
+fn mem_type(d: DType) -> Type {
+    match d {
+        DType::F32 => types::F32,
+        DType::F64 => types::F64,
+        DType::Bool => types::I8,
+    }
+}
+
+fn vector_type(d: DType) -> Type {
+    match d {
+        DType::F32 => types::F32X4,
+        DType::F64 => types::F64X2,
+        DType::Bool => types::I8X16,
+    }
+}
+
+fn flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+fn float_cc(c: CmpOp) -> FloatCC {
+    match c {
+        CmpOp::Lt => FloatCC::LessThan,
+        CmpOp::Le => FloatCC::LessThanOrEqual,
+        CmpOp::Gt => FloatCC::GreaterThan,
+        CmpOp::Ge => FloatCC::GreaterThanOrEqual,
+        CmpOp::Eq => FloatCC::Equal,
+        CmpOp::Ne => FloatCC::NotEqual,
+    }
+}
+
+fn int_cc(c: CmpOp) -> IntCC {
+    match c {
+        CmpOp::Lt => IntCC::UnsignedLessThan,
+        CmpOp::Le => IntCC::UnsignedLessThanOrEqual,
+        CmpOp::Gt => IntCC::UnsignedGreaterThan,
+        CmpOp::Ge => IntCC::UnsignedGreaterThanOrEqual,
+        CmpOp::Eq => IntCC::Equal,
+        CmpOp::Ne => IntCC::NotEqual,
+    }
+}
+
+impl<'m> Lowerer<'m> {
+    /// Flags for lane-preserving vector bitcasts.
+    pub fn vflags(&self) -> MemFlagsData {
+        MemFlagsData::new().with_endianness(Endianness::Little)
+    }
+
+    fn import(&mut self, fb: &mut FunctionBuilder, name: &'static str, params: &[Type], rets: &[Type]) -> FuncRef {
+        if let Some(&f) = self.func_imports.get(name) {
+            return f;
+        }
+        let id = match self.state.imports.get(name) {
+            Some(&id) => id,
+            None => {
+                let mut sig = self.module.make_signature();
+                sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
+                sig.returns.extend(rets.iter().map(|&t| AbiParam::new(t)));
+                // The runtime registers every name in `gemm::symbols`, so
+                // the declaration always resolves.
+                let id = self
+                    .module
+                    .declare_function(name, Linkage::Import, &sig)
+                    .expect("import declarations are consistent");
+                self.state.imports.insert(name, id);
+                id
+            }
+        };
+        let f = self.module.declare_func_in_func(id, fb.func);
+        self.func_imports.insert(name, f);
+        f
+    }
+
+    pub fn import_f32_unary(&mut self, fb: &mut FunctionBuilder, name: &'static str) -> FuncRef {
+        self.import(fb, name, &[types::F32], &[types::F32])
+    }
+
+    /// A fresh contiguous arena slot of the given shape.
+    fn alloc(&mut self, fb: &mut FunctionBuilder, shape: &[usize], dtype: DType) -> View {
+        let bytes = wengert_ir::num_elements(shape) * dtype.size_bytes();
+        let off = self.arena_bytes;
+        self.arena_bytes += bytes.div_ceil(64) * 64;
+        let ptr = fb.ins().iadd_imm_s(self.arena, off as i64);
+        View {
+            ptr,
+            offset: 0,
+            shape: shape.to_vec(),
+            strides: row_major_strides(shape).iter().map(|&s| s as isize).collect(),
+            dtype,
+        }
+    }
+
+    fn scalar_const(&mut self, fb: &mut FunctionBuilder, dtype: DType, v: f64) -> Value {
+        match dtype {
+            DType::F32 => fb.ins().f32const(v as f32),
+            DType::F64 => fb.ins().f64const(v),
+            DType::Bool => fb.ins().iconst(types::I8, (v != 0.0) as i64),
+        }
+    }
+
+    /// Loads one element of a view at the given element index.
+    fn load_at(&mut self, fb: &mut FunctionBuilder, v: &View, index: i64) -> Value {
+        let off = ((v.offset + index) * v.dtype.size_bytes() as i64) as i32;
+        let x = fb.ins().load(mem_type(v.dtype), flags(), v.ptr, off);
+        if v.dtype == DType::Bool {
+            fb.ins().icmp_imm_s(IntCC::NotEqual, x, 0)
+        } else {
+            x
+        }
+    }
+
+    /// The scalar value of a one-element location.
+    fn scalar_of(&mut self, fb: &mut FunctionBuilder, loc: &Loc) -> Value {
+        match loc {
+            Loc::Reg(v) | Loc::Splat(v, _) => *v,
+            Loc::Mem(view) => {
+                let view = view.clone();
+                self.load_at(fb, &view, 0)
+            }
+        }
+    }
+
+    /// Adds `loc` (of the kernel's shape) as an operand of `k`.
+    fn operand(&mut self, k: &mut Kernel, loc: &Loc, dtype: DType) -> usize {
+        let rank = k.shape.len();
+        match loc {
+            Loc::Reg(v) | Loc::Splat(v, _) => k.operand(Src::Splat(*v), vec![0; rank], dtype),
+            Loc::Mem(view) => k.operand(
+                Src::Mem {
+                    ptr: view.ptr,
+                    offset: view.offset,
+                },
+                view.strides.clone(),
+                dtype,
+            ),
+        }
+    }
+
+    /// Copies (or fills) `loc` into `dst`, both of `dst`'s shape.
+    fn copy_into(&mut self, fb: &mut FunctionBuilder, loc: &Loc, dst: &View) -> Result<(), CodegenError> {
+        let mut k = Kernel::new(&dst.shape);
+        let x = self.operand(&mut k, loc, dst.dtype);
+        k.store(dst.ptr, dst.offset, dst.strides.clone(), dst.dtype, x, Combine::Store);
+        self.emit_kernel(fb, k)
+    }
+
+    /// A view of `loc` as memory of the given shape, copying into the arena
+    /// when it is not already memory with usable strides.
+    fn materialize(
+        &mut self,
+        fb: &mut FunctionBuilder,
+        loc: &Loc,
+        shape: &[usize],
+        dtype: DType,
+        allow_zero_strides: bool,
+    ) -> Result<View, CodegenError> {
+        if let Loc::Mem(v) = loc {
+            if allow_zero_strides || v.strides.iter().zip(&v.shape).all(|(&s, &d)| s != 0 || d == 1) {
+                return Ok(v.clone());
+            }
+        }
+        let dst = self.alloc(fb, shape, dtype);
+        self.copy_into(fb, loc, &dst)?;
+        Ok(dst)
+    }
+
+    /// Evaluates one kernel expr on already-evaluated arguments, for lane
+    /// type `ty` (a float scalar, or a vector when vectorizing).
+    #[allow(clippy::too_many_arguments)]
+    fn eval(
+        &mut self,
+        fb: &mut FunctionBuilder,
+        e: KExpr,
+        dtype: DType,
+        arg_dtypes: &[DType],
+        args: &[Value],
+        ty: Type,
+    ) -> Value {
+        let lanes_ty = |d: DType| if ty.is_vector() { vector_type(d) } else { mem_type(d) };
+        match e {
+            KExpr::Operand(_) => args[0],
+            KExpr::Const(v) => {
+                let s = self.scalar_const(fb, dtype, v);
+                if ty.is_vector() {
+                    fb.ins().splat(lanes_ty(dtype), s)
+                } else {
+                    s
+                }
+            }
+            KExpr::Unary(u, _) => {
+                let x = args[0];
+                let xt = lanes_ty(dtype);
+                match u {
+                    UnaryOp::Neg => fb.ins().fneg(x),
+                    UnaryOp::Abs => fb.ins().fabs(x),
+                    UnaryOp::Sqrt => fb.ins().sqrt(x),
+                    UnaryOp::Relu => {
+                        // x where x > 0 or x is NaN, else +0.
+                        let zero = self.fconst(fb, xt, 0.0);
+                        let keep = fb.ins().fcmp(FloatCC::UnorderedOrGreaterThan, x, zero);
+                        self.sel(fb, keep, x, zero)
+                    }
+                    UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tanh
+                        if dtype == DType::F32 =>
+                    {
+                        match u {
+                            UnaryOp::Exp => self.exp_f32(fb, xt, x),
+                            UnaryOp::Log => self.log_f32(fb, xt, x),
+                            UnaryOp::Sin => self.sincos_f32(fb, xt, x, false),
+                            UnaryOp::Cos => self.sincos_f32(fb, xt, x, true),
+                            _ => self.tanh_f32(fb, xt, x),
+                        }
+                    }
+                    UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tanh => {
+                        let name = match u {
+                            UnaryOp::Exp => "wengert_exp_f64",
+                            UnaryOp::Log => "wengert_log_f64",
+                            UnaryOp::Sin => "wengert_sin_f64",
+                            UnaryOp::Cos => "wengert_cos_f64",
+                            _ => "wengert_tanh_f64",
+                        };
+                        let f = self.import(fb, name, &[types::F64], &[types::F64]);
+                        let call = fb.ins().call(f, &[x]);
+                        fb.inst_results(call)[0]
+                    }
+                }
+            }
+            KExpr::Binary(b, _, _) => {
+                let (a, c) = (args[0], args[1]);
+                match b {
+                    BinaryOp::Add => fb.ins().fadd(a, c),
+                    BinaryOp::Sub => fb.ins().fsub(a, c),
+                    BinaryOp::Mul => fb.ins().fmul(a, c),
+                    BinaryOp::Div => fb.ins().fdiv(a, c),
+                    BinaryOp::Max | BinaryOp::Min => {
+                        let cc = if b == BinaryOp::Max {
+                            FloatCC::GreaterThanOrEqual
+                        } else {
+                            FloatCC::LessThanOrEqual
+                        };
+                        let pick = fb.ins().fcmp(cc, a, c);
+                        let m = self.sel(fb, pick, a, c);
+                        // NaN in either operand: a + c is NaN.
+                        let nan = fb.ins().fcmp(FloatCC::Unordered, a, c);
+                        let s = fb.ins().fadd(a, c);
+                        self.sel(fb, nan, s, m)
+                    }
+                }
+            }
+            KExpr::Pow(p, _) => {
+                let x = args[0];
+                if let Some(n) = integer_exponent(p) {
+                    // Binary powering in the interpreter's exact order.
+                    let mut base = x;
+                    let mut e = n.unsigned_abs();
+                    let mut acc: Option<Value> = None;
+                    while e > 0 {
+                        if e & 1 == 1 {
+                            acc = Some(match acc {
+                                None => base,
+                                Some(a) => fb.ins().fmul(a, base),
+                            });
+                        }
+                        e >>= 1;
+                        if e > 0 {
+                            base = fb.ins().fmul(base, base);
+                        }
+                    }
+                    let one = self.fconst(fb, lanes_ty(dtype), 1.0);
+                    let r = acc.unwrap_or(one);
+                    if n < 0 {
+                        fb.ins().fdiv(one, r)
+                    } else {
+                        r
+                    }
+                } else if p == 0.5 {
+                    fb.ins().sqrt(x)
+                } else {
+                    let (name, t) = if dtype == DType::F32 {
+                        ("wengert_pow_f32", types::F32)
+                    } else {
+                        ("wengert_pow_f64", types::F64)
+                    };
+                    let f = self.import(fb, name, &[t, t], &[t]);
+                    let pv = self.scalar_const(fb, dtype, p);
+                    let call = fb.ins().call(f, &[x, pv]);
+                    fb.inst_results(call)[0]
+                }
+            }
+            KExpr::Cmp(c, _, _) => {
+                if arg_dtypes[0] == DType::Bool {
+                    fb.ins().icmp(int_cc(c), args[0], args[1])
+                } else {
+                    fb.ins().fcmp(float_cc(c), args[0], args[1])
+                }
+            }
+            KExpr::Select(..) => self.sel(fb, args[0], args[1], args[2]),
+            KExpr::Convert(_) => {
+                let (from, x) = (arg_dtypes[0], args[0]);
+                match (from, dtype) {
+                    (DType::F32, DType::F64) => fb.ins().fpromote(types::F64, x),
+                    (DType::F64, DType::F32) => fb.ins().fdemote(types::F32, x),
+                    (DType::Bool, DType::F32 | DType::F64) => {
+                        let one = self.scalar_const(fb, dtype, 1.0);
+                        let zero = self.scalar_const(fb, dtype, 0.0);
+                        fb.ins().select(x, one, zero)
+                    }
+                    (DType::F32 | DType::F64, DType::Bool) => {
+                        let zero = self.scalar_const(fb, from, 0.0);
+                        fb.ins().fcmp(FloatCC::NotEqual, x, zero)
+                    }
+                    (DType::F32, DType::F32) | (DType::F64, DType::F64) | (DType::Bool, DType::Bool) => x,
+                }
+            }
+        }
+    }
+
+    fn expr_args(e: &KExpr) -> Vec<usize> {
+        match *e {
+            KExpr::Operand(_) | KExpr::Const(_) => vec![],
+            KExpr::Unary(_, a) | KExpr::Pow(_, a) | KExpr::Convert(a) => vec![a],
+            KExpr::Binary(_, a, b) | KExpr::Cmp(_, a, b) => vec![a, b],
+            KExpr::Select(c, a, b) => vec![c, a, b],
+        }
+    }
+
+    fn combine(&mut self, fb: &mut FunctionBuilder, c: Combine, acc: Value, v: Value) -> Value {
+        match c {
+            Combine::Store => v,
+            Combine::Add => fb.ins().fadd(acc, v),
+            Combine::Max => {
+                let ty = fb.func.dfg.value_type(acc);
+                let _ = ty;
+                let gt = fb.ins().fcmp(FloatCC::GreaterThan, v, acc);
+                let m = self.sel(fb, gt, v, acc);
+                let nan = fb.ins().fcmp(FloatCC::Unordered, acc, v);
+                let s = fb.ins().fadd(acc, v);
+                self.sel(fb, nan, s, m)
+            }
+        }
+    }
+
+    /// Emits a counted loop header; returns the counter variable, its value
+    /// in the body, and the exit block. The caller emits the body, then
+    /// calls `end_loop`.
+    fn begin_loop(
+        &mut self,
+        fb: &mut FunctionBuilder,
+        start: i64,
+        end: i64,
+    ) -> (
+        Variable,
+        Value,
+        cranelift_codegen::ir::Block,
+        cranelift_codegen::ir::Block,
+    ) {
+        let var = fb.declare_var(types::I64);
+        let init = fb.ins().iconst(types::I64, start);
+        fb.def_var(var, init);
+        let header = fb.create_block();
+        let body = fb.create_block();
+        let exit = fb.create_block();
+        fb.ins().jump(header, &[]);
+        fb.switch_to_block(header);
+        let i = fb.use_var(var);
+        let more = fb.ins().icmp_imm_s(IntCC::SignedLessThan, i, end);
+        fb.ins().brif(more, body, &[], exit, &[]);
+        fb.switch_to_block(body);
+        (var, i, header, exit)
+    }
+
+    fn end_loop(
+        &mut self,
+        fb: &mut FunctionBuilder,
+        var: Variable,
+        i: Value,
+        step: i64,
+        header: cranelift_codegen::ir::Block,
+        exit: cranelift_codegen::ir::Block,
+    ) {
+        let next = fb.ins().iadd_imm_s(i, step);
+        fb.def_var(var, next);
+        fb.ins().jump(header, &[]);
+        fb.switch_to_block(exit);
+    }
+
+    /// Emits a kernel as a loop nest.
+    pub fn emit_kernel(&mut self, fb: &mut FunctionBuilder, mut k: Kernel) -> Result<(), CodegenError> {
+        if k.shape.contains(&0) {
+            return Ok(());
+        }
+        k.simplify();
+        let mut idx = Vec::new();
+        self.emit_outer(fb, &k, &mut idx);
+        Ok(())
+    }
+
+    fn emit_outer(&mut self, fb: &mut FunctionBuilder, k: &Kernel, idx: &mut Vec<Value>) {
+        let axis = idx.len();
+        if axis + 1 == k.shape.len() {
+            self.emit_inner(fb, k, idx);
+            return;
+        }
+        let (var, i, header, exit) = self.begin_loop(fb, 0, k.shape[axis] as i64);
+        idx.push(i);
+        self.emit_outer(fb, k, idx);
+        idx.pop();
+        self.end_loop(fb, var, i, 1, header, exit);
+    }
+
+    /// Base address of an access for the current outer indices.
+    fn base_addr(
+        &mut self,
+        fb: &mut FunctionBuilder,
+        ptr: Value,
+        offset: i64,
+        strides: &[isize],
+        dtype: DType,
+        idx: &[Value],
+    ) -> Value {
+        let size = dtype.size_bytes() as i64;
+        let mut addr = fb.ins().iadd_imm_s(ptr, offset * size);
+        for (&i, &s) in idx.iter().zip(strides) {
+            if s != 0 {
+                let scaled = fb.ins().imul_imm_s(i, s as i64 * size);
+                addr = fb.ins().iadd(addr, scaled);
+            }
+        }
+        addr
+    }
+
+    fn emit_inner(&mut self, fb: &mut FunctionBuilder, k: &Kernel, idx: &[Value]) {
+        let last = k.shape.len() - 1;
+        let len = k.shape[last] as i64;
+        let vdt = k.vector_dtype();
+        let width = match vdt {
+            Some(DType::F32) => 4,
+            Some(DType::F64) => 2,
+            _ => 1,
+        };
+        // Per-access base addresses for this inner loop.
+        let op_base: Vec<Option<Value>> = k
+            .operands
+            .iter()
+            .map(|o| match o.src {
+                Src::Mem { ptr, offset } => Some(self.base_addr(fb, ptr, offset, &o.strides, o.dtype, idx)),
+                Src::Splat(_) => None,
+            })
+            .collect();
+        let st_base: Vec<Value> = k
+            .stores
+            .iter()
+            .map(|s| self.base_addr(fb, s.ptr, s.offset, &s.strides, s.dtype, idx))
+            .collect();
+        // Loop-invariant exprs (constants, stride-0 operands and what only
+        // depends on them) are evaluated once, before the loop.
+        let n = k.exprs.len();
+        let mut invariant = vec![false; n];
+        for (i, (e, _)) in k.exprs.iter().enumerate() {
+            invariant[i] = match e {
+                KExpr::Operand(o) => matches!(k.operands[*o].src, Src::Splat(_)) || k.operands[*o].strides[last] == 0,
+                KExpr::Const(_) => true,
+                other => Self::expr_args(other).iter().all(|&a| invariant[a]),
+            } && !Kernel::calls_out(e, k.exprs[i].1);
+        }
+        let mut inv_scalar: Vec<Option<Value>> = vec![None; n];
+        let mut inv_vector: Vec<Option<Value>> = vec![None; n];
+        for i in 0..n {
+            if !invariant[i] {
+                continue;
+            }
+            let (e, d) = k.exprs[i];
+            let s = self.eval_element(fb, k, &op_base, i, e, d, &inv_scalar, None, width, false);
+            inv_scalar[i] = Some(s);
+            if width > 1 {
+                let v = self.eval_element(fb, k, &op_base, i, e, d, &inv_vector, None, width, true);
+                inv_vector[i] = Some(v);
+            }
+        }
+        // Accumulators of reductions along the inner axis.
+        let red: Vec<usize> = (0..k.stores.len())
+            .filter(|&s| k.stores[s].strides[last] == 0 && k.stores[s].combine != Combine::Store)
+            .collect();
+        let init_of = |c: Combine| if c == Combine::Max { f64::NEG_INFINITY } else { 0.0 };
+        let mut acc_s: HashMap<usize, Variable> = HashMap::new();
+        let mut acc_v: HashMap<usize, Vec<Variable>> = HashMap::new();
+        for &s in &red {
+            let st = &k.stores[s];
+            let var = fb.declare_var(mem_type(st.dtype));
+            let z = self.scalar_const(fb, st.dtype, init_of(st.combine));
+            fb.def_var(var, z);
+            acc_s.insert(s, var);
+            if width > 1 {
+                let vt = vector_type(st.dtype);
+                let vars = (0..UNROLL)
+                    .map(|_| {
+                        let v = fb.declare_var(vt);
+                        let z = self.fconst(fb, vt, init_of(st.combine));
+                        fb.def_var(v, z);
+                        v
+                    })
+                    .collect();
+                acc_v.insert(s, vars);
+            }
+        }
+        let step = (width * UNROLL) as i64;
+        let mut done = 0i64;
+        if width > 1 && len >= step {
+            let main_end = len - len % step;
+            let (var, j, header, exit) = self.begin_loop(fb, 0, main_end);
+            for u in 0..UNROLL {
+                let at = fb.ins().iadd_imm_s(j, (u * width) as i64);
+                self.emit_element(fb, k, &op_base, &st_base, at, width, true, &inv_vector, &acc_v, u);
+            }
+            self.end_loop(fb, var, j, step, header, exit);
+            done = main_end;
+        }
+        if width > 1 {
+            while done + width as i64 <= len {
+                let at = fb.ins().iconst(types::I64, done);
+                self.emit_element(fb, k, &op_base, &st_base, at, width, true, &inv_vector, &acc_v, 0);
+                done += width as i64;
+            }
+            // Fold the vector accumulators into the scalar one.
+            for &s in &red {
+                let c = k.stores[s].combine;
+                let vars = acc_v[&s].clone();
+                let mut v = fb.use_var(vars[0]);
+                for var in &vars[1..] {
+                    let w = fb.use_var(*var);
+                    v = self.combine(fb, c, v, w);
+                }
+                let mut acc = fb.use_var(acc_s[&s]);
+                for lane in 0..width as u8 {
+                    let x = fb.ins().extractlane(v, lane);
+                    acc = self.combine(fb, c, acc, x);
+                }
+                fb.def_var(acc_s[&s], acc);
+            }
+        }
+        // Scalar remainder: straight-line when short, else a loop.
+        let rest = len - done;
+        if rest > 0 && rest <= 8 {
+            for e in done..len {
+                let at = fb.ins().iconst(types::I64, e);
+                self.emit_element_scalar(fb, k, &op_base, &st_base, at, &inv_scalar, &acc_s);
+            }
+        } else if rest > 0 {
+            let (var, j, header, exit) = self.begin_loop(fb, done, len);
+            self.emit_element_scalar(fb, k, &op_base, &st_base, j, &inv_scalar, &acc_s);
+            self.end_loop(fb, var, j, 1, header, exit);
+        }
+        // Reductions: combine with memory once per inner loop.
+        for &s in &red {
+            let st = &k.stores[s];
+            let acc = fb.use_var(acc_s[&s]);
+            let old = fb.ins().load(mem_type(st.dtype), flags(), st_base[s], 0);
+            let v = self.combine(fb, st.combine, old, acc);
+            fb.ins().store(flags(), v, st_base[s], 0);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit_element_scalar(
+        &mut self,
+        fb: &mut FunctionBuilder,
+        k: &Kernel,
+        op_base: &[Option<Value>],
+        st_base: &[Value],
+        at: Value,
+        inv: &[Option<Value>],
+        acc_s: &HashMap<usize, Variable>,
+    ) {
+        let n = k.exprs.len();
+        let mut vals: Vec<Option<Value>> = inv.to_vec();
+        for i in 0..n {
+            if vals[i].is_some() {
+                continue;
+            }
+            let (e, d) = k.exprs[i];
+            let v = self.eval_element(fb, k, op_base, i, e, d, &vals, Some(at), 1, false);
+            vals[i] = Some(v);
+        }
+        let last = k.shape.len() - 1;
+        for (s, st) in k.stores.iter().enumerate() {
+            let v = vals[st.expr].expect("evaluated");
+            if let Some(&var) = acc_s.get(&s) {
+                let acc = fb.use_var(var);
+                let c = self.combine(fb, st.combine, acc, v);
+                fb.def_var(var, c);
+                continue;
+            }
+            let size = st.dtype.size_bytes() as i64;
+            let off = fb.ins().imul_imm_s(at, st.strides[last] as i64 * size);
+            let addr = fb.ins().iadd(st_base[s], off);
+            let v = if st.combine == Combine::Store {
+                v
+            } else {
+                let old = fb.ins().load(mem_type(st.dtype), flags(), addr, 0);
+                self.combine(fb, st.combine, old, v)
+            };
+            fb.ins().store(flags(), v, addr, 0);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit_element(
+        &mut self,
+        fb: &mut FunctionBuilder,
+        k: &Kernel,
+        op_base: &[Option<Value>],
+        st_base: &[Value],
+        at: Value,
+        width: usize,
+        vector: bool,
+        inv: &[Option<Value>],
+        acc_v: &HashMap<usize, Vec<Variable>>,
+        unroll_slot: usize,
+    ) {
+        let n = k.exprs.len();
+        let mut vals: Vec<Option<Value>> = inv.to_vec();
+        for i in 0..n {
+            if vals[i].is_some() {
+                continue;
+            }
+            let (e, d) = k.exprs[i];
+            let v = self.eval_element(fb, k, op_base, i, e, d, &vals, Some(at), width, vector);
+            vals[i] = Some(v);
+        }
+        for (s, st) in k.stores.iter().enumerate() {
+            let v = vals[st.expr].expect("evaluated");
+            if let Some(vars) = acc_v.get(&s) {
+                let var = vars[unroll_slot];
+                let acc = fb.use_var(var);
+                let c = self.combine(fb, st.combine, acc, v);
+                fb.def_var(var, c);
+                continue;
+            }
+            let size = st.dtype.size_bytes() as i64;
+            let off = fb.ins().imul_imm_s(at, size);
+            let addr = fb.ins().iadd(st_base[s], off);
+            let v = if st.combine == Combine::Store {
+                v
+            } else {
+                let old = fb.ins().load(vector_type(st.dtype), flags(), addr, 0);
+                self.combine(fb, st.combine, old, v)
+            };
+            fb.ins().store(flags(), v, addr, 0);
+        }
+    }
+
+    /// Evaluates expr `i` at element `at` of the inner axis (or, with
+    /// `at = None`, as a loop invariant).
+    #[allow(clippy::too_many_arguments)]
+    fn eval_element(
+        &mut self,
+        fb: &mut FunctionBuilder,
+        k: &Kernel,
+        op_base: &[Option<Value>],
+        _i: usize,
+        e: KExpr,
+        d: DType,
+        vals: &[Option<Value>],
+        at: Option<Value>,
+        width: usize,
+        vector: bool,
+    ) -> Value {
+        let last = k.shape.len() - 1;
+        let lane_ty = if vector { vector_type(d) } else { mem_type(d) };
+        if let KExpr::Operand(o) = e {
+            let op = &k.operands[o];
+            let scalar = match (op.src, at) {
+                (Src::Splat(v), _) => v,
+                (Src::Mem { .. }, None) => {
+                    let x = fb
+                        .ins()
+                        .load(mem_type(op.dtype), flags(), op_base[o].expect("memory operand"), 0);
+                    if op.dtype == DType::Bool {
+                        fb.ins().icmp_imm_s(IntCC::NotEqual, x, 0)
+                    } else {
+                        x
+                    }
+                }
+                (Src::Mem { .. }, Some(at)) => {
+                    let size = op.dtype.size_bytes() as i64;
+                    let stride = op.strides[last] as i64;
+                    let base = op_base[o].expect("memory operand");
+                    if vector && stride == 1 {
+                        let off = fb.ins().imul_imm_s(at, size);
+                        let addr = fb.ins().iadd(base, off);
+                        return fb.ins().load(vector_type(op.dtype), flags(), addr, 0);
+                    }
+                    let off = fb.ins().imul_imm_s(at, stride * size);
+                    let addr = fb.ins().iadd(base, off);
+                    let x = fb.ins().load(mem_type(op.dtype), flags(), addr, 0);
+                    if op.dtype == DType::Bool {
+                        fb.ins().icmp_imm_s(IntCC::NotEqual, x, 0)
+                    } else {
+                        x
+                    }
+                }
+            };
+            return if vector {
+                fb.ins().splat(vector_type(op.dtype), scalar)
+            } else {
+                scalar
+            };
+        }
+        let _ = width;
+        let arg_ids = Self::expr_args(&e);
+        let args: Vec<Value> = arg_ids.iter().map(|&a| vals[a].expect("arguments precede")).collect();
+        let arg_dtypes: Vec<DType> = arg_ids.iter().map(|&a| k.exprs[a].1).collect();
+        self.eval(fb, e, d, &arg_dtypes, &args, lane_ty)
+    }
+}
+
+/// Result of lowering one graph.
+pub struct Lowered {
+    pub arena_bytes: usize,
+}
+
+/// Whether a node's result is computed into fresh memory (so that, if it is
+/// an output, it can be computed straight into the output buffer).
+fn computes_fresh_memory(g: &Graph, id: NodeId) -> bool {
+    let big = g.ty(id).num_elements() > 1;
+    match g.op(id) {
+        Op::Input { .. }
+        | Op::Const { .. }
+        | Op::Broadcast { .. }
+        | Op::Reshape { .. }
+        | Op::Transpose { .. }
+        | Op::Slice { .. }
+        | Op::SoftmaxCrossEntropy => false,
+        Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. } => big,
+        Op::ReduceSum { .. } | Op::ReduceMax { .. } | Op::MatMul | Op::Pad { .. } | Op::Concat { .. } => true,
+    }
+}
+
+/// Lowers `g` into the function being built by `fb`, whose one parameter is
+/// the pointer array.
+pub fn lower_graph(
+    module: &mut JITModule,
+    state: &mut ModuleState,
+    fb: &mut FunctionBuilder,
+    g: &Graph,
+) -> Result<Lowered, CodegenError> {
+    let entry = fb.create_block();
+    fb.append_block_params_for_function_params(entry);
+    fb.switch_to_block(entry);
+    let ptrs = fb.block_params(entry)[0];
+    let n_in = g.inputs().len();
+    let n_out = g.outputs().len();
+    let load_ptr = |fb: &mut FunctionBuilder, i: usize| {
+        fb.ins().load(
+            types::I64,
+            MemFlagsData::trusted().with_readonly(),
+            ptrs,
+            (i * 8) as i32,
+        )
+    };
+    let arena = load_ptr(fb, n_in + n_out);
+    let in_ptrs: Vec<Value> = (0..n_in).map(|i| load_ptr(fb, i)).collect();
+    let out_ptrs: Vec<Value> = (0..n_out).map(|j| load_ptr(fb, n_in + j)).collect();
+    let mut lw = Lowerer {
+        module,
+        state,
+        func_imports: HashMap::new(),
+        arena,
+        arena_bytes: 0,
+    };
+    // Outputs computed in place: the first output naming a node that
+    // computes fresh memory.
+    let mut dest: Vec<Option<usize>> = vec![None; g.len()];
+    let mut written = vec![false; n_out];
+    for (j, o) in g.outputs().iter().enumerate() {
+        if dest[o.node.index()].is_none() && computes_fresh_memory(g, o.node) {
+            dest[o.node.index()] = Some(j);
+            written[j] = true;
+        }
+    }
+    let mut locs: Vec<Option<Loc>> = vec![None; g.len()];
+    let mut remaining = g.use_counts();
+    for o in g.outputs() {
+        remaining[o.node.index()] += 1;
+    }
+    for id in g.node_ids() {
+        let args = g.args(id);
+        let arg_locs: Vec<Loc> = args
+            .iter()
+            .map(|a| locs[a.index()].clone().expect("operands precede"))
+            .collect();
+        let ty = g.ty(id).clone();
+        let fresh = |lw: &mut Lowerer, fb: &mut FunctionBuilder| match dest[id.index()] {
+            Some(j) => View {
+                ptr: out_ptrs[j],
+                offset: 0,
+                shape: ty.shape.clone(),
+                strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
+                dtype: ty.dtype,
+            },
+            None => lw.alloc(fb, &ty.shape, ty.dtype),
+        };
+        let one = ty.num_elements() == 1;
+        let loc = match g.op(id) {
+            Op::Input { index } => {
+                let view = View {
+                    ptr: in_ptrs[*index],
+                    offset: 0,
+                    shape: ty.shape.clone(),
+                    strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
+                    dtype: ty.dtype,
+                };
+                if one {
+                    Loc::Reg(lw.load_at(fb, &view, 0))
+                } else {
+                    Loc::Mem(view)
+                }
+            }
+            Op::Const { value } => {
+                if one {
+                    let v = value.to_f64_vec().first().copied().unwrap_or(0.0);
+                    Loc::Reg(lw.scalar_const(fb, ty.dtype, v))
+                } else {
+                    let t = value.clone();
+                    let addr = t.as_ptr() as i64;
+                    lw.state.consts.push(t);
+                    let ptr = fb.ins().iconst(types::I64, addr);
+                    Loc::Mem(View {
+                        ptr,
+                        offset: 0,
+                        shape: ty.shape.clone(),
+                        strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
+                        dtype: ty.dtype,
+                    })
+                }
+            }
+            op @ (Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. }) => {
+                let kexpr = |xs: &[usize]| match op {
+                    Op::Unary(u) => KExpr::Unary(*u, xs[0]),
+                    Op::Binary(b) => KExpr::Binary(*b, xs[0], xs[1]),
+                    Op::Pow { exponent } => KExpr::Pow(*exponent, xs[0]),
+                    Op::Compare(c) => KExpr::Cmp(*c, xs[0], xs[1]),
+                    Op::Select => KExpr::Select(xs[0], xs[1], xs[2]),
+                    _ => KExpr::Convert(xs[0]),
+                };
+                let arg_dtypes: Vec<DType> = args.iter().map(|&a| g.ty(a).dtype).collect();
+                if one {
+                    let vals: Vec<Value> = arg_locs.iter().map(|l| lw.scalar_of(fb, l)).collect();
+                    let xs: Vec<usize> = (0..vals.len()).collect();
+                    Loc::Reg(lw.eval(fb, kexpr(&xs), ty.dtype, &arg_dtypes, &vals, mem_type(ty.dtype)))
+                } else {
+                    let out = fresh(&mut lw, fb);
+                    let mut k = Kernel::new(&ty.shape);
+                    let xs: Vec<usize> = arg_locs
+                        .iter()
+                        .zip(&arg_dtypes)
+                        .map(|(l, &d)| lw.operand(&mut k, l, d))
+                        .collect();
+                    let e = k.expr(kexpr(&xs), ty.dtype);
+                    k.store(out.ptr, 0, out.strides.clone(), ty.dtype, e, Combine::Store);
+                    lw.emit_kernel(fb, k)?;
+                    Loc::Mem(out)
+                }
+            }
+            Op::Broadcast { shape } => match &arg_locs[0] {
+                Loc::Reg(v) | Loc::Splat(v, _) => {
+                    if one {
+                        Loc::Reg(*v)
+                    } else {
+                        Loc::Splat(*v, shape.clone())
+                    }
+                }
+                Loc::Mem(view) => {
+                    let lead = shape.len() - view.shape.len();
+                    let strides = (0..shape.len())
+                        .map(|a| {
+                            if a < lead || (view.shape[a - lead] == 1 && shape[a] != 1) {
+                                0
+                            } else {
+                                view.strides[a - lead]
+                            }
+                        })
+                        .collect();
+                    Loc::Mem(View {
+                        shape: shape.clone(),
+                        strides,
+                        ..view.clone()
+                    })
+                }
+            },
+            Op::Transpose { perm } => match &arg_locs[0] {
+                Loc::Reg(v) => Loc::Reg(*v),
+                Loc::Splat(v, _) => Loc::Splat(*v, ty.shape.clone()),
+                Loc::Mem(view) => Loc::Mem(View {
+                    shape: perm.iter().map(|&p| view.shape[p]).collect(),
+                    strides: perm.iter().map(|&p| view.strides[p]).collect(),
+                    ..view.clone()
+                }),
+            },
+            Op::Slice { start, .. } => match &arg_locs[0] {
+                Loc::Reg(v) => Loc::Reg(*v),
+                Loc::Splat(v, _) => {
+                    if one {
+                        Loc::Reg(*v)
+                    } else {
+                        Loc::Splat(*v, ty.shape.clone())
+                    }
+                }
+                Loc::Mem(view) => {
+                    let extra: isize = start.iter().zip(&view.strides).map(|(&s, &st)| s as isize * st).sum();
+                    let v = View {
+                        offset: view.offset + extra as i64,
+                        shape: ty.shape.clone(),
+                        ..view.clone()
+                    };
+                    if one {
+                        Loc::Reg(lw.load_at(fb, &v, 0))
+                    } else {
+                        Loc::Mem(v)
+                    }
+                }
+            },
+            Op::Reshape { shape } => match &arg_locs[0] {
+                Loc::Reg(v) => Loc::Reg(*v),
+                Loc::Splat(v, _) => Loc::Splat(*v, shape.clone()),
+                Loc::Mem(view) => {
+                    let view = if view.is_contiguous() {
+                        view.clone()
+                    } else {
+                        let dst = lw.alloc(fb, &view.shape, view.dtype);
+                        lw.copy_into(fb, &Loc::Mem(view.clone()), &dst)?;
+                        dst
+                    };
+                    Loc::Mem(View {
+                        shape: shape.clone(),
+                        strides: row_major_strides(shape).iter().map(|&s| s as isize).collect(),
+                        ..view
+                    })
+                }
+            },
+            Op::ReduceSum { axes } | Op::ReduceMax { axes } => {
+                let is_max = matches!(g.op(id), Op::ReduceMax { .. });
+                let out = fresh(&mut lw, fb);
+                let in_ty = g.ty(args[0]).clone();
+                // Initialize, then accumulate over the input.
+                let init = if is_max { f64::NEG_INFINITY } else { 0.0 };
+                let mut fill = Kernel::new(&ty.shape);
+                let c = fill.expr(KExpr::Const(init), ty.dtype);
+                fill.store(out.ptr, 0, out.strides.clone(), ty.dtype, c, Combine::Store);
+                lw.emit_kernel(fb, fill)?;
+                let mut k = Kernel::new(&in_ty.shape);
+                let x = lw.operand(&mut k, &arg_locs[0], in_ty.dtype);
+                let mut kept = 0;
+                let strides = (0..in_ty.rank())
+                    .map(|a| {
+                        if axes.contains(&a) {
+                            0
+                        } else {
+                            kept += 1;
+                            out.strides[kept - 1]
+                        }
+                    })
+                    .collect();
+                k.store(
+                    out.ptr,
+                    0,
+                    strides,
+                    ty.dtype,
+                    x,
+                    if is_max { Combine::Max } else { Combine::Add },
+                );
+                lw.emit_kernel(fb, k)?;
+                if one && dest[id.index()].is_none() {
+                    Loc::Reg(lw.load_at(fb, &out, 0))
+                } else {
+                    Loc::Mem(out)
+                }
+            }
+            Op::MatMul => {
+                let (a_ty, b_ty) = (g.ty(args[0]).clone(), g.ty(args[1]).clone());
+                let a = lw.materialize(fb, &arg_locs[0], &a_ty.shape, a_ty.dtype, false)?;
+                let b = lw.materialize(fb, &arg_locs[1], &b_ty.shape, b_ty.dtype, false)?;
+                let out = fresh(&mut lw, fb);
+                let r = a.shape.len();
+                let (m, kk, n) = (a.shape[r - 2], a.shape[r - 1], b.shape[r - 1]);
+                let batch = if r == 3 { a.shape[0] } else { 1 };
+                if m * n > 0 {
+                    if kk == 0 {
+                        let mut fill = Kernel::new(&ty.shape);
+                        let c = fill.expr(KExpr::Const(0.0), ty.dtype);
+                        fill.store(out.ptr, 0, out.strides.clone(), ty.dtype, c, Combine::Store);
+                        lw.emit_kernel(fb, fill)?;
+                    } else {
+                        let params = Box::new(GemmParams {
+                            m: m as i64,
+                            n: n as i64,
+                            k: kk as i64,
+                            batch: batch as i64,
+                            a_rs: a.strides[r - 2] as i64,
+                            a_cs: a.strides[r - 1] as i64,
+                            b_rs: b.strides[r - 2] as i64,
+                            b_cs: b.strides[r - 1] as i64,
+                            c_rs: n as i64,
+                            c_cs: 1,
+                            a_bs: if r == 3 { a.strides[0] as i64 } else { 0 },
+                            b_bs: if r == 3 { b.strides[0] as i64 } else { 0 },
+                        });
+                        let paddr = &*params as *const GemmParams as i64;
+                        lw.state.gemm_params.push(params);
+                        let name = if ty.dtype == DType::F32 {
+                            "wengert_gemm_f32"
+                        } else {
+                            "wengert_gemm_f64"
+                        };
+                        let f = lw.import(fb, name, &[types::I64; 4], &[]);
+                        let size = ty.dtype.size_bytes() as i64;
+                        let pv = fb.ins().iconst(types::I64, paddr);
+                        let ap = fb.ins().iadd_imm_s(a.ptr, a.offset * size);
+                        let bp = fb.ins().iadd_imm_s(b.ptr, b.offset * size);
+                        fb.ins().call(f, &[pv, ap, bp, out.ptr]);
+                    }
+                }
+                if one && dest[id.index()].is_none() {
+                    Loc::Reg(lw.load_at(fb, &out, 0))
+                } else {
+                    Loc::Mem(out)
+                }
+            }
+            Op::Pad { low, .. } => {
+                let out = fresh(&mut lw, fb);
+                let mut fill = Kernel::new(&ty.shape);
+                let c = fill.expr(KExpr::Const(0.0), ty.dtype);
+                fill.store(out.ptr, 0, out.strides.clone(), ty.dtype, c, Combine::Store);
+                lw.emit_kernel(fb, fill)?;
+                let in_shape = g.ty(args[0]).shape.clone();
+                let offset: isize = low.iter().zip(&out.strides).map(|(&l, &s)| l as isize * s).sum();
+                let interior = View {
+                    offset: offset as i64,
+                    shape: in_shape,
+                    ..out.clone()
+                };
+                lw.copy_into(fb, &arg_locs[0], &interior)?;
+                if one && dest[id.index()].is_none() {
+                    Loc::Reg(lw.load_at(fb, &out, 0))
+                } else {
+                    Loc::Mem(out)
+                }
+            }
+            Op::Concat { axis } => {
+                let out = fresh(&mut lw, fb);
+                let mut at = 0usize;
+                for (a, l) in args.iter().zip(&arg_locs) {
+                    let shape = g.ty(*a).shape.clone();
+                    let part = View {
+                        offset: (at as isize * out.strides[*axis]) as i64,
+                        shape: shape.clone(),
+                        ..out.clone()
+                    };
+                    at += shape[*axis];
+                    lw.copy_into(fb, l, &part)?;
+                }
+                if one && dest[id.index()].is_none() {
+                    Loc::Reg(lw.load_at(fb, &out, 0))
+                } else {
+                    Loc::Mem(out)
+                }
+            }
+            Op::SoftmaxCrossEntropy => lower_softmax_xent(&mut lw, fb, g, id, &arg_locs)?,
+        };
+        locs[id.index()] = Some(loc);
+        // Nothing to free: the arena is bump-allocated for now.
+        for a in args {
+            remaining[a.index()] -= 1;
+        }
+    }
+    // Outputs not computed in place.
+    for (j, o) in g.outputs().iter().enumerate() {
+        if written[j] && dest[o.node.index()] == Some(j) {
+            continue;
+        }
+        let ty = g.ty(o.node).clone();
+        let loc = locs[o.node.index()].clone().expect("computed");
+        let dst = View {
+            ptr: out_ptrs[j],
+            offset: 0,
+            shape: ty.shape.clone(),
+            strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
+            dtype: ty.dtype,
+        };
+        match loc {
+            Loc::Reg(v) if ty.num_elements() == 1 => {
+                fb.ins().store(flags(), v, out_ptrs[j], 0);
+            }
+            other => lw.copy_into(fb, &other, &dst)?,
+        }
+    }
+    fb.ins().return_(&[]);
+    Ok(Lowered {
+        arena_bytes: lw.arena_bytes,
+    })
+}
+
+/// Softmax cross-entropy of logits `z` and targets `t` of shape `[…, K]`:
+/// row maxima `m`, row sums `s = Σ exp(z − m)`, then the mean over rows of
+/// `Σₖ tₖ·(log s + m − zₖ)`, where a zero target contributes exactly 0.
+fn lower_softmax_xent(
+    lw: &mut Lowerer,
+    fb: &mut FunctionBuilder,
+    g: &Graph,
+    id: NodeId,
+    arg_locs: &[Loc],
+) -> Result<Loc, CodegenError> {
+    let args = g.args(id);
+    let zt = g.ty(args[0]).clone();
+    let dt = zt.dtype;
+    let kdim = *zt.shape.last().unwrap_or(&1);
+    let rows = if kdim == 0 { 0 } else { zt.num_elements() / kdim };
+    let shape2 = [rows, kdim];
+    let as2 = |lw: &mut Lowerer, fb: &mut FunctionBuilder, l: &Loc| -> Result<Loc, CodegenError> {
+        Ok(match l {
+            Loc::Mem(v) => {
+                let v = if v.is_contiguous() {
+                    v.clone()
+                } else {
+                    lw.materialize(fb, l, &zt.shape, dt, false)?
+                };
+                Loc::Mem(View {
+                    shape: shape2.to_vec(),
+                    strides: vec![kdim as isize, 1],
+                    ..v
+                })
+            }
+            Loc::Reg(v) | Loc::Splat(v, _) => Loc::Splat(*v, shape2.to_vec()),
+        })
+    };
+    let z = as2(lw, fb, &arg_locs[0])?;
+    let t = as2(lw, fb, &arg_locs[1])?;
+    let m = lw.alloc(fb, &[rows], dt);
+    let s = lw.alloc(fb, &[rows], dt);
+    let loss = lw.alloc(fb, &[1], dt);
+    let row_view = |v: &View| {
+        Loc::Mem(View {
+            shape: shape2.to_vec(),
+            strides: vec![1, 0],
+            ..v.clone()
+        })
+    };
+    for (buf, init) in [(&m, f64::NEG_INFINITY), (&s, 0.0), (&loss, 0.0)] {
+        let mut fill = Kernel::new(&buf.shape);
+        let c = fill.expr(KExpr::Const(init), dt);
+        fill.store(buf.ptr, 0, vec![1], dt, c, Combine::Store);
+        lw.emit_kernel(fb, fill)?;
+    }
+    // m = max over the row.
+    let mut k = Kernel::new(&shape2);
+    let zi = lw.operand(&mut k, &z, dt);
+    k.store(m.ptr, 0, vec![1, 0], dt, zi, Combine::Max);
+    lw.emit_kernel(fb, k)?;
+    // s = Σ exp(z − m).
+    let mut k = Kernel::new(&shape2);
+    let zi = lw.operand(&mut k, &z, dt);
+    let mi = lw.operand(&mut k, &row_view(&m), dt);
+    let d = k.expr(KExpr::Binary(BinaryOp::Sub, zi, mi), dt);
+    let e = k.expr(KExpr::Unary(UnaryOp::Exp, d), dt);
+    k.store(s.ptr, 0, vec![1, 0], dt, e, Combine::Add);
+    lw.emit_kernel(fb, k)?;
+    // loss = Σ select(t = 0, 0, t·(log s + m − z)).
+    let mut k = Kernel::new(&shape2);
+    let zi = lw.operand(&mut k, &z, dt);
+    let ti = lw.operand(&mut k, &t, dt);
+    let mi = lw.operand(&mut k, &row_view(&m), dt);
+    let si = lw.operand(&mut k, &row_view(&s), dt);
+    let ls = k.expr(KExpr::Unary(UnaryOp::Log, si), dt);
+    let lse = k.expr(KExpr::Binary(BinaryOp::Add, mi, ls), dt);
+    let diff = k.expr(KExpr::Binary(BinaryOp::Sub, lse, zi), dt);
+    let prod = k.expr(KExpr::Binary(BinaryOp::Mul, ti, diff), dt);
+    let zero = k.expr(KExpr::Const(0.0), dt);
+    let is0 = k.expr(KExpr::Cmp(CmpOp::Eq, ti, zero), DType::Bool);
+    let v = k.expr(KExpr::Select(is0, zero, prod), dt);
+    k.store(loss.ptr, 0, vec![0, 0], dt, v, Combine::Add);
+    lw.emit_kernel(fb, k)?;
+    let total = lw.load_at(fb, &loss, 0);
+    let b = lw.scalar_const(fb, dt, rows.max(1) as f64);
+    Ok(Loc::Reg(fb.ins().fdiv(total, b)))
+}
