@@ -1197,7 +1197,7 @@ fn lower_softmax_xent(
     let zt = g.ty(args[0]).clone();
     let dt = zt.dtype;
     let kdim = *zt.shape.last().unwrap_or(&1);
-    let rows = if kdim == 0 { 0 } else { zt.num_elements() / kdim };
+    let rows = zt.num_elements().checked_div(kdim).unwrap_or(0);
     let shape2 = [rows, kdim];
     let as2 = |lw: &mut Lowerer, fb: &mut FunctionBuilder, l: &Loc| -> Result<Loc, CodegenError> {
         Ok(match l {

@@ -266,8 +266,8 @@ impl Lowerer<'_> {
         let j = fb.ins().band(j, not1);
         let y = fb.ins().fcvt_from_sint(ty, j);
         let dp1 = self.fconst(fb, ty, -0.78515625);
-        let dp2 = self.fconst(fb, ty, -2.4187564849853515625e-4);
-        let dp3 = self.fconst(fb, ty, -3.77489497744594108e-8);
+        let dp2 = self.fconst(fb, ty, -2.418_756_484_985_351_6e-4);
+        let dp3 = self.fconst(fb, ty, -3.774_894_977_445_941e-8);
         let r = fb.ins().fma(y, dp1, ax);
         let r = fb.ins().fma(y, dp2, r);
         let r = fb.ins().fma(y, dp3, r);
@@ -300,13 +300,16 @@ impl Lowerer<'_> {
         let v = self.sel(fb, use_cos, cos_r, sin_r);
         let nv = fb.ins().fneg(v);
         let v = self.sel(fb, negate, nv, v);
+        // sin is odd: give the result the sign of x (so sin(−0) = −0).
         let v = if cos {
             v
         } else {
-            let zero = self.fconst(fb, ty, 0.0);
-            let xneg = fb.ins().fcmp(FloatCC::LessThan, x, zero);
-            let nv = fb.ins().fneg(v);
-            self.sel(fb, xneg, nv, v)
+            let sign = self.iconst32(fb, ity, i32::MIN as i64);
+            let xb = fb.ins().bitcast(ity, self.vflags(), x);
+            let sx = fb.ins().band(xb, sign);
+            let vb = fb.ins().bitcast(ity, self.vflags(), v);
+            let flipped = fb.ins().bxor(vb, sx);
+            fb.ins().bitcast(ty, self.vflags(), flipped)
         };
         // Large or infinite arguments: a cold exact path.
         let limit = self.fconst(fb, ty, 8192.0);
@@ -335,6 +338,10 @@ impl Lowerer<'_> {
         };
         fb.ins().jump(join, &[cranelift_codegen::ir::BlockArg::Value(fixed)]);
         fb.switch_to_block(join);
-        fb.block_params(join)[0]
+        // Only the large lanes take the libm value, so every lane's result
+        // depends on that lane alone (scalar and vector code agree bit for
+        // bit).
+        let exact = fb.block_params(join)[0];
+        self.sel(fb, big, exact, v)
     }
 }

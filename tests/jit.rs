@@ -1,0 +1,582 @@
+//! Tests of the JIT: every op against the interpreter in f32 and f64 on odd
+//! sizes (vector tails), broadcasting and every reduction axis; the inline
+//! math's error bounds; the seed cases end to end; threads; bad input.
+
+mod common;
+
+use common::Rng;
+use wengert::ir::{BinaryOp, CmpOp, Op, UnaryOp};
+use wengert::{
+    cases, compile, interpret, value_and_grad, value_and_grad_with_seeds, CodegenOptions, DType, Graph, GraphBuilder,
+    Options, Seed, Tensor, Var,
+};
+
+const SIZES: [usize; 10] = [0, 1, 3, 4, 5, 7, 8, 17, 1000, 4099];
+
+/// Compares JIT and interpreter outputs: NaN where NaN, equal infinities,
+/// and finite values within `tol·(1 + |reference|)`.
+fn check_jit(g: &Graph, inputs: &[Tensor], tol: f64) {
+    let exe = compile(g, &Options::default()).unwrap_or_else(|e| panic!("{}: {e}\n{g}", g.name));
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let got = exe.call(&refs).unwrap();
+    let want = interpret(g, inputs).unwrap();
+    for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(a.ty(), b.ty());
+        for (i, (x, y)) in a.to_f64_vec().iter().zip(b.to_f64_vec()).enumerate() {
+            let ok = if y.is_nan() {
+                x.is_nan()
+            } else if y.is_infinite() {
+                *x == y
+            } else {
+                (x - y).abs() <= tol * (1.0 + y.abs())
+            };
+            assert!(ok, "{}: output {k}[{i}]: jit {x} vs interpreter {y}\n{g}", g.name);
+        }
+    }
+}
+
+fn tol(d: DType) -> f64 {
+    if d == DType::F32 {
+        2e-5
+    } else {
+        1e-12
+    }
+}
+
+fn random(shape: &[usize], d: DType, rng: &mut Rng, lo: f64, hi: f64) -> Tensor {
+    let n: usize = shape.iter().product();
+    Tensor::from_vec(shape.to_vec(), rng.vec(n, lo, hi)).unwrap().convert(d)
+}
+
+/// Builds a graph from `f` over inputs of the given shapes and checks it on
+/// random inputs in [lo, hi).
+fn check_op(name: &str, d: DType, shapes: &[&[usize]], lo: f64, hi: f64, f: impl for<'b> Fn(&[Var<'b>]) -> Var<'b>) {
+    let b = GraphBuilder::new(name);
+    let xs: Vec<Var> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| b.input(&format!("x{i}"), d, s))
+        .collect();
+    let y = f(&xs);
+    let g = b.build(&[("y", y)]).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut rng = Rng::new(shapes.iter().map(|s| s.iter().sum::<usize>() as u64).sum::<u64>() + 17);
+    let inputs: Vec<Tensor> = shapes.iter().map(|s| random(s, d, &mut rng, lo, hi)).collect();
+    check_jit(&g, &inputs, tol(d));
+}
+
+#[test]
+fn unary_ops_match_the_interpreter_on_every_size() {
+    for d in [DType::F32, DType::F64] {
+        for n in SIZES {
+            let s: &[&[usize]] = &[&[n]];
+            for u in UnaryOp::ALL {
+                let (lo, hi) = match u {
+                    UnaryOp::Log | UnaryOp::Sqrt => (0.01, 50.0),
+                    UnaryOp::Exp => (-80.0, 80.0),
+                    _ => (-20.0, 20.0),
+                };
+                check_op(u.name(), d, s, lo, hi, move |x| {
+                    x[0].builder().constant(Tensor::scalar(d, 0.0)) * 0.0 + unary(x[0], u)
+                });
+            }
+            for p in [2.0, 3.0, -1.0, 0.5, 1.5, 0.0] {
+                check_op("pow", d, s, 0.1, 3.0, move |x| x[0].powf(p));
+            }
+        }
+    }
+}
+
+fn unary<'b>(x: Var<'b>, u: UnaryOp) -> Var<'b> {
+    match u {
+        UnaryOp::Neg => -x,
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.log(),
+        UnaryOp::Sin => x.sin(),
+        UnaryOp::Cos => x.cos(),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Relu => x.relu(),
+    }
+}
+
+fn binary<'b>(x: Var<'b>, y: Var<'b>, op: BinaryOp) -> Var<'b> {
+    match op {
+        BinaryOp::Add => x + y,
+        BinaryOp::Sub => x - y,
+        BinaryOp::Mul => x * y,
+        BinaryOp::Div => x / y,
+        BinaryOp::Max => x.max(y),
+        BinaryOp::Min => x.min(y),
+    }
+}
+
+#[test]
+fn binary_compare_and_select_with_broadcasting() {
+    for d in [DType::F32, DType::F64] {
+        for n in SIZES {
+            let shapes: [&[&[usize]]; 4] = [&[&[n], &[n]], &[&[n], &[]], &[&[3, n], &[n]], &[&[n, 3], &[n, 1]]];
+            for s in shapes {
+                for op in BinaryOp::ALL {
+                    check_op(op.name(), d, s, 0.5, 4.0, move |x| binary(x[0], x[1], op));
+                }
+                for c in CmpOp::ALL {
+                    check_op(c.name(), d, s, -1.0, 1.0, move |x| {
+                        let cond = match c {
+                            CmpOp::Lt => x[0].lt(x[1]),
+                            CmpOp::Le => x[0].le(x[1]),
+                            CmpOp::Gt => x[0].gt(x[1]),
+                            CmpOp::Ge => x[0].ge(x[1]),
+                            CmpOp::Eq => x[0].eq(x[0]),
+                            CmpOp::Ne => x[0].ne(x[1]),
+                        };
+                        cond.select(x[0] * 2.0, x[1] + x[0])
+                    });
+                }
+            }
+            // Bool outputs and conversions.
+            check_op("gt_out", d, &[&[n], &[n]], -1.0, 1.0, |x| x[0].gt(x[1]));
+            check_op("convert", d, &[&[n]], -3.0, 3.0, move |x| {
+                let other = if d == DType::F32 { DType::F64 } else { DType::F32 };
+                x[0].convert(other).convert(d) + x[0].gt_scalar(0.0).convert(d)
+            });
+        }
+    }
+}
+
+#[test]
+fn nan_and_infinity_semantics_match() {
+    for d in [DType::F32, DType::F64] {
+        let b = GraphBuilder::new("nan");
+        let x = b.input("x", d, &[9]);
+        let y = b.input("y", d, &[9]);
+        let g = b
+            .build(&[
+                ("relu", x.relu()),
+                ("max", x.max(y)),
+                ("min", x.min(y)),
+                ("log", x.log()),
+                ("exp", x.exp()),
+                ("rmax", x.max_over(&[0])),
+                ("tanh", x.tanh()),
+                ("sqrt", x.sqrt()),
+            ])
+            .unwrap();
+        let nan = f64::NAN;
+        let xs = vec![
+            nan,
+            0.0,
+            -0.0,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -1.0,
+            1.0,
+            1e-40,
+            100.0,
+        ];
+        let ys = vec![1.0, nan, 0.0, 1.0, nan, -2.0, 1.0, 0.0, f64::INFINITY];
+        check_jit(
+            &g,
+            &[
+                Tensor::from_vec(vec![9], xs).unwrap().convert(d),
+                Tensor::from_vec(vec![9], ys).unwrap().convert(d),
+            ],
+            tol(d),
+        );
+    }
+}
+
+#[test]
+fn reductions_over_every_axis() {
+    for d in [DType::F32, DType::F64] {
+        for n in [1, 3, 5, 17, 1000] {
+            for axes in [
+                vec![0],
+                vec![1],
+                vec![2],
+                vec![0, 1],
+                vec![0, 2],
+                vec![1, 2],
+                vec![0, 1, 2],
+            ] {
+                let a = axes.clone();
+                check_op("reduce_sum", d, &[&[3, n, 2]], -1.0, 1.0, move |x| x[0].sum(&a));
+                let a = axes.clone();
+                check_op("reduce_max", d, &[&[3, n, 2]], -1.0, 1.0, move |x| x[0].max_over(&a));
+                // A reduction of a transposed view.
+                check_op("reduce_sum_t", d, &[&[n, 3]], -1.0, 1.0, |x| x[0].t().sum(&[1]));
+            }
+            check_op("sum_all", d, &[&[n]], -1.0, 1.0, |x| x[0].sum_all());
+            check_op("sum_rows_4099", d, &[&[2, 4099]], -1.0, 1.0, |x| x[0].sum(&[1]));
+        }
+    }
+}
+
+#[test]
+fn index_ops_matmul_and_softmax_cross_entropy() {
+    for d in [DType::F32, DType::F64] {
+        for n in [1, 3, 4, 5, 17, 64] {
+            check_op("transpose", d, &[&[2, n, 3]], -1.0, 1.0, |x| {
+                x[0].transpose(&[2, 0, 1]) * 1.0
+            });
+            check_op("transpose_out", d, &[&[2, n]], -1.0, 1.0, |x| x[0].t());
+            check_op("reshape_of_transpose", d, &[&[2, n]], -1.0, 1.0, |x| {
+                x[0].t().reshape(&[2 * n]) + 1.0
+            });
+            check_op("broadcast_out", d, &[&[n]], -1.0, 1.0, |x| x[0].broadcast_to(&[2, n]));
+            check_op("slice", d, &[&[4, n + 2]], -1.0, 1.0, move |x| {
+                x[0].slice(&[1, 1], &[3, n + 1]) * 2.0
+            });
+            check_op("pad", d, &[&[2, n]], -1.0, 1.0, |x| x[0].pad(&[1, 0], &[0, 2]));
+            check_op("concat", d, &[&[2, n], &[1, n]], -1.0, 1.0, |x| {
+                x[0].builder().concat(&[x[0], x[1], x[0]], 0)
+            });
+            check_op("concat1", d, &[&[2, n], &[2, 3]], -1.0, 1.0, |x| {
+                x[0].builder().concat(&[x[1], x[0]], 1)
+            });
+            check_op("matmul", d, &[&[3, n], &[n, 5]], -1.0, 1.0, |x| x[0].matmul(x[1]));
+            check_op("matmul_at", d, &[&[n, 3], &[n, 5]], -1.0, 1.0, |x| {
+                x[0].t().matmul(x[1])
+            });
+            check_op("matmul_bt", d, &[&[3, n], &[5, n]], -1.0, 1.0, |x| {
+                x[0].matmul(x[1].t())
+            });
+            check_op("batched", d, &[&[2, 3, n], &[2, n, 4]], -1.0, 1.0, |x| {
+                x[0].matmul(x[1])
+            });
+            check_op("linear_relu", d, &[&[n, 6], &[6, 4], &[4]], -1.0, 1.0, |x| {
+                x[0].linear(x[1], x[2]).relu()
+            });
+            check_op("softmax", d, &[&[3, n]], -5.0, 5.0, |x| x[0].softmax(1));
+            check_op("xent", d, &[&[n, 7], &[n, 7]], 0.0, 1.0, |x| {
+                x[0].softmax_cross_entropy(x[1])
+            });
+        }
+    }
+}
+
+// ----- the inline math -----
+
+fn ulp_distance(a: f32, b: f32) -> u64 {
+    let ord = |x: f32| {
+        let bits = x.to_bits() as i32;
+        if bits < 0 {
+            -((bits & 0x7fff_ffff) as i64)
+        } else {
+            bits as i64
+        }
+    };
+    (ord(a) - ord(b)).unsigned_abs()
+}
+
+fn math_inputs() -> Vec<f32> {
+    let mut rng = Rng::new(2024);
+    let mut xs: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MAX,
+        f32::MIN,
+        f32::MIN_POSITIVE,
+        1e-45,
+        -1e-45,
+        1e-40,
+        88.72,
+        88.73,
+        -87.3,
+        -103.0,
+        -104.0,
+        1e-30,
+        0.625,
+        -0.625,
+        8192.0,
+        8193.0,
+        -9000.5,
+        1e10,
+        std::f32::consts::PI,
+        std::f32::consts::FRAC_PI_2,
+    ];
+    // Random bit patterns cover every exponent; uniform draws cover the
+    // ranges where the functions are most used.
+    for _ in 0..40_000 {
+        xs.push(f32::from_bits(rng.next_u64() as u32));
+    }
+    for _ in 0..40_000 {
+        xs.push(rng.uniform(-100.0, 100.0) as f32);
+    }
+    xs
+}
+
+#[test]
+fn inline_f32_math_is_within_2_ulp() {
+    let xs = math_inputs();
+    let n = xs.len();
+    type Case = (&'static str, fn(f64) -> f64, fn(Var) -> Var);
+    let funcs: [Case; 5] = [
+        ("exp", f64::exp, |x| x.exp()),
+        ("log", f64::ln, |x| x.log()),
+        ("sin", f64::sin, |x| x.sin()),
+        ("cos", f64::cos, |x| x.cos()),
+        ("tanh", f64::tanh, |x| x.tanh()),
+    ];
+    for (name, reference, build) in funcs {
+        // Vector path (n is not a multiple of 16, so the tail runs too) and
+        // the scalar path of a one-element graph.
+        let b = GraphBuilder::new(name);
+        let x = b.input("x", DType::F32, &[n]);
+        let g = b.build(&[("y", build(x))]).unwrap();
+        let exe = compile(&g, &Options::default()).unwrap();
+        let out = exe.call(&[&Tensor::from_vec(vec![n], xs.clone()).unwrap()]).unwrap();
+        let got = out[0].as_slice::<f32>().unwrap();
+        let b = GraphBuilder::new(name);
+        let x = b.input("x", DType::F32, &[]);
+        let scalar_exe = compile(&b.build(&[("y", build(x))]).unwrap(), &Options::default()).unwrap();
+        let mut worst = (0u64, 0.0f32);
+        for (i, (&x, &y)) in xs.iter().zip(got).enumerate() {
+            let want = reference(x as f64) as f32;
+            if want.is_nan() {
+                assert!(y.is_nan(), "{name}({x:e}) = {y:e}, want NaN");
+            } else {
+                let d = ulp_distance(y, want);
+                assert!(d <= 2, "{name}({x:e}) = {y:e}, want {want:e}: {d} ulp");
+                if d > worst.0 {
+                    worst = (d, x);
+                }
+            }
+            if i < 200 {
+                let s = scalar_exe.call(&[&Tensor::scalar_f32(x)]).unwrap()[0]
+                    .as_slice::<f32>()
+                    .unwrap()[0];
+                assert!(
+                    s.to_bits() == y.to_bits() || (s.is_nan() && y.is_nan()),
+                    "{name}({x:e}): scalar {s:e} vs vector {y:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn f64_math_is_within_1e14_relative() {
+    let mut rng = Rng::new(64);
+    let xs: Vec<f64> = (0..5000).map(|_| rng.uniform(-30.0, 30.0)).collect();
+    let b = GraphBuilder::new("f64math");
+    let x = b.input("x", DType::F64, &[xs.len()]);
+    let g = b
+        .build(&[
+            ("e", x.exp()),
+            ("l", x.abs().log()),
+            ("s", x.sin()),
+            ("c", x.cos()),
+            ("t", x.tanh()),
+        ])
+        .unwrap();
+    let out = compile(&g, &Options::default())
+        .unwrap()
+        .call(&[&Tensor::from_vec(vec![xs.len()], xs.clone()).unwrap()])
+        .unwrap();
+    let refs: [fn(f64) -> f64; 5] = [f64::exp, |v| v.abs().ln(), f64::sin, f64::cos, f64::tanh];
+    for (o, f) in out.iter().zip(refs) {
+        for (y, &x) in o.as_slice::<f64>().unwrap().iter().zip(&xs) {
+            assert!((y - f(x)).abs() <= 1e-14 * f(x).abs(), "{x}: {y} vs {}", f(x));
+        }
+    }
+}
+
+// ----- the seed cases end to end -----
+
+#[test]
+fn seed_cases_value_and_grad_through_the_jit() {
+    for (file, build) in cases::ALL.iter().take(8) {
+        let g = build().unwrap();
+        let wrt: Vec<&str> = g
+            .inputs()
+            .iter()
+            .filter(|i| i.differentiable)
+            .map(|i| i.name.as_str())
+            .collect();
+        let seeds: Vec<(&str, Seed)> = if *file == "case04_vjp.wg" {
+            vec![("y1", Seed::Input("u1".into())), ("y2", Seed::Input("u2".into()))]
+        } else {
+            vec![]
+        };
+        let f = value_and_grad_with_seeds(&g, &wrt, &seeds, &Options::default()).unwrap();
+        let joint = f.graph();
+        let inputs = common::random_inputs(joint, &mut Rng::new(8), -1.0, 1.0);
+        check_jit(joint, &inputs, 1e-12);
+        // The forward and backward halves give the joint's numbers.
+        let n_primal = g.inputs().len();
+        let refs: Vec<&Tensor> = inputs.iter().collect();
+        let all = f.call(&refs).unwrap();
+        let (outs, saved) = f.forward(&refs[..n_primal]).unwrap();
+        let grads = f.backward(&saved, &refs[n_primal..]).unwrap();
+        for (a, b) in outs.iter().chain(&grads).zip(&all) {
+            assert_eq!(a, b, "{file}");
+        }
+    }
+}
+
+#[test]
+fn case_gradients_through_the_jit_match_the_seed_formulas() {
+    let f = value_and_grad(&cases::case01_scalar().unwrap(), &["x"], &Options::default()).unwrap();
+    for x in [-2.0, 0.5, 3.0] {
+        let out = f.call(&[&Tensor::scalar_f64(x)]).unwrap();
+        assert!((out[1].scalar_value().unwrap() - 2.0 * x / (1.0 + x * x)).abs() < 1e-15);
+    }
+    let f = value_and_grad(&cases::case03_two_inputs().unwrap(), &["x1", "x2"], &Options::default()).unwrap();
+    let out = f.call(&[&Tensor::scalar_f64(2.0), &Tensor::scalar_f64(3.0)]).unwrap();
+    assert_eq!(out[1].scalar_value(), Some(3.0 + 2f64.cos()));
+    assert_eq!(out[2].scalar_value(), Some(2.0));
+}
+
+#[test]
+fn scalar_graphs_are_straight_line_register_code() {
+    let opts = Options {
+        codegen: CodegenOptions {
+            keep_text: true,
+            ..CodegenOptions::default()
+        },
+    };
+    for build in [
+        cases::case01_scalar,
+        cases::case02_shared,
+        cases::case03_two_inputs,
+        cases::case04_vjp,
+    ] {
+        let g = build().unwrap();
+        let wrt: Vec<&str> = g.inputs().iter().map(|i| i.name.as_str()).collect();
+        let seeds: Vec<(&str, Seed)> = g.outputs().iter().map(|o| (o.name.as_str(), Seed::One)).collect();
+        let f = value_and_grad_with_seeds(&g, &wrt, &seeds, &opts).unwrap();
+        let clif = f.joint().clif();
+        assert_eq!(f.joint().memory().arena_bytes, 0, "{clif}");
+        // One block (f64 transcendentals are calls, not loops): no loops.
+        assert_eq!(
+            clif.matches("block").filter(|_| true).count(),
+            clif.matches("block0").count(),
+            "{clif}"
+        );
+        assert!(!clif.contains("brif"), "{clif}");
+    }
+}
+
+#[test]
+fn transposed_matmul_operands_are_not_copied() {
+    let b = GraphBuilder::new("t");
+    let x = b.input("x", DType::F32, &[64, 32]);
+    let y = b.input("y", DType::F32, &[64, 16]);
+    let w = b.input("w", DType::F32, &[32, 16]);
+    let g = b.build(&[("xty", x.t().matmul(y)), ("ywt", y.matmul(w.t()))]).unwrap();
+    let exe = compile(&g, &Options::default()).unwrap();
+    assert_eq!(exe.memory().arena_bytes, 0, "no copy of a transposed operand");
+    let mut rng = Rng::new(1);
+    let inputs = common::random_inputs(&g, &mut rng, -1.0, 1.0);
+    check_jit(&g, &inputs, 1e-5);
+}
+
+#[test]
+fn one_executable_called_from_many_threads() {
+    let b = GraphBuilder::new("mlp");
+    let x = b.data("x", DType::F32, &[16, 8]);
+    let t = b.data("t", DType::F32, &[16, 4]);
+    let w = b.input("w", DType::F32, &[8, 4]);
+    let g = b
+        .build(&[("loss", x.matmul(w).tanh().softmax_cross_entropy(t))])
+        .unwrap();
+    let f = value_and_grad(&g, &["w"], &Options::default()).unwrap();
+    let f = &f;
+    std::thread::scope(|s| {
+        for k in 0..4u64 {
+            s.spawn(move || {
+                let mut rng = Rng::new(100 + k);
+                let inputs = common::random_inputs(f.graph(), &mut rng, -1.0, 1.0);
+                let refs: Vec<&Tensor> = inputs.iter().collect();
+                let want = interpret(f.graph(), &inputs).unwrap();
+                for _ in 0..200 {
+                    let got = f.call(&refs).unwrap();
+                    for (a, b) in got.iter().zip(&want) {
+                        let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
+                        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5));
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn wrong_inputs_are_errors_naming_the_input() {
+    let f = value_and_grad(&cases::case05_linear().unwrap(), &["X", "W", "b"], &Options::default()).unwrap();
+    let x = Tensor::zeros(wengert::TensorType::new(DType::F64, vec![4, 3]));
+    let w = Tensor::zeros(wengert::TensorType::new(DType::F64, vec![3, 2]));
+    let b = Tensor::zeros(wengert::TensorType::new(DType::F64, vec![2]));
+    let seed = Tensor::zeros(wengert::TensorType::new(DType::F64, vec![4, 2]));
+    assert!(f.call(&[&x, &w, &b, &seed]).is_ok());
+    assert_eq!(
+        f.call(&[&x, &w, &b]).unwrap_err().to_string(),
+        "case05_linear.grad takes 4 input(s) (X, W, b, seed_Y), got 3"
+    );
+    assert_eq!(
+        f.call(&[&x, &x, &b, &seed]).unwrap_err().to_string(),
+        "input `W`: expected shape [3, 2], got [4, 3]"
+    );
+    let b32 = b.convert(DType::F32);
+    assert_eq!(
+        f.call(&[&x, &w, &b32, &seed]).unwrap_err().to_string(),
+        "input `b`: expected dtype f64, got f32"
+    );
+    let mut outs = vec![Tensor::zeros(wengert::TensorType::new(DType::F64, vec![1]))];
+    assert_eq!(
+        f.call_into(&[&x, &w, &b, &seed], &mut outs).unwrap_err().to_string(),
+        "case05_linear.grad has 4 output(s), got 1 output buffers"
+    );
+    let other = value_and_grad(&cases::case05_linear().unwrap(), &["X"], &Options::default()).unwrap();
+    let (_, saved) = other.forward(&[&x, &w, &b]).unwrap();
+    assert!(
+        f.backward(&saved, &[&seed]).is_err(),
+        "residuals of another function are refused"
+    );
+}
+
+#[test]
+fn every_op_is_lowered() {
+    // One graph per op family is compiled above; this checks that the
+    // ops listed here cover the enum (a new op must be added to the tests).
+    let ops = [
+        Op::Select,
+        Op::MatMul,
+        Op::SoftmaxCrossEntropy,
+        Op::Concat { axis: 0 },
+        Op::Pad {
+            low: vec![],
+            high: vec![],
+        },
+        Op::Slice {
+            start: vec![],
+            end: vec![],
+        },
+    ];
+    for op in ops {
+        match op {
+            Op::Input { .. }
+            | Op::Const { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Pow { .. }
+            | Op::Compare(_)
+            | Op::Select
+            | Op::Convert { .. }
+            | Op::Broadcast { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::ReduceSum { .. }
+            | Op::ReduceMax { .. }
+            | Op::MatMul
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Concat { .. }
+            | Op::SoftmaxCrossEntropy => {}
+        }
+    }
+}
