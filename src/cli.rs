@@ -4,11 +4,13 @@
 //! [`CliError`] whose message names the file and place, so the binary only
 //! prints and sets the exit code (and tests can call [`run`] directly).
 
+use crate::api::{compile, value_and_grad_with_seeds, Executable, Options};
 use crate::npy::read_npy;
 use clap::{Parser, Subcommand};
 use std::fmt::Write;
 use std::io::Read;
 use std::path::Path;
+use wengert_codegen::CodegenOptions;
 use wengert_ir::tensor::write_nested_list;
 use wengert_ir::{interpret, parse, parse_literal, to_dot, verify, Graph, IrError, Tensor};
 use wengert_passes::{autodiff, partition, GradGraph, Seed};
@@ -70,11 +72,47 @@ pub enum Command {
         #[arg(long)]
         split: bool,
     },
+    /// Compile a graph with the JIT and run it (optionally its gradient).
+    Run {
+        /// A `.wg` file, or `-` for standard input.
+        file: String,
+        /// An input value: `NAME=0.7`, `NAME=[[1,2],[3,4]]` or `NAME=@file.npy`.
+        #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
+        inputs: Vec<String>,
+        /// Differentiate first: print the outputs, then `grad_<input>`.
+        #[arg(long)]
+        grad: bool,
+        /// With `--grad`: the inputs to differentiate with respect to
+        /// (default: every differentiable input).
+        #[arg(long, value_delimiter = ',')]
+        wrt: Vec<String>,
+        /// With `--grad`: `--seed y1=u1` makes an output's seed an input.
+        #[arg(long = "seed", value_name = "OUTPUT=INPUT")]
+        seeds: Vec<String>,
+        /// Write the CLIF and the disassembly of each compiled function here.
+        #[arg(long, value_name = "DIR")]
+        dump: Option<String>,
+        /// Print one JSON object instead of `NAME = VALUE` lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-/// Differentiates `g` as the `grad` command does.
-pub fn grad_graph(file: &str, g: &Graph, wrt: &[String], seeds: &[String]) -> Result<GradGraph, CliError> {
-    let wrt: Vec<&str> = if wrt.is_empty() {
+/// Writes the CLIF and disassembly of executables into `dir`.
+pub fn dump_executables(dir: &str, exes: &[&Executable]) -> Result<(), CliError> {
+    std::fs::create_dir_all(dir).map_err(|e| CliError(format!("cannot create {dir}: {e}")))?;
+    for exe in exes {
+        for (ext, text) in [("clif", exe.clif()), ("s", exe.disasm())] {
+            let path = Path::new(dir).join(format!("{}.{ext}", exe.name()));
+            std::fs::write(&path, text).map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// The inputs to differentiate: those named, or every differentiable one.
+fn wrt_names<'g>(g: &'g Graph, wrt: &'g [String]) -> Vec<&'g str> {
+    if wrt.is_empty() {
         g.inputs()
             .iter()
             .filter(|i| i.differentiable && i.ty.dtype.is_float())
@@ -82,15 +120,26 @@ pub fn grad_graph(file: &str, g: &Graph, wrt: &[String], seeds: &[String]) -> Re
             .collect()
     } else {
         wrt.iter().map(String::as_str).collect()
-    };
-    let mut seed_specs = Vec::new();
-    for s in seeds {
-        let (out, input) = s
-            .split_once('=')
-            .ok_or_else(|| CliError(format!("--seed `{s}` must look like OUTPUT=INPUT")))?;
-        seed_specs.push((out.trim(), Seed::Input(input.trim().to_string())));
     }
-    autodiff(g, &wrt, &seed_specs).map_err(|e| CliError(format!("{file}: {e}")))
+}
+
+/// Parses `--seed OUTPUT=INPUT` arguments.
+fn parse_seeds(seeds: &[String]) -> Result<Vec<(&str, Seed)>, CliError> {
+    seeds
+        .iter()
+        .map(|s| {
+            let (out, input) = s
+                .split_once('=')
+                .ok_or_else(|| CliError(format!("--seed `{s}` must look like OUTPUT=INPUT")))?;
+            Ok((out.trim(), Seed::Input(input.trim().to_string())))
+        })
+        .collect()
+}
+
+/// Differentiates `g` as the `grad` command does.
+pub fn grad_graph(file: &str, g: &Graph, wrt: &[String], seeds: &[String]) -> Result<GradGraph, CliError> {
+    let specs = parse_seeds(seeds)?;
+    autodiff(g, &wrt_names(g, wrt), &specs).map_err(|e| CliError(format!("{file}: {e}")))
 }
 
 /// Reads the text of `file` (`-` is standard input).
@@ -255,6 +304,47 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                 Ok(out)
             } else {
                 Ok(gg.graph.to_string())
+            }
+        }
+        Command::Run {
+            file,
+            inputs,
+            grad,
+            wrt,
+            seeds,
+            dump,
+            json,
+        } => {
+            let g = load_graph(&file)?;
+            let options = Options {
+                codegen: CodegenOptions {
+                    keep_text: dump.is_some(),
+                    ..CodegenOptions::default()
+                },
+            };
+            let fail = |e: crate::api::Error| CliError(format!("{file}: {e}"));
+            if grad {
+                let specs = parse_seeds(&seeds)?;
+                let f = value_and_grad_with_seeds(&g, &wrt_names(&g, &wrt), &specs, &options).map_err(fail)?;
+                if let Some(dir) = &dump {
+                    dump_executables(dir, &[f.joint(), f.forward_executable(), f.backward_executable()])?;
+                }
+                let values = parse_inputs(f.graph(), &inputs)?;
+                let refs: Vec<&Tensor> = values.iter().collect();
+                let outs = f.call(&refs).map_err(fail)?;
+                let named: Vec<(String, Tensor)> =
+                    f.graph().outputs().iter().map(|o| o.name.clone()).zip(outs).collect();
+                Ok(format_outputs(&named, json))
+            } else {
+                let exe = compile(&g, &options).map_err(fail)?;
+                if let Some(dir) = &dump {
+                    dump_executables(dir, &[&exe])?;
+                }
+                let values = parse_inputs(&g, &inputs)?;
+                let refs: Vec<&Tensor> = values.iter().collect();
+                let outs = exe.call(&refs).map_err(|e| CliError(format!("{file}: {e}")))?;
+                let named: Vec<(String, Tensor)> = g.outputs().iter().map(|o| o.name.clone()).zip(outs).collect();
+                Ok(format_outputs(&named, json))
             }
         }
     }
