@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use wengert_codegen::{compile_graphs, CodegenError, CodegenOptions};
 use wengert_ir::{Graph, IrError, Tensor};
 use wengert_passes::{autodiff, partition, GradGraph, Partition, PassError, Seed};
-pub use wengert_runtime::{Executable, MemoryReport, RuntimeError};
+pub use wengert_runtime::{Bound, Executable, MemoryReport, RuntimeError};
 
 /// Every error of the facade, by the stage that raised it.
 #[derive(Debug, thiserror::Error)]

@@ -5,8 +5,11 @@
 
 pub mod api;
 pub mod cases;
+pub mod models;
 
-pub use api::{compile, value_and_grad, value_and_grad_with_seeds, Error, Executable, GradFn, Options, Residuals};
+pub use api::{
+    compile, value_and_grad, value_and_grad_with_seeds, Bound, Error, Executable, GradFn, Options, Residuals,
+};
 pub use wengert_codegen::CodegenOptions;
 pub use wengert_ir as ir;
 pub use wengert_ir::{
