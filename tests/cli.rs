@@ -244,3 +244,77 @@ fn grad_errors_name_the_input() {
         "error: --seed `y` must look like OUTPUT=INPUT",
     );
 }
+
+#[test]
+fn run_compiles_and_prints_like_eval() {
+    let r = wengert(
+        &["run", &case_path("case04_vjp.wg"), "--input", "x1=2", "--input", "x2=3"],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "y1 = 6.0\ny2 = 11.0\n");
+    let dir = std::env::temp_dir().join(format!("wengert-dump-{}", std::process::id()));
+    let r = wengert(
+        &[
+            "run",
+            &case_path("case03_two_inputs.wg"),
+            "-i",
+            "x1=2",
+            "-i",
+            "x2=3",
+            "--grad",
+            "--wrt",
+            "x1,x2",
+            "--dump",
+            dir.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let expected = format!(
+        "y = {:?}\ngrad_x1 = {:?}\ngrad_x2 = 2.0\n",
+        6.0 + 2f64.sin(),
+        3.0 + 2f64.cos()
+    );
+    assert_eq!(r.stdout, expected);
+    for f in [
+        "case03_two_inputs.grad.clif",
+        "case03_two_inputs.grad.s",
+        "case03_two_inputs.forward.clif",
+        "case03_two_inputs.backward.s",
+    ] {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(!text.is_empty(), "{f}");
+    }
+    let r = wengert(
+        &[
+            "run",
+            &case_path("case04_vjp.wg"),
+            "-i",
+            "x1=2",
+            "-i",
+            "x2=3",
+            "-i",
+            "u1=1",
+            "-i",
+            "u2=0",
+            "--grad",
+            "--seed",
+            "y1=u1",
+            "--seed",
+            "y2=u2",
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "{\"y1\": 6.0, \"y2\": 11.0, \"grad_x1\": 3.0, \"grad_x2\": 2.0}\n"
+    );
+    assert_fails(
+        &["run", &case_path("case04_vjp.wg"), "-i", "x1=2"],
+        None,
+        "error: missing --input x2=VALUE (expected f64[])",
+    );
+}

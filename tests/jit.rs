@@ -580,3 +580,26 @@ fn every_op_is_lowered() {
         }
     }
 }
+
+#[test]
+fn bound_executables_run_without_per_call_checks() {
+    let f = value_and_grad(&cases::case03_two_inputs().unwrap(), &["x1", "x2"], &Options::default()).unwrap();
+    let mut bound = f
+        .joint()
+        .bind(vec![Tensor::scalar_f64(2.0), Tensor::scalar_f64(3.0)])
+        .unwrap();
+    bound.run();
+    assert_eq!(bound.outputs()[1].scalar_value(), Some(3.0 + 2f64.cos()));
+    bound.input_mut::<f64>(0).unwrap()[0] = 0.5;
+    bound.run();
+    assert_eq!(bound.outputs()[0].scalar_value(), Some(0.5 * 3.0 + 0.5f64.sin()));
+    assert!(bound.input_mut::<f32>(0).is_none(), "wrong element type");
+    assert_eq!(
+        bound.set_input(1, &Tensor::scalar_f32(1.0)).unwrap_err().to_string(),
+        "input `x2`: expected f64[], got f32[]"
+    );
+    bound.set_input(1, &Tensor::scalar_f64(-1.0)).unwrap();
+    bound.run();
+    assert_eq!(bound.outputs()[2].scalar_value(), Some(0.5));
+    assert!(f.joint().bind(vec![Tensor::scalar_f64(2.0)]).is_err());
+}
