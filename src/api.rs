@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use wengert_codegen::{compile_graphs, CodegenError, CodegenOptions};
 use wengert_ir::{Graph, IrError, Tensor};
-use wengert_passes::{autodiff, partition, GradGraph, Partition, PassError, Seed};
+use std::path::PathBuf;
+use wengert_passes::{run_pipeline, GradGraph, Partition, Pass, PassError, PipelineOptions, PipelineResult, Seed, Stage};
 pub use wengert_runtime::{Bound, Executable, MemoryReport, RuntimeError};
 
 /// Every error of the facade, by the stage that raised it.
@@ -21,14 +22,69 @@ pub enum Error {
 }
 
 /// Compilation options.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Options {
     pub codegen: CodegenOptions,
+    /// The passes to run, in order (default: all of [`Pass::ALL`]).
+    /// `compile` runs the ones that apply to a plain graph (simplify, fuse,
+    /// memory-plan); `value_and_grad` always differentiates and partitions.
+    pub passes: Vec<Pass>,
+    /// Write one IR file per pass, DOT files, `passes.txt`, and the CLIF and
+    /// disassembly of each compiled function here. The environment variable
+    /// `WENGERT_DUMP=DIR` sets it when unset.
+    pub dump_dir: Option<PathBuf>,
 }
 
-/// Compiles a graph to native code.
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            codegen: CodegenOptions::default(),
+            passes: Pass::ALL.to_vec(),
+            dump_dir: None,
+        }
+    }
+}
+
+impl Options {
+    fn dump_dir(&self) -> Option<PathBuf> {
+        self.dump_dir.clone().or_else(|| std::env::var_os("WENGERT_DUMP").map(PathBuf::from))
+    }
+
+    fn codegen(&self) -> CodegenOptions {
+        CodegenOptions {
+            keep_text: self.codegen.keep_text || self.dump_dir().is_some(),
+            ..self.codegen.clone()
+        }
+    }
+}
+
+fn dump_code(options: &Options, exes: &[&Executable]) -> Result<(), Error> {
+    if let Some(dir) = options.dump_dir() {
+        for exe in exes {
+            for (ext, text) in [("clif", exe.clif()), ("s", exe.disasm())] {
+                let path = dir.join(format!("{}.{ext}", exe.name()));
+                std::fs::write(&path, text).map_err(|e| RuntimeError::Other(format!("cannot write {}: {e}", path.display())))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Compiles a graph to native code (after simplify, fuse and memory-plan,
+/// as far as `options.passes` lists them).
 pub fn compile(g: &Graph, options: &Options) -> Result<Executable, Error> {
-    Ok(compile_graphs(&[g], &options.codegen)?.remove(0))
+    let pipeline = PipelineOptions {
+        passes: options.passes.iter().copied().filter(|p| matches!(p, Pass::Simplify | Pass::Fuse | Pass::MemoryPlan)).collect(),
+        dump_dir: options.dump_dir(),
+        ..PipelineOptions::default()
+    };
+    let result = run_pipeline(g, &pipeline)?;
+    let Stage::One(optimized) = &result.stage else {
+        unreachable!("no partition ran");
+    };
+    let exe = compile_graphs(&[optimized], &options.codegen())?.remove(0);
+    dump_code(options, &[&exe])?;
+    Ok(exe)
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -54,6 +110,7 @@ pub struct GradFn {
     id: u64,
     grad: GradGraph,
     partition: Partition,
+    pipeline: PipelineResult,
     joint: Executable,
     forward: Executable,
     backward: Executable,
@@ -72,26 +129,36 @@ pub fn value_and_grad(g: &Graph, wrt: &[&str], options: &Options) -> Result<Grad
 }
 
 /// [`value_and_grad`] with explicit seeds.
-pub fn value_and_grad_with_seeds(
-    g: &Graph,
-    wrt: &[&str],
-    seeds: &[(&str, Seed)],
-    options: &Options,
-) -> Result<GradFn, Error> {
-    let grad = autodiff(g, wrt, seeds)?;
-    let partition = partition(&grad, None)?;
-    let mut exes = compile_graphs(
-        &[&grad.graph, &partition.forward, &partition.backward],
-        &options.codegen,
-    )?
-    .into_iter();
+pub fn value_and_grad_with_seeds(g: &Graph, wrt: &[&str], seeds: &[(&str, Seed)], options: &Options) -> Result<GradFn, Error> {
+    // Autodiff and partition always run; the other passes as listed.
+    let mut passes: Vec<Pass> = vec![Pass::Autodiff];
+    passes.extend(options.passes.iter().copied().filter(|p| matches!(p, Pass::Simplify | Pass::Checkpoint)));
+    passes.push(Pass::Partition);
+    passes.extend(options.passes.iter().copied().filter(|p| matches!(p, Pass::Fuse | Pass::MemoryPlan)));
+    let pipeline = PipelineOptions {
+        passes,
+        wrt: wrt.iter().map(|s| s.to_string()).collect(),
+        seeds: seeds.iter().map(|(n, s)| (n.to_string(), s.clone())).collect(),
+        dump_dir: options.dump_dir(),
+        ..PipelineOptions::default()
+    };
+    let result = run_pipeline(g, &pipeline)?;
+    let (Some(grad), Some(partition)) = (result.grad.clone(), result.partition.clone()) else {
+        unreachable!("autodiff and partition ran");
+    };
+    let Stage::Split { joint, forward, backward } = &result.stage else {
+        unreachable!("partition ran");
+    };
+    let mut exes = compile_graphs(&[joint, forward, backward], &options.codegen())?.into_iter();
     let (Some(joint), Some(forward), Some(backward)) = (exes.next(), exes.next(), exes.next()) else {
         unreachable!("compile_graphs returns one executable per graph");
     };
+    dump_code(options, &[&joint, &forward, &backward])?;
     Ok(GradFn {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         grad,
         partition,
+        pipeline: result,
         joint,
         forward,
         backward,
@@ -99,9 +166,18 @@ pub fn value_and_grad_with_seeds(
 }
 
 impl GradFn {
-    /// The differentiated graph (outputs, then `grad_<input>`).
+    /// The compiled joint graph (outputs, then `grad_<input>`), after all
+    /// passes.
     pub fn graph(&self) -> &Graph {
-        &self.grad.graph
+        match &self.pipeline.stage {
+            Stage::Split { joint, .. } => joint,
+            Stage::One(g) => g,
+        }
+    }
+
+    /// What each pass did (timing, node counts, memory statistics).
+    pub fn pipeline(&self) -> &PipelineResult {
+        &self.pipeline
     }
 
     pub fn partition(&self) -> &Partition {

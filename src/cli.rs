@@ -321,6 +321,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                     keep_text: dump.is_some(),
                     ..CodegenOptions::default()
                 },
+                ..Options::default()
             };
             let fail = |e: crate::api::Error| CliError(format!("{file}: {e}"));
             if grad {

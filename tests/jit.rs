@@ -438,6 +438,7 @@ fn scalar_graphs_are_straight_line_register_code() {
             keep_text: true,
             ..CodegenOptions::default()
         },
+        ..Options::default()
     };
     for build in [
         cases::case01_scalar,

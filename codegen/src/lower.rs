@@ -247,6 +247,49 @@ impl<'m> Lowerer<'m> {
         Ok(dst)
     }
 
+    /// `out = a·b` (2-D or batched) by a call to the GEMM kernel with the
+    /// views' strides; `out` is contiguous.
+    fn gemm(&mut self, fb: &mut FunctionBuilder, a: &View, b: &View, out: &View) -> Result<(), CodegenError> {
+        let r = a.shape.len();
+        let (m, kk, n) = (a.shape[r - 2], a.shape[r - 1], b.shape[r - 1]);
+        let batch = if r == 3 { a.shape[0] } else { 1 };
+        let dtype = out.dtype;
+        if m * n == 0 {
+            return Ok(());
+        }
+        if kk == 0 {
+            let mut fill = Kernel::new(&out.shape);
+            let c = fill.expr(KExpr::Const(0.0), dtype);
+            fill.store(out.ptr, out.offset, out.strides.clone(), dtype, c, Combine::Store);
+            return self.emit_kernel(fb, fill);
+        }
+        let params = Box::new(GemmParams {
+            m: m as i64,
+            n: n as i64,
+            k: kk as i64,
+            batch: batch as i64,
+            a_rs: a.strides[r - 2] as i64,
+            a_cs: a.strides[r - 1] as i64,
+            b_rs: b.strides[r - 2] as i64,
+            b_cs: b.strides[r - 1] as i64,
+            c_rs: n as i64,
+            c_cs: 1,
+            a_bs: if r == 3 { a.strides[0] as i64 } else { 0 },
+            b_bs: if r == 3 { b.strides[0] as i64 } else { 0 },
+        });
+        let paddr = &*params as *const GemmParams as i64;
+        self.state.gemm_params.push(params);
+        let name = if dtype == DType::F32 { "wengert_gemm_f32" } else { "wengert_gemm_f64" };
+        let f = self.import(fb, name, &[types::I64; 4], &[]);
+        let size = dtype.size_bytes() as i64;
+        let pv = fb.ins().iconst(types::I64, paddr);
+        let ap = fb.ins().iadd_imm_s(a.ptr, a.offset * size);
+        let bp = fb.ins().iadd_imm_s(b.ptr, b.offset * size);
+        let cp = fb.ins().iadd_imm_s(out.ptr, out.offset * size);
+        fb.ins().call(f, &[pv, ap, bp, cp]);
+        Ok(())
+    }
+
     /// Evaluates one kernel expr on already-evaluated arguments, for lane
     /// type `ty` (a float scalar, or a vector when vectorizing).
     #[allow(clippy::too_many_arguments)]
@@ -844,13 +887,32 @@ pub fn lower_graph(
     let arena = load_ptr(fb, n_in + n_out);
     let in_ptrs: Vec<Value> = (0..n_in).map(|i| load_ptr(fb, i)).collect();
     let out_ptrs: Vec<Value> = (0..n_out).map(|j| load_ptr(fb, n_in + j)).collect();
+    // Values placed by the memory plan occupy the start of the arena;
+    // temporaries of the lowering itself are bump-allocated after them.
+    let planned_end = g
+        .node_ids()
+        .filter_map(|id| g.node(id).arena.map(|off| off + g.ty(id).size_bytes()))
+        .max()
+        .unwrap_or(0);
     let mut lw = Lowerer {
         module,
         state,
         func_imports: HashMap::new(),
         arena,
-        arena_bytes: 0,
+        arena_bytes: planned_end.div_ceil(64) * 64,
     };
+    // Which values are read outside their fused kernel (or are outputs).
+    let mut used_outside = vec![false; g.len()];
+    for id in g.node_ids() {
+        for a in g.args(id) {
+            if g.node(a).kernel.is_none() || g.node(a).kernel != g.node(id).kernel {
+                used_outside[a.index()] = true;
+            }
+        }
+    }
+    for o in g.outputs() {
+        used_outside[o.node.index()] = true;
+    }
     // Outputs computed in place: the first output naming a node that
     // computes fresh memory.
     let mut dest: Vec<Option<usize>> = vec![None; g.len()];
@@ -862,27 +924,46 @@ pub fn lower_graph(
         }
     }
     let mut locs: Vec<Option<Loc>> = vec![None; g.len()];
-    let mut remaining = g.use_counts();
-    for o in g.outputs() {
-        remaining[o.node.index()] += 1;
-    }
-    for id in g.node_ids() {
-        let args = g.args(id);
-        let arg_locs: Vec<Loc> = args
-            .iter()
-            .map(|a| locs[a.index()].clone().expect("operands precede"))
-            .collect();
-        let ty = g.ty(id).clone();
-        let fresh = |lw: &mut Lowerer, fb: &mut FunctionBuilder| match dest[id.index()] {
-            Some(j) => View {
-                ptr: out_ptrs[j],
-                offset: 0,
-                shape: ty.shape.clone(),
-                strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
-                dtype: ty.dtype,
-            },
-            None => lw.alloc(fb, &ty.shape, ty.dtype),
+    // Where a value computed into memory goes: its output buffer, its
+    // planned arena slot, or a fresh bump slot.
+    let place = |lw: &mut Lowerer, fb: &mut FunctionBuilder, id: NodeId| {
+        let ty = g.ty(id);
+        let contiguous = View {
+            ptr: arena,
+            offset: 0,
+            shape: ty.shape.clone(),
+            strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
+            dtype: ty.dtype,
         };
+        match (dest[id.index()], g.node(id).arena) {
+            (Some(j), _) => View { ptr: out_ptrs[j], ..contiguous },
+            (None, Some(off)) => View {
+                ptr: fb.ins().iadd_imm_s(arena, off as i64),
+                ..contiguous
+            },
+            (None, None) => lw.alloc(fb, &ty.shape, ty.dtype),
+        }
+    };
+    let mut id_iter = g.node_ids().peekable();
+    while let Some(id) = id_iter.next() {
+        if let Some(k) = g.node(id).kernel {
+            // A fused kernel: this node and the following ones with the same mark.
+            let mut members = vec![id];
+            while let Some(&next) = id_iter.peek() {
+                if g.node(next).kernel == Some(k) {
+                    members.push(next);
+                    id_iter.next();
+                } else {
+                    break;
+                }
+            }
+            lower_fused(&mut lw, fb, g, &members, &mut locs, &used_outside, &place)?;
+            continue;
+        }
+        let args = g.args(id);
+        let arg_locs: Vec<Loc> = args.iter().map(|a| locs[a.index()].clone().expect("operands precede")).collect();
+        let ty = g.ty(id).clone();
+        let fresh = |lw: &mut Lowerer, fb: &mut FunctionBuilder| place(lw, fb, id);
         let one = ty.num_elements() == 1;
         let loc = match g.op(id) {
             Op::Input { index } => {
@@ -1064,45 +1145,7 @@ pub fn lower_graph(
                 let a = lw.materialize(fb, &arg_locs[0], &a_ty.shape, a_ty.dtype, false)?;
                 let b = lw.materialize(fb, &arg_locs[1], &b_ty.shape, b_ty.dtype, false)?;
                 let out = fresh(&mut lw, fb);
-                let r = a.shape.len();
-                let (m, kk, n) = (a.shape[r - 2], a.shape[r - 1], b.shape[r - 1]);
-                let batch = if r == 3 { a.shape[0] } else { 1 };
-                if m * n > 0 {
-                    if kk == 0 {
-                        let mut fill = Kernel::new(&ty.shape);
-                        let c = fill.expr(KExpr::Const(0.0), ty.dtype);
-                        fill.store(out.ptr, 0, out.strides.clone(), ty.dtype, c, Combine::Store);
-                        lw.emit_kernel(fb, fill)?;
-                    } else {
-                        let params = Box::new(GemmParams {
-                            m: m as i64,
-                            n: n as i64,
-                            k: kk as i64,
-                            batch: batch as i64,
-                            a_rs: a.strides[r - 2] as i64,
-                            a_cs: a.strides[r - 1] as i64,
-                            b_rs: b.strides[r - 2] as i64,
-                            b_cs: b.strides[r - 1] as i64,
-                            c_rs: n as i64,
-                            c_cs: 1,
-                            a_bs: if r == 3 { a.strides[0] as i64 } else { 0 },
-                            b_bs: if r == 3 { b.strides[0] as i64 } else { 0 },
-                        });
-                        let paddr = &*params as *const GemmParams as i64;
-                        lw.state.gemm_params.push(params);
-                        let name = if ty.dtype == DType::F32 {
-                            "wengert_gemm_f32"
-                        } else {
-                            "wengert_gemm_f64"
-                        };
-                        let f = lw.import(fb, name, &[types::I64; 4], &[]);
-                        let size = ty.dtype.size_bytes() as i64;
-                        let pv = fb.ins().iconst(types::I64, paddr);
-                        let ap = fb.ins().iadd_imm_s(a.ptr, a.offset * size);
-                        let bp = fb.ins().iadd_imm_s(b.ptr, b.offset * size);
-                        fb.ins().call(f, &[pv, ap, bp, out.ptr]);
-                    }
-                }
+                lw.gemm(fb, &a, &b, &out)?;
                 if one && dest[id.index()].is_none() {
                     Loc::Reg(lw.load_at(fb, &out, 0))
                 } else {
@@ -1151,10 +1194,6 @@ pub fn lower_graph(
             Op::SoftmaxCrossEntropy => lower_softmax_xent(&mut lw, fb, g, id, &arg_locs)?,
         };
         locs[id.index()] = Some(loc);
-        // Nothing to free: the arena is bump-allocated for now.
-        for a in args {
-            remaining[a.index()] -= 1;
-        }
     }
     // Outputs not computed in place.
     for (j, o) in g.outputs().iter().enumerate() {
@@ -1181,6 +1220,130 @@ pub fn lower_graph(
     Ok(Lowered {
         arena_bytes: lw.arena_bytes,
     })
+}
+
+/// Lowers a fused kernel: an optional leading matmul (a GEMM call), then
+/// one loop nest computing every elementwise member and reduction root,
+/// storing only the members read outside the kernel.
+fn lower_fused(
+    lw: &mut Lowerer,
+    fb: &mut FunctionBuilder,
+    g: &Graph,
+    members: &[NodeId],
+    locs: &mut [Option<Loc>],
+    used_outside: &[bool],
+    place: &dyn Fn(&mut Lowerer, &mut FunctionBuilder, NodeId) -> View,
+) -> Result<(), CodegenError> {
+    let mut rest = members;
+    if let Some((&first, tail)) = members.split_first() {
+        if let Op::MatMul = g.op(first) {
+            let args = g.args(first);
+            let (a_ty, b_ty) = (g.ty(args[0]).clone(), g.ty(args[1]).clone());
+            let a_loc = locs[args[0].index()].clone().expect("operands precede");
+            let b_loc = locs[args[1].index()].clone().expect("operands precede");
+            let a = lw.materialize(fb, &a_loc, &a_ty.shape, a_ty.dtype, false)?;
+            let b = lw.materialize(fb, &b_loc, &b_ty.shape, b_ty.dtype, false)?;
+            let out = if used_outside[first.index()] {
+                place(lw, fb, first)
+            } else {
+                let ty = g.ty(first);
+                lw.alloc(fb, &ty.shape, ty.dtype)
+            };
+            lw.gemm(fb, &a, &b, &out)?;
+            locs[first.index()] = Some(Loc::Mem(out));
+            rest = tail;
+        }
+    }
+    if rest.is_empty() {
+        return Ok(());
+    }
+    // The iteration shape: that of the elementwise members (a reduction's
+    // input).
+    let shape = rest
+        .iter()
+        .find(|&&m| !matches!(g.op(m), Op::ReduceSum { .. } | Op::ReduceMax { .. }))
+        .map(|&m| g.ty(m).shape.clone())
+        .unwrap_or_else(|| g.ty(g.args(rest[0])[0]).shape.clone());
+    let mut k = Kernel::new(&shape);
+    let mut expr_of: HashMap<NodeId, usize> = HashMap::new();
+    let mut outputs: Vec<(NodeId, View)> = Vec::new();
+    for &m in rest {
+        let args = g.args(m);
+        let mut xs = Vec::with_capacity(args.len());
+        for &a in &args {
+            let e = match expr_of.get(&a) {
+                Some(&e) => e,
+                None => {
+                    let loc = locs[a.index()].clone().expect("operands precede");
+                    let e = lw.operand(&mut k, &loc, g.ty(a).dtype);
+                    expr_of.insert(a, e);
+                    e
+                }
+            };
+            xs.push(e);
+        }
+        let ty = g.ty(m).clone();
+        let e = match g.op(m) {
+            Op::Unary(u) => Some(KExpr::Unary(*u, xs[0])),
+            Op::Binary(b) => Some(KExpr::Binary(*b, xs[0], xs[1])),
+            Op::Pow { exponent } => Some(KExpr::Pow(*exponent, xs[0])),
+            Op::Compare(c) => Some(KExpr::Cmp(*c, xs[0], xs[1])),
+            Op::Select => Some(KExpr::Select(xs[0], xs[1], xs[2])),
+            Op::Convert { .. } => Some(KExpr::Convert(xs[0])),
+            Op::ReduceSum { axes } | Op::ReduceMax { axes } => {
+                let is_max = matches!(g.op(m), Op::ReduceMax { .. });
+                let out = place(lw, fb, m);
+                let mut fill = Kernel::new(&ty.shape);
+                let c = fill.expr(KExpr::Const(if is_max { f64::NEG_INFINITY } else { 0.0 }), ty.dtype);
+                fill.store(out.ptr, 0, out.strides.clone(), ty.dtype, c, Combine::Store);
+                lw.emit_kernel(fb, fill)?;
+                let mut kept = 0;
+                let strides = (0..shape.len())
+                    .map(|a| {
+                        if axes.contains(&a) {
+                            0
+                        } else {
+                            kept += 1;
+                            out.strides[kept - 1]
+                        }
+                    })
+                    .collect();
+                k.store(out.ptr, 0, strides, ty.dtype, xs[0], if is_max { Combine::Max } else { Combine::Add });
+                outputs.push((m, out));
+                None
+            }
+            Op::Input { .. }
+            | Op::Const { .. }
+            | Op::Broadcast { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::MatMul
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Concat { .. }
+            | Op::SoftmaxCrossEntropy => {
+                return Err(CodegenError::Unsupported {
+                    node: g.value_name(m),
+                    message: format!("`{}` cannot be a member of a fused kernel", g.op(m).name()),
+                })
+            }
+        };
+        if let Some(e) = e {
+            let id = k.expr(e, ty.dtype);
+            expr_of.insert(m, id);
+            if used_outside[m.index()] {
+                let out = place(lw, fb, m);
+                k.store(out.ptr, 0, out.strides.clone(), ty.dtype, id, Combine::Store);
+                outputs.push((m, out));
+            }
+        }
+    }
+    lw.emit_kernel(fb, k)?;
+    for (m, out) in outputs {
+        let loc = if g.ty(m).num_elements() == 1 { Loc::Reg(lw.load_at(fb, &out, 0)) } else { Loc::Mem(out) };
+        locs[m.index()] = Some(loc);
+    }
+    Ok(())
 }
 
 /// Softmax cross-entropy of logits `z` and targets `t` of shape `[…, K]`:

@@ -20,11 +20,28 @@ use petgraph::Direction;
 /// Identifies a node of a [`Graph`].
 pub type NodeId = petgraph::graph::NodeIndex<u32>;
 
-/// A node: an operation and the type of its result.
+/// A node: an operation and the type of its result, plus the two
+/// annotations late passes attach (and the text format prints).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Node {
     pub op: Op,
     pub ty: TensorType,
+    /// The fused kernel this node belongs to (set by `fuse`; members of a
+    /// kernel are contiguous in node order).
+    pub kernel: Option<u32>,
+    /// Byte offset of the value in the arena (set by `memory-plan`).
+    pub arena: Option<usize>,
+}
+
+impl Node {
+    pub fn new(op: Op, ty: TensorType) -> Node {
+        Node {
+            op,
+            ty,
+            kernel: None,
+            arena: None,
+        }
+    }
 }
 
 /// A graph input.
@@ -165,10 +182,7 @@ impl Graph {
             return Err(IrError::Graph(format!("input `{name}` is declared twice")));
         }
         let index = self.inputs.len();
-        let node = self.dag.add_node(Node {
-            op: Op::Input { index },
-            ty: ty.clone(),
-        });
+        let node = self.dag.add_node(Node::new(Op::Input { index }, ty.clone()));
         self.inputs.push(Input {
             name: name.to_string(),
             ty,
@@ -181,10 +195,7 @@ impl Graph {
     /// Adds a constant node.
     pub fn add_const(&mut self, value: Tensor) -> NodeId {
         let ty = value.ty().clone();
-        self.dag.add_node(Node {
-            op: Op::Const { value },
-            ty,
-        })
+        self.dag.add_node(Node::new(Op::Const { value }, ty))
     }
 
     /// Adds a node, inferring its type; fails if the operands do not exist
@@ -212,7 +223,7 @@ impl Graph {
     /// to keep a declared type that inference disagrees with, so that
     /// [`crate::verify`] can report every such problem at once.
     pub fn add_typed(&mut self, op: Op, args: &[NodeId], ty: TensorType) -> NodeId {
-        let id = self.dag.add_node(Node { op, ty });
+        let id = self.dag.add_node(Node::new(op, ty));
         for (pos, &a) in args.iter().enumerate() {
             self.dag.add_edge(a, id, pos as u32);
         }
@@ -237,6 +248,13 @@ impl Graph {
             node,
         });
         Ok(())
+    }
+
+    /// Sets the annotations of a node (see [`Node`]).
+    pub fn annotate(&mut self, id: NodeId, kernel: Option<u32>, arena: Option<usize>) {
+        let node = &mut self.dag[id];
+        node.kernel = kernel;
+        node.arena = arena;
     }
 
     /// Removes all outputs (to set new ones).
@@ -305,7 +323,9 @@ impl Graph {
                     node: self.value_name(id),
                     message: "kept node has an operand that was not kept".into(),
                 })?;
-            map[id.index()] = Some(out.add_typed(node.op.clone(), &args, node.ty.clone()));
+            let new = out.add_typed(node.op.clone(), &args, node.ty.clone());
+            out.annotate(new, node.kernel, node.arena);
+            map[id.index()] = Some(new);
         }
         for o in &self.outputs {
             let node =

@@ -224,6 +224,10 @@ struct Stmt {
     name: String,
     pos: Pos,
     declared: Option<(TensorType, Pos)>,
+    /// The fused kernel block the statement sits in.
+    kernel: Option<u32>,
+    /// The arena offset written after the type (`@4096`).
+    arena: Option<usize>,
     op_name: String,
     op_pos: Pos,
     attrs: Vec<(String, Attr)>,
@@ -472,6 +476,16 @@ impl Parser {
         } else {
             None
         };
+        let arena = match self.peek().clone() {
+            Tok::Global(s) => match s.parse::<usize>() {
+                Ok(v) => {
+                    self.bump();
+                    Some(v)
+                }
+                Err(_) => return self.error(format!("expected an arena offset like `@4096`, found `@{s}`")),
+            },
+            _ => None,
+        };
         self.expect(Tok::Equals)?;
         let (op_name, op_pos) = self.ident("an op name")?;
         let mut attrs = Vec::new();
@@ -510,6 +524,8 @@ impl Parser {
             name,
             pos,
             declared,
+            kernel: None,
+            arena,
             op_name,
             op_pos,
             attrs,
@@ -578,11 +594,26 @@ pub fn parse(text: &str) -> Result<Graph, IrError> {
     }
     p.expect(Tok::LBrace)?;
     // Body.
-    let mut stmts = Vec::new();
+    let mut stmts: Vec<Stmt> = Vec::new();
+    let mut kernel: Option<u32> = None;
     loop {
         match p.peek() {
-            Tok::Value(_) => stmts.push(p.stmt()?),
-            Tok::Ident(s) if s == "return" => break,
+            Tok::Value(_) => {
+                let mut s = p.stmt()?;
+                s.kernel = kernel;
+                stmts.push(s);
+            }
+            Tok::Ident(s) if s == "kernel" && kernel.is_none() => {
+                p.bump();
+                let k = p.usize()?;
+                p.expect(Tok::LBrace)?;
+                kernel = Some(k as u32);
+            }
+            Tok::RBrace if kernel.is_some() => {
+                p.bump();
+                kernel = None;
+            }
+            Tok::Ident(s) if s == "return" && kernel.is_none() => break,
             t => {
                 let t = t.describe();
                 return p.error(format!(
@@ -773,7 +804,9 @@ fn build(
                         continue;
                     }
                 }
-                node_of[i] = Some(g.add_typed(op, &args, ty));
+                let id = g.add_typed(op, &args, ty);
+                g.annotate(id, s.kernel, s.arena);
+                node_of[i] = Some(id);
             }
             Err(message) => perr(&mut errors, s.op_pos, format!("`%{}`: {message}", s.name)),
         }

@@ -9,6 +9,10 @@
 //! }
 //! ```
 //!
+//! Late passes add two annotations: members of a fused kernel print inside
+//! a `kernel k { … }` block, and a value placed in the arena by the memory
+//! plan prints its byte offset after its type (`%5: f32[8,4] @4096 = …`).
+//!
 //! Values are numbered at print time in topological order (never from
 //! petgraph indices), attributes are sorted by key, floats print in their
 //! shortest round-trip form, so `parse(print(g))` prints identically and a
@@ -77,12 +81,27 @@ impl fmt::Display for Graph {
             write!(f, "{}: {}", output.name, self.ty(output.node))?;
         }
         f.write_str(") {\n")?;
+        // Members of a fused kernel are contiguous; print them as a block.
+        let mut open_kernel: Option<u32> = None;
         for id in self.node_ids() {
             let node = self.node(id);
             if let Op::Input { .. } = node.op {
                 continue;
             }
-            write!(f, "  {}: {} = ", names[id.index()], node.ty)?;
+            if open_kernel.is_some() && open_kernel != node.kernel {
+                f.write_str("  }\n")?;
+                open_kernel = None;
+            }
+            if let (None, Some(k)) = (open_kernel, node.kernel) {
+                writeln!(f, "  kernel {k} {{")?;
+                open_kernel = Some(k);
+            }
+            let indent = if open_kernel.is_some() { "    " } else { "  " };
+            write!(f, "{indent}{}: {}", names[id.index()], node.ty)?;
+            if let Some(offset) = node.arena {
+                write!(f, " @{offset}")?;
+            }
+            f.write_str(" = ")?;
             write_op_head(f, &node.op)?;
             if let Op::Const { value } = &node.op {
                 f.write_str(" ")?;
@@ -93,6 +112,9 @@ impl fmt::Display for Graph {
                 f.write_str(&names[a.index()])?;
             }
             f.write_str("\n")?;
+        }
+        if open_kernel.is_some() {
+            f.write_str("  }\n")?;
         }
         f.write_str("  return")?;
         for (i, output) in self.outputs().iter().enumerate() {

@@ -66,6 +66,23 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
             }
         }
     }
+    // Members of a fused kernel are contiguous in node order.
+    let mut closed = HashSet::new();
+    let mut current: Option<u32> = None;
+    for id in g.node_ids().filter(|&id| !matches!(g.op(id), Op::Input { .. })) {
+        let k = g.node(id).kernel;
+        if k != current {
+            if let Some(c) = current {
+                closed.insert(c);
+            }
+            if let Some(k) = k {
+                if closed.contains(&k) {
+                    problem(&names[id.index()], format!("kernel {k} is split: its members must be contiguous"));
+                }
+            }
+            current = k;
+        }
+    }
     let mut seen = HashSet::new();
     for input in g.inputs() {
         if !seen.insert(input.name.as_str()) {

@@ -37,8 +37,9 @@ pub struct GradGraph {
     pub graph: Graph,
     /// How many of the outputs are the original (primal) outputs.
     pub primal_outputs: usize,
-    /// How many nodes the original graph had: nodes with smaller ids are
-    /// the forward (primal) nodes, the rest are adjoint nodes.
+    /// How many nodes the original graph had: straight out of autodiff,
+    /// nodes with smaller ids are the forward (primal) nodes. (Partition
+    /// does not rely on it: it finds the forward nodes from the outputs.)
     pub primal_nodes: usize,
     /// Names of the inputs that are seeds.
     pub seed_inputs: Vec<String>,

@@ -11,6 +11,8 @@ pub enum PassError {
     BadSeed { output: String, reason: String },
     #[error("partition: {0}")]
     Partition(String),
+    #[error("pipeline: {0}")]
+    Pipeline(String),
     #[error(transparent)]
     Ir(#[from] IrError),
     /// A pass built an ill-typed node: a bug in the pass, reported rather

@@ -8,9 +8,17 @@
 pub mod autodiff;
 pub mod emit;
 pub mod error;
+pub mod fuse;
+pub mod memory;
 pub mod partition;
+pub mod pipeline;
+pub mod simplify;
 pub mod vjp;
 
 pub use autodiff::{autodiff, GradGraph, Seed};
 pub use error::PassError;
+pub use fuse::{fuse, kernel_count};
+pub use memory::{memory_plan, memory_plan_with_stats, MemoryStats};
 pub use partition::{partition, Partition, Residual};
+pub use pipeline::{run_pipeline, Pass, PipelineOptions, PipelineResult, Stage};
+pub use simplify::simplify;

@@ -68,8 +68,21 @@ struct Classes {
 fn classify(gg: &GradGraph) -> Classes {
     let j = &gg.graph;
     let n = j.len();
+    // Forward (primal) nodes are those the original outputs need; this
+    // holds however later passes renumber the graph.
+    let mut primal = vec![false; n];
+    for o in &j.outputs()[..gg.primal_outputs] {
+        primal[o.node.index()] = true;
+    }
+    for id in j.node_ids().rev() {
+        if primal[id.index()] {
+            for a in j.args(id) {
+                primal[a.index()] = true;
+            }
+        }
+    }
     let mut c = Classes {
-        primal: (0..n).map(|i| i < gg.primal_nodes).collect(),
+        primal,
         seed: vec![false; n],
         constant: vec![false; n],
         seed_dependent: vec![false; n],

@@ -1,0 +1,168 @@
+//! `memory-plan`: liveness over the schedule, and arena offsets with reuse.
+//!
+//! The schedule is node order (a fused kernel runs where its first member
+//! stands, so all its members are defined there and all its inputs are
+//! read there). A value that code generation computes into memory and that
+//! is not a graph output gets a byte offset in one arena
+//! (`Node::arena`): buffers whose last reader has run are reused first-fit,
+//! and an elementwise result takes over the buffer of an operand that dies
+//! at that very node (same size, read with the same layout), which makes
+//! the update in place. Views (`broadcast`, `transpose`, `slice`,
+//! `reshape`) own no memory: they keep the value they view alive.
+
+use crate::error::PassError;
+use wengert_ir::{verify, Graph, NodeId, Op};
+
+const ALIGN: usize = 64;
+
+/// The arena layout chosen by [`memory_plan`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes of the arena (the high-water mark of the plan).
+    pub arena_bytes: usize,
+    /// Bytes the same values would take without reuse.
+    pub unshared_bytes: usize,
+    /// How many results were placed in the buffer of a dying operand.
+    pub in_place: usize,
+}
+
+fn is_view(op: &Op) -> bool {
+    matches!(op, Op::Broadcast { .. } | Op::Transpose { .. } | Op::Slice { .. } | Op::Reshape { .. })
+}
+
+fn is_elementwise(op: &Op) -> bool {
+    matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. })
+}
+
+/// Whether code generation computes this node into a memory buffer.
+pub fn needs_buffer(g: &Graph, id: NodeId, used_outside_kernel: bool) -> bool {
+    let big = g.ty(id).num_elements() > 1;
+    let op = g.op(id);
+    if g.node(id).kernel.is_some() && !used_outside_kernel {
+        return false;
+    }
+    match op {
+        Op::ReduceSum { .. } | Op::ReduceMax { .. } | Op::MatMul | Op::Pad { .. } | Op::Concat { .. } => true,
+        Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. } => big,
+        Op::Input { .. }
+        | Op::Const { .. }
+        | Op::Broadcast { .. }
+        | Op::Reshape { .. }
+        | Op::Transpose { .. }
+        | Op::Slice { .. }
+        | Op::SoftmaxCrossEntropy => false,
+    }
+}
+
+/// Plans the arena of `g`; returns the annotated graph and its statistics.
+pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassError> {
+    let n = g.len();
+    // Schedule position: a kernel member is at its kernel's first member.
+    let mut pos = vec![0usize; n];
+    let mut first_of_kernel: std::collections::HashMap<u32, usize> = Default::default();
+    for id in g.node_ids() {
+        pos[id.index()] = match g.node(id).kernel {
+            Some(k) => *first_of_kernel.entry(k).or_insert(id.index()),
+            None => id.index(),
+        };
+    }
+    // The buffer each value lives in (views share their operand's).
+    let mut owner: Vec<NodeId> = g.node_ids().collect();
+    for id in g.node_ids() {
+        if is_view(g.op(id)) {
+            owner[id.index()] = owner[g.args(id)[0].index()];
+        }
+    }
+    let mut used_outside = vec![false; n];
+    let mut last_use = vec![0usize; n];
+    for id in g.node_ids() {
+        for a in g.args(id) {
+            let o = owner[a.index()].index();
+            last_use[o] = last_use[o].max(pos[id.index()]);
+            if g.node(a).kernel.is_none() || g.node(a).kernel != g.node(id).kernel {
+                used_outside[a.index()] = true;
+            }
+        }
+    }
+    let mut is_output = vec![false; n];
+    for o in g.outputs() {
+        is_output[o.node.index()] = true;
+        used_outside[o.node.index()] = true;
+        last_use[owner[o.node.index()].index()] = usize::MAX;
+    }
+    let mut stats = MemoryStats::default();
+    let mut offset: Vec<Option<usize>> = vec![None; n];
+    let mut live: Vec<(usize, NodeId)> = Vec::new(); // (last use, buffer owner)
+    let mut free: Vec<(usize, usize)> = Vec::new(); // (offset, size)
+    let mut end = 0usize;
+    for id in g.node_ids() {
+        if !needs_buffer(g, id, used_outside[id.index()]) || is_output[id.index()] {
+            continue;
+        }
+        let p = pos[id.index()];
+        let size = g.ty(id).size_bytes().div_ceil(ALIGN) * ALIGN;
+        stats.unshared_bytes += size;
+        // Release buffers whose last reader ran before this position.
+        live.retain(|&(last, o)| {
+            if last < p {
+                if let Some(off) = offset[o.index()] {
+                    free.push((off, g.ty(o).size_bytes().div_ceil(ALIGN) * ALIGN));
+                }
+                false
+            } else {
+                true
+            }
+        });
+        // In place: an operand buffer of the same size that dies here,
+        // read with the same layout (a direct operand, not a view).
+        let mut chosen = None;
+        // Only a node outside any kernel (its reads at this position are its
+        // own operands), and only if no other operand views the same buffer.
+        if is_elementwise(g.op(id)) && g.node(id).kernel.is_none() {
+            let args = g.args(id);
+            for &a in &args {
+                let same_layout = owner[a.index()] == a && g.ty(a) == g.ty(id);
+                let viewed_elsewhere = args.iter().any(|&b| b != a && owner[b.index()] == a);
+                if same_layout && !viewed_elsewhere && last_use[a.index()] == p && offset[a.index()].is_some() {
+                    if let Some(i) = live.iter().position(|&(_, o)| o == a) {
+                        live.remove(i);
+                        chosen = offset[a.index()];
+                        stats.in_place += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        let off = match chosen {
+            Some(off) => off,
+            None => match free.iter().position(|&(_, s)| s >= size) {
+                Some(i) => {
+                    let (off, s) = free.remove(i);
+                    if s > size {
+                        free.push((off + size, s - size));
+                    }
+                    off
+                }
+                None => {
+                    end += size;
+                    end - size
+                }
+            },
+        };
+        offset[id.index()] = Some(off);
+        live.push((last_use[id.index()], id));
+        stats.arena_bytes = stats.arena_bytes.max(off + size);
+    }
+    let mut out = g.clone();
+    for id in g.node_ids() {
+        let kernel = g.node(id).kernel;
+        out.annotate(id, kernel, offset[id.index()]);
+    }
+    verify(&out)?;
+    Ok((out, stats))
+}
+
+/// Plans the arena of `g` (see the module documentation).
+pub fn memory_plan(g: &Graph) -> Result<Graph, PassError> {
+    Ok(memory_plan_with_stats(g)?.0)
+}

@@ -1,0 +1,265 @@
+//! The pass pipeline: named passes run in order, with `verify` after each,
+//! timing, node counts, printing for the CLI and dump files.
+//!
+//! The state is one graph until `partition`, then three: the joint graph
+//! (one call computes outputs and gradients), the forward graph and the
+//! backward graph; later passes run on each.
+//!
+//! Dumps (`PipelineOptions::dump_dir`): `00-input.wg`, then one
+//! `NN-after-PASS.wg` per pass (`NN-after-PASS.forward.wg` and
+//! `.backward.wg` after partition) with stable numbering, so `diff` between
+//! two files shows what one pass did; a `.dot` beside each; `passes.txt`
+//! with each pass's wall time and node counts before and after.
+
+use crate::autodiff::{autodiff, GradGraph, Seed};
+use crate::error::PassError;
+use crate::fuse::fuse;
+use crate::memory::{memory_plan_with_stats, MemoryStats};
+use crate::partition::{partition, Partition};
+use crate::simplify::simplify;
+use std::fmt::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+use wengert_ir::{to_dot, verify, Graph};
+
+/// A pass of the pipeline, by its kebab-case name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pass {
+    Autodiff,
+    Simplify,
+    /// Chooses what to save for the backward. Saves everything the backward
+    /// reads (the partition default) until checkpoint policies exist.
+    Checkpoint,
+    Partition,
+    Fuse,
+    MemoryPlan,
+}
+
+impl Pass {
+    pub const ALL: [Pass; 6] = [Pass::Autodiff, Pass::Simplify, Pass::Checkpoint, Pass::Partition, Pass::Fuse, Pass::MemoryPlan];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pass::Autodiff => "autodiff",
+            Pass::Simplify => "simplify",
+            Pass::Checkpoint => "checkpoint",
+            Pass::Partition => "partition",
+            Pass::Fuse => "fuse",
+            Pass::MemoryPlan => "memory-plan",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<Pass, PassError> {
+        Pass::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| {
+            let names: Vec<&str> = Pass::ALL.iter().map(|p| p.name()).collect();
+            PassError::Pipeline(format!("unknown pass `{name}` (passes: {})", names.join(", ")))
+        })
+    }
+}
+
+/// What to run and what to show.
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    pub passes: Vec<Pass>,
+    /// Inputs to differentiate (for `autodiff`).
+    pub wrt: Vec<String>,
+    pub seeds: Vec<(String, Seed)>,
+    pub dump_dir: Option<PathBuf>,
+    pub print_before_all: bool,
+    pub print_after_all: bool,
+    pub print_after: Vec<Pass>,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            passes: Pass::ALL.to_vec(),
+            wrt: Vec::new(),
+            seeds: Vec::new(),
+            dump_dir: None,
+            print_before_all: false,
+            print_after_all: false,
+            print_after: Vec::new(),
+        }
+    }
+}
+
+/// One pass's record for `passes.txt`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PassRecord {
+    pub pass: Pass,
+    pub micros: u128,
+    pub nodes_before: usize,
+    pub nodes_after: usize,
+}
+
+/// The graphs after the pipeline.
+#[derive(Clone, Debug)]
+pub enum Stage {
+    One(Graph),
+    Split { joint: Graph, forward: Graph, backward: Graph },
+}
+
+impl Stage {
+    fn graphs(&self) -> Vec<(&'static str, &Graph)> {
+        match self {
+            Stage::One(g) => vec![("", g)],
+            Stage::Split { joint, forward, backward } => vec![("", joint), (".forward", forward), (".backward", backward)],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.graphs().iter().map(|(_, g)| g.len()).sum()
+    }
+
+    fn map(self, f: impl Fn(&Graph) -> Result<Graph, PassError>) -> Result<Stage, PassError> {
+        Ok(match self {
+            Stage::One(g) => Stage::One(f(&g)?),
+            Stage::Split { joint, forward, backward } => Stage::Split {
+                joint: f(&joint)?,
+                forward: f(&forward)?,
+                backward: f(&backward)?,
+            },
+        })
+    }
+}
+
+/// The result of a pipeline run.
+#[derive(Clone, Debug)]
+pub struct PipelineResult {
+    pub stage: Stage,
+    /// The autodiff result as it came out of `autodiff`, if it ran.
+    pub grad: Option<GradGraph>,
+    /// The partition, if it ran (residual names, types and sizes).
+    pub partition: Option<Partition>,
+    pub records: Vec<PassRecord>,
+    /// Arena statistics per graph (joint, forward, backward), if planned.
+    pub memory: Vec<MemoryStats>,
+    /// The text requested by the print options.
+    pub printed: String,
+}
+
+fn header(out: &mut String, when: &str, pass: Pass, stage: &Stage) {
+    for (suffix, g) in stage.graphs() {
+        let _ = writeln!(out, "// ----- IR {when} {}{} ----- //", pass.name(), suffix);
+        let _ = write!(out, "{g}");
+    }
+}
+
+/// Runs the pipeline on `g`.
+pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResult, PassError> {
+    let mut result = PipelineResult {
+        stage: Stage::One(g.clone()),
+        grad: None,
+        partition: None,
+        records: Vec::new(),
+        memory: Vec::new(),
+        printed: String::new(),
+    };
+    let dump = |stage: &Stage, step: usize, label: &str| -> Result<(), PassError> {
+        let Some(dir) = &options.dump_dir else { return Ok(()) };
+        std::fs::create_dir_all(dir).map_err(|e| PassError::Pipeline(format!("cannot create {}: {e}", dir.display())))?;
+        for (suffix, g) in stage.graphs() {
+            let base = dir.join(format!("{step:02}-{label}{suffix}"));
+            for (ext, text) in [("wg", g.to_string()), ("dot", to_dot(g))] {
+                let path = base.with_extension(ext);
+                std::fs::write(&path, text).map_err(|e| PassError::Pipeline(format!("cannot write {}: {e}", path.display())))?;
+            }
+        }
+        Ok(())
+    };
+    dump(&result.stage, 0, "input")?;
+    for (i, &pass) in options.passes.iter().enumerate() {
+        if options.print_before_all {
+            header(&mut result.printed, "before", pass, &result.stage);
+        }
+        let before = result.stage.len();
+        let t0 = Instant::now();
+        let stage = std::mem::replace(&mut result.stage, Stage::One(Graph::new("")));
+        result.stage = match (pass, stage) {
+            (Pass::Autodiff, Stage::One(g)) => {
+                let wrt: Vec<&str> = if options.wrt.is_empty() {
+                    g.inputs().iter().filter(|i| i.differentiable && i.ty.dtype.is_float()).map(|i| i.name.as_str()).collect()
+                } else {
+                    options.wrt.iter().map(String::as_str).collect()
+                };
+                let seeds: Vec<(&str, Seed)> = options.seeds.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
+                let gg = autodiff(&g, &wrt, &seeds)?;
+                let out = gg.graph.clone();
+                result.grad = Some(gg);
+                Stage::One(out)
+            }
+            (Pass::Autodiff, Stage::Split { .. }) => return Err(PassError::Pipeline("`autodiff` must run before `partition`".into())),
+            (Pass::Simplify, stage) => stage.map(simplify)?,
+            (Pass::Checkpoint, stage) => stage,
+            (Pass::Partition, Stage::One(joint)) => {
+                let grad = result.grad.as_mut().ok_or_else(|| PassError::Pipeline("`partition` needs `autodiff` before it".into()))?;
+                // Partition the graph as the earlier passes left it.
+                grad.graph = joint.clone();
+                let p = partition(grad, None)?;
+                let stage = Stage::Split {
+                    joint,
+                    forward: p.forward.clone(),
+                    backward: p.backward.clone(),
+                };
+                result.partition = Some(p);
+                stage
+            }
+            (Pass::Partition, Stage::Split { .. }) => return Err(PassError::Pipeline("`partition` runs once".into())),
+            (Pass::Fuse, stage) => stage.map(fuse)?,
+            (Pass::MemoryPlan, stage) => {
+                let mut stats = Vec::new();
+                let stage = match stage {
+                    Stage::One(g) => {
+                        let (g, s) = memory_plan_with_stats(&g)?;
+                        stats.push(s);
+                        Stage::One(g)
+                    }
+                    Stage::Split { joint, forward, backward } => {
+                        let mut plan = |g: &Graph| -> Result<Graph, PassError> {
+                            let (g, s) = memory_plan_with_stats(g)?;
+                            stats.push(s);
+                            Ok(g)
+                        };
+                        Stage::Split {
+                            joint: plan(&joint)?,
+                            forward: plan(&forward)?,
+                            backward: plan(&backward)?,
+                        }
+                    }
+                };
+                result.memory = stats;
+                stage
+            }
+        };
+        if cfg!(debug_assertions) {
+            for (_, g) in result.stage.graphs() {
+                verify(g)?;
+            }
+        }
+        result.records.push(PassRecord {
+            pass,
+            micros: t0.elapsed().as_micros(),
+            nodes_before: before,
+            nodes_after: result.stage.len(),
+        });
+        if options.print_after_all || options.print_after.contains(&pass) {
+            header(&mut result.printed, "after", pass, &result.stage);
+        }
+        dump(&result.stage, i + 1, &format!("after-{}", pass.name()))?;
+    }
+    if let Some(dir) = &options.dump_dir {
+        let path = dir.join("passes.txt");
+        std::fs::write(&path, format_records(&result.records)).map_err(|e| PassError::Pipeline(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(result)
+}
+
+/// The `passes.txt` table.
+pub fn format_records(records: &[PassRecord]) -> String {
+    let mut out = String::from("pass          time (µs)   nodes before   nodes after\n");
+    for r in records {
+        let _ = writeln!(out, "{:<12} {:>10} {:>14} {:>13}", r.pass.name(), r.micros, r.nodes_before, r.nodes_after);
+    }
+    out
+}

@@ -1,0 +1,230 @@
+//! `simplify`: constant folding, algebraic identities, common
+//! subexpression elimination and dead code elimination, to a fixed point.
+//!
+//! Autodiff output is full of `x·1`, duplicated constants, sums of
+//! broadcasts and dead seeds; after this pass the seed cases' gradient
+//! graphs read like the hand-written backward propagation.
+//!
+//! Identities used (each only when the types allow the replacement):
+//! `x·1 = 1·x = x`, `x/1 = x`, `x+0 = 0+x = x`, `x−0 = x`, `0−x = −x`,
+//! `x·0 = 0·x = 0` (symbolic zeros: like autodiff, this treats the other
+//! factor as finite), `−(−x) = x`, `pow(x, 1) = x`, `select(c, x, x) = x`,
+//! `transpose(transpose(x)) = transpose(x, composed)` (or `x`),
+//! `broadcast(broadcast(x)) = broadcast(x)`, `reshape(reshape(x)) =
+//! reshape(x)`, identity broadcasts/reshapes/transposes vanish,
+//! `Σ broadcast(x)` over only broadcast axes `= x·n`. Constants of at most
+//! [`FOLD_LIMIT`] elements are folded by the interpreter, so folding is
+//! exactly what the program would have computed.
+
+use crate::error::PassError;
+use std::collections::HashMap;
+use wengert_ir::interp::eval_op;
+use wengert_ir::{verify, BinaryOp, Graph, NodeId, Op, Tensor, UnaryOp};
+
+/// Largest constant (in elements) that folding creates.
+pub const FOLD_LIMIT: usize = 64;
+
+/// Runs the simplifications until nothing changes (at most 8 rounds).
+pub fn simplify(g: &Graph) -> Result<Graph, PassError> {
+    let mut current = g.clone();
+    for _ in 0..8 {
+        let next = simplify_once(&current)?;
+        let done = next.len() == current.len() && next.to_string() == current.to_string();
+        current = next;
+        if done {
+            break;
+        }
+    }
+    verify(&current)?;
+    Ok(current)
+}
+
+/// A value during rewriting: a node of the new graph.
+struct Rewriter {
+    out: Graph,
+    /// CSE table: printed op head (with constant bytes) and operands.
+    table: HashMap<(String, Vec<NodeId>), NodeId>,
+}
+
+impl Rewriter {
+    fn key(op: &Op, args: &[NodeId]) -> (String, Vec<NodeId>) {
+        let mut head = String::new();
+        let _ = wengert_ir::print::write_op_head(&mut head, op);
+        if let Op::Const { value } = op {
+            head.push_str(&format!(" {:?} {:?}", value.ty(), value.bytes()));
+        }
+        (head, args.to_vec())
+    }
+
+    /// Adds a node unless an identical one exists (CSE).
+    fn add(&mut self, op: Op, args: &[NodeId]) -> Result<NodeId, PassError> {
+        let key = Self::key(&op, args);
+        if let Some(&id) = self.table.get(&key) {
+            return Ok(id);
+        }
+        let id = self.out.add(op, args)?;
+        self.table.insert(key, id);
+        Ok(id)
+    }
+
+    fn constant(&self, id: NodeId) -> Option<&Tensor> {
+        match self.out.op(id) {
+            Op::Const { value } => Some(value),
+            _ => None,
+        }
+    }
+
+    /// The value of a constant all of whose elements are equal, looking
+    /// through broadcasts and reshapes.
+    fn uniform(&self, mut id: NodeId) -> Option<f64> {
+        loop {
+            match self.out.op(id) {
+                Op::Const { value } => {
+                    let v = value.to_f64_vec();
+                    let first = *v.first()?;
+                    return v.iter().all(|e| e.to_bits() == first.to_bits()).then_some(first);
+                }
+                Op::Broadcast { .. } | Op::Reshape { .. } => id = self.out.args(id)[0],
+                _ => return None,
+            }
+        }
+    }
+
+    fn is(&self, id: NodeId, v: f64) -> bool {
+        self.uniform(id) == Some(v)
+    }
+
+    /// A scalar constant `v` broadcast to the type of `like`.
+    fn full_like(&mut self, like: NodeId, v: f64) -> Result<NodeId, PassError> {
+        let ty = self.out.ty(like).clone();
+        let c = self.add(Op::Const { value: Tensor::scalar(ty.dtype, v) }, &[])?;
+        if ty.shape.is_empty() {
+            Ok(c)
+        } else {
+            self.add(Op::Broadcast { shape: ty.shape }, &[c])
+        }
+    }
+
+    /// Rewrites one node; returns its replacement.
+    fn rewrite(&mut self, op: &Op, args: &[NodeId]) -> Result<NodeId, PassError> {
+        let same = |r: &Rewriter, a: NodeId, b: NodeId| r.out.ty(a) == r.out.ty(b);
+        match op {
+            Op::Binary(BinaryOp::Mul) => {
+                let (a, b) = (args[0], args[1]);
+                if self.is(b, 1.0) && same(self, a, b) {
+                    return Ok(a);
+                }
+                if self.is(a, 1.0) && same(self, a, b) {
+                    return Ok(b);
+                }
+                if (self.is(a, 0.0) || self.is(b, 0.0)) && same(self, a, b) {
+                    return self.full_like(a, 0.0);
+                }
+            }
+            Op::Binary(BinaryOp::Div) if self.is(args[1], 1.0) => return Ok(args[0]),
+            Op::Binary(BinaryOp::Add) => {
+                if self.is(args[1], 0.0) {
+                    return Ok(args[0]);
+                }
+                if self.is(args[0], 0.0) {
+                    return Ok(args[1]);
+                }
+            }
+            Op::Binary(BinaryOp::Sub) => {
+                if self.is(args[1], 0.0) {
+                    return Ok(args[0]);
+                }
+                if self.is(args[0], 0.0) {
+                    return self.add(Op::Unary(UnaryOp::Neg), &[args[1]]);
+                }
+            }
+            Op::Unary(UnaryOp::Neg) => {
+                if let Op::Unary(UnaryOp::Neg) = self.out.op(args[0]) {
+                    return Ok(self.out.args(args[0])[0]);
+                }
+            }
+            Op::Pow { exponent } if *exponent == 1.0 => return Ok(args[0]),
+            Op::Select if args[1] == args[2] => return Ok(args[1]),
+            Op::Transpose { perm } => {
+                if perm.iter().enumerate().all(|(i, &p)| i == p) {
+                    return Ok(args[0]);
+                }
+                if let Op::Transpose { perm: inner } = self.out.op(args[0]).clone() {
+                    let composed: Vec<usize> = perm.iter().map(|&p| inner[p]).collect();
+                    let x = self.out.args(args[0])[0];
+                    return self.rewrite(&Op::Transpose { perm: composed }, &[x]);
+                }
+            }
+            Op::Broadcast { shape } | Op::Reshape { shape } => {
+                if self.out.ty(args[0]).shape == *shape {
+                    return Ok(args[0]);
+                }
+                let inner = self.out.op(args[0]).clone();
+                let nested = matches!((op, &inner), (Op::Broadcast { .. }, Op::Broadcast { .. }) | (Op::Reshape { .. }, Op::Reshape { .. }));
+                if nested {
+                    let x = self.out.args(args[0])[0];
+                    return self.rewrite(op, &[x]);
+                }
+            }
+            Op::ReduceSum { axes } => {
+                // Σ over leading axes that a broadcast added (the source is
+                // not stretched elsewhere): broadcast(x)·count.
+                if let Op::Broadcast { shape } = self.out.op(args[0]).clone() {
+                    let x = self.out.args(args[0])[0];
+                    let xs = self.out.ty(x).shape.clone();
+                    let lead = shape.len() - xs.len();
+                    if shape[lead..] == xs[..] && axes.iter().all(|&a| a < lead) {
+                        let count: usize = axes.iter().map(|&a| shape[a]).product();
+                        let kept: Vec<usize> = (0..shape.len()).filter(|a| !axes.contains(a)).map(|a| shape[a]).collect();
+                        let xb = self.rewrite(&Op::Broadcast { shape: kept }, &[x])?;
+                        let n = self.full_like(xb, count as f64)?;
+                        return self.rewrite(&Op::Binary(BinaryOp::Mul), &[xb, n]);
+                    }
+                }
+            }
+            _ => {}
+        }
+        // Constant folding of small results.
+        if !matches!(op, Op::Const { .. } | Op::Input { .. }) && !args.is_empty() {
+            let consts: Option<Vec<&Tensor>> = args.iter().map(|&a| self.constant(a)).collect();
+            if let Some(values) = consts {
+                let tys: Vec<&wengert_ir::TensorType> = args.iter().map(|&a| self.out.ty(a)).collect();
+                let ty = wengert_ir::infer(op, &tys).map_err(|m| PassError::Internal {
+                    node: format!("`{}`", op.name()),
+                    message: m,
+                })?;
+                if ty.num_elements() <= FOLD_LIMIT {
+                    if let Ok(value) = eval_op(op, &values, &ty) {
+                        return self.add(Op::Const { value }, &[]);
+                    }
+                }
+            }
+        }
+        self.add(op.clone(), args)
+    }
+}
+
+fn simplify_once(g: &Graph) -> Result<Graph, PassError> {
+    let mut r = Rewriter {
+        out: Graph::new(g.name.clone()),
+        table: HashMap::new(),
+    };
+    let mut map: Vec<Option<NodeId>> = vec![None; g.len()];
+    for input in g.inputs() {
+        map[input.node.index()] = Some(r.out.add_input(&input.name, input.ty.clone(), input.differentiable)?);
+    }
+    for id in g.node_ids() {
+        if map[id.index()].is_some() {
+            continue;
+        }
+        let args: Vec<NodeId> = g.args(id).iter().map(|a| map[a.index()].expect("operands precede")).collect();
+        map[id.index()] = Some(r.rewrite(g.op(id), &args)?);
+    }
+    for o in g.outputs() {
+        r.out.add_output(&o.name, map[o.node.index()].expect("mapped"))?;
+    }
+    // Dead code elimination.
+    let live = r.out.live_nodes();
+    let (out, _) = r.out.retain(&live)?;
+    Ok(out)
+}
