@@ -13,7 +13,7 @@ use std::path::Path;
 use wengert_codegen::CodegenOptions;
 use wengert_ir::tensor::write_nested_list;
 use wengert_ir::{interpret, parse, parse_literal, to_dot, verify, Graph, IrError, Tensor};
-use wengert_passes::{autodiff, partition, GradGraph, Seed};
+use wengert_passes::{autodiff, partition, run_pipeline, GradGraph, Pass, PipelineOptions, Seed, Stage};
 
 /// An error of the command line, already formatted for the user.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +71,35 @@ pub enum Command {
         /// instead of the joint graph.
         #[arg(long)]
         split: bool,
+    },
+    /// Run passes over a graph and print the IR (by default the final IR;
+    /// MLIR/LLVM-style `--print-after-all` and friends show each step).
+    Opt {
+        /// A `.wg` file, or `-` for standard input.
+        file: String,
+        /// Passes to run, comma-separated, in order: autodiff, simplify,
+        /// checkpoint, partition, fuse, memory-plan (default: all).
+        #[arg(long, value_delimiter = ',')]
+        passes: Vec<String>,
+        /// For autodiff: inputs to differentiate (default: all differentiable).
+        #[arg(long, value_delimiter = ',')]
+        wrt: Vec<String>,
+        /// For autodiff: `--seed y1=u1` makes an output's seed an input.
+        #[arg(long = "seed", value_name = "OUTPUT=INPUT")]
+        seeds: Vec<String>,
+        /// Print the IR before every pass.
+        #[arg(long)]
+        print_before_all: bool,
+        /// Print the IR after every pass.
+        #[arg(long)]
+        print_after_all: bool,
+        /// Print the IR after this pass (repeatable).
+        #[arg(long, value_name = "PASS")]
+        print_after: Vec<String>,
+        /// Write one file per pass, DOT files and passes.txt here (also set by
+        /// the environment variable WENGERT_DUMP).
+        #[arg(long, value_name = "DIR")]
+        dump: Option<String>,
     },
     /// Compile a graph with the JIT and run it (optionally its gradient).
     Run {
@@ -305,6 +334,45 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
             } else {
                 Ok(gg.graph.to_string())
             }
+        }
+        Command::Opt {
+            file,
+            passes,
+            wrt,
+            seeds,
+            print_before_all,
+            print_after_all,
+            print_after,
+            dump,
+        } => {
+            let g = load_graph(&file)?;
+            let fail = |e: wengert_passes::PassError| CliError(format!("{file}: {e}"));
+            let passes = if passes.is_empty() {
+                Pass::ALL.to_vec()
+            } else {
+                passes.iter().map(|p| Pass::from_name(p.trim())).collect::<Result<_, _>>().map_err(|e| CliError(e.to_string()))?
+            };
+            let print_after = print_after.iter().map(|p| Pass::from_name(p.trim())).collect::<Result<_, _>>().map_err(|e| CliError(e.to_string()))?;
+            let options = PipelineOptions {
+                passes,
+                wrt,
+                seeds: parse_seeds(&seeds)?.into_iter().map(|(o, s)| (o.to_string(), s)).collect(),
+                dump_dir: dump.map(Into::into).or_else(|| std::env::var_os("WENGERT_DUMP").map(Into::into)),
+                print_before_all,
+                print_after_all,
+                print_after,
+            };
+            let quiet = !options.print_before_all && !options.print_after_all && options.print_after.is_empty();
+            let result = run_pipeline(&g, &options).map_err(fail)?;
+            if !quiet {
+                return Ok(result.printed);
+            }
+            Ok(match &result.stage {
+                Stage::One(g) => g.to_string(),
+                Stage::Split { joint, forward, backward } => format!(
+                    "// ----- joint ----- //\n{joint}// ----- forward ----- //\n{forward}// ----- backward ----- //\n{backward}"
+                ),
+            })
         }
         Command::Run {
             file,

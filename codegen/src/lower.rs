@@ -1264,6 +1264,44 @@ fn lower_fused(
         .find(|&&m| !matches!(g.op(m), Op::ReduceSum { .. } | Op::ReduceMax { .. }))
         .map(|&m| g.ty(m).shape.clone())
         .unwrap_or_else(|| g.ty(g.args(rest[0])[0]).shape.clone());
+    if wengert_ir::num_elements(&shape) == 1 {
+        // A scalar kernel: straight-line register code, no loop, no memory.
+        for &m in rest {
+            let args = g.args(m);
+            let arg_locs: Vec<Loc> = args.iter().map(|a| locs[a.index()].clone().expect("operands precede")).collect();
+            let vals: Vec<Value> = arg_locs.iter().map(|l| lw.scalar_of(fb, l)).collect();
+            let arg_dtypes: Vec<DType> = args.iter().map(|&a| g.ty(a).dtype).collect();
+            let ty = g.ty(m);
+            let e = match g.op(m) {
+                Op::Unary(u) => KExpr::Unary(*u, 0),
+                Op::Binary(b) => KExpr::Binary(*b, 0, 1),
+                Op::Pow { exponent } => KExpr::Pow(*exponent, 0),
+                Op::Compare(c) => KExpr::Cmp(*c, 0, 1),
+                Op::Select => KExpr::Select(0, 1, 2),
+                Op::Convert { .. } => KExpr::Convert(0),
+                Op::Input { .. }
+                | Op::Const { .. }
+                | Op::Broadcast { .. }
+                | Op::Reshape { .. }
+                | Op::Transpose { .. }
+                | Op::ReduceSum { .. }
+                | Op::ReduceMax { .. }
+                | Op::MatMul
+                | Op::Slice { .. }
+                | Op::Pad { .. }
+                | Op::Concat { .. }
+                | Op::SoftmaxCrossEntropy => {
+                    return Err(CodegenError::Unsupported {
+                        node: g.value_name(m),
+                        message: format!("`{}` cannot be a member of a scalar kernel", g.op(m).name()),
+                    })
+                }
+            };
+            let v = lw.eval(fb, e, ty.dtype, &arg_dtypes, &vals, mem_type(ty.dtype));
+            locs[m.index()] = Some(Loc::Reg(v));
+        }
+        return Ok(());
+    }
     let mut k = Kernel::new(&shape);
     let mut expr_of: HashMap<NodeId, usize> = HashMap::new();
     let mut outputs: Vec<(NodeId, View)> = Vec::new();

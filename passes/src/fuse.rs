@@ -14,12 +14,16 @@
 //!   multi-output kernel;
 //! - nothing is ever duplicated, so an expensive producer (exp, log, tanh,
 //!   matmul) is computed once however many consumers it has;
-//! - a group holds at most [`MAX_GROUP`] nodes.
+//! - a group holds at most [`MAX_GROUP`] nodes;
+//! - one-element (scalar) ops fuse too: their kernel is straight-line
+//!   register code with no loop.
 //!
-//! A group can be emitted where its first member stands only if every
-//! operand from outside the group is computed before that member; every
-//! join and merge checks this, and the output graph is reordered so that
-//! each group's members are contiguous (marked with `Node::kernel`).
+//! A node joins a group only if none of its operands from outside the group
+//! depends on a member of the group (otherwise the group would have to run
+//! both before and after that operand); merges check the same both ways.
+//! The output graph is then a topological order of nodes and whole groups
+//! (Kahn's algorithm, earliest original position first), so each group's
+//! members are contiguous (marked with `Node::kernel`).
 
 use crate::error::PassError;
 use wengert_ir::{verify, Graph, NodeId, Op};
@@ -36,18 +40,11 @@ enum Kind {
 }
 
 fn kind(g: &Graph, id: NodeId) -> Kind {
-    let big = g.ty(id).num_elements() > 1;
     match g.op(id) {
-        Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. } if big => Kind::Elementwise,
+        Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. } => Kind::Elementwise,
         Op::ReduceSum { .. } | Op::ReduceMax { .. } if g.ty(g.args(id)[0]).num_elements() > 1 => Kind::Reduction,
         Op::MatMul => Kind::MatMul,
-        Op::Unary(_)
-        | Op::Binary(_)
-        | Op::Pow { .. }
-        | Op::Compare(_)
-        | Op::Select
-        | Op::Convert { .. }
-        | Op::ReduceSum { .. }
+        Op::ReduceSum { .. }
         | Op::ReduceMax { .. }
         | Op::Input { .. }
         | Op::Const { .. }
@@ -78,12 +75,46 @@ impl Group {
     }
 }
 
-/// Whether every operand of `nodes` from outside `group` precedes `first`.
-fn inputs_precede(g: &Graph, group_of: &[Option<usize>], group: usize, nodes: &[NodeId], first: usize) -> bool {
+/// Whether `start` depends (transitively) on a member of group `gi`, whose
+/// first member has index `first`. Only nodes at or after `first` can.
+fn depends_on_group(g: &Graph, group_of: &[Option<usize>], gi: usize, start: NodeId, first: usize) -> bool {
+    let mut stack = vec![start];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(v) = stack.pop() {
+        if v.index() < first || !seen.insert(v) {
+            continue;
+        }
+        if group_of[v.index()] == Some(gi) {
+            return true;
+        }
+        stack.extend(g.args(v));
+    }
+    false
+}
+
+/// Whether `nodes` can be in group `gi`: no operand from outside the group
+/// depends on a member of it.
+fn can_join(g: &Graph, group_of: &[Option<usize>], gi: usize, nodes: &[NodeId], first: usize) -> bool {
     nodes
         .iter()
         .flat_map(|&n| g.args(n))
-        .all(|a| group_of[a.index()] == Some(group) || a.index() < first)
+        .all(|a| group_of[a.index()] == Some(gi) || !depends_on_group(g, group_of, gi, a, first))
+}
+
+/// Whether `start` depends (transitively) on `target`.
+fn depends_on_node(g: &Graph, start: NodeId, target: NodeId) -> bool {
+    let mut stack = vec![start];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(v) = stack.pop() {
+        if v == target {
+            return true;
+        }
+        if v.index() < target.index() || !seen.insert(v) {
+            continue;
+        }
+        stack.extend(g.args(v));
+    }
+    false
 }
 
 /// Groups nodes into kernels (see the module documentation).
@@ -91,6 +122,10 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
     let n = g.len();
     let mut group_of: Vec<Option<usize>> = vec![None; n];
     let mut groups: Vec<Group> = Vec::new();
+    let mut uses = g.use_counts();
+    for o in g.outputs() {
+        uses[o.node.index()] += 1;
+    }
     for id in g.node_ids() {
         let k = kind(g, id);
         let args = g.args(id);
@@ -99,13 +134,14 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
                 let shape = g.ty(id).shape.clone();
                 let target = args.iter().filter_map(|a| group_of[a.index()]).find(|&gi| {
                     let gr = &groups[gi];
-                    !gr.closed && gr.shape == shape && gr.members.len() < MAX_GROUP && inputs_precede(g, &group_of, gi, &[id], gr.first())
+                    !gr.closed && gr.shape == shape && gr.members.len() < MAX_GROUP && can_join(g, &group_of, gi, &[id], gr.first())
                 });
                 let target = target.or_else(|| {
                     // A matmul operand without a group takes this as epilogue.
                     let m = args.iter().copied().find(|&a| kind(g, a) == Kind::MatMul && group_of[a.index()].is_none() && g.ty(a).shape == shape)?;
-                    let first = m.index();
-                    let others_ok = args.iter().all(|&a| a == m || a.index() < first);
+                    // A fresh matmul has no group yet, so nothing depends on it
+                    // but through m itself: the other operands must not.
+                    let others_ok = args.iter().all(|&a| a == m || !depends_on_node(g, a, m));
                     others_ok.then(|| {
                         groups.push(Group {
                             members: vec![m],
@@ -122,6 +158,19 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
                     Some(gi) => {
                         groups[gi].members.push(id);
                         group_of[id.index()] = Some(gi);
+                        // Pull in operands that are lone elementwise nodes of
+                        // the same shape used only here.
+                        for &a in &args {
+                            let Some(ai) = group_of[a.index()] else { continue };
+                            let lone = ai != gi && groups[ai].alive && groups[ai].members == [a] && !groups[ai].matmul;
+                            if lone && uses[a.index()] == 1 && groups[gi].members.len() < MAX_GROUP && can_join(g, &group_of, gi, &[a], groups[gi].first()) {
+                                groups[ai].alive = false;
+                                groups[ai].members.clear();
+                                group_of[a.index()] = Some(gi);
+                                groups[gi].members.push(a);
+                                groups[gi].members.sort();
+                            }
+                        }
                     }
                     None => {
                         groups.push(Group {
@@ -170,9 +219,17 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
                 continue;
             }
             let shares = groups[i].members.iter().flat_map(|&m| g.args(m)).any(|a| inputs_j.contains(&a));
-            let first = groups[i].first();
+            let members_i = groups[i].members.clone();
             let members_j = groups[j].members.clone();
-            if shares && inputs_precede(g, &group_of, j, &members_j, first) {
+            // Neither group may reach the other through outside nodes.
+            let independent = shares
+                && inputs_j.iter().all(|&a| !depends_on_group(g, &group_of, i, a, groups[i].first()))
+                && members_i
+                    .iter()
+                    .flat_map(|&m| g.args(m))
+                    .filter(|a| group_of[a.index()] != Some(i))
+                    .all(|a| !depends_on_group(g, &group_of, j, a, groups[j].first()));
+            if independent {
                 for &m in &members_j {
                     group_of[m.index()] = Some(i);
                 }
@@ -184,47 +241,78 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
             }
         }
     }
-    // Single elementwise nodes stay unmarked: a group of one is just a node.
-    // Reorder so that each group is contiguous at its first member.
+    // Units: each group of two or more nodes, and every other node. Order
+    // them topologically, earliest original position first.
+    let unit_of: Vec<usize> = g
+        .node_ids()
+        .map(|id| match group_of[id.index()] {
+            Some(gi) if groups[gi].members.len() > 1 => groups[gi].first(),
+            _ => id.index(),
+        })
+        .collect();
+    let mut unit_members: Vec<Vec<NodeId>> = vec![Vec::new(); n];
+    for id in g.node_ids() {
+        unit_members[unit_of[id.index()]].push(id);
+    }
+    let mut indegree = vec![0usize; n];
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for id in g.node_ids() {
+        let u = unit_of[id.index()];
+        for a in g.args(id) {
+            let ua = unit_of[a.index()];
+            if ua != u {
+                indegree[u] += 1;
+                users[ua].push(u);
+            }
+        }
+    }
+    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> =
+        (0..n).filter(|&u| !unit_members[u].is_empty() && indegree[u] == 0).map(std::cmp::Reverse).collect();
     let mut out = Graph::new(g.name.clone());
     let mut map: Vec<Option<NodeId>> = vec![None; n];
     for input in g.inputs() {
         map[input.node.index()] = Some(out.add_input(&input.name, input.ty.clone(), input.differentiable)?);
     }
     let mut next_kernel = 0u32;
-    let copy = |out: &mut Graph, map: &mut Vec<Option<NodeId>>, id: NodeId, kernel: Option<u32>| -> Result<(), PassError> {
-        let args = g
-            .args(id)
-            .iter()
-            .map(|a| map[a.index()])
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| PassError::Internal {
-                node: g.value_name(id),
-                message: "fusion reordered a node before its operand".into(),
-            })?;
-        let node = g.node(id);
-        let new = out.add_typed(node.op.clone(), &args, node.ty.clone());
-        out.annotate(new, kernel, None);
-        map[id.index()] = Some(new);
-        Ok(())
-    };
-    for id in g.node_ids() {
-        if map[id.index()].is_some() {
-            continue;
-        }
-        match group_of[id.index()] {
-            Some(gi) if groups[gi].members.len() > 1 => {
-                let k = next_kernel;
-                next_kernel += 1;
-                for &m in &groups[gi].members {
-                    copy(&mut out, &mut map, m, Some(k))?;
-                }
+    while let Some(std::cmp::Reverse(u)) = ready.pop() {
+        let members = &unit_members[u];
+        let kernel = if members.len() > 1 {
+            next_kernel += 1;
+            Some(next_kernel - 1)
+        } else {
+            None
+        };
+        for &id in members {
+            if map[id.index()].is_some() {
+                continue;
             }
-            Some(_) | None => copy(&mut out, &mut map, id, None)?,
+            let args = g
+                .args(id)
+                .iter()
+                .map(|a| map[a.index()])
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| PassError::Internal {
+                    node: g.value_name(id),
+                    message: "fusion ordered a node before its operand".into(),
+                })?;
+            let node = g.node(id);
+            let new = out.add_typed(node.op.clone(), &args, node.ty.clone());
+            out.annotate(new, kernel, None);
+            map[id.index()] = Some(new);
+        }
+        for &v in &users[u] {
+            indegree[v] -= 1;
+            if indegree[v] == 0 {
+                ready.push(std::cmp::Reverse(v));
+            }
         }
     }
     for o in g.outputs() {
-        out.add_output(&o.name, map[o.node.index()].expect("every node was copied"))?;
+        let node = map[o.node.index()].ok_or_else(|| PassError::Internal {
+            node: g.value_name(o.node),
+            message: "fused kernels depend on each other in a cycle".into(),
+        })?;
+        out.add_output(&o.name, node)?;
     }
     verify(&out)?;
     Ok(out)
