@@ -1,11 +1,13 @@
 //! The compile API: `compile` a graph, or build a `value_and_grad`
 //! function (autodiff → partition → JIT) in one call.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use wengert_codegen::{compile_graphs, CodegenError, CodegenOptions};
 use wengert_ir::{Graph, IrError, Tensor};
-use std::path::PathBuf;
-use wengert_passes::{run_pipeline, GradGraph, Partition, Pass, PassError, PipelineOptions, PipelineResult, Seed, Stage};
+use wengert_passes::{
+    run_pipeline, GradGraph, Partition, Pass, PassError, PipelineOptions, PipelineResult, Seed, Stage,
+};
 pub use wengert_runtime::{Bound, Executable, MemoryReport, RuntimeError};
 
 /// Every error of the facade, by the stage that raised it.
@@ -47,7 +49,9 @@ impl Default for Options {
 
 impl Options {
     fn dump_dir(&self) -> Option<PathBuf> {
-        self.dump_dir.clone().or_else(|| std::env::var_os("WENGERT_DUMP").map(PathBuf::from))
+        self.dump_dir
+            .clone()
+            .or_else(|| std::env::var_os("WENGERT_DUMP").map(PathBuf::from))
     }
 
     fn codegen(&self) -> CodegenOptions {
@@ -63,7 +67,8 @@ fn dump_code(options: &Options, exes: &[&Executable]) -> Result<(), Error> {
         for exe in exes {
             for (ext, text) in [("clif", exe.clif()), ("s", exe.disasm())] {
                 let path = dir.join(format!("{}.{ext}", exe.name()));
-                std::fs::write(&path, text).map_err(|e| RuntimeError::Other(format!("cannot write {}: {e}", path.display())))?;
+                std::fs::write(&path, text)
+                    .map_err(|e| RuntimeError::Other(format!("cannot write {}: {e}", path.display())))?;
             }
         }
     }
@@ -74,7 +79,12 @@ fn dump_code(options: &Options, exes: &[&Executable]) -> Result<(), Error> {
 /// as far as `options.passes` lists them).
 pub fn compile(g: &Graph, options: &Options) -> Result<Executable, Error> {
     let pipeline = PipelineOptions {
-        passes: options.passes.iter().copied().filter(|p| matches!(p, Pass::Simplify | Pass::Fuse | Pass::MemoryPlan)).collect(),
+        passes: options
+            .passes
+            .iter()
+            .copied()
+            .filter(|p| matches!(p, Pass::Simplify | Pass::Fuse | Pass::MemoryPlan))
+            .collect(),
         dump_dir: options.dump_dir(),
         ..PipelineOptions::default()
     };
@@ -129,12 +139,29 @@ pub fn value_and_grad(g: &Graph, wrt: &[&str], options: &Options) -> Result<Grad
 }
 
 /// [`value_and_grad`] with explicit seeds.
-pub fn value_and_grad_with_seeds(g: &Graph, wrt: &[&str], seeds: &[(&str, Seed)], options: &Options) -> Result<GradFn, Error> {
+pub fn value_and_grad_with_seeds(
+    g: &Graph,
+    wrt: &[&str],
+    seeds: &[(&str, Seed)],
+    options: &Options,
+) -> Result<GradFn, Error> {
     // Autodiff and partition always run; the other passes as listed.
     let mut passes: Vec<Pass> = vec![Pass::Autodiff];
-    passes.extend(options.passes.iter().copied().filter(|p| matches!(p, Pass::Simplify | Pass::Checkpoint)));
+    passes.extend(
+        options
+            .passes
+            .iter()
+            .copied()
+            .filter(|p| matches!(p, Pass::Simplify | Pass::Checkpoint)),
+    );
     passes.push(Pass::Partition);
-    passes.extend(options.passes.iter().copied().filter(|p| matches!(p, Pass::Fuse | Pass::MemoryPlan)));
+    passes.extend(
+        options
+            .passes
+            .iter()
+            .copied()
+            .filter(|p| matches!(p, Pass::Fuse | Pass::MemoryPlan)),
+    );
     let pipeline = PipelineOptions {
         passes,
         wrt: wrt.iter().map(|s| s.to_string()).collect(),
@@ -146,7 +173,12 @@ pub fn value_and_grad_with_seeds(g: &Graph, wrt: &[&str], seeds: &[(&str, Seed)]
     let (Some(grad), Some(partition)) = (result.grad.clone(), result.partition.clone()) else {
         unreachable!("autodiff and partition ran");
     };
-    let Stage::Split { joint, forward, backward } = &result.stage else {
+    let Stage::Split {
+        joint,
+        forward,
+        backward,
+    } = &result.stage
+    else {
         unreachable!("partition ran");
     };
     let mut exes = compile_graphs(&[joint, forward, backward], &options.codegen())?.into_iter();

@@ -350,14 +350,27 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
             let passes = if passes.is_empty() {
                 Pass::ALL.to_vec()
             } else {
-                passes.iter().map(|p| Pass::from_name(p.trim())).collect::<Result<_, _>>().map_err(|e| CliError(e.to_string()))?
+                passes
+                    .iter()
+                    .map(|p| Pass::from_name(p.trim()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| CliError(e.to_string()))?
             };
-            let print_after = print_after.iter().map(|p| Pass::from_name(p.trim())).collect::<Result<_, _>>().map_err(|e| CliError(e.to_string()))?;
+            let print_after = print_after
+                .iter()
+                .map(|p| Pass::from_name(p.trim()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| CliError(e.to_string()))?;
             let options = PipelineOptions {
                 passes,
                 wrt,
-                seeds: parse_seeds(&seeds)?.into_iter().map(|(o, s)| (o.to_string(), s)).collect(),
-                dump_dir: dump.map(Into::into).or_else(|| std::env::var_os("WENGERT_DUMP").map(Into::into)),
+                seeds: parse_seeds(&seeds)?
+                    .into_iter()
+                    .map(|(o, s)| (o.to_string(), s))
+                    .collect(),
+                dump_dir: dump
+                    .map(Into::into)
+                    .or_else(|| std::env::var_os("WENGERT_DUMP").map(Into::into)),
                 print_before_all,
                 print_after_all,
                 print_after,

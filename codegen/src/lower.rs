@@ -279,7 +279,11 @@ impl<'m> Lowerer<'m> {
         });
         let paddr = &*params as *const GemmParams as i64;
         self.state.gemm_params.push(params);
-        let name = if dtype == DType::F32 { "wengert_gemm_f32" } else { "wengert_gemm_f64" };
+        let name = if dtype == DType::F32 {
+            "wengert_gemm_f32"
+        } else {
+            "wengert_gemm_f64"
+        };
         let f = self.import(fb, name, &[types::I64; 4], &[]);
         let size = dtype.size_bytes() as i64;
         let pv = fb.ins().iconst(types::I64, paddr);
@@ -936,7 +940,10 @@ pub fn lower_graph(
             dtype: ty.dtype,
         };
         match (dest[id.index()], g.node(id).arena) {
-            (Some(j), _) => View { ptr: out_ptrs[j], ..contiguous },
+            (Some(j), _) => View {
+                ptr: out_ptrs[j],
+                ..contiguous
+            },
             (None, Some(off)) => View {
                 ptr: fb.ins().iadd_imm_s(arena, off as i64),
                 ..contiguous
@@ -961,7 +968,10 @@ pub fn lower_graph(
             continue;
         }
         let args = g.args(id);
-        let arg_locs: Vec<Loc> = args.iter().map(|a| locs[a.index()].clone().expect("operands precede")).collect();
+        let arg_locs: Vec<Loc> = args
+            .iter()
+            .map(|a| locs[a.index()].clone().expect("operands precede"))
+            .collect();
         let ty = g.ty(id).clone();
         let fresh = |lw: &mut Lowerer, fb: &mut FunctionBuilder| place(lw, fb, id);
         let one = ty.num_elements() == 1;
@@ -1268,7 +1278,10 @@ fn lower_fused(
         // A scalar kernel: straight-line register code, no loop, no memory.
         for &m in rest {
             let args = g.args(m);
-            let arg_locs: Vec<Loc> = args.iter().map(|a| locs[a.index()].clone().expect("operands precede")).collect();
+            let arg_locs: Vec<Loc> = args
+                .iter()
+                .map(|a| locs[a.index()].clone().expect("operands precede"))
+                .collect();
             let vals: Vec<Value> = arg_locs.iter().map(|l| lw.scalar_of(fb, l)).collect();
             let arg_dtypes: Vec<DType> = args.iter().map(|&a| g.ty(a).dtype).collect();
             let ty = g.ty(m);
@@ -1346,7 +1359,14 @@ fn lower_fused(
                         }
                     })
                     .collect();
-                k.store(out.ptr, 0, strides, ty.dtype, xs[0], if is_max { Combine::Max } else { Combine::Add });
+                k.store(
+                    out.ptr,
+                    0,
+                    strides,
+                    ty.dtype,
+                    xs[0],
+                    if is_max { Combine::Max } else { Combine::Add },
+                );
                 outputs.push((m, out));
                 None
             }
@@ -1378,7 +1398,11 @@ fn lower_fused(
     }
     lw.emit_kernel(fb, k)?;
     for (m, out) in outputs {
-        let loc = if g.ty(m).num_elements() == 1 { Loc::Reg(lw.load_at(fb, &out, 0)) } else { Loc::Mem(out) };
+        let loc = if g.ty(m).num_elements() == 1 {
+            Loc::Reg(lw.load_at(fb, &out, 0))
+        } else {
+            Loc::Mem(out)
+        };
         locs[m.index()] = Some(loc);
     }
     Ok(())

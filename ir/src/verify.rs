@@ -77,7 +77,10 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
             }
             if let Some(k) = k {
                 if closed.contains(&k) {
-                    problem(&names[id.index()], format!("kernel {k} is split: its members must be contiguous"));
+                    problem(
+                        &names[id.index()],
+                        format!("kernel {k} is split: its members must be contiguous"),
+                    );
                 }
             }
             current = k;

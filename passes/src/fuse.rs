@@ -41,7 +41,9 @@ enum Kind {
 
 fn kind(g: &Graph, id: NodeId) -> Kind {
     match g.op(id) {
-        Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. } => Kind::Elementwise,
+        Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. } => {
+            Kind::Elementwise
+        }
         Op::ReduceSum { .. } | Op::ReduceMax { .. } if g.ty(g.args(id)[0]).num_elements() > 1 => Kind::Reduction,
         Op::MatMul => Kind::MatMul,
         Op::ReduceSum { .. }
@@ -134,11 +136,16 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
                 let shape = g.ty(id).shape.clone();
                 let target = args.iter().filter_map(|a| group_of[a.index()]).find(|&gi| {
                     let gr = &groups[gi];
-                    !gr.closed && gr.shape == shape && gr.members.len() < MAX_GROUP && can_join(g, &group_of, gi, &[id], gr.first())
+                    !gr.closed
+                        && gr.shape == shape
+                        && gr.members.len() < MAX_GROUP
+                        && can_join(g, &group_of, gi, &[id], gr.first())
                 });
                 let target = target.or_else(|| {
                     // A matmul operand without a group takes this as epilogue.
-                    let m = args.iter().copied().find(|&a| kind(g, a) == Kind::MatMul && group_of[a.index()].is_none() && g.ty(a).shape == shape)?;
+                    let m = args.iter().copied().find(|&a| {
+                        kind(g, a) == Kind::MatMul && group_of[a.index()].is_none() && g.ty(a).shape == shape
+                    })?;
                     // A fresh matmul has no group yet, so nothing depends on it
                     // but through m itself: the other operands must not.
                     let others_ok = args.iter().all(|&a| a == m || !depends_on_node(g, a, m));
@@ -163,7 +170,11 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
                         for &a in &args {
                             let Some(ai) = group_of[a.index()] else { continue };
                             let lone = ai != gi && groups[ai].alive && groups[ai].members == [a] && !groups[ai].matmul;
-                            if lone && uses[a.index()] == 1 && groups[gi].members.len() < MAX_GROUP && can_join(g, &group_of, gi, &[a], groups[gi].first()) {
+                            if lone
+                                && uses[a.index()] == 1
+                                && groups[gi].members.len() < MAX_GROUP
+                                && can_join(g, &group_of, gi, &[a], groups[gi].first())
+                            {
                                 groups[ai].alive = false;
                                 groups[ai].members.clear();
                                 group_of[a.index()] = Some(gi);
@@ -218,12 +229,18 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
             if groups[i].members.len() + groups[j].members.len() > MAX_GROUP {
                 continue;
             }
-            let shares = groups[i].members.iter().flat_map(|&m| g.args(m)).any(|a| inputs_j.contains(&a));
+            let shares = groups[i]
+                .members
+                .iter()
+                .flat_map(|&m| g.args(m))
+                .any(|a| inputs_j.contains(&a));
             let members_i = groups[i].members.clone();
             let members_j = groups[j].members.clone();
             // Neither group may reach the other through outside nodes.
             let independent = shares
-                && inputs_j.iter().all(|&a| !depends_on_group(g, &group_of, i, a, groups[i].first()))
+                && inputs_j
+                    .iter()
+                    .all(|&a| !depends_on_group(g, &group_of, i, a, groups[i].first()))
                 && members_i
                     .iter()
                     .flat_map(|&m| g.args(m))
@@ -266,8 +283,10 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
             }
         }
     }
-    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> =
-        (0..n).filter(|&u| !unit_members[u].is_empty() && indegree[u] == 0).map(std::cmp::Reverse).collect();
+    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = (0..n)
+        .filter(|&u| !unit_members[u].is_empty() && indegree[u] == 0)
+        .map(std::cmp::Reverse)
+        .collect();
     let mut out = Graph::new(g.name.clone());
     let mut map: Vec<Option<NodeId>> = vec![None; n];
     for input in g.inputs() {

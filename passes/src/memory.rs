@@ -27,11 +27,17 @@ pub struct MemoryStats {
 }
 
 fn is_view(op: &Op) -> bool {
-    matches!(op, Op::Broadcast { .. } | Op::Transpose { .. } | Op::Slice { .. } | Op::Reshape { .. })
+    matches!(
+        op,
+        Op::Broadcast { .. } | Op::Transpose { .. } | Op::Slice { .. } | Op::Reshape { .. }
+    )
 }
 
 fn is_elementwise(op: &Op) -> bool {
-    matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. })
+    matches!(
+        op,
+        Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. }
+    )
 }
 
 /// Whether code generation computes this node into a memory buffer.

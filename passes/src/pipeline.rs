@@ -36,7 +36,14 @@ pub enum Pass {
 }
 
 impl Pass {
-    pub const ALL: [Pass; 6] = [Pass::Autodiff, Pass::Simplify, Pass::Checkpoint, Pass::Partition, Pass::Fuse, Pass::MemoryPlan];
+    pub const ALL: [Pass; 6] = [
+        Pass::Autodiff,
+        Pass::Simplify,
+        Pass::Checkpoint,
+        Pass::Partition,
+        Pass::Fuse,
+        Pass::MemoryPlan,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -97,14 +104,22 @@ pub struct PassRecord {
 #[derive(Clone, Debug)]
 pub enum Stage {
     One(Graph),
-    Split { joint: Graph, forward: Graph, backward: Graph },
+    Split {
+        joint: Graph,
+        forward: Graph,
+        backward: Graph,
+    },
 }
 
 impl Stage {
     fn graphs(&self) -> Vec<(&'static str, &Graph)> {
         match self {
             Stage::One(g) => vec![("", g)],
-            Stage::Split { joint, forward, backward } => vec![("", joint), (".forward", forward), (".backward", backward)],
+            Stage::Split {
+                joint,
+                forward,
+                backward,
+            } => vec![("", joint), (".forward", forward), (".backward", backward)],
         }
     }
 
@@ -115,7 +130,11 @@ impl Stage {
     fn map(self, f: impl Fn(&Graph) -> Result<Graph, PassError>) -> Result<Stage, PassError> {
         Ok(match self {
             Stage::One(g) => Stage::One(f(&g)?),
-            Stage::Split { joint, forward, backward } => Stage::Split {
+            Stage::Split {
+                joint,
+                forward,
+                backward,
+            } => Stage::Split {
                 joint: f(&joint)?,
                 forward: f(&forward)?,
                 backward: f(&backward)?,
@@ -158,12 +177,13 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
     };
     let dump = |stage: &Stage, step: usize, label: &str| -> Result<(), PassError> {
         let Some(dir) = &options.dump_dir else { return Ok(()) };
-        std::fs::create_dir_all(dir).map_err(|e| PassError::Pipeline(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| PassError::Pipeline(format!("cannot create {}: {e}", dir.display())))?;
         for (suffix, g) in stage.graphs() {
-            let base = dir.join(format!("{step:02}-{label}{suffix}"));
             for (ext, text) in [("wg", g.to_string()), ("dot", to_dot(g))] {
-                let path = base.with_extension(ext);
-                std::fs::write(&path, text).map_err(|e| PassError::Pipeline(format!("cannot write {}: {e}", path.display())))?;
+                let path = dir.join(format!("{step:02}-{label}{suffix}.{ext}"));
+                std::fs::write(&path, text)
+                    .map_err(|e| PassError::Pipeline(format!("cannot write {}: {e}", path.display())))?;
             }
         }
         Ok(())
@@ -179,7 +199,11 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
         result.stage = match (pass, stage) {
             (Pass::Autodiff, Stage::One(g)) => {
                 let wrt: Vec<&str> = if options.wrt.is_empty() {
-                    g.inputs().iter().filter(|i| i.differentiable && i.ty.dtype.is_float()).map(|i| i.name.as_str()).collect()
+                    g.inputs()
+                        .iter()
+                        .filter(|i| i.differentiable && i.ty.dtype.is_float())
+                        .map(|i| i.name.as_str())
+                        .collect()
                 } else {
                     options.wrt.iter().map(String::as_str).collect()
                 };
@@ -189,11 +213,16 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                 result.grad = Some(gg);
                 Stage::One(out)
             }
-            (Pass::Autodiff, Stage::Split { .. }) => return Err(PassError::Pipeline("`autodiff` must run before `partition`".into())),
+            (Pass::Autodiff, Stage::Split { .. }) => {
+                return Err(PassError::Pipeline("`autodiff` must run before `partition`".into()))
+            }
             (Pass::Simplify, stage) => stage.map(simplify)?,
             (Pass::Checkpoint, stage) => stage,
             (Pass::Partition, Stage::One(joint)) => {
-                let grad = result.grad.as_mut().ok_or_else(|| PassError::Pipeline("`partition` needs `autodiff` before it".into()))?;
+                let grad = result
+                    .grad
+                    .as_mut()
+                    .ok_or_else(|| PassError::Pipeline("`partition` needs `autodiff` before it".into()))?;
                 // Partition the graph as the earlier passes left it.
                 grad.graph = joint.clone();
                 let p = partition(grad, None)?;
@@ -215,7 +244,11 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                         stats.push(s);
                         Stage::One(g)
                     }
-                    Stage::Split { joint, forward, backward } => {
+                    Stage::Split {
+                        joint,
+                        forward,
+                        backward,
+                    } => {
                         let mut plan = |g: &Graph| -> Result<Graph, PassError> {
                             let (g, s) = memory_plan_with_stats(g)?;
                             stats.push(s);
@@ -250,7 +283,8 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
     }
     if let Some(dir) = &options.dump_dir {
         let path = dir.join("passes.txt");
-        std::fs::write(&path, format_records(&result.records)).map_err(|e| PassError::Pipeline(format!("cannot write {}: {e}", path.display())))?;
+        std::fs::write(&path, format_records(&result.records))
+            .map_err(|e| PassError::Pipeline(format!("cannot write {}: {e}", path.display())))?;
     }
     Ok(result)
 }
@@ -259,7 +293,14 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
 pub fn format_records(records: &[PassRecord]) -> String {
     let mut out = String::from("pass          time (µs)   nodes before   nodes after\n");
     for r in records {
-        let _ = writeln!(out, "{:<12} {:>10} {:>14} {:>13}", r.pass.name(), r.micros, r.nodes_before, r.nodes_after);
+        let _ = writeln!(
+            out,
+            "{:<12} {:>10} {:>14} {:>13}",
+            r.pass.name(),
+            r.micros,
+            r.nodes_before,
+            r.nodes_after
+        );
     }
     out
 }

@@ -11,7 +11,9 @@
 //! factor as finite), `−(−x) = x`, `pow(x, 1) = x`, `select(c, x, x) = x`,
 //! `transpose(transpose(x)) = transpose(x, composed)` (or `x`),
 //! `broadcast(broadcast(x)) = broadcast(x)`, `reshape(reshape(x)) =
-//! reshape(x)`, identity broadcasts/reshapes/transposes vanish,
+//! reshape(x)`, identity broadcasts/reshapes/transposes vanish, a
+//! broadcast of a scalar constant stays symbolic (never folded into a
+//! tensor),
 //! `Σ broadcast(x)` over only broadcast axes `= x·n`. Constants of at most
 //! [`FOLD_LIMIT`] elements are folded by the interpreter, so folding is
 //! exactly what the program would have computed.
@@ -97,7 +99,12 @@ impl Rewriter {
     /// A scalar constant `v` broadcast to the type of `like`.
     fn full_like(&mut self, like: NodeId, v: f64) -> Result<NodeId, PassError> {
         let ty = self.out.ty(like).clone();
-        let c = self.add(Op::Const { value: Tensor::scalar(ty.dtype, v) }, &[])?;
+        let c = self.add(
+            Op::Const {
+                value: Tensor::scalar(ty.dtype, v),
+            },
+            &[],
+        )?;
         if ty.shape.is_empty() {
             Ok(c)
         } else {
@@ -160,7 +167,10 @@ impl Rewriter {
                     return Ok(args[0]);
                 }
                 let inner = self.out.op(args[0]).clone();
-                let nested = matches!((op, &inner), (Op::Broadcast { .. }, Op::Broadcast { .. }) | (Op::Reshape { .. }, Op::Reshape { .. }));
+                let nested = matches!(
+                    (op, &inner),
+                    (Op::Broadcast { .. }, Op::Broadcast { .. }) | (Op::Reshape { .. }, Op::Reshape { .. })
+                );
                 if nested {
                     let x = self.out.args(args[0])[0];
                     return self.rewrite(op, &[x]);
@@ -175,7 +185,10 @@ impl Rewriter {
                     let lead = shape.len() - xs.len();
                     if shape[lead..] == xs[..] && axes.iter().all(|&a| a < lead) {
                         let count: usize = axes.iter().map(|&a| shape[a]).product();
-                        let kept: Vec<usize> = (0..shape.len()).filter(|a| !axes.contains(a)).map(|a| shape[a]).collect();
+                        let kept: Vec<usize> = (0..shape.len())
+                            .filter(|a| !axes.contains(a))
+                            .map(|a| shape[a])
+                            .collect();
                         let xb = self.rewrite(&Op::Broadcast { shape: kept }, &[x])?;
                         let n = self.full_like(xb, count as f64)?;
                         return self.rewrite(&Op::Binary(BinaryOp::Mul), &[xb, n]);
@@ -184,8 +197,9 @@ impl Rewriter {
             }
             _ => {}
         }
-        // Constant folding of small results.
-        if !matches!(op, Op::Const { .. } | Op::Input { .. }) && !args.is_empty() {
+        // Constant folding of small results. A broadcast of a constant stays
+        // a broadcast: it is free in generated code and reads better.
+        if !matches!(op, Op::Const { .. } | Op::Input { .. } | Op::Broadcast { .. }) && !args.is_empty() {
             let consts: Option<Vec<&Tensor>> = args.iter().map(|&a| self.constant(a)).collect();
             if let Some(values) = consts {
                 let tys: Vec<&wengert_ir::TensorType> = args.iter().map(|&a| self.out.ty(a)).collect();
@@ -217,7 +231,11 @@ fn simplify_once(g: &Graph) -> Result<Graph, PassError> {
         if map[id.index()].is_some() {
             continue;
         }
-        let args: Vec<NodeId> = g.args(id).iter().map(|a| map[a.index()].expect("operands precede")).collect();
+        let args: Vec<NodeId> = g
+            .args(id)
+            .iter()
+            .map(|a| map[a.index()].expect("operands precede"))
+            .collect();
         map[id.index()] = Some(r.rewrite(g.op(id), &args)?);
     }
     for o in g.outputs() {
