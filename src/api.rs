@@ -122,8 +122,12 @@ pub struct GradFn {
     partition: Partition,
     pipeline: PipelineResult,
     joint: Executable,
-    forward: Executable,
-    backward: Executable,
+    /// The halves are compiled on first use: most callers only need the
+    /// joint function, and compiling is most of `value_and_grad`'s time.
+    forward: std::sync::OnceLock<Executable>,
+    backward: std::sync::OnceLock<Executable>,
+    codegen: CodegenOptions,
+    dump: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for GradFn {
@@ -173,27 +177,21 @@ pub fn value_and_grad_with_seeds(
     let (Some(grad), Some(partition)) = (result.grad.clone(), result.partition.clone()) else {
         unreachable!("autodiff and partition ran");
     };
-    let Stage::Split {
-        joint,
-        forward,
-        backward,
-    } = &result.stage
-    else {
+    let Stage::Split { joint, .. } = &result.stage else {
         unreachable!("partition ran");
     };
-    let mut exes = compile_graphs(&[joint, forward, backward], &options.codegen())?.into_iter();
-    let (Some(joint), Some(forward), Some(backward)) = (exes.next(), exes.next(), exes.next()) else {
-        unreachable!("compile_graphs returns one executable per graph");
-    };
-    dump_code(options, &[&joint, &forward, &backward])?;
+    let joint = compile_graphs(&[joint], &options.codegen())?.remove(0);
+    dump_code(options, &[&joint])?;
     Ok(GradFn {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         grad,
         partition,
         pipeline: result,
         joint,
-        forward,
-        backward,
+        forward: std::sync::OnceLock::new(),
+        backward: std::sync::OnceLock::new(),
+        codegen: options.codegen(),
+        dump: options.dump_dir(),
     })
 }
 
@@ -222,12 +220,41 @@ impl GradFn {
         &self.joint
     }
 
-    pub fn forward_executable(&self) -> &Executable {
-        &self.forward
+    /// Compiles one half of the partition on first use (racing threads may
+    /// both compile; one result is kept).
+    fn half<'a>(&'a self, cell: &'a std::sync::OnceLock<Executable>, forward: bool) -> Result<&'a Executable, Error> {
+        if let Some(exe) = cell.get() {
+            return Ok(exe);
+        }
+        let Stage::Split {
+            forward: f,
+            backward: b,
+            ..
+        } = &self.pipeline.stage
+        else {
+            unreachable!("partition ran");
+        };
+        let exe = compile_graphs(&[if forward { f } else { b }], &self.codegen)?.remove(0);
+        if let Some(dir) = &self.dump {
+            for (ext, text) in [("clif", exe.clif()), ("s", exe.disasm())] {
+                let path = dir.join(format!("{}.{ext}", exe.name()));
+                std::fs::write(&path, text)
+                    .map_err(|e| RuntimeError::Other(format!("cannot write {}: {e}", path.display())))?;
+            }
+        }
+        Ok(cell.get_or_init(|| exe))
     }
 
-    pub fn backward_executable(&self) -> &Executable {
-        &self.backward
+    /// The forward half (inputs → outputs and saved values), compiled on
+    /// first use.
+    pub fn forward_executable(&self) -> Result<&Executable, Error> {
+        self.half(&self.forward, true)
+    }
+
+    /// The backward half (saved values and seeds → gradients), compiled on
+    /// first use.
+    pub fn backward_executable(&self) -> Result<&Executable, Error> {
+        self.half(&self.backward, false)
     }
 
     /// Outputs then gradients, in one call.
@@ -242,7 +269,7 @@ impl GradFn {
 
     /// Runs the forward half: returns the outputs and the saved values.
     pub fn forward(&self, inputs: &[&Tensor]) -> Result<(Vec<Tensor>, Residuals), Error> {
-        let mut all = self.forward.call(inputs)?;
+        let mut all = self.forward_executable()?.call(inputs)?;
         let values = all.split_off(self.grad.primal_outputs);
         Ok((all, Residuals { owner: self.id, values }))
     }
@@ -255,6 +282,6 @@ impl GradFn {
         }
         let mut inputs: Vec<&Tensor> = residuals.values.iter().collect();
         inputs.extend_from_slice(seeds);
-        Ok(self.backward.call(&inputs)?)
+        Ok(self.backward_executable()?.call(&inputs)?)
     }
 }

@@ -409,7 +409,15 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                 let specs = parse_seeds(&seeds)?;
                 let f = value_and_grad_with_seeds(&g, &wrt_names(&g, &wrt), &specs, &options).map_err(fail)?;
                 if let Some(dir) = &dump {
-                    dump_executables(dir, &[f.joint(), f.forward_executable(), f.backward_executable()])?;
+                    let fail2 = |e: crate::api::Error| CliError(format!("{file}: {e}"));
+                    dump_executables(
+                        dir,
+                        &[
+                            f.joint(),
+                            f.forward_executable().map_err(fail2)?,
+                            f.backward_executable().map_err(fail2)?,
+                        ],
+                    )?;
                 }
                 let values = parse_inputs(f.graph(), &inputs)?;
                 let refs: Vec<&Tensor> = values.iter().collect();

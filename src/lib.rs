@@ -10,6 +10,7 @@ pub mod models;
 pub use api::{
     compile, value_and_grad, value_and_grad_with_seeds, Bound, Error, Executable, GradFn, Options, Residuals,
 };
+pub use wengert_codegen as codegen;
 pub use wengert_codegen::CodegenOptions;
 pub use wengert_ir as ir;
 pub use wengert_ir::{

@@ -604,3 +604,22 @@ fn bound_executables_run_without_per_call_checks() {
     assert_eq!(bound.outputs()[2].scalar_value(), Some(0.5));
     assert!(f.joint().bind(vec![Tensor::scalar_f64(2.0)]).is_err());
 }
+
+#[test]
+fn large_fused_kernels_call_out_of_line_math_with_the_same_results() {
+    // Enough transcendentals in one kernel that the math is outlined.
+    for d in [DType::F32, DType::F64] {
+        check_op("long_chain", d, &[&[37]], -1.0, 1.0, |x| {
+            let mut h = x[0];
+            for i in 0..40 {
+                h = match i % 4 {
+                    0 => h.sin(),
+                    1 => h * 0.9 + 0.05,
+                    2 => h.tanh(),
+                    _ => (h.exp() + 1.0).log() - h.cos(),
+                };
+            }
+            h
+        });
+    }
+}

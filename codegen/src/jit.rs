@@ -86,6 +86,7 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
     let mut module = new_module(opts)?;
     let mut state = ModuleState {
         imports: Default::default(),
+        math_helpers: Default::default(),
         consts: Vec::new(),
         gemm_params: Vec::new(),
     };

@@ -68,6 +68,9 @@ pub enum Loc {
 /// executable keeps alive.
 pub struct ModuleState {
     pub imports: HashMap<&'static str, FuncId>,
+    /// Out-of-line f32 math helpers defined in this module, by function and
+    /// lane type.
+    pub math_helpers: HashMap<(&'static str, Type), FuncId>,
     pub consts: Vec<Tensor>,
     pub gemm_params: Vec<Box<GemmParams>>,
 }
@@ -77,6 +80,11 @@ pub struct Lowerer<'m> {
     pub module: &'m mut JITModule,
     pub state: &'m mut ModuleState,
     func_imports: HashMap<&'static str, FuncRef>,
+    helper_refs: HashMap<(&'static str, Type), FuncRef>,
+    /// Call the math helpers instead of inlining polynomials (set for
+    /// kernels whose inline body would be large: compile time grows with
+    /// code size, and such kernels gain little from inlining).
+    outline_math: bool,
     arena: Value,
     arena_bytes: usize,
 }
@@ -151,6 +159,61 @@ impl<'m> Lowerer<'m> {
         };
         let f = self.module.declare_func_in_func(id, fb.func);
         self.func_imports.insert(name, f);
+        f
+    }
+
+    /// A reference to the out-of-line helper computing `u` on lanes of
+    /// type `ty`, defining the helper in the module on first use. Its body
+    /// is the same instruction sequence the inline path emits.
+    fn math_helper(&mut self, fb: &mut FunctionBuilder, u: UnaryOp, ty: Type) -> FuncRef {
+        let name = u.name();
+        if let Some(&f) = self.helper_refs.get(&(name, ty)) {
+            return f;
+        }
+        let id = match self.state.math_helpers.get(&(name, ty)) {
+            Some(&id) => id,
+            None => {
+                let mut sig = self.module.make_signature();
+                sig.params.push(AbiParam::new(ty));
+                sig.returns.push(AbiParam::new(ty));
+                let id = self
+                    .module
+                    .declare_anonymous_function(&sig)
+                    .expect("anonymous declarations do not conflict");
+                let mut ctx = self.module.make_context();
+                ctx.func.signature = sig;
+                let mut fctx = cranelift_frontend::FunctionBuilderContext::new();
+                // The helper has its own imports.
+                let saved = std::mem::take(&mut self.func_imports);
+                {
+                    let mut hb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+                    let block = hb.create_block();
+                    hb.append_block_params_for_function_params(block);
+                    hb.switch_to_block(block);
+                    let x = hb.block_params(block)[0];
+                    let y = match u {
+                        UnaryOp::Exp => self.exp_f32(&mut hb, ty, x),
+                        UnaryOp::Log => self.log_f32(&mut hb, ty, x),
+                        UnaryOp::Sin => self.sincos_f32(&mut hb, ty, x, false),
+                        UnaryOp::Cos => self.sincos_f32(&mut hb, ty, x, true),
+                        UnaryOp::Tanh | UnaryOp::Neg | UnaryOp::Sqrt | UnaryOp::Abs | UnaryOp::Relu => {
+                            self.tanh_f32(&mut hb, ty, x)
+                        }
+                    };
+                    hb.ins().return_(&[y]);
+                    hb.seal_all_blocks();
+                    hb.finalize(self.module.target_config());
+                }
+                self.func_imports = saved;
+                self.module
+                    .define_function(id, &mut ctx)
+                    .expect("math helpers are valid functions");
+                self.state.math_helpers.insert((name, ty), id);
+                id
+            }
+        };
+        let f = self.module.declare_func_in_func(id, fb.func);
+        self.helper_refs.insert((name, ty), f);
         f
     }
 
@@ -329,6 +392,13 @@ impl<'m> Lowerer<'m> {
                         let zero = self.fconst(fb, xt, 0.0);
                         let keep = fb.ins().fcmp(FloatCC::UnorderedOrGreaterThan, x, zero);
                         self.sel(fb, keep, x, zero)
+                    }
+                    UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tanh
+                        if dtype == DType::F32 && self.outline_math =>
+                    {
+                        let f = self.math_helper(fb, u, xt);
+                        let call = fb.ins().call(f, &[x]);
+                        fb.inst_results(call)[0]
                     }
                     UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tanh
                         if dtype == DType::F32 =>
@@ -633,12 +703,36 @@ impl<'m> Lowerer<'m> {
                 acc_v.insert(s, vars);
             }
         }
-        let step = (width * UNROLL) as i64;
+        // Unroll small bodies ×4 (Cranelift does not unroll; it pays off
+        // for memory-bound loops) but not large ones, whose copies would
+        // cost compile time for no speed.
+        let cost: usize = k
+            .exprs
+            .iter()
+            .map(|(e, d)| match e {
+                KExpr::Unary(UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tanh, _)
+                    if *d == DType::F32 =>
+                {
+                    40
+                }
+                _ => 1,
+            })
+            .sum();
+        let unroll = if cost <= 64 {
+            UNROLL
+        } else if cost <= 256 {
+            2
+        } else {
+            1
+        };
+        let outline_before = self.outline_math;
+        self.outline_math = cost > 256;
+        let step = (width * unroll) as i64;
         let mut done = 0i64;
         if width > 1 && len >= step {
             let main_end = len - len % step;
             let (var, j, header, exit) = self.begin_loop(fb, 0, main_end);
-            for u in 0..UNROLL {
+            for u in 0..unroll {
                 let at = fb.ins().iadd_imm_s(j, (u * width) as i64);
                 self.emit_element(fb, k, &op_base, &st_base, at, width, true, &inv_vector, &acc_v, u);
             }
@@ -670,7 +764,7 @@ impl<'m> Lowerer<'m> {
         }
         // Scalar remainder: straight-line when short, else a loop.
         let rest = len - done;
-        if rest > 0 && rest <= 8 {
+        if rest > 0 && rest * cost as i64 <= 64 {
             for e in done..len {
                 let at = fb.ins().iconst(types::I64, e);
                 self.emit_element_scalar(fb, k, &op_base, &st_base, at, &inv_scalar, &acc_s);
@@ -680,6 +774,7 @@ impl<'m> Lowerer<'m> {
             self.emit_element_scalar(fb, k, &op_base, &st_base, j, &inv_scalar, &acc_s);
             self.end_loop(fb, var, j, 1, header, exit);
         }
+        self.outline_math = outline_before;
         // Reductions: combine with memory once per inner loop.
         for &s in &red {
             let st = &k.stores[s];
@@ -902,6 +997,8 @@ pub fn lower_graph(
         module,
         state,
         func_imports: HashMap::new(),
+        helper_refs: HashMap::new(),
+        outline_math: false,
         arena,
         arena_bytes: planned_end.div_ceil(64) * 64,
     };

@@ -102,6 +102,7 @@ pub struct PassRecord {
 
 /// The graphs after the pipeline.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one value per pipeline run
 pub enum Stage {
     One(Graph),
     Split {

@@ -1,0 +1,86 @@
+//! Benchmarks of the optimizing pipeline (issue: optimizing pipeline).
+//!
+//! - `elementwise_chain/{unfused,fused}/K`: a chain of K elementwise ops
+//!   over 16M f32, compiled without and with the `fuse` pass; throughput in
+//!   bytes of the one input read and one output written.
+//! - `compile_chain/N`: compile time of value_and_grad of a chain of N
+//!   elementwise ops on a vector of 1024.
+//!
+//! Run with `cargo bench --bench pipeline`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::hint::black_box;
+use wengert::passes::Pass;
+use wengert::{compile, value_and_grad, DType, Graph, GraphBuilder, Options, Tensor};
+
+const N: usize = 16 << 20;
+
+/// `y = f_K(…f_1(x))` with cheap ops (mul, add, sub, mul, …) so the chain is
+/// memory bound.
+fn chain(k: usize, n: usize) -> Graph {
+    let b = GraphBuilder::new("chain");
+    let x = b.input("x", DType::F32, &[n]);
+    let mut h = x;
+    for i in 0..k {
+        h = match i % 3 {
+            0 => h * 1.0001,
+            1 => h + 0.5,
+            _ => h - 0.25,
+        };
+    }
+    b.build(&[("y", h)]).unwrap()
+}
+
+fn elementwise_chain(c: &mut Criterion) {
+    let mut group = c.benchmark_group("elementwise_chain");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes((2 * N * 4) as u64));
+    let x = Tensor::full(wengert::TensorType::new(DType::F32, vec![N]), 1.0);
+    for k in [2, 4, 8] {
+        let g = chain(k, N);
+        for (label, passes) in [
+            ("unfused", vec![Pass::Simplify, Pass::MemoryPlan]),
+            ("fused", vec![Pass::Simplify, Pass::Fuse, Pass::MemoryPlan]),
+        ] {
+            let exe = compile(
+                &g,
+                &Options {
+                    passes,
+                    ..Options::default()
+                },
+            )
+            .unwrap();
+            let mut out = exe.call(&[&x]).unwrap();
+            group.bench_with_input(BenchmarkId::new(label, k), &k, |b, _| {
+                b.iter(|| exe.call_into(black_box(&[&x]), &mut out).unwrap())
+            });
+        }
+    }
+    group.finish();
+}
+
+fn compile_chain(c: &mut Criterion) {
+    let mut group = c.benchmark_group("compile_chain");
+    group.sample_size(10);
+    for n in [10, 100, 1000, 5000] {
+        let b = GraphBuilder::new("chain");
+        let x = b.input("x", DType::F32, &[1024]);
+        let mut h = x;
+        for i in 0..n {
+            h = match i % 4 {
+                0 => h.sin(),
+                1 => h * 0.9,
+                2 => h.tanh(),
+                _ => h + 0.1,
+            };
+        }
+        let g = b.build(&[("y", h.sum_all())]).unwrap();
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |bch, _| {
+            bch.iter(|| value_and_grad(black_box(&g), &["x"], &Options::default()).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, elementwise_chain, compile_chain);
+criterion_main!(benches);
