@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod cases;
+pub mod digits;
 pub mod models;
 
 pub use api::{
