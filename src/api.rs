@@ -195,7 +195,35 @@ pub fn value_and_grad_with_seeds(
     })
 }
 
+/// What a compiled gradient needs in memory, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GradMemory {
+    /// Values the forward saves for the backward.
+    pub saved_bytes: usize,
+    /// Scratch arena of the joint function (one call, value and gradient).
+    pub joint_arena_bytes: usize,
+    /// Outputs of the joint function (loss and gradients).
+    pub joint_output_bytes: usize,
+    /// Peak of running the halves separately: the larger of the forward's
+    /// arena plus what it saves, and the saved values plus the backward's
+    /// arena (as planned by `memory-plan`).
+    pub split_peak_bytes: usize,
+}
+
 impl GradFn {
+    /// Memory of the compiled functions (see [`GradMemory`]).
+    pub fn memory(&self) -> GradMemory {
+        let saved = self.partition.saved_bytes();
+        let planned = |i: usize| self.pipeline.memory.get(i).map(|m| m.arena_bytes).unwrap_or(0);
+        let joint = self.joint.memory();
+        GradMemory {
+            saved_bytes: saved,
+            joint_arena_bytes: joint.arena_bytes,
+            joint_output_bytes: joint.output_bytes,
+            split_peak_bytes: (planned(1) + saved).max(saved + planned(2)),
+        }
+    }
+
     /// The compiled joint graph (outputs, then `grad_<input>`), after all
     /// passes.
     pub fn graph(&self) -> &Graph {

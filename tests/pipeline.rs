@@ -248,6 +248,10 @@ fn memory_plan_reuses_buffers_and_the_executable_reports_memory() {
     let planned: usize = f.pipeline().memory.iter().map(|m| m.arena_bytes).max().unwrap();
     assert!(planned <= mem.arena_bytes.max(planned));
     assert!(f.partition().saved_bytes() > 0);
+    let report = f.memory();
+    assert_eq!(report.saved_bytes, f.partition().saved_bytes());
+    assert!(report.split_peak_bytes >= report.saved_bytes);
+    assert_eq!(report.joint_output_bytes, 4 + 2 * 32 * 32 * 4);
 }
 
 #[test]

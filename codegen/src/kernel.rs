@@ -168,26 +168,30 @@ impl Kernel {
     }
 
     /// The float type the kernel can be vectorized over, if any: every
-    /// memory access and float value of one float dtype, innermost strides
-    /// 0 or 1, no conversions, no bool in memory, no out-of-line calls.
+    /// memory access and float value of one float dtype (or, with f32, bool
+    /// masks stored one byte per lane), innermost strides 0 or 1, no
+    /// conversions, no out-of-line calls.
     pub fn vector_dtype(&self) -> Option<DType> {
         let last = self.shape.len() - 1;
         let dt = self
             .stores
-            .first()
+            .iter()
             .map(|s| s.dtype)
-            .or_else(|| self.operands.first().map(|o| o.dtype))?;
+            .chain(self.operands.iter().map(|o| o.dtype))
+            .find(|d| d.is_float())?;
+        let mem_ok = |d: DType| d == dt || (d == DType::Bool && dt == DType::F32);
         if !dt.is_float() {
             return None;
         }
         let ok_operands = self
             .operands
             .iter()
-            .all(|o| o.dtype == dt && matches!(o.strides[last], 0 | 1));
-        let ok_stores = self
-            .stores
-            .iter()
-            .all(|s| s.dtype == dt && (s.strides[last] == 1 || (s.strides[last] == 0 && s.combine != Combine::Store)));
+            .all(|o| mem_ok(o.dtype) && matches!(o.strides[last], 0 | 1));
+        let ok_stores = self.stores.iter().all(|s| {
+            mem_ok(s.dtype)
+                && (s.strides[last] == 1 || (s.strides[last] == 0 && s.combine != Combine::Store && s.dtype == dt))
+                && (s.dtype == dt || s.combine == Combine::Store)
+        });
         let ok_exprs = self.exprs.iter().all(|(e, d)| {
             (*d == dt || *d == DType::Bool)
                 && !Self::calls_out(e, *d)

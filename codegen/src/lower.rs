@@ -864,6 +864,10 @@ impl<'m> Lowerer<'m> {
             let size = st.dtype.size_bytes() as i64;
             let off = fb.ins().imul_imm_s(at, size);
             let addr = fb.ins().iadd(st_base[s], off);
+            if st.dtype == DType::Bool {
+                self.store_mask_f32x4(fb, v, addr);
+                continue;
+            }
             let v = if st.combine == Combine::Store {
                 v
             } else {
@@ -872,6 +876,36 @@ impl<'m> Lowerer<'m> {
             };
             fb.ins().store(flags(), v, addr, 0);
         }
+    }
+
+    /// Loads four bool bytes as an i32x4 lane mask (all ones where the
+    /// byte is nonzero).
+    fn load_mask_f32x4(&mut self, fb: &mut FunctionBuilder, addr: Value) -> Value {
+        let word = fb.ins().load(types::I32, flags(), addr, 0);
+        let v = fb.ins().scalar_to_vector(types::I32X4, word);
+        let bytes = fb.ins().bitcast(types::I8X16, self.vflags(), v);
+        let halves = fb.ins().uwiden_low(bytes);
+        let words = fb.ins().uwiden_low(halves);
+        let zero = fb.ins().iconst(types::I32, 0);
+        let zeros = fb.ins().splat(types::I32X4, zero);
+        fb.ins().icmp(IntCC::NotEqual, words, zeros)
+    }
+
+    /// Stores an i32x4 lane mask as four bool bytes (0 or 1).
+    fn store_mask_f32x4(&mut self, fb: &mut FunctionBuilder, mask: Value, addr: Value) {
+        let mask = if fb.func.dfg.value_type(mask) == types::I32X4 {
+            mask
+        } else {
+            fb.ins().bitcast(types::I32X4, self.vflags(), mask)
+        };
+        let one = fb.ins().iconst(types::I32, 1);
+        let ones = fb.ins().splat(types::I32X4, one);
+        let bits = fb.ins().band(mask, ones);
+        let halves = fb.ins().snarrow(bits, bits);
+        let bytes = fb.ins().unarrow(halves, halves);
+        let words = fb.ins().bitcast(types::I32X4, self.vflags(), bytes);
+        let word = fb.ins().extractlane(words, 0);
+        fb.ins().store(flags(), word, addr, 0);
     }
 
     /// Evaluates expr `i` at element `at` of the inner axis (or, with
@@ -913,6 +947,9 @@ impl<'m> Lowerer<'m> {
                     if vector && stride == 1 {
                         let off = fb.ins().imul_imm_s(at, size);
                         let addr = fb.ins().iadd(base, off);
+                        if op.dtype == DType::Bool {
+                            return self.load_mask_f32x4(fb, addr);
+                        }
                         return fb.ins().load(vector_type(op.dtype), flags(), addr, 0);
                     }
                     let off = fb.ins().imul_imm_s(at, stride * size);
@@ -925,7 +962,12 @@ impl<'m> Lowerer<'m> {
                     }
                 }
             };
-            return if vector {
+            return if vector && op.dtype == DType::Bool {
+                // A 0/1 byte becomes an all-zeros or all-ones i32x4 lane mask.
+                let wide = fb.ins().uextend(types::I32, scalar);
+                let m = fb.ins().ineg(wide);
+                fb.ins().splat(types::I32X4, m)
+            } else if vector {
                 fb.ins().splat(vector_type(op.dtype), scalar)
             } else {
                 scalar

@@ -169,7 +169,12 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
                         // the same shape used only here.
                         for &a in &args {
                             let Some(ai) = group_of[a.index()] else { continue };
-                            let lone = ai != gi && groups[ai].alive && groups[ai].members == [a] && !groups[ai].matmul;
+                            // (Not into a matmul group: the matmul must stay its first member.)
+                            let lone = ai != gi
+                                && groups[ai].alive
+                                && groups[ai].members == [a]
+                                && !groups[ai].matmul
+                                && !groups[gi].matmul;
                             if lone
                                 && uses[a.index()] == 1
                                 && groups[gi].members.len() < MAX_GROUP
