@@ -82,5 +82,44 @@ fn compile_chain(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, elementwise_chain, compile_chain);
+/// 64 layers h ← tanh(h W_i), W_i 512×512, batch 64, f32, gradients of all
+/// W_i: one forward + backward step (the split halves, which is where
+/// checkpointing applies) under several policies; the peak activation
+/// memory of each is printed once to stderr.
+fn checkpoint_chain(c: &mut Criterion) {
+    let mut group = c.benchmark_group("checkpoint_chain64");
+    group.sample_size(10);
+    let g = wengert::models::tanh_chain(64, 64, 512, DType::F32).unwrap();
+    let wrt: Vec<String> = (1..=64).map(|i| format!("W{i}")).collect();
+    let wrt: Vec<&str> = wrt.iter().map(String::as_str).collect();
+    let inputs: Vec<Tensor> = g
+        .inputs()
+        .iter()
+        .map(|i| Tensor::full(i.ty.clone(), if i.name == "x" { 0.5 } else { 0.02 }))
+        .collect();
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    for (label, policy) in [
+        ("all", wengert::CheckpointPolicy::SaveAll),
+        ("sqrt", wengert::CheckpointPolicy::Sqrt),
+        ("budget_4MiB", wengert::CheckpointPolicy::Budget(4 << 20)),
+        ("budget_2MiB", wengert::CheckpointPolicy::Budget(2 << 20)),
+    ] {
+        let f = value_and_grad(&g, &wrt, &Options { checkpoint: policy, ..Options::default() }).unwrap();
+        let m = f.memory();
+        eprintln!(
+            "checkpoint_chain64/{label}: saved {} B, peak (saved + larger planned arena) {} B",
+            m.saved_bytes,
+            m.split_peak_bytes
+        );
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                let (_, saved) = f.forward(black_box(&refs)).unwrap();
+                f.backward(&saved, &[]).unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, elementwise_chain, compile_chain, checkpoint_chain);
 criterion_main!(benches);

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use wengert_codegen::{compile_graphs, CodegenError, CodegenOptions};
 use wengert_ir::{Graph, IrError, Tensor};
 use wengert_passes::{
-    run_pipeline, GradGraph, Partition, Pass, PassError, PipelineOptions, PipelineResult, Seed, Stage,
+    run_pipeline, CheckpointPolicy, GradGraph, Partition, Pass, PassError, PipelineOptions, PipelineResult, Seed, Stage,
 };
 pub use wengert_runtime::{Bound, Executable, MemoryReport, RuntimeError};
 
@@ -35,6 +35,8 @@ pub struct Options {
     /// disassembly of each compiled function here. The environment variable
     /// `WENGERT_DUMP=DIR` sets it when unset.
     pub dump_dir: Option<PathBuf>,
+    /// What the backward gets saved and what it recomputes.
+    pub checkpoint: CheckpointPolicy,
 }
 
 impl Default for Options {
@@ -43,6 +45,7 @@ impl Default for Options {
             codegen: CodegenOptions::default(),
             passes: Pass::ALL.to_vec(),
             dump_dir: None,
+            checkpoint: CheckpointPolicy::SaveAll,
         }
     }
 }
@@ -170,6 +173,7 @@ pub fn value_and_grad_with_seeds(
         passes,
         wrt: wrt.iter().map(|s| s.to_string()).collect(),
         seeds: seeds.iter().map(|(n, s)| (n.to_string(), s.clone())).collect(),
+        checkpoint: options.checkpoint.clone(),
         dump_dir: options.dump_dir(),
         ..PipelineOptions::default()
     };

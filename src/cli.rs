@@ -13,7 +13,7 @@ use std::path::Path;
 use wengert_codegen::CodegenOptions;
 use wengert_ir::tensor::write_nested_list;
 use wengert_ir::{interpret, parse, parse_literal, to_dot, verify, Graph, IrError, Tensor};
-use wengert_passes::{autodiff, partition, run_pipeline, GradGraph, Pass, PipelineOptions, Seed, Stage};
+use wengert_passes::{autodiff, run_pipeline, CheckpointPolicy, GradGraph, Pass, PipelineOptions, Seed, Stage};
 
 /// An error of the command line, already formatted for the user.
 #[derive(Debug, thiserror::Error)]
@@ -67,10 +67,17 @@ pub enum Command {
         /// `--seed y1=u1` (scalar outputs default to a seed of 1).
         #[arg(long = "seed", value_name = "OUTPUT=INPUT")]
         seeds: Vec<String>,
-        /// Print the forward and backward graphs of the default partition
-        /// instead of the joint graph.
+        /// Print the forward and backward graphs of the partition instead of
+        /// the joint graph.
         #[arg(long)]
         split: bool,
+        /// Checkpoint policy for the partition: all, sqrt, segments=K,
+        /// budget=BYTES (e.g. budget=2MiB).
+        #[arg(long, default_value = "all")]
+        checkpoint: String,
+        /// Print what is saved and what is recomputed, with bytes and FLOPs.
+        #[arg(long)]
+        explain: bool,
     },
     /// Run passes over a graph and print the IR (by default the final IR;
     /// MLIR/LLVM-style `--print-after-all` and friends show each step).
@@ -100,6 +107,9 @@ pub enum Command {
         /// the environment variable WENGERT_DUMP).
         #[arg(long, value_name = "DIR")]
         dump: Option<String>,
+        /// Checkpoint policy: all, sqrt, segments=K, budget=BYTES (e.g. 2MiB).
+        #[arg(long, default_value = "all")]
+        checkpoint: String,
     },
     /// Compile a graph with the JIT and run it (optionally its gradient).
     Run {
@@ -313,12 +323,37 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
             wrt,
             seeds,
             split,
+            checkpoint,
+            explain,
         } => {
             let g = load_graph(&file)?;
-            let gg = grad_graph(&file, &g, &wrt, &seeds)?;
+            if !split && !explain && checkpoint == "all" {
+                return Ok(grad_graph(&file, &g, &wrt, &seeds)?.graph.to_string());
+            }
+            // Differentiate, simplify, checkpoint and partition.
+            let options = PipelineOptions {
+                passes: vec![
+                    Pass::Autodiff,
+                    Pass::Simplify,
+                    Pass::Checkpoint,
+                    Pass::Partition,
+                    Pass::Fuse,
+                    Pass::MemoryPlan,
+                ],
+                wrt: wrt_names(&g, &wrt).iter().map(|s| s.to_string()).collect(),
+                seeds: parse_seeds(&seeds)?
+                    .into_iter()
+                    .map(|(o, s)| (o.to_string(), s))
+                    .collect(),
+                checkpoint: CheckpointPolicy::parse(&checkpoint).map_err(|e| CliError(e.to_string()))?,
+                ..PipelineOptions::default()
+            };
+            let result = run_pipeline(&g, &options).map_err(|e| CliError(format!("{file}: {e}")))?;
+            let (Some(p), Some(expl)) = (&result.partition, &result.explanation) else {
+                return Err(CliError("internal error: the pipeline did not partition".into()));
+            };
+            let mut out = String::new();
             if split {
-                let p = partition(&gg, None).map_err(|e| CliError(format!("{file}: {e}")))?;
-                let mut out = String::new();
                 let _ = writeln!(out, "// ----- forward ----- //\n{}", p.forward);
                 let _ = writeln!(out, "// ----- backward ----- //\n{}", p.backward);
                 let _ = writeln!(
@@ -328,12 +363,29 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                     p.saved_bytes()
                 );
                 for r in &p.residuals {
-                    let _ = writeln!(out, "//   {}: {} = {}", r.name, r.ty, gg.graph.value_name(r.node));
+                    let _ = writeln!(
+                        out,
+                        "//   {}: {} = {}",
+                        r.name,
+                        r.ty,
+                        result
+                            .grad
+                            .as_ref()
+                            .map(|gg| gg.graph.value_name(r.node))
+                            .unwrap_or_default()
+                    );
                 }
-                Ok(out)
-            } else {
-                Ok(gg.graph.to_string())
             }
+            if explain {
+                let _ = write!(out, "{expl}");
+                let planned: Vec<String> = result.memory.iter().map(|m| m.arena_bytes.to_string()).collect();
+                let _ = writeln!(
+                    out,
+                    "planned arena bytes (joint, forward, backward): {}",
+                    planned.join(", ")
+                );
+            }
+            Ok(out)
         }
         Command::Opt {
             file,
@@ -344,6 +396,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
             print_after_all,
             print_after,
             dump,
+            checkpoint,
         } => {
             let g = load_graph(&file)?;
             let fail = |e: wengert_passes::PassError| CliError(format!("{file}: {e}"));
@@ -374,6 +427,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                 print_before_all,
                 print_after_all,
                 print_after,
+                checkpoint: CheckpointPolicy::parse(&checkpoint).map_err(|e| CliError(e.to_string()))?,
             };
             let quiet = !options.print_before_all && !options.print_after_all && options.print_after.is_empty();
             let result = run_pipeline(&g, &options).map_err(fail)?;

@@ -18,7 +18,7 @@ pub use wengert_ir::{
     interpret, interpret_named, parse, to_dot, verify, DType, Graph, GraphBuilder, IrError, Op, Tensor, TensorType, Var,
 };
 pub use wengert_passes as passes;
-pub use wengert_passes::{autodiff, partition, GradGraph, PassError, Seed};
+pub use wengert_passes::{autodiff, partition, CheckpointPolicy, GradGraph, PassError, Seed};
 pub mod cli;
 pub mod npy;
 

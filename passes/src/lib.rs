@@ -6,6 +6,7 @@
 //!   and backward graphs around a chosen set of saved values.
 
 pub mod autodiff;
+pub mod checkpoint;
 pub mod emit;
 pub mod error;
 pub mod fuse;
@@ -16,6 +17,7 @@ pub mod simplify;
 pub mod vjp;
 
 pub use autodiff::{autodiff, GradGraph, Seed};
+pub use checkpoint::{choose_saved, explain, CheckpointPolicy, Explanation};
 pub use error::PassError;
 pub use fuse::{fuse, kernel_count};
 pub use memory::{memory_plan, memory_plan_with_stats, MemoryStats};

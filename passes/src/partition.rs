@@ -270,7 +270,7 @@ pub fn partition(gg: &GradGraph, saved: Option<&[NodeId]>) -> Result<Partition, 
     for &s in &saved {
         compute[s.index()] = false;
     }
-    copy_nodes(j, &mut bwd, &mut map, &compute)?;
+    copy_on_demand(j, &mut bwd, &mut map, &compute, &c.primal)?;
     for o in gradient_outputs(gg) {
         bwd.add_output(&o.name, mapped(j, &map, o.node)?)?;
     }
@@ -288,6 +288,58 @@ fn mapped(j: &Graph, map: &[Option<NodeId>], id: NodeId) -> Result<NodeId, PassE
         node: j.value_name(id),
         message: "partition lost a value".into(),
     })
+}
+
+/// Copies the marked nodes into the backward graph so that each
+/// recomputed forward value is computed just before its first use: adjoint
+/// nodes go in order, and each pulls in the recomputations it needs
+/// (post-order, without recursion). On a chain checkpointed in segments
+/// this recomputes the last segment, runs its backward, then recomputes
+/// the segment before it, so only one segment's values are alive at a time.
+fn copy_on_demand(
+    j: &Graph,
+    out: &mut Graph,
+    map: &mut [Option<NodeId>],
+    marked: &[bool],
+    primal: &[bool],
+) -> Result<(), PassError> {
+    let emit = |id: NodeId, out: &mut Graph, map: &mut [Option<NodeId>]| -> Result<(), PassError> {
+        let args = j
+            .args(id)
+            .iter()
+            .map(|&a| mapped(j, map, a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let node = j.node(id);
+        map[id.index()] = Some(out.add_typed(node.op.clone(), &args, node.ty.clone()));
+        Ok(())
+    };
+    let needs = |id: NodeId, map: &[Option<NodeId>]| {
+        marked[id.index()] && map[id.index()].is_none() && !matches!(j.op(id), Op::Input { .. })
+    };
+    for root in j.node_ids().filter(|id| !primal[id.index()]) {
+        if !needs(root, map) {
+            continue;
+        }
+        let mut stack = vec![(root, false)];
+        while let Some((id, expanded)) = stack.pop() {
+            if !needs(id, map) {
+                continue;
+            }
+            if expanded {
+                emit(id, out, map)?;
+            } else {
+                stack.push((id, true));
+                for a in j.args(id).into_iter().rev() {
+                    if needs(a, map) {
+                        stack.push((a, false));
+                    }
+                }
+            }
+        }
+    }
+    // Anything left (recomputations no adjoint node uses, e.g. a gradient
+    // output that is itself a forward value).
+    copy_nodes(j, out, map, marked)
 }
 
 /// Copies the marked non-input nodes of `j` into `out` in topological order.

@@ -12,6 +12,7 @@
 //! with each pass's wall time and node counts before and after.
 
 use crate::autodiff::{autodiff, GradGraph, Seed};
+use crate::checkpoint::{choose_saved, explain, CheckpointPolicy, Explanation};
 use crate::error::PassError;
 use crate::fuse::fuse;
 use crate::memory::{memory_plan_with_stats, MemoryStats};
@@ -27,8 +28,8 @@ use wengert_ir::{to_dot, verify, Graph};
 pub enum Pass {
     Autodiff,
     Simplify,
-    /// Chooses what to save for the backward. Saves everything the backward
-    /// reads (the partition default) until checkpoint policies exist.
+    /// Chooses what to save for the backward under
+    /// `PipelineOptions::checkpoint` (see the `checkpoint` module).
     Checkpoint,
     Partition,
     Fuse,
@@ -71,6 +72,8 @@ pub struct PipelineOptions {
     /// Inputs to differentiate (for `autodiff`).
     pub wrt: Vec<String>,
     pub seeds: Vec<(String, Seed)>,
+    /// What the `checkpoint` pass saves for the backward.
+    pub checkpoint: CheckpointPolicy,
     pub dump_dir: Option<PathBuf>,
     pub print_before_all: bool,
     pub print_after_all: bool,
@@ -83,6 +86,7 @@ impl Default for PipelineOptions {
             passes: Pass::ALL.to_vec(),
             wrt: Vec::new(),
             seeds: Vec::new(),
+            checkpoint: CheckpointPolicy::SaveAll,
             dump_dir: None,
             print_before_all: false,
             print_after_all: false,
@@ -152,6 +156,8 @@ pub struct PipelineResult {
     pub grad: Option<GradGraph>,
     /// The partition, if it ran (residual names, types and sizes).
     pub partition: Option<Partition>,
+    /// What `checkpoint` and `partition` chose, explained.
+    pub explanation: Option<Explanation>,
     pub records: Vec<PassRecord>,
     /// Arena statistics per graph (joint, forward, backward), if planned.
     pub memory: Vec<MemoryStats>,
@@ -172,6 +178,7 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
         stage: Stage::One(g.clone()),
         grad: None,
         partition: None,
+        explanation: None,
         records: Vec::new(),
         memory: Vec::new(),
         printed: String::new(),
@@ -190,7 +197,12 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
         Ok(())
     };
     dump(&result.stage, 0, "input")?;
+    let mut saved: Option<Vec<wengert_ir::NodeId>> = None;
     for (i, &pass) in options.passes.iter().enumerate() {
+        // Only a checkpoint immediately before partition applies.
+        if pass != Pass::Partition && pass != Pass::Checkpoint {
+            saved = None;
+        }
         if options.print_before_all {
             header(&mut result.printed, "before", pass, &result.stage);
         }
@@ -218,6 +230,13 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                 return Err(PassError::Pipeline("`autodiff` must run before `partition`".into()))
             }
             (Pass::Simplify, stage) => stage.map(simplify)?,
+            (Pass::Checkpoint, Stage::One(joint)) => {
+                if let Some(grad) = result.grad.as_mut() {
+                    grad.graph = joint.clone();
+                    saved = Some(choose_saved(grad, &options.checkpoint)?);
+                }
+                Stage::One(joint)
+            }
             (Pass::Checkpoint, stage) => stage,
             (Pass::Partition, Stage::One(joint)) => {
                 let grad = result
@@ -226,7 +245,11 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                     .ok_or_else(|| PassError::Pipeline("`partition` needs `autodiff` before it".into()))?;
                 // Partition the graph as the earlier passes left it.
                 grad.graph = joint.clone();
-                let p = partition(grad, None)?;
+                // A saved set chosen for an earlier version of the graph
+                // would name the wrong nodes: it holds only if nothing ran
+                // between checkpoint and partition.
+                let p = partition(grad, saved.as_deref())?;
+                result.explanation = Some(explain(grad, &p));
                 let stage = Stage::Split {
                     joint,
                     forward: p.forward.clone(),

@@ -1,0 +1,325 @@
+//! `checkpoint`: chooses which forward values the backward gets saved and
+//! which it recomputes, under a policy, and explains the choice.
+//!
+//! The partition accepts any saved set and recomputes the rest inside the
+//! backward graph just before first use (see `partition`), so a policy is
+//! only a choice of saved set:
+//!
+//! - `SaveAll`: the partition default (every forward value the backward
+//!   reads).
+//! - `Segments(k)` / `Sqrt`: the forward values the backward reads
+//!   ("activations": not inputs, not constants) in topological order are
+//!   the states of the computation; every `len`-th is kept and the others
+//!   are recomputed segment by segment from the last kept one (Chen et
+//!   al.). `Sqrt` takes ⌊√n⌋ segments of ⌈n/⌊√n⌋⌉ states: for the seed's
+//!   eight-layer chain it keeps h0 (an input), h4 and h8, as in case 9.
+//! - `Budget(bytes)`: the shortest segments whose saved activations fit in
+//!   `bytes`, but no longer than the √n segments that minimize peak memory
+//!   (so a budget below that saves what √n saves, over budget, and the
+//!   explanation shows it).
+//!
+//! Recomputed values are bit-identical to the forward's (the same ops on
+//! the same values, compiled by the same code generator), and CSE runs
+//! before partition, so it cannot merge a recomputation back.
+//!
+//! Griewank–Walther's binomial schedule (Revolve), which is optimal for a
+//! chain with `c` slots, is computed by [`revolve_extra_steps`] and
+//! [`revolve_min_extra_steps`]; wiring it into graph generation (it
+//! recomputes some steps several times) is future work.
+
+use crate::autodiff::GradGraph;
+use crate::error::PassError;
+use crate::partition::{default_saved, Partition};
+use std::fmt::Write;
+use wengert_ir::{Graph, NodeId, Op};
+
+/// A checkpointing policy.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum CheckpointPolicy {
+    #[default]
+    SaveAll,
+    Sqrt,
+    Segments(usize),
+    Budget(usize),
+}
+
+impl CheckpointPolicy {
+    /// Parses `all`, `sqrt`, `segments=K`, `budget=BYTES` (with an optional
+    /// `KiB`, `MiB` or `GiB` suffix).
+    pub fn parse(text: &str) -> Result<CheckpointPolicy, PassError> {
+        let bad = || {
+            PassError::Pipeline(format!(
+                "unknown checkpoint policy `{text}` (use all, sqrt, segments=K or budget=BYTES like budget=2MiB)"
+            ))
+        };
+        let t = text.trim();
+        match t {
+            "all" => return Ok(CheckpointPolicy::SaveAll),
+            "sqrt" => return Ok(CheckpointPolicy::Sqrt),
+            _ => {}
+        }
+        if let Some(k) = t.strip_prefix("segments=") {
+            return k
+                .parse()
+                .ok()
+                .filter(|&k| k > 0)
+                .map(CheckpointPolicy::Segments)
+                .ok_or_else(bad);
+        }
+        if let Some(b) = t.strip_prefix("budget=") {
+            let (num, scale) = [("GiB", 1usize << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1)]
+                .iter()
+                .find_map(|(suffix, scale)| b.strip_suffix(suffix).map(|n| (n, *scale)))
+                .unwrap_or((b, 1));
+            return num
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .map(|v| CheckpointPolicy::Budget((v * scale as f64) as usize))
+                .ok_or_else(bad);
+        }
+        Err(bad())
+    }
+}
+
+/// Floating-point operations to compute one node (an estimate: one per
+/// element for elementwise work, 2mnk for a matmul).
+pub fn node_flops(g: &Graph, id: NodeId) -> u64 {
+    let out = g.ty(id).num_elements() as u64;
+    match g.op(id) {
+        Op::MatMul => {
+            let a = g.ty(g.args(id)[0]);
+            out * 2 * a.shape[a.rank() - 1] as u64
+        }
+        Op::ReduceSum { .. } | Op::ReduceMax { .. } => g.ty(g.args(id)[0]).num_elements() as u64,
+        Op::SoftmaxCrossEntropy => 4 * g.ty(g.args(id)[0]).num_elements() as u64,
+        Op::Input { .. }
+        | Op::Const { .. }
+        | Op::Broadcast { .. }
+        | Op::Reshape { .. }
+        | Op::Transpose { .. }
+        | Op::Slice { .. } => 0,
+        Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Pow { .. }
+        | Op::Compare(_)
+        | Op::Select
+        | Op::Convert { .. }
+        | Op::Pad { .. }
+        | Op::Concat { .. } => out,
+    }
+}
+
+/// The forward values the default partition saves that are activations
+/// (computed, not inputs or constants), in topological order.
+fn activations(gg: &GradGraph, saved: &[NodeId]) -> Vec<NodeId> {
+    let g = &gg.graph;
+    let mut acts: Vec<NodeId> = saved
+        .iter()
+        .copied()
+        .filter(|&s| !matches!(g.op(s), Op::Input { .. } | Op::Const { .. }))
+        .collect();
+    acts.sort();
+    acts
+}
+
+/// The saved set for `policy` (ids of `gg.graph`).
+pub fn choose_saved(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Vec<NodeId>, PassError> {
+    let g = &gg.graph;
+    let default = default_saved(gg);
+    // Every input the backward might need when recomputing is available.
+    let all_inputs: Vec<NodeId> = g
+        .inputs()
+        .iter()
+        .filter(|i| !gg.seed_inputs.contains(&i.name))
+        .map(|i| i.node)
+        .collect();
+    let acts = activations(gg, &default);
+    let segments = |len: usize| -> Vec<NodeId> {
+        let mut saved: Vec<NodeId> = acts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (i + 1) % len == 0 || i + 1 == acts.len())
+            .map(|(_, &a)| a)
+            .collect();
+        saved.extend(all_inputs.iter().copied());
+        saved
+    };
+    Ok(match policy {
+        CheckpointPolicy::SaveAll => default,
+        CheckpointPolicy::Segments(k) => {
+            let k = (*k).clamp(1, acts.len().max(1));
+            segments(acts.len().div_ceil(k).max(1))
+        }
+        CheckpointPolicy::Sqrt => {
+            let n = acts.len().max(1);
+            let k = ((n as f64).sqrt().floor() as usize).max(1);
+            segments(n.div_ceil(k))
+        }
+        CheckpointPolicy::Budget(bytes) => {
+            // Keep every len-th activation with the smallest len whose saved
+            // bytes fit, but never a longer segment than the one that
+            // minimizes peak memory (about √n): beyond it, recomputing a
+            // longer segment holds more values than saving fewer frees
+            // (multi-level recomputation, Revolve, is not wired in yet).
+            let size = |s: &[NodeId]| s.iter().filter(|n| !matches!(g.op(**n), Op::Input { .. })).map(|&n| g.ty(n).size_bytes()).sum::<usize>();
+            let n = acts.len().max(1);
+            let best_peak_len = n.div_ceil(((n as f64).sqrt().floor() as usize).max(1));
+            let len = (1..=best_peak_len).find(|&len| size(&segments(len)) <= *bytes).unwrap_or(best_peak_len);
+            segments(len)
+        }
+    })
+}
+
+/// What a partition saves and recomputes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Explanation {
+    /// Saved values: name, printed value in the joint graph, type, bytes.
+    pub saved: Vec<(String, String, String, usize)>,
+    /// Forward values the backward recomputes: value, op, FLOPs.
+    pub recomputed: Vec<(String, String, u64)>,
+    /// Bytes of saved activations (inputs excluded: they exist anyway).
+    pub saved_activation_bytes: usize,
+    /// The same under the default partition.
+    pub default_activation_bytes: usize,
+    pub extra_flops: u64,
+}
+
+/// Explains `p`, a partition of `gg`.
+pub fn explain(gg: &GradGraph, p: &Partition) -> Explanation {
+    let g = &gg.graph;
+    let act_bytes = |nodes: &mut dyn Iterator<Item = NodeId>| {
+        nodes
+            .filter(|&n| !matches!(g.op(n), Op::Input { .. } | Op::Const { .. }))
+            .map(|n| g.ty(n).size_bytes())
+            .sum::<usize>()
+    };
+    let saved_nodes: Vec<NodeId> = p.residuals.iter().map(|r| r.node).collect();
+    // Recomputed: forward nodes (needed by the outputs) that the backward
+    // computes.
+    let mut primal = vec![false; g.len()];
+    for o in &g.outputs()[..gg.primal_outputs] {
+        primal[o.node.index()] = true;
+    }
+    for id in g.node_ids().rev() {
+        if primal[id.index()] {
+            for a in g.args(id) {
+                primal[a.index()] = true;
+            }
+        }
+    }
+    let mut needed = vec![false; g.len()];
+    for o in &g.outputs()[gg.primal_outputs..] {
+        needed[o.node.index()] = true;
+    }
+    let mut is_saved = vec![false; g.len()];
+    for &s in &saved_nodes {
+        is_saved[s.index()] = true;
+    }
+    for id in g.node_ids().rev() {
+        if needed[id.index()] && !is_saved[id.index()] {
+            for a in g.args(id) {
+                needed[a.index()] = true;
+            }
+        }
+    }
+    let names = g.value_names();
+    let recomputed: Vec<(String, String, u64)> = g
+        .node_ids()
+        .filter(|&id| needed[id.index()] && primal[id.index()] && !is_saved[id.index()] && node_flops(g, id) > 0)
+        .map(|id| {
+            (
+                names[id.index()].clone(),
+                g.op(id).name().to_string(),
+                node_flops(g, id),
+            )
+        })
+        .collect();
+    Explanation {
+        saved: p
+            .residuals
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    names[r.node.index()].clone(),
+                    r.ty.to_string(),
+                    r.size_bytes(),
+                )
+            })
+            .collect(),
+        extra_flops: recomputed.iter().map(|r| r.2).sum(),
+        recomputed,
+        saved_activation_bytes: act_bytes(&mut saved_nodes.iter().copied()),
+        default_activation_bytes: act_bytes(&mut default_saved(gg).into_iter()),
+    }
+}
+
+impl std::fmt::Display for Explanation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = String::new();
+        let _ = writeln!(out, "saved ({} values):", self.saved.len());
+        for (name, value, ty, bytes) in &self.saved {
+            let _ = writeln!(out, "  {name:<10} {value:<8} {ty:<16} {bytes:>12} B");
+        }
+        let _ = writeln!(out, "recomputed in the backward ({} values):", self.recomputed.len());
+        for (value, op, flops) in &self.recomputed {
+            let _ = writeln!(out, "  {value:<8} {op:<22} {flops:>12} FLOP");
+        }
+        let _ = writeln!(
+            out,
+            "saved activations: {} B (save-all: {} B, {} B less); extra FLOPs: {}",
+            self.saved_activation_bytes,
+            self.default_activation_bytes,
+            self.default_activation_bytes
+                .saturating_sub(self.saved_activation_bytes),
+            self.extra_flops
+        );
+        f.write_str(&out)
+    }
+}
+
+/// Binomial coefficient C(n, k), saturating.
+fn binomial(n: u64, k: u64) -> u64 {
+    let k = k.min(n - k.min(n));
+    let mut r: u64 = 1;
+    for i in 0..k {
+        r = r.saturating_mul(n - i) / (i + 1);
+    }
+    r
+}
+
+/// The minimum number of extra forward steps to reverse a chain of `l`
+/// steps with `c` checkpoint slots (Griewank–Walther): with `r` the least
+/// integer such that C(c+r, c) ≥ l, it is `r·l − C(c+r, c+1)`.
+pub fn revolve_min_extra_steps(l: u64, c: u64) -> u64 {
+    if l <= 1 {
+        return 0;
+    }
+    let c = c.max(1);
+    let mut r = 0;
+    while binomial(c + r, c) < l {
+        r += 1;
+    }
+    r * l - binomial(c + r, c + 1)
+}
+
+/// The same number by the dynamic program F(l, c) = min over j of
+/// [j + F(l−j, c−1) + F(j, c)], F(l, 1) = l(l−1)/2, F(1, c) = 0, which also
+/// yields the split points of the schedule.
+pub fn revolve_extra_steps(l: usize, c: usize) -> u64 {
+    let c = c.max(1);
+    let mut f = vec![vec![0u64; c + 1]; l + 1];
+    for (n, row) in f.iter_mut().enumerate().skip(1) {
+        row[1] = (n as u64) * (n as u64 - 1) / 2;
+    }
+    for slots in 2..=c {
+        for n in 2..=l {
+            f[n][slots] = (1..n)
+                .map(|j| j as u64 + f[n - j][slots - 1] + f[j][slots])
+                .min()
+                .unwrap_or(0);
+        }
+    }
+    f[l][c]
+}

@@ -1,0 +1,111 @@
+//! Tests of checkpoint policies: the saved set of case 9 under √n, exact
+//! gradients with recomputation, segment-by-segment order, memory falling
+//! with the budget, and the binomial (Revolve) counts.
+
+mod common;
+
+use common::{random_inputs, Rng};
+use wengert::passes::checkpoint::{revolve_extra_steps, revolve_min_extra_steps};
+use wengert::passes::{choose_saved, partition, run_pipeline, Pass, PipelineOptions};
+use wengert::{cases, interpret, models, value_and_grad, CheckpointPolicy, DType, Op, Options, Tensor};
+
+const WRT9: [&str; 8] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"];
+
+#[test]
+fn policies_parse() {
+    assert_eq!(CheckpointPolicy::parse("all").unwrap(), CheckpointPolicy::SaveAll);
+    assert_eq!(CheckpointPolicy::parse("sqrt").unwrap(), CheckpointPolicy::Sqrt);
+    assert_eq!(CheckpointPolicy::parse("segments=3").unwrap(), CheckpointPolicy::Segments(3));
+    assert_eq!(CheckpointPolicy::parse("budget=2MiB").unwrap(), CheckpointPolicy::Budget(2 << 20));
+    assert_eq!(CheckpointPolicy::parse("budget=4096").unwrap(), CheckpointPolicy::Budget(4096));
+    assert!(CheckpointPolicy::parse("segments=0").unwrap_err().to_string().contains("unknown checkpoint policy `segments=0`"));
+}
+
+#[test]
+fn case09_sqrt_saves_h4_and_h8_and_recomputes_the_rest() {
+    let g = cases::case09_checkpoint_chain().unwrap();
+    let gg = wengert::autodiff(&g, &WRT9, &[]).unwrap();
+    let saved = choose_saved(&gg, &CheckpointPolicy::Sqrt).unwrap();
+    // Saved activations: the outputs of the 4th and 8th tanh (h4, h8); h0
+    // is the input x, which is always available.
+    let tanhs: Vec<_> = gg.graph.node_ids().filter(|&id| matches!(gg.graph.op(id), Op::Unary(wengert::ir::UnaryOp::Tanh))).take(8).collect();
+    let acts: Vec<_> = saved.iter().copied().filter(|&s| !matches!(gg.graph.op(s), Op::Input { .. })).collect();
+    assert_eq!(acts, vec![tanhs[3], tanhs[7]]);
+    assert!(saved.contains(&gg.graph.input("x").unwrap().node));
+    // The backward recomputes h1–h3 and h5–h7, segment by segment: the
+    // last segment first, then its backward (matmuls), then the first.
+    let p = partition(&gg, Some(&saved)).unwrap();
+    let ops: Vec<&str> = p.backward.node_ids().map(|id| p.backward.op(id).name()).collect();
+    let tanh_at: Vec<usize> = ops.iter().enumerate().filter(|(_, o)| **o == "tanh").map(|(i, _)| i).collect();
+    assert_eq!(tanh_at.len(), 6, "{}", p.backward);
+    let matmuls_between = ops[tanh_at[2]..tanh_at[3]].iter().filter(|o| **o == "matmul").count();
+    assert!(matmuls_between >= 4, "segment 2's backward runs before segment 1 is recomputed:\n{}", p.backward);
+    // Gradients are bit-identical to saving everything.
+    let inputs = random_inputs(&g, &mut Rng::new(9), -0.8, 0.8);
+    let joint = interpret(&gg.graph, &inputs).unwrap();
+    let fwd = interpret(&p.forward, &inputs).unwrap();
+    let grads = interpret(&p.backward, &fwd[1..]).unwrap();
+    assert_eq!(&grads[..], &joint[1..]);
+}
+
+#[test]
+fn checkpointed_jit_gradients_are_bit_identical() {
+    let g = models::tanh_chain(12, 8, 16, DType::F32).unwrap();
+    let wrt: Vec<String> = (1..=12).map(|i| format!("W{i}")).collect();
+    let wrt: Vec<&str> = wrt.iter().map(String::as_str).collect();
+    let inputs = random_inputs(&g, &mut Rng::new(12), -0.5, 0.5);
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let all = value_and_grad(&g, &wrt, &Options::default()).unwrap();
+    let (_, saved_all) = all.forward(&refs).unwrap();
+    let want = all.backward(&saved_all, &[]).unwrap();
+    for policy in [CheckpointPolicy::Sqrt, CheckpointPolicy::Segments(3), CheckpointPolicy::Budget(1024)] {
+        let f = value_and_grad(&g, &wrt, &Options { checkpoint: policy.clone(), ..Options::default() }).unwrap();
+        let (_, saved) = f.forward(&refs).unwrap();
+        assert!(saved.size_bytes() < saved_all.size_bytes(), "{policy:?}");
+        let got = f.backward(&saved, &[]).unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert_eq!(a, b, "{policy:?}: recomputation must reproduce the forward bit for bit");
+        }
+    }
+}
+
+#[test]
+fn peak_memory_falls_as_the_budget_falls() {
+    let g = models::tanh_chain(16, 32, 64, DType::F32).unwrap();
+    let wrt: Vec<String> = (1..=16).map(|i| format!("W{i}")).collect();
+    let act = 32 * 64 * 4;
+    let mut last = usize::MAX;
+    let mut peaks = Vec::new();
+    // 16 layers: √16 = 4 saved activations minimize the peak.
+    for budget in [usize::MAX, 12 * act, 8 * act, 4 * act] {
+        let options = PipelineOptions {
+            passes: vec![Pass::Autodiff, Pass::Simplify, Pass::Checkpoint, Pass::Partition, Pass::Fuse, Pass::MemoryPlan],
+            wrt: wrt.clone(),
+            checkpoint: CheckpointPolicy::Budget(budget),
+            ..PipelineOptions::default()
+        };
+        let r = run_pipeline(&g, &options).unwrap();
+        let saved = r.explanation.as_ref().unwrap().saved_activation_bytes;
+        assert!(saved <= budget, "{saved} > {budget}");
+        // Peak of forward then backward: saved values plus the larger arena.
+        let peak = saved + r.memory[1].arena_bytes.max(r.memory[2].arena_bytes);
+        assert!(peak <= last, "peak {peak} rose above {last} at budget {budget}");
+        last = peak;
+        peaks.push(peak);
+    }
+    assert!(peaks[peaks.len() - 1] < peaks[0], "{peaks:?}");
+}
+
+#[test]
+fn binomial_schedule_counts() {
+    // The closed form and the dynamic program agree on a table of (l, c).
+    for l in 1..=80u64 {
+        for c in 1..=6u64 {
+            assert_eq!(revolve_min_extra_steps(l, c), revolve_extra_steps(l as usize, c as usize), "l = {l}, c = {c}");
+        }
+    }
+    assert_eq!(revolve_min_extra_steps(1000, 10), 3636);
+    assert_eq!(revolve_extra_steps(1000, 10), 3636);
+    // One slot: recompute from the start for every step.
+    assert_eq!(revolve_min_extra_steps(8, 1), 28);
+}
