@@ -104,17 +104,25 @@ fn checkpoint_chain(c: &mut Criterion) {
         ("budget_4MiB", wengert::CheckpointPolicy::Budget(4 << 20)),
         ("budget_2MiB", wengert::CheckpointPolicy::Budget(2 << 20)),
     ] {
-        let f = value_and_grad(&g, &wrt, &Options { checkpoint: policy, ..Options::default() }).unwrap();
+        let f = value_and_grad(
+            &g,
+            &wrt,
+            &Options {
+                checkpoint: policy,
+                ..Options::default()
+            },
+        )
+        .unwrap();
         let m = f.memory();
         eprintln!(
             "checkpoint_chain64/{label}: saved {} B, peak (saved + larger planned arena) {} B",
-            m.saved_bytes,
-            m.split_peak_bytes
+            m.saved_bytes, m.split_peak_bytes
         );
+        let mut buffers = f.buffers().unwrap();
         group.bench_function(label, |b| {
             b.iter(|| {
-                let (_, saved) = f.forward(black_box(&refs)).unwrap();
-                f.backward(&saved, &[]).unwrap()
+                f.forward_into(black_box(&refs), &mut buffers).unwrap();
+                f.backward_into(&[], &mut buffers).unwrap();
             })
         });
     }

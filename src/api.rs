@@ -316,4 +316,60 @@ impl GradFn {
         inputs.extend_from_slice(seeds);
         Ok(self.backward_executable()?.call(&inputs)?)
     }
+
+    /// Buffers for [`GradFn::forward_into`] and [`GradFn::backward_into`]:
+    /// the outputs, the residuals and the gradients, allocated once.
+    pub fn buffers(&self) -> Result<StepBuffers, Error> {
+        let zeros = |exe: &Executable, skip: usize| -> Vec<Tensor> {
+            exe.outputs()
+                .iter()
+                .skip(skip)
+                .map(|(_, t)| Tensor::zeros(t.clone()))
+                .collect()
+        };
+        let fwd = self.forward_executable()?;
+        let mut outputs = zeros(fwd, 0);
+        let values = outputs.split_off(self.grad.primal_outputs);
+        Ok(StepBuffers {
+            outputs,
+            residuals: Residuals { owner: self.id, values },
+            grads: zeros(self.backward_executable()?, 0),
+        })
+    }
+
+    /// The forward half into preallocated buffers (no allocation).
+    pub fn forward_into(&self, inputs: &[&Tensor], buffers: &mut StepBuffers) -> Result<(), Error> {
+        if buffers.residuals.owner != self.id {
+            return Err(RuntimeError::Other("these buffers were made by another gradient function".into()).into());
+        }
+        let exe = self.forward_executable()?;
+        // The forward writes outputs then residuals: move them into one
+        // slice for the call and back (no copies of the data).
+        let mut all: Vec<Tensor> = std::mem::take(&mut buffers.outputs);
+        all.append(&mut buffers.residuals.values);
+        let result = exe.call_into(inputs, &mut all);
+        buffers.residuals.values = all.split_off(self.grad.primal_outputs);
+        buffers.outputs = all;
+        Ok(result?)
+    }
+
+    /// The backward half from the buffers' residuals into their gradients
+    /// (no allocation).
+    pub fn backward_into(&self, seeds: &[&Tensor], buffers: &mut StepBuffers) -> Result<(), Error> {
+        if buffers.residuals.owner != self.id {
+            return Err(RuntimeError::Other("these buffers were made by another gradient function".into()).into());
+        }
+        let exe = self.backward_executable()?;
+        let mut inputs: Vec<&Tensor> = buffers.residuals.values.iter().collect();
+        inputs.extend_from_slice(seeds);
+        Ok(exe.call_into(&inputs, &mut buffers.grads)?)
+    }
+}
+
+/// Preallocated outputs, residuals and gradients of a [`GradFn`] step.
+#[derive(Debug)]
+pub struct StepBuffers {
+    pub outputs: Vec<Tensor>,
+    pub residuals: Residuals,
+    pub grads: Vec<Tensor>,
 }

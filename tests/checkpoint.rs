@@ -15,10 +15,22 @@ const WRT9: [&str; 8] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"];
 fn policies_parse() {
     assert_eq!(CheckpointPolicy::parse("all").unwrap(), CheckpointPolicy::SaveAll);
     assert_eq!(CheckpointPolicy::parse("sqrt").unwrap(), CheckpointPolicy::Sqrt);
-    assert_eq!(CheckpointPolicy::parse("segments=3").unwrap(), CheckpointPolicy::Segments(3));
-    assert_eq!(CheckpointPolicy::parse("budget=2MiB").unwrap(), CheckpointPolicy::Budget(2 << 20));
-    assert_eq!(CheckpointPolicy::parse("budget=4096").unwrap(), CheckpointPolicy::Budget(4096));
-    assert!(CheckpointPolicy::parse("segments=0").unwrap_err().to_string().contains("unknown checkpoint policy `segments=0`"));
+    assert_eq!(
+        CheckpointPolicy::parse("segments=3").unwrap(),
+        CheckpointPolicy::Segments(3)
+    );
+    assert_eq!(
+        CheckpointPolicy::parse("budget=2MiB").unwrap(),
+        CheckpointPolicy::Budget(2 << 20)
+    );
+    assert_eq!(
+        CheckpointPolicy::parse("budget=4096").unwrap(),
+        CheckpointPolicy::Budget(4096)
+    );
+    assert!(CheckpointPolicy::parse("segments=0")
+        .unwrap_err()
+        .to_string()
+        .contains("unknown checkpoint policy `segments=0`"));
 }
 
 #[test]
@@ -28,18 +40,36 @@ fn case09_sqrt_saves_h4_and_h8_and_recomputes_the_rest() {
     let saved = choose_saved(&gg, &CheckpointPolicy::Sqrt).unwrap();
     // Saved activations: the outputs of the 4th and 8th tanh (h4, h8); h0
     // is the input x, which is always available.
-    let tanhs: Vec<_> = gg.graph.node_ids().filter(|&id| matches!(gg.graph.op(id), Op::Unary(wengert::ir::UnaryOp::Tanh))).take(8).collect();
-    let acts: Vec<_> = saved.iter().copied().filter(|&s| !matches!(gg.graph.op(s), Op::Input { .. })).collect();
+    let tanhs: Vec<_> = gg
+        .graph
+        .node_ids()
+        .filter(|&id| matches!(gg.graph.op(id), Op::Unary(wengert::ir::UnaryOp::Tanh)))
+        .take(8)
+        .collect();
+    let acts: Vec<_> = saved
+        .iter()
+        .copied()
+        .filter(|&s| !matches!(gg.graph.op(s), Op::Input { .. }))
+        .collect();
     assert_eq!(acts, vec![tanhs[3], tanhs[7]]);
     assert!(saved.contains(&gg.graph.input("x").unwrap().node));
     // The backward recomputes h1–h3 and h5–h7, segment by segment: the
     // last segment first, then its backward (matmuls), then the first.
     let p = partition(&gg, Some(&saved)).unwrap();
     let ops: Vec<&str> = p.backward.node_ids().map(|id| p.backward.op(id).name()).collect();
-    let tanh_at: Vec<usize> = ops.iter().enumerate().filter(|(_, o)| **o == "tanh").map(|(i, _)| i).collect();
+    let tanh_at: Vec<usize> = ops
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| **o == "tanh")
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(tanh_at.len(), 6, "{}", p.backward);
     let matmuls_between = ops[tanh_at[2]..tanh_at[3]].iter().filter(|o| **o == "matmul").count();
-    assert!(matmuls_between >= 4, "segment 2's backward runs before segment 1 is recomputed:\n{}", p.backward);
+    assert!(
+        matmuls_between >= 4,
+        "segment 2's backward runs before segment 1 is recomputed:\n{}",
+        p.backward
+    );
     // Gradients are bit-identical to saving everything.
     let inputs = random_inputs(&g, &mut Rng::new(9), -0.8, 0.8);
     let joint = interpret(&gg.graph, &inputs).unwrap();
@@ -58,14 +88,31 @@ fn checkpointed_jit_gradients_are_bit_identical() {
     let all = value_and_grad(&g, &wrt, &Options::default()).unwrap();
     let (_, saved_all) = all.forward(&refs).unwrap();
     let want = all.backward(&saved_all, &[]).unwrap();
-    for policy in [CheckpointPolicy::Sqrt, CheckpointPolicy::Segments(3), CheckpointPolicy::Budget(1024)] {
-        let f = value_and_grad(&g, &wrt, &Options { checkpoint: policy.clone(), ..Options::default() }).unwrap();
+    for policy in [
+        CheckpointPolicy::Sqrt,
+        CheckpointPolicy::Segments(3),
+        CheckpointPolicy::Budget(1024),
+    ] {
+        let f = value_and_grad(
+            &g,
+            &wrt,
+            &Options {
+                checkpoint: policy.clone(),
+                ..Options::default()
+            },
+        )
+        .unwrap();
         let (_, saved) = f.forward(&refs).unwrap();
         assert!(saved.size_bytes() < saved_all.size_bytes(), "{policy:?}");
         let got = f.backward(&saved, &[]).unwrap();
         for (a, b) in got.iter().zip(&want) {
             assert_eq!(a, b, "{policy:?}: recomputation must reproduce the forward bit for bit");
         }
+        // The allocation-free variants give the same numbers.
+        let mut buffers = f.buffers().unwrap();
+        f.forward_into(&refs, &mut buffers).unwrap();
+        f.backward_into(&[], &mut buffers).unwrap();
+        assert_eq!(buffers.grads, want);
     }
 }
 
@@ -79,7 +126,14 @@ fn peak_memory_falls_as_the_budget_falls() {
     // 16 layers: √16 = 4 saved activations minimize the peak.
     for budget in [usize::MAX, 12 * act, 8 * act, 4 * act] {
         let options = PipelineOptions {
-            passes: vec![Pass::Autodiff, Pass::Simplify, Pass::Checkpoint, Pass::Partition, Pass::Fuse, Pass::MemoryPlan],
+            passes: vec![
+                Pass::Autodiff,
+                Pass::Simplify,
+                Pass::Checkpoint,
+                Pass::Partition,
+                Pass::Fuse,
+                Pass::MemoryPlan,
+            ],
             wrt: wrt.clone(),
             checkpoint: CheckpointPolicy::Budget(budget),
             ..PipelineOptions::default()
@@ -101,7 +155,11 @@ fn binomial_schedule_counts() {
     // The closed form and the dynamic program agree on a table of (l, c).
     for l in 1..=80u64 {
         for c in 1..=6u64 {
-            assert_eq!(revolve_min_extra_steps(l, c), revolve_extra_steps(l as usize, c as usize), "l = {l}, c = {c}");
+            assert_eq!(
+                revolve_min_extra_steps(l, c),
+                revolve_extra_steps(l as usize, c as usize),
+                "l = {l}, c = {c}"
+            );
         }
     }
     assert_eq!(revolve_min_extra_steps(1000, 10), 3636);

@@ -162,10 +162,17 @@ pub fn choose_saved(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Vec<Nod
             // minimizes peak memory (about √n): beyond it, recomputing a
             // longer segment holds more values than saving fewer frees
             // (multi-level recomputation, Revolve, is not wired in yet).
-            let size = |s: &[NodeId]| s.iter().filter(|n| !matches!(g.op(**n), Op::Input { .. })).map(|&n| g.ty(n).size_bytes()).sum::<usize>();
+            let size = |s: &[NodeId]| {
+                s.iter()
+                    .filter(|n| !matches!(g.op(**n), Op::Input { .. }))
+                    .map(|&n| g.ty(n).size_bytes())
+                    .sum::<usize>()
+            };
             let n = acts.len().max(1);
             let best_peak_len = n.div_ceil(((n as f64).sqrt().floor() as usize).max(1));
-            let len = (1..=best_peak_len).find(|&len| size(&segments(len)) <= *bytes).unwrap_or(best_peak_len);
+            let len = (1..=best_peak_len)
+                .find(|&len| size(&segments(len)) <= *bytes)
+                .unwrap_or(best_peak_len);
             segments(len)
         }
     })
