@@ -167,3 +167,51 @@ fn binomial_schedule_counts() {
     // One slot: recompute from the start for every step.
     assert_eq!(revolve_min_extra_steps(8, 1), 28);
 }
+
+#[test]
+fn user_marks_force_saving_or_recomputing() {
+    // The seed's chain with h2 marked `save` and h7 marked `recompute`.
+    let b = wengert::GraphBuilder::new("marked");
+    let mut h = b.input("x", DType::F64, &[2, 4]);
+    let ws: Vec<_> = (1..=8)
+        .map(|i| b.input(&format!("W{i}"), DType::F64, &[4, 4]))
+        .collect();
+    let mut hs = Vec::new();
+    for (i, w) in ws.into_iter().enumerate() {
+        h = h.matmul(w).tanh();
+        h = match i + 1 {
+            2 => h.save(),
+            7 => h.recompute(),
+            _ => h,
+        };
+        hs.push(h);
+    }
+    let g = b.build(&[("L", h.sum_all())]).unwrap();
+    // Marks print and parse back.
+    let text = g.to_string();
+    assert!(
+        text.contains("save = tanh") && text.contains("recompute = tanh"),
+        "{text}"
+    );
+    assert_eq!(wengert::parse(&text).unwrap().to_string(), text);
+    let node = |v: wengert::Var| v.id().unwrap();
+    for policy in [CheckpointPolicy::SaveAll, CheckpointPolicy::Sqrt] {
+        let options = PipelineOptions {
+            passes: vec![Pass::Autodiff, Pass::Checkpoint, Pass::Partition],
+            wrt: WRT9.iter().map(|s| s.to_string()).collect(),
+            checkpoint: policy.clone(),
+            ..PipelineOptions::default()
+        };
+        let r = run_pipeline(&g, &options).unwrap();
+        let p = r.partition.as_ref().unwrap();
+        let saved: Vec<_> = p.residuals.iter().map(|r| r.node).collect();
+        // Autodiff keeps forward node ids, so the builder's ids still apply.
+        assert!(saved.contains(&node(hs[1])), "{policy:?}: h2 is saved");
+        assert!(!saved.contains(&node(hs[6])), "{policy:?}: h7 is recomputed");
+        let inputs = random_inputs(&g, &mut Rng::new(2), -0.8, 0.8);
+        let joint = interpret(&r.grad.as_ref().unwrap().graph, &inputs).unwrap();
+        let fwd = interpret(&p.forward, &inputs).unwrap();
+        let grads = interpret(&p.backward, &fwd[1..]).unwrap();
+        assert_eq!(&grads[..], &joint[1..], "{policy:?}");
+    }
+}

@@ -242,6 +242,28 @@ impl<'b> Var<'b> {
         self.id.and_then(|id| self.b.ty_of(id))
     }
 
+    /// Marks this value to be saved for the backward pass whatever the
+    /// checkpoint policy (like naming it in `jax.ad_checkpoint`'s
+    /// `save_only_these_names`). Returns the same value.
+    pub fn save(self) -> Var<'b> {
+        self.mark(crate::graph::Mark::Save)
+    }
+
+    /// Marks this value to be recomputed in the backward pass rather than
+    /// saved, whatever the checkpoint policy. Returns the same value.
+    pub fn recompute(self) -> Var<'b> {
+        self.mark(crate::graph::Mark::Recompute)
+    }
+
+    fn mark(self, mark: crate::graph::Mark) -> Var<'b> {
+        if let Some(id) = self.id {
+            if let Some(g) = self.b.state.borrow_mut().graph.as_mut() {
+                g.set_mark(id, Some(mark));
+            }
+        }
+        self
+    }
+
     /// The node id in the graph under construction.
     pub fn id(&self) -> Option<NodeId> {
         self.id

@@ -31,6 +31,26 @@ pub struct Node {
     pub kernel: Option<u32>,
     /// Byte offset of the value in the arena (set by `memory-plan`).
     pub arena: Option<usize>,
+    /// A user's checkpointing mark (like `jax.ad_checkpoint.checkpoint_name`
+    /// with a policy): force saving this value for the backward, or force
+    /// recomputing it.
+    pub mark: Option<Mark>,
+}
+
+/// A checkpointing mark on a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mark {
+    Save,
+    Recompute,
+}
+
+impl Mark {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mark::Save => "save",
+            Mark::Recompute => "recompute",
+        }
+    }
 }
 
 impl Node {
@@ -40,6 +60,7 @@ impl Node {
             ty,
             kernel: None,
             arena: None,
+            mark: None,
         }
     }
 }
@@ -257,6 +278,11 @@ impl Graph {
         node.arena = arena;
     }
 
+    /// Sets the checkpointing mark of a node.
+    pub fn set_mark(&mut self, id: NodeId, mark: Option<Mark>) {
+        self.dag[id].mark = mark;
+    }
+
     /// Removes all outputs (to set new ones).
     pub fn clear_outputs(&mut self) {
         self.outputs.clear();
@@ -325,6 +351,7 @@ impl Graph {
                 })?;
             let new = out.add_typed(node.op.clone(), &args, node.ty.clone());
             out.annotate(new, node.kernel, node.arena);
+            out.set_mark(new, node.mark);
             map[id.index()] = Some(new);
         }
         for o in &self.outputs {

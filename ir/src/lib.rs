@@ -22,7 +22,7 @@ pub mod verify;
 pub use builder::{broadcast_shapes, GraphBuilder, Var};
 pub use dot::to_dot;
 pub use error::{IrError, ParseError, Problem};
-pub use graph::{is_identifier, Graph, Input, Node, NodeId, Output};
+pub use graph::{is_identifier, Graph, Input, Mark, Node, NodeId, Output};
 pub use infer::infer;
 pub use interp::{interpret, interpret_named};
 pub use op::{Attr, BinaryOp, CmpOp, Op, UnaryOp};

@@ -228,6 +228,8 @@ struct Stmt {
     kernel: Option<u32>,
     /// The arena offset written after the type (`@4096`).
     arena: Option<usize>,
+    /// A checkpointing mark (`save` or `recompute`).
+    mark: Option<crate::graph::Mark>,
     op_name: String,
     op_pos: Pos,
     attrs: Vec<(String, Attr)>,
@@ -486,6 +488,14 @@ impl Parser {
             },
             _ => None,
         };
+        let mark = match self.peek() {
+            Tok::Ident(s) if s == "save" => Some(crate::graph::Mark::Save),
+            Tok::Ident(s) if s == "recompute" => Some(crate::graph::Mark::Recompute),
+            _ => None,
+        };
+        if mark.is_some() {
+            self.bump();
+        }
         self.expect(Tok::Equals)?;
         let (op_name, op_pos) = self.ident("an op name")?;
         let mut attrs = Vec::new();
@@ -526,6 +536,7 @@ impl Parser {
             declared,
             kernel: None,
             arena,
+            mark,
             op_name,
             op_pos,
             attrs,
@@ -806,6 +817,7 @@ fn build(
                 }
                 let id = g.add_typed(op, &args, ty);
                 g.annotate(id, s.kernel, s.arena);
+                g.set_mark(id, s.mark);
                 node_of[i] = Some(id);
             }
             Err(message) => perr(&mut errors, s.op_pos, format!("`%{}`: {message}", s.name)),

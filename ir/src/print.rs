@@ -12,6 +12,7 @@
 //! Late passes add two annotations: members of a fused kernel print inside
 //! a `kernel k { … }` block, and a value placed in the arena by the memory
 //! plan prints its byte offset after its type (`%5: f32[8,4] @4096 = …`).
+//! A user's checkpointing mark prints after that (`%5: f32[8,4] save = …`).
 //!
 //! Values are numbered at print time in topological order (never from
 //! petgraph indices), attributes are sorted by key, floats print in their
@@ -100,6 +101,9 @@ impl fmt::Display for Graph {
             write!(f, "{indent}{}: {}", names[id.index()], node.ty)?;
             if let Some(offset) = node.arena {
                 write!(f, " @{offset}")?;
+            }
+            if let Some(mark) = node.mark {
+                write!(f, " {}", mark.name())?;
             }
             f.write_str(" = ")?;
             write_op_head(f, &node.op)?;

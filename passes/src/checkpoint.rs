@@ -31,7 +31,7 @@ use crate::autodiff::GradGraph;
 use crate::error::PassError;
 use crate::partition::{default_saved, Partition};
 use std::fmt::Write;
-use wengert_ir::{Graph, NodeId, Op};
+use wengert_ir::{Graph, Mark, NodeId, Op};
 
 /// A checkpointing policy.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -123,8 +123,52 @@ fn activations(gg: &GradGraph, saved: &[NodeId]) -> Vec<NodeId> {
     acts
 }
 
-/// The saved set for `policy` (ids of `gg.graph`).
+/// The saved set for `policy` (ids of `gg.graph`), then the user's marks:
+/// a value marked `save` that the backward reads is saved, a value marked
+/// `recompute` is not (see [`Var::save`](wengert_ir::Var::save)).
 pub fn choose_saved(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Vec<NodeId>, PassError> {
+    let mut saved = choose_by_policy(gg, policy)?;
+    let g = &gg.graph;
+    let marked: Vec<(NodeId, Mark)> = g.node_ids().filter_map(|id| g.node(id).mark.map(|m| (id, m))).collect();
+    if marked.is_empty() {
+        return Ok(saved);
+    }
+    // What the gradients read, transitively, if nothing were saved.
+    let mut needed = vec![false; g.len()];
+    for o in &g.outputs()[gg.primal_outputs..] {
+        needed[o.node.index()] = true;
+    }
+    for id in g.node_ids().rev() {
+        if needed[id.index()] {
+            for a in g.args(id) {
+                needed[a.index()] = true;
+            }
+        }
+    }
+    let seeds: Vec<NodeId> = g
+        .inputs()
+        .iter()
+        .filter(|i| gg.seed_inputs.contains(&i.name))
+        .map(|i| i.node)
+        .collect();
+    for (id, mark) in marked {
+        match mark {
+            Mark::Save if needed[id.index()] && !seeds.contains(&id) && !saved.contains(&id) => saved.push(id),
+            Mark::Recompute => saved.retain(|&s| s != id),
+            Mark::Save => {}
+        }
+    }
+    // Recomputation may reach any input.
+    for input in g.inputs().iter().filter(|i| !gg.seed_inputs.contains(&i.name)) {
+        if !saved.contains(&input.node) {
+            saved.push(input.node);
+        }
+    }
+    saved.sort();
+    Ok(saved)
+}
+
+fn choose_by_policy(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Vec<NodeId>, PassError> {
     let g = &gg.graph;
     let default = default_saved(gg);
     // Every input the backward might need when recomputing is available.

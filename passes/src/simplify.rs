@@ -236,7 +236,14 @@ fn simplify_once(g: &Graph) -> Result<Graph, PassError> {
             .iter()
             .map(|a| map[a.index()].expect("operands precede"))
             .collect();
-        map[id.index()] = Some(r.rewrite(g.op(id), &args)?);
+        let new = r.rewrite(g.op(id), &args)?;
+        // A user's checkpointing mark stays with the value.
+        if let Some(mark) = g.node(id).mark {
+            if !matches!(r.out.op(new), Op::Input { .. } | Op::Const { .. }) {
+                r.out.set_mark(new, Some(mark));
+            }
+        }
+        map[id.index()] = Some(new);
     }
     for o in g.outputs() {
         r.out.add_output(&o.name, map[o.node.index()].expect("mapped"))?;
