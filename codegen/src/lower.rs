@@ -310,6 +310,51 @@ impl<'m> Lowerer<'m> {
         Ok(dst)
     }
 
+    /// Fills a view with one value.
+    fn fill(&mut self, fb: &mut FunctionBuilder, out: &View, value: f64) -> Result<(), CodegenError> {
+        let mut fill = Kernel::new(&out.shape);
+        let c = fill.expr(KExpr::Const(value), out.dtype);
+        fill.store(out.ptr, out.offset, out.strides.clone(), out.dtype, c, Combine::Store);
+        self.emit_kernel(fb, fill)
+    }
+
+    /// Starts a reduction of expr `x` of kernel `k` (iterating over the
+    /// reduction's input, of rank `rank`) into `out`: fills `out` with the
+    /// identity now, and adds the accumulating store to `k`.
+    #[allow(clippy::too_many_arguments)]
+    fn reduce_into(
+        &mut self,
+        fb: &mut FunctionBuilder,
+        k: &mut Kernel,
+        x: usize,
+        rank: usize,
+        axes: &[usize],
+        out: &View,
+        is_max: bool,
+    ) -> Result<(), CodegenError> {
+        self.fill(fb, out, if is_max { f64::NEG_INFINITY } else { 0.0 })?;
+        let mut kept = 0;
+        let strides = (0..rank)
+            .map(|a| {
+                if axes.contains(&a) {
+                    0
+                } else {
+                    kept += 1;
+                    out.strides[kept - 1]
+                }
+            })
+            .collect();
+        k.store(
+            out.ptr,
+            out.offset,
+            strides,
+            out.dtype,
+            x,
+            if is_max { Combine::Max } else { Combine::Add },
+        );
+        Ok(())
+    }
+
     /// `out = a·b` (2-D or batched) by a call to the GEMM kernel with the
     /// views' strides; `out` is contiguous.
     fn gemm(&mut self, fb: &mut FunctionBuilder, a: &View, b: &View, out: &View) -> Result<(), CodegenError> {
@@ -321,10 +366,7 @@ impl<'m> Lowerer<'m> {
             return Ok(());
         }
         if kk == 0 {
-            let mut fill = Kernel::new(&out.shape);
-            let c = fill.expr(KExpr::Const(0.0), dtype);
-            fill.store(out.ptr, out.offset, out.strides.clone(), dtype, c, Combine::Store);
-            return self.emit_kernel(fb, fill);
+            return self.fill(fb, out, 0.0);
         }
         let params = Box::new(GemmParams {
             m: m as i64,
@@ -981,6 +1023,31 @@ impl<'m> Lowerer<'m> {
     }
 }
 
+/// The kernel expression of an elementwise op on operand exprs `xs`;
+/// `None` for ops that are not elementwise.
+fn elementwise_expr(op: &Op, xs: &[usize]) -> Option<KExpr> {
+    match op {
+        Op::Unary(u) => Some(KExpr::Unary(*u, xs[0])),
+        Op::Binary(b) => Some(KExpr::Binary(*b, xs[0], xs[1])),
+        Op::Pow { exponent } => Some(KExpr::Pow(*exponent, xs[0])),
+        Op::Compare(c) => Some(KExpr::Cmp(*c, xs[0], xs[1])),
+        Op::Select => Some(KExpr::Select(xs[0], xs[1], xs[2])),
+        Op::Convert { .. } => Some(KExpr::Convert(xs[0])),
+        Op::Input { .. }
+        | Op::Const { .. }
+        | Op::Broadcast { .. }
+        | Op::Reshape { .. }
+        | Op::Transpose { .. }
+        | Op::ReduceSum { .. }
+        | Op::ReduceMax { .. }
+        | Op::MatMul
+        | Op::Slice { .. }
+        | Op::Pad { .. }
+        | Op::Concat { .. }
+        | Op::SoftmaxCrossEntropy => None,
+    }
+}
+
 /// Result of lowering one graph.
 pub struct Lowered {
     pub arena_bytes: usize,
@@ -1148,14 +1215,7 @@ pub fn lower_graph(
                 }
             }
             op @ (Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. }) => {
-                let kexpr = |xs: &[usize]| match op {
-                    Op::Unary(u) => KExpr::Unary(*u, xs[0]),
-                    Op::Binary(b) => KExpr::Binary(*b, xs[0], xs[1]),
-                    Op::Pow { exponent } => KExpr::Pow(*exponent, xs[0]),
-                    Op::Compare(c) => KExpr::Cmp(*c, xs[0], xs[1]),
-                    Op::Select => KExpr::Select(xs[0], xs[1], xs[2]),
-                    _ => KExpr::Convert(xs[0]),
-                };
+                let kexpr = |xs: &[usize]| elementwise_expr(op, xs).expect("an elementwise op");
                 let arg_dtypes: Vec<DType> = args.iter().map(|&a| g.ty(a).dtype).collect();
                 if one {
                     let vals: Vec<Value> = arg_locs.iter().map(|l| lw.scalar_of(fb, l)).collect();
@@ -1256,32 +1316,9 @@ pub fn lower_graph(
                 let out = fresh(&mut lw, fb);
                 let in_ty = g.ty(args[0]).clone();
                 // Initialize, then accumulate over the input.
-                let init = if is_max { f64::NEG_INFINITY } else { 0.0 };
-                let mut fill = Kernel::new(&ty.shape);
-                let c = fill.expr(KExpr::Const(init), ty.dtype);
-                fill.store(out.ptr, 0, out.strides.clone(), ty.dtype, c, Combine::Store);
-                lw.emit_kernel(fb, fill)?;
                 let mut k = Kernel::new(&in_ty.shape);
                 let x = lw.operand(&mut k, &arg_locs[0], in_ty.dtype);
-                let mut kept = 0;
-                let strides = (0..in_ty.rank())
-                    .map(|a| {
-                        if axes.contains(&a) {
-                            0
-                        } else {
-                            kept += 1;
-                            out.strides[kept - 1]
-                        }
-                    })
-                    .collect();
-                k.store(
-                    out.ptr,
-                    0,
-                    strides,
-                    ty.dtype,
-                    x,
-                    if is_max { Combine::Max } else { Combine::Add },
-                );
+                lw.reduce_into(fb, &mut k, x, in_ty.rank(), axes, &out, is_max)?;
                 lw.emit_kernel(fb, k)?;
                 if one && dest[id.index()].is_none() {
                     Loc::Reg(lw.load_at(fb, &out, 0))
@@ -1303,10 +1340,7 @@ pub fn lower_graph(
             }
             Op::Pad { low, .. } => {
                 let out = fresh(&mut lw, fb);
-                let mut fill = Kernel::new(&ty.shape);
-                let c = fill.expr(KExpr::Const(0.0), ty.dtype);
-                fill.store(out.ptr, 0, out.strides.clone(), ty.dtype, c, Combine::Store);
-                lw.emit_kernel(fb, fill)?;
+                lw.fill(fb, &out, 0.0)?;
                 let in_shape = g.ty(args[0]).shape.clone();
                 let offset: isize = low.iter().zip(&out.strides).map(|(&l, &s)| l as isize * s).sum();
                 let interior = View {
@@ -1424,31 +1458,11 @@ fn lower_fused(
             let vals: Vec<Value> = arg_locs.iter().map(|l| lw.scalar_of(fb, l)).collect();
             let arg_dtypes: Vec<DType> = args.iter().map(|&a| g.ty(a).dtype).collect();
             let ty = g.ty(m);
-            let e = match g.op(m) {
-                Op::Unary(u) => KExpr::Unary(*u, 0),
-                Op::Binary(b) => KExpr::Binary(*b, 0, 1),
-                Op::Pow { exponent } => KExpr::Pow(*exponent, 0),
-                Op::Compare(c) => KExpr::Cmp(*c, 0, 1),
-                Op::Select => KExpr::Select(0, 1, 2),
-                Op::Convert { .. } => KExpr::Convert(0),
-                Op::Input { .. }
-                | Op::Const { .. }
-                | Op::Broadcast { .. }
-                | Op::Reshape { .. }
-                | Op::Transpose { .. }
-                | Op::ReduceSum { .. }
-                | Op::ReduceMax { .. }
-                | Op::MatMul
-                | Op::Slice { .. }
-                | Op::Pad { .. }
-                | Op::Concat { .. }
-                | Op::SoftmaxCrossEntropy => {
-                    return Err(CodegenError::Unsupported {
-                        node: g.value_name(m),
-                        message: format!("`{}` cannot be a member of a scalar kernel", g.op(m).name()),
-                    })
-                }
-            };
+            let xs: Vec<usize> = (0..vals.len()).collect();
+            let e = elementwise_expr(g.op(m), &xs).ok_or_else(|| CodegenError::Unsupported {
+                node: g.value_name(m),
+                message: format!("`{}` cannot be a member of a scalar kernel", g.op(m).name()),
+            })?;
             let v = lw.eval(fb, e, ty.dtype, &arg_dtypes, &vals, mem_type(ty.dtype));
             locs[m.index()] = Some(Loc::Reg(v));
         }
@@ -1473,55 +1487,19 @@ fn lower_fused(
             xs.push(e);
         }
         let ty = g.ty(m).clone();
-        let e = match g.op(m) {
-            Op::Unary(u) => Some(KExpr::Unary(*u, xs[0])),
-            Op::Binary(b) => Some(KExpr::Binary(*b, xs[0], xs[1])),
-            Op::Pow { exponent } => Some(KExpr::Pow(*exponent, xs[0])),
-            Op::Compare(c) => Some(KExpr::Cmp(*c, xs[0], xs[1])),
-            Op::Select => Some(KExpr::Select(xs[0], xs[1], xs[2])),
-            Op::Convert { .. } => Some(KExpr::Convert(xs[0])),
-            Op::ReduceSum { axes } | Op::ReduceMax { axes } => {
+        let e = match (g.op(m), elementwise_expr(g.op(m), &xs)) {
+            (_, Some(e)) => Some(e),
+            (Op::ReduceSum { axes } | Op::ReduceMax { axes }, None) => {
                 let is_max = matches!(g.op(m), Op::ReduceMax { .. });
                 let out = place(lw, fb, m);
-                let mut fill = Kernel::new(&ty.shape);
-                let c = fill.expr(KExpr::Const(if is_max { f64::NEG_INFINITY } else { 0.0 }), ty.dtype);
-                fill.store(out.ptr, 0, out.strides.clone(), ty.dtype, c, Combine::Store);
-                lw.emit_kernel(fb, fill)?;
-                let mut kept = 0;
-                let strides = (0..shape.len())
-                    .map(|a| {
-                        if axes.contains(&a) {
-                            0
-                        } else {
-                            kept += 1;
-                            out.strides[kept - 1]
-                        }
-                    })
-                    .collect();
-                k.store(
-                    out.ptr,
-                    0,
-                    strides,
-                    ty.dtype,
-                    xs[0],
-                    if is_max { Combine::Max } else { Combine::Add },
-                );
+                lw.reduce_into(fb, &mut k, xs[0], shape.len(), axes, &out, is_max)?;
                 outputs.push((m, out));
                 None
             }
-            Op::Input { .. }
-            | Op::Const { .. }
-            | Op::Broadcast { .. }
-            | Op::Reshape { .. }
-            | Op::Transpose { .. }
-            | Op::MatMul
-            | Op::Slice { .. }
-            | Op::Pad { .. }
-            | Op::Concat { .. }
-            | Op::SoftmaxCrossEntropy => {
+            (op, None) => {
                 return Err(CodegenError::Unsupported {
                     node: g.value_name(m),
-                    message: format!("`{}` cannot be a member of a fused kernel", g.op(m).name()),
+                    message: format!("`{}` cannot be a member of a fused kernel", op.name()),
                 })
             }
         };
@@ -1593,10 +1571,7 @@ fn lower_softmax_xent(
         })
     };
     for (buf, init) in [(&m, f64::NEG_INFINITY), (&s, 0.0), (&loss, 0.0)] {
-        let mut fill = Kernel::new(&buf.shape);
-        let c = fill.expr(KExpr::Const(init), dt);
-        fill.store(buf.ptr, 0, vec![1], dt, c, Combine::Store);
-        lw.emit_kernel(fb, fill)?;
+        lw.fill(fb, buf, init)?;
     }
     // m = max over the row.
     let mut k = Kernel::new(&shape2);

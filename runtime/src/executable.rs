@@ -35,6 +35,31 @@ fn same_shape(a: &[usize], b: &[usize]) -> bool {
 /// The native signature of a compiled graph.
 pub type EntryFn = unsafe extern "C" fn(*const *mut u8);
 
+/// Calls `entry` on `ptrs`, whose last slot receives this thread's arena
+/// (grown to `arena_bytes` if needed; left null when none is needed).
+///
+/// # Safety
+/// `ptrs` must hold valid buffers of the types `entry` was compiled for.
+#[inline]
+unsafe fn run_entry(entry: EntryFn, ptrs: &mut [*mut u8], arena_bytes: usize) {
+    let last = ptrs.len() - 1;
+    if arena_bytes == 0 {
+        ptrs[last] = std::ptr::null_mut();
+        // SAFETY: per the caller; the code never reads the arena slot.
+        return unsafe { entry(ptrs.as_ptr()) };
+    }
+    ARENA.with(|arena| {
+        let mut arena = arena.borrow_mut();
+        let lines = arena_bytes.div_ceil(64);
+        if arena.len() < lines {
+            arena.resize(lines, Line([0; 64]));
+        }
+        ptrs[last] = arena.as_mut_ptr() as *mut u8;
+        // SAFETY: per the caller, and the arena holds `arena_bytes`.
+        unsafe { entry(ptrs.as_ptr()) }
+    })
+}
+
 /// One cache line of arena storage (keeps the arena 64-byte aligned).
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -226,25 +251,9 @@ impl Executable {
         for (p, t) in ptrs[inputs.len()..].iter_mut().zip(outputs.iter_mut()) {
             *p = t.as_mut_ptr();
         }
-        let run = |ptrs: &mut [*mut u8], arena: *mut u8| {
-            ptrs[count - 1] = arena;
-            // SAFETY: inputs and outputs were checked against the types the
-            // code was compiled for, the arena holds `arena_bytes`, and the
-            // code (kept alive by `_code`) touches nothing else.
-            unsafe { (self.entry)(ptrs.as_ptr()) }
-        };
-        if self.arena_bytes == 0 {
-            run(ptrs, std::ptr::null_mut());
-        } else {
-            ARENA.with(|arena| {
-                let mut arena = arena.borrow_mut();
-                let lines = self.arena_bytes.div_ceil(64);
-                if arena.len() < lines {
-                    arena.resize(lines, Line([0; 64]));
-                }
-                run(ptrs, arena.as_mut_ptr() as *mut u8);
-            });
-        }
+        // SAFETY: inputs and outputs were checked against the types the code
+        // was compiled for; `run_entry` provides an arena of `arena_bytes`.
+        unsafe { run_entry(self.entry, ptrs, self.arena_bytes) };
         Ok(())
     }
 }
@@ -285,30 +294,10 @@ impl Bound<'_> {
     /// Runs the code on the bound inputs, into the bound outputs.
     #[inline]
     pub fn run(&mut self) {
-        let count = self.ptrs.len();
-        let exe = self.exe;
-        let ptrs = &mut self.ptrs;
-        let run = |ptrs: &mut Vec<*mut u8>, arena: *mut u8| {
-            ptrs[count - 1] = arena;
-            // SAFETY: the buffers were checked against the compiled types
-            // when bound and cannot change type since (only their elements
-            // are reachable mutably), and the arena holds `arena_bytes`.
-            unsafe { (exe.entry)(ptrs.as_ptr()) }
-        };
-        if exe.arena_bytes == 0 {
-            // The arena slot stays null: the code never reads it.
-            // SAFETY: as above.
-            unsafe { (exe.entry)(ptrs.as_ptr()) }
-        } else {
-            ARENA.with(|arena| {
-                let mut arena = arena.borrow_mut();
-                let lines = exe.arena_bytes.div_ceil(64);
-                if arena.len() < lines {
-                    arena.resize(lines, Line([0; 64]));
-                }
-                run(ptrs, arena.as_mut_ptr() as *mut u8);
-            });
-        }
+        // SAFETY: the buffers were checked against the compiled types when
+        // bound and cannot change type since (only their elements are
+        // reachable mutably).
+        unsafe { run_entry(self.exe.entry, &mut self.ptrs, self.exe.arena_bytes) }
     }
 
     pub fn inputs(&self) -> &[Tensor] {
