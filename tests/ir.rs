@@ -619,3 +619,41 @@ fn dot_export_names_ops_and_shapes() {
     assert!(dot.contains("n0 -> n3 [label=\"0\"];"));
     assert!(dot.contains("\"out:Y\""));
 }
+
+#[test]
+fn huge_shapes_are_errors_not_crashes() {
+    let err = parse(
+        "graph @f(%x: f32[99999999999,99999999999]) -> (y: f32[]) {\n  %y = reduce_sum[axes=(0, 1)] %x\n  return %y\n}",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("1:14: f32[99999999999,99999999999] has more elements"),
+        "{err}"
+    );
+    let b = GraphBuilder::new("huge");
+    let x = b.input("x", DType::F32, &[1 << 30, 1 << 30]);
+    assert!(b
+        .build(&[("x", x)])
+        .unwrap_err()
+        .to_string()
+        .contains("more elements than a tensor may hold"));
+    let b = GraphBuilder::new("huge");
+    let x = b.input("x", DType::F32, &[4]);
+    let y = x.broadcast_to(&[1 << 30, 1 << 30, 4]);
+    assert!(b
+        .build(&[("y", y)])
+        .unwrap_err()
+        .to_string()
+        .contains("more elements than a tensor may hold"));
+}
+
+#[test]
+fn eval_op_checks_operand_types() {
+    // Mismatched operands are an error, never a read past a buffer.
+    let a = Tensor::from_vec(vec![2], vec![1.0f32, 2.0]).unwrap();
+    let b = Tensor::from_vec(vec![2], vec![1.0f64, 2.0]).unwrap();
+    let ty = TensorType::new(DType::F64, vec![2]);
+    let err = wengert::ir::interp::eval_op(&Op::Binary(BinaryOp::Add), &[&a, &b], &ty).unwrap_err();
+    assert!(err.contains("different dtypes"), "{err}");
+}

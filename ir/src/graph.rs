@@ -202,6 +202,12 @@ impl Graph {
         if self.input(name).is_some() {
             return Err(IrError::Graph(format!("input `{name}` is declared twice")));
         }
+        if crate::types::checked_elements(&ty.shape).is_none() {
+            return Err(IrError::Graph(format!(
+                "input `{name}` has shape {:?}, more elements than a tensor may hold",
+                ty.shape
+            )));
+        }
         let index = self.inputs.len();
         let node = self.dag.add_node(Node::new(Op::Input { index }, ty.clone()));
         self.inputs.push(Input {

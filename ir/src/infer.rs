@@ -36,8 +36,21 @@ pub fn broadcast_compatible(from: &[usize], to: &[usize]) -> bool {
     from.len() <= to.len() && from.iter().rev().zip(to.iter().rev()).all(|(&f, &t)| f == t || f == 1)
 }
 
-/// Infers the result type of `op` applied to operands of types `args`.
+/// Infers the result type of `op` applied to operands of types `args`,
+/// rejecting results with more than [`crate::types::MAX_ELEMENTS`] elements.
 pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
+    let ty = infer_unchecked(op, args)?;
+    if crate::types::checked_elements(&ty.shape).is_none() {
+        return Err(format!(
+            "`{}` would produce {:?}, more elements than a tensor may hold",
+            op.name(),
+            ty.shape
+        ));
+    }
+    Ok(ty)
+}
+
+fn infer_unchecked(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
     if let Some(n) = op.arity() {
         if args.len() != n {
             return Err(format!("`{}` takes {n} operand(s), got {}", op.name(), args.len()));
@@ -98,7 +111,7 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
             Ok(TensorType::new(args[0].dtype, shape.clone()))
         }
         Op::Reshape { shape } => {
-            if num_elements(shape) != args[0].num_elements() {
+            if crate::types::checked_elements(shape) != Some(args[0].num_elements()) {
                 return Err(format!(
                     "cannot reshape {} ({} elements) to {:?} ({} elements)",
                     args[0],

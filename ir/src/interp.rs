@@ -326,8 +326,16 @@ fn softmax_cross_entropy<T: Element + Float>(z: &[T], t: &[T], k: usize) -> T {
     total / T::from(rows.max(1)).unwrap_or_else(T::one)
 }
 
-/// Evaluates one op on its operand values; `ty` is the node's type.
+/// Evaluates one op on its operand values; `ty` is the node's type. The
+/// operands' types are checked against the op's shape rule first.
 pub fn eval_op(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Tensor, String> {
+    if !matches!(op, Op::Input { .. }) {
+        let tys: Vec<&TensorType> = args.iter().map(|t| t.ty()).collect();
+        let inferred = crate::infer::infer(op, &tys)?;
+        if inferred != *ty {
+            return Err(format!("`{}` computes {inferred}, not {ty}", op.name()));
+        }
+    }
     Ok(match op {
         Op::Input { .. } => return Err("inputs are not evaluated by eval_op".into()),
         Op::Const { value } => value.clone(),

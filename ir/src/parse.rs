@@ -311,6 +311,19 @@ impl Parser {
     }
 
     fn ty(&mut self) -> PResult<TensorType> {
+        let start = self.pos();
+        let ty = self.ty_unchecked()?;
+        if crate::types::checked_elements(&ty.shape).is_none() {
+            return Err(IrError::parse(
+                start.line,
+                start.col,
+                format!("{ty} has more elements than a tensor may hold"),
+            ));
+        }
+        Ok(ty)
+    }
+
+    fn ty_unchecked(&mut self) -> PResult<TensorType> {
         let (name, pos) = self.ident("a type like `f32[3,4]`")?;
         let dtype = DType::from_name(&name).ok_or_else(|| {
             IrError::parse(

@@ -66,7 +66,7 @@ impl Tensor {
     /// A tensor from a shape and a slice of elements in row-major order.
     pub fn from_slice<T: Element>(shape: impl Into<Vec<usize>>, data: &[T]) -> Result<Tensor, IrError> {
         let shape = shape.into();
-        let n = num_elements(&shape);
+        let n = crate::types::checked_elements(&shape).unwrap_or(usize::MAX);
         if n != data.len() {
             return Err(IrError::Tensor(format!(
                 "shape {:?} holds {n} elements but {} were given",
@@ -202,17 +202,18 @@ impl Tensor {
         out
     }
 
-    /// Typed view; callers guarantee `T::DTYPE == self.dtype()`.
+    /// Typed view. The dtype check is a hard assertion: reading a buffer
+    /// as a wider element type would read past its end.
     pub(crate) fn data<T: Element>(&self) -> &[T] {
-        debug_assert_eq!(T::DTYPE, self.ty.dtype);
+        assert_eq!(T::DTYPE, self.ty.dtype, "tensor element type");
         // SAFETY: the buffer is 64-byte aligned, holds `len * size_of::<T>()`
         // initialized bytes, and every bit pattern is a valid `T`.
         unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const T, self.len()) }
     }
 
-    /// Typed mutable view; callers guarantee `T::DTYPE == self.dtype()`.
+    /// Typed mutable view (the dtype check as in `data`).
     pub(crate) fn data_mut<T: Element>(&mut self) -> &mut [T] {
-        debug_assert_eq!(T::DTYPE, self.ty.dtype);
+        assert_eq!(T::DTYPE, self.ty.dtype, "tensor element type");
         let n = self.len();
         // SAFETY: as in `data`, and we hold the only reference.
         unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut T, n) }

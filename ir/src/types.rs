@@ -70,6 +70,19 @@ pub fn num_elements(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
+/// The largest number of elements a tensor may have (2^40): shapes beyond
+/// it are rejected as errors rather than overflowing or aborting on
+/// allocation.
+pub const MAX_ELEMENTS: usize = 1 << 40;
+
+/// Number of elements of a shape if it is at most [`MAX_ELEMENTS`].
+pub fn checked_elements(shape: &[usize]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+}
+
 /// Row-major strides of a shape, in elements.
 pub fn row_major_strides(shape: &[usize]) -> Vec<usize> {
     let mut strides = vec![0; shape.len()];
