@@ -13,6 +13,8 @@
 //!   are recomputed segment by segment from the last kept one (Chen et
 //!   al.). `Sqrt` takes ⌊√n⌋ segments of ⌈n/⌊√n⌋⌉ states: for the seed's
 //!   eight-layer chain it keeps h0 (an input), h4 and h8, as in case 9.
+//! - `MinCut`: a minimum cut of the joint graph weighted by bytes, with
+//!   matmuls and reductions never recomputed ([`min_cut_saved`]).
 //! - `Budget(bytes)`: the shortest segments whose saved activations fit in
 //!   `bytes`, but no longer than the √n segments that minimize peak memory
 //!   (so a budget below that saves what √n saves, over budget, and the
@@ -41,6 +43,9 @@ pub enum CheckpointPolicy {
     Sqrt,
     Segments(usize),
     Budget(usize),
+    /// Saved values chosen by a minimum cut of the joint graph weighted by
+    /// bytes (see [`min_cut_saved`]).
+    MinCut,
 }
 
 impl CheckpointPolicy {
@@ -49,13 +54,14 @@ impl CheckpointPolicy {
     pub fn parse(text: &str) -> Result<CheckpointPolicy, PassError> {
         let bad = || {
             PassError::Pipeline(format!(
-                "unknown checkpoint policy `{text}` (use all, sqrt, segments=K or budget=BYTES like budget=2MiB)"
+                "unknown checkpoint policy `{text}` (use all, sqrt, mincut, segments=K or budget=BYTES like budget=2MiB)"
             ))
         };
         let t = text.trim();
         match t {
             "all" => return Ok(CheckpointPolicy::SaveAll),
             "sqrt" => return Ok(CheckpointPolicy::Sqrt),
+            "mincut" | "min-cut" => return Ok(CheckpointPolicy::MinCut),
             _ => {}
         }
         if let Some(k) = t.strip_prefix("segments=") {
@@ -200,6 +206,7 @@ fn choose_by_policy(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Vec<Nod
             let k = ((n as f64).sqrt().floor() as usize).max(1);
             segments(n.div_ceil(k))
         }
+        CheckpointPolicy::MinCut => min_cut_saved(gg),
         CheckpointPolicy::Budget(bytes) => {
             // Keep every len-th activation with the smallest len whose saved
             // bytes fit, but never a longer segment than the one that
@@ -220,6 +227,143 @@ fn choose_by_policy(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Vec<Nod
             segments(len)
         }
     })
+}
+
+/// Whether the backward may recompute this op rather than have it saved:
+/// never a matmul or a reduction (expensive, and what they save is small).
+fn recomputable(op: &Op) -> bool {
+    match op {
+        Op::MatMul | Op::ReduceSum { .. } | Op::ReduceMax { .. } | Op::SoftmaxCrossEntropy => false,
+        Op::Input { .. }
+        | Op::Const { .. }
+        | Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Pow { .. }
+        | Op::Compare(_)
+        | Op::Select
+        | Op::Convert { .. }
+        | Op::Broadcast { .. }
+        | Op::Reshape { .. }
+        | Op::Transpose { .. }
+        | Op::Slice { .. }
+        | Op::Pad { .. }
+        | Op::Concat { .. } => true,
+    }
+}
+
+/// The saved set of a minimum cut (as PyTorch's partitioner does): every
+/// forward value `v` becomes an edge `v_in → v_out` whose capacity is its
+/// size in bytes (the cost of saving it; 0 for inputs, which exist
+/// anyway); uses are infinite edges; the source feeds the inputs and every
+/// value the backward may not recompute (matmuls, reductions); every value
+/// the backward reads feeds the sink. The cut edges are the values to
+/// save; everything on the sink side is recomputed from them. ReLU-style
+/// masks count as forward values of one byte per element, so the cut
+/// prefers them to their float operands.
+pub fn min_cut_saved(gg: &GradGraph) -> Vec<NodeId> {
+    use petgraph::algo::dinics;
+    let g = &gg.graph;
+    let n = g.len();
+    let default = default_saved(gg);
+    // Forward values: needed by the primal outputs; plus masks the default
+    // policy would compute in the forward.
+    let mut primal = vec![false; n];
+    for o in &g.outputs()[..gg.primal_outputs] {
+        primal[o.node.index()] = true;
+    }
+    for id in g.node_ids().rev() {
+        if primal[id.index()] {
+            for a in g.args(id) {
+                primal[a.index()] = true;
+            }
+        }
+    }
+    let mut constant = vec![false; n];
+    for id in g.node_ids() {
+        constant[id.index()] = match g.op(id) {
+            Op::Const { .. } => true,
+            Op::Input { .. } => false,
+            _ => g.args(id).iter().all(|a| constant[a.index()]),
+        };
+    }
+    let mut forward = primal.clone();
+    for &d in &default {
+        forward[d.index()] = true; // masks computed in the forward
+    }
+    let seeds: Vec<NodeId> = g
+        .inputs()
+        .iter()
+        .filter(|i| gg.seed_inputs.contains(&i.name))
+        .map(|i| i.node)
+        .collect();
+    const INF: u64 = u64::MAX / 4;
+    let mut net: petgraph::Graph<(), u64> = petgraph::Graph::new();
+    let source = net.add_node(());
+    let sink = net.add_node(());
+    let mut port: Vec<Option<(petgraph::graph::NodeIndex, petgraph::graph::NodeIndex)>> = vec![None; n];
+    let mut cut_edge = Vec::new();
+    for id in g.node_ids() {
+        if !forward[id.index()] || constant[id.index()] || seeds.contains(&id) {
+            continue;
+        }
+        let (vin, vout) = (net.add_node(()), net.add_node(()));
+        let is_input = matches!(g.op(id), Op::Input { .. });
+        let cost = if is_input { 0 } else { g.ty(id).size_bytes() as u64 };
+        cut_edge.push((id, net.add_edge(vin, vout, cost)));
+        if is_input || !recomputable(g.op(id)) {
+            net.add_edge(source, vin, INF);
+        }
+        for a in g.args(id) {
+            if let Some((_, aout)) = port[a.index()] {
+                net.add_edge(aout, vin, INF);
+            }
+        }
+        port[id.index()] = Some((vin, vout));
+    }
+    // What the backward reads: forward values used by non-forward nodes.
+    for id in g.node_ids().filter(|id| !forward[id.index()]) {
+        for a in g.args(id) {
+            if let Some((_, aout)) = port[a.index()] {
+                net.add_edge(aout, sink, INF);
+            }
+        }
+    }
+    let (_, flows) = dinics(&net, source, sink);
+    // Residual reachability from the source.
+    let mut reach = vec![false; net.node_count()];
+    let mut stack = vec![source];
+    reach[source.index()] = true;
+    while let Some(v) = stack.pop() {
+        use petgraph::visit::EdgeRef;
+        for e in net.edges_directed(v, petgraph::Direction::Outgoing) {
+            if flows[e.id().index()] < *e.weight() && !reach[e.target().index()] {
+                reach[e.target().index()] = true;
+                stack.push(e.target());
+            }
+        }
+        for e in net.edges_directed(v, petgraph::Direction::Incoming) {
+            if flows[e.id().index()] > 0 && !reach[e.source().index()] {
+                reach[e.source().index()] = true;
+                stack.push(e.source());
+            }
+        }
+    }
+    let mut saved: Vec<NodeId> = cut_edge
+        .into_iter()
+        .filter(|&(_, e)| {
+            let (a, b) = net.edge_endpoints(e).expect("edge exists");
+            reach[a.index()] && !reach[b.index()]
+        })
+        .map(|(id, _)| id)
+        .collect();
+    // Inputs cut at no cost are simply available.
+    for input in g.inputs().iter().filter(|i| !gg.seed_inputs.contains(&i.name)) {
+        if !saved.contains(&input.node) {
+            saved.push(input.node);
+        }
+    }
+    saved.sort();
+    saved
 }
 
 /// What a partition saves and recomputes.
