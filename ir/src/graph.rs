@@ -368,20 +368,24 @@ impl Graph {
         Ok((out, map))
     }
 
-    /// Marks every node that some output depends on (inputs excluded from
-    /// the requirement but marked when reached).
-    pub fn live_nodes(&self) -> Vec<bool> {
-        let mut live = vec![false; self.len()];
-        for o in &self.outputs {
-            live[o.node.index()] = true;
+    /// Marks `roots` and every node they depend on, indexed by node.
+    pub fn ancestors(&self, roots: impl IntoIterator<Item = NodeId>) -> Vec<bool> {
+        let mut marked = vec![false; self.len()];
+        for r in roots {
+            marked[r.index()] = true;
         }
         for id in self.node_ids().rev() {
-            if live[id.index()] {
+            if marked[id.index()] {
                 for a in self.args(id) {
-                    live[a.index()] = true;
+                    marked[a.index()] = true;
                 }
             }
         }
-        live
+        marked
+    }
+
+    /// Marks every node that some output depends on.
+    pub fn live_nodes(&self) -> Vec<bool> {
+        self.ancestors(self.outputs.iter().map(|o| o.node))
     }
 }

@@ -223,6 +223,15 @@ pub fn autodiff(g: &Graph, wrt: &[&str], seeds: &[(&str, Seed)]) -> Result<GradG
     })
 }
 
+impl GradGraph {
+    /// The forward nodes: those the original (primal) outputs depend on,
+    /// indexed by node. This holds however later passes renumber the graph.
+    pub fn primal_mask(&self) -> Vec<bool> {
+        self.graph
+            .ancestors(self.graph.outputs()[..self.primal_outputs].iter().map(|o| o.node))
+    }
+}
+
 /// `adj[v] += c`: the first contribution is taken as is, later ones added.
 fn accumulate(joint: &mut Graph, adj: &mut [Option<NodeId>], v: NodeId, c: NodeId) -> Result<(), PassError> {
     adj[v.index()] = Some(match adj[v.index()] {

@@ -140,17 +140,7 @@ pub fn choose_saved(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Vec<Nod
         return Ok(saved);
     }
     // What the gradients read, transitively, if nothing were saved.
-    let mut needed = vec![false; g.len()];
-    for o in &g.outputs()[gg.primal_outputs..] {
-        needed[o.node.index()] = true;
-    }
-    for id in g.node_ids().rev() {
-        if needed[id.index()] {
-            for a in g.args(id) {
-                needed[a.index()] = true;
-            }
-        }
-    }
+    let needed = g.ancestors(g.outputs()[gg.primal_outputs..].iter().map(|o| o.node));
     let seeds: Vec<NodeId> = g
         .inputs()
         .iter()
@@ -267,17 +257,7 @@ pub fn min_cut_saved(gg: &GradGraph) -> Vec<NodeId> {
     let default = default_saved(gg);
     // Forward values: needed by the primal outputs; plus masks the default
     // policy would compute in the forward.
-    let mut primal = vec![false; n];
-    for o in &g.outputs()[..gg.primal_outputs] {
-        primal[o.node.index()] = true;
-    }
-    for id in g.node_ids().rev() {
-        if primal[id.index()] {
-            for a in g.args(id) {
-                primal[a.index()] = true;
-            }
-        }
-    }
+    let primal = gg.primal_mask();
     let mut constant = vec![false; n];
     for id in g.node_ids() {
         constant[id.index()] = match g.op(id) {
@@ -392,17 +372,7 @@ pub fn explain(gg: &GradGraph, p: &Partition) -> Explanation {
     let saved_nodes: Vec<NodeId> = p.residuals.iter().map(|r| r.node).collect();
     // Recomputed: forward nodes (needed by the outputs) that the backward
     // computes.
-    let mut primal = vec![false; g.len()];
-    for o in &g.outputs()[..gg.primal_outputs] {
-        primal[o.node.index()] = true;
-    }
-    for id in g.node_ids().rev() {
-        if primal[id.index()] {
-            for a in g.args(id) {
-                primal[a.index()] = true;
-            }
-        }
-    }
+    let primal = gg.primal_mask();
     let mut needed = vec![false; g.len()];
     for o in &g.outputs()[gg.primal_outputs..] {
         needed[o.node.index()] = true;

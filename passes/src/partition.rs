@@ -68,21 +68,8 @@ struct Classes {
 fn classify(gg: &GradGraph) -> Classes {
     let j = &gg.graph;
     let n = j.len();
-    // Forward (primal) nodes are those the original outputs need; this
-    // holds however later passes renumber the graph.
-    let mut primal = vec![false; n];
-    for o in &j.outputs()[..gg.primal_outputs] {
-        primal[o.node.index()] = true;
-    }
-    for id in j.node_ids().rev() {
-        if primal[id.index()] {
-            for a in j.args(id) {
-                primal[a.index()] = true;
-            }
-        }
-    }
     let mut c = Classes {
-        primal,
+        primal: gg.primal_mask(),
         seed: vec![false; n],
         constant: vec![false; n],
         seed_dependent: vec![false; n],
@@ -217,20 +204,12 @@ pub fn partition(gg: &GradGraph, saved: Option<&[NodeId]>) -> Result<Partition, 
         }
     }
     // What the forward computes: the primal outputs and the saved values.
-    let mut in_forward = vec![false; j.len()];
-    for o in &j.outputs()[..gg.primal_outputs] {
-        in_forward[o.node.index()] = true;
-    }
-    for &s in &saved {
-        in_forward[s.index()] = true;
-    }
-    for id in j.node_ids().rev() {
-        if in_forward[id.index()] {
-            for a in j.args(id) {
-                in_forward[a.index()] = true;
-            }
-        }
-    }
+    let in_forward = j.ancestors(
+        j.outputs()[..gg.primal_outputs]
+            .iter()
+            .map(|o| o.node)
+            .chain(saved.iter().copied()),
+    );
 
     let residuals: Vec<Residual> = saved
         .iter()
