@@ -122,7 +122,7 @@ fn checkpoint_chain(c: &mut Criterion) {
         group.bench_function(label, |b| {
             b.iter(|| {
                 f.forward_into(black_box(&refs), &mut buffers).unwrap();
-                f.backward_into(&[], &mut buffers).unwrap();
+                f.backward_into(&refs, &[], &mut buffers).unwrap();
             })
         });
     }

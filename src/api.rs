@@ -306,15 +306,55 @@ impl GradFn {
         Ok((all, Residuals { owner: self.id, values }))
     }
 
-    /// Runs the backward half on saved values and the seed inputs (none
-    /// for a scalar loss); returns the gradients.
-    pub fn backward(&self, residuals: &Residuals, seeds: &[&Tensor]) -> Result<Vec<Tensor>, Error> {
+    /// The backward's inputs: the primal inputs it reads (picked from the
+    /// `inputs` given to the forward), the saved values, the seeds.
+    fn backward_args<'a>(
+        &self,
+        inputs: &[&'a Tensor],
+        residuals: &'a Residuals,
+        seeds: &[&'a Tensor],
+    ) -> Result<Vec<&'a Tensor>, Error> {
         if residuals.owner != self.id {
             return Err(RuntimeError::Other("these residuals were made by another gradient function".into()).into());
         }
-        let mut inputs: Vec<&Tensor> = residuals.values.iter().collect();
-        inputs.extend_from_slice(seeds);
-        Ok(self.backward_executable()?.call(&inputs)?)
+        let primal = self
+            .grad
+            .graph
+            .inputs()
+            .iter()
+            .filter(|i| !self.grad.seed_inputs.contains(&i.name));
+        let names: Vec<&str> = primal.map(|i| i.name.as_str()).collect();
+        if inputs.len() != names.len() {
+            return Err(RuntimeError::Other(format!(
+                "backward takes the {} primal input(s) given to the forward ({}), got {}",
+                names.len(),
+                names.join(", "),
+                inputs.len()
+            ))
+            .into());
+        }
+        let mut args: Vec<&Tensor> = self
+            .partition
+            .backward_inputs
+            .iter()
+            .map(|n| {
+                inputs[names
+                    .iter()
+                    .position(|m| m == n)
+                    .expect("backward inputs are primal inputs")]
+            })
+            .collect();
+        args.extend(residuals.values.iter());
+        args.extend_from_slice(seeds);
+        Ok(args)
+    }
+
+    /// Runs the backward half on the primal inputs given to the forward,
+    /// the values it saved, and the seed inputs (none for a scalar loss);
+    /// returns the gradients. Inputs are read in place, never saved.
+    pub fn backward(&self, inputs: &[&Tensor], residuals: &Residuals, seeds: &[&Tensor]) -> Result<Vec<Tensor>, Error> {
+        let args = self.backward_args(inputs, residuals, seeds)?;
+        Ok(self.backward_executable()?.call(&args)?)
     }
 
     /// Buffers for [`GradFn::forward_into`] and [`GradFn::backward_into`]:
@@ -354,15 +394,11 @@ impl GradFn {
     }
 
     /// The backward half from the buffers' residuals into their gradients
-    /// (no allocation).
-    pub fn backward_into(&self, seeds: &[&Tensor], buffers: &mut StepBuffers) -> Result<(), Error> {
-        if buffers.residuals.owner != self.id {
-            return Err(RuntimeError::Other("these buffers were made by another gradient function".into()).into());
-        }
+    /// (no allocation); `inputs` are the primal inputs given to the forward.
+    pub fn backward_into(&self, inputs: &[&Tensor], seeds: &[&Tensor], buffers: &mut StepBuffers) -> Result<(), Error> {
         let exe = self.backward_executable()?;
-        let mut inputs: Vec<&Tensor> = buffers.residuals.values.iter().collect();
-        inputs.extend_from_slice(seeds);
-        Ok(exe.call_into(&inputs, &mut buffers.grads)?)
+        let args = self.backward_args(inputs, &buffers.residuals, seeds)?;
+        Ok(exe.call_into(&args, &mut buffers.grads)?)
     }
 }
 

@@ -537,8 +537,7 @@ fn run_split(
     let p = partition(&gg, None).unwrap();
     let fwd = interpret(&p.forward, inputs).unwrap();
     let primal = gg.primal_outputs;
-    let mut bwd_in: Vec<Tensor> = fwd[primal..].to_vec();
-    bwd_in.extend(seeds.iter().cloned());
+    let bwd_in = common::backward_inputs(g, &p, inputs, &fwd[primal..], seeds);
     let grads = interpret(&p.backward, &bwd_in).unwrap();
     // The split computes exactly what the joint graph computes.
     let mut joint_in = inputs.to_vec();
@@ -607,11 +606,12 @@ fn partition_takes_any_saved_set_and_recomputes_the_rest() {
     let inputs = common::random_inputs(&g, &mut Rng::new(4), -0.8, 0.8);
     let gg = autodiff(&g, &["x", "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"], &[]).unwrap();
     let joint = interpret(&gg.graph, &inputs).unwrap();
-    // Save only the inputs: the backward recomputes the whole forward.
-    let saved: Vec<_> = gg.graph.inputs().iter().map(|i| i.node).collect();
-    let p = partition(&gg, Some(&saved)).unwrap();
+    // Save nothing: the backward reads the inputs and recomputes the whole
+    // forward.
+    let p = partition(&gg, Some(&[])).unwrap();
+    assert!(p.residuals.is_empty());
     let fwd = interpret(&p.forward, &inputs).unwrap();
-    let grads = interpret(&p.backward, &fwd[1..]).unwrap();
+    let grads = interpret(&p.backward, &common::backward_inputs(&g, &p, &inputs, &fwd[1..], &[])).unwrap();
     for (a, b) in grads.iter().zip(&joint[1..]) {
         assert_eq!(a, b, "recomputed gradients are bit-identical");
     }
@@ -621,11 +621,19 @@ fn partition_takes_any_saved_set_and_recomputes_the_rest() {
         .filter(|&id| matches!(p.backward.op(id), Op::Unary(wengert::ir::UnaryOp::Tanh)))
         .count();
     assert_eq!(tanh_in_backward, 8);
-    // Saving too little is an error that names the missing input.
-    let err = partition(&gg, Some(&saved[1..])).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "partition: the backward needs the input `x`, which is not saved"
+    // A value that depends on a seed cannot be saved by the forward.
+    let gg4 = autodiff(
+        &cases::case04_vjp().unwrap(),
+        &["x1", "x2"],
+        &[("y1", Seed::Input("u1".into())), ("y2", Seed::Input("u2".into()))],
+    )
+    .unwrap();
+    let grad_node = gg4.graph.output("grad_x1").unwrap().node;
+    let err = partition(&gg4, Some(&[grad_node])).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("depends on a seed, so the forward cannot compute it to save it"),
+        "{err}"
     );
 }
 

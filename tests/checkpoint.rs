@@ -74,7 +74,7 @@ fn case09_sqrt_saves_h4_and_h8_and_recomputes_the_rest() {
     let inputs = random_inputs(&g, &mut Rng::new(9), -0.8, 0.8);
     let joint = interpret(&gg.graph, &inputs).unwrap();
     let fwd = interpret(&p.forward, &inputs).unwrap();
-    let grads = interpret(&p.backward, &fwd[1..]).unwrap();
+    let grads = interpret(&p.backward, &common::backward_inputs(&g, &p, &inputs, &fwd[1..], &[])).unwrap();
     assert_eq!(&grads[..], &joint[1..]);
 }
 
@@ -87,7 +87,7 @@ fn checkpointed_jit_gradients_are_bit_identical() {
     let refs: Vec<&Tensor> = inputs.iter().collect();
     let all = value_and_grad(&g, &wrt, &Options::default()).unwrap();
     let (_, saved_all) = all.forward(&refs).unwrap();
-    let want = all.backward(&saved_all, &[]).unwrap();
+    let want = all.backward(&refs, &saved_all, &[]).unwrap();
     for policy in [
         CheckpointPolicy::Sqrt,
         CheckpointPolicy::Segments(3),
@@ -104,14 +104,14 @@ fn checkpointed_jit_gradients_are_bit_identical() {
         .unwrap();
         let (_, saved) = f.forward(&refs).unwrap();
         assert!(saved.size_bytes() < saved_all.size_bytes(), "{policy:?}");
-        let got = f.backward(&saved, &[]).unwrap();
+        let got = f.backward(&refs, &saved, &[]).unwrap();
         for (a, b) in got.iter().zip(&want) {
             assert_eq!(a, b, "{policy:?}: recomputation must reproduce the forward bit for bit");
         }
         // The allocation-free variants give the same numbers.
         let mut buffers = f.buffers().unwrap();
         f.forward_into(&refs, &mut buffers).unwrap();
-        f.backward_into(&[], &mut buffers).unwrap();
+        f.backward_into(&refs, &[], &mut buffers).unwrap();
         assert_eq!(buffers.grads, want);
     }
 }
@@ -211,7 +211,7 @@ fn user_marks_force_saving_or_recomputing() {
         let inputs = random_inputs(&g, &mut Rng::new(2), -0.8, 0.8);
         let joint = interpret(&r.grad.as_ref().unwrap().graph, &inputs).unwrap();
         let fwd = interpret(&p.forward, &inputs).unwrap();
-        let grads = interpret(&p.backward, &fwd[1..]).unwrap();
+        let grads = interpret(&p.backward, &common::backward_inputs(&g, p, &inputs, &fwd[1..], &[])).unwrap();
         assert_eq!(&grads[..], &joint[1..], "{policy:?}");
     }
 }
@@ -251,7 +251,11 @@ fn min_cut_saves_no_more_than_the_default_and_gradients_match() {
         let inputs = random_inputs(&g, &mut Rng::new(1), -1.0, 1.0);
         let joint = interpret(&gg.graph, &inputs).unwrap();
         let fwd = interpret(&p.forward, &inputs).unwrap();
-        let grads = interpret(&p.backward, &fwd[gg.primal_outputs..]).unwrap();
+        let grads = interpret(
+            &p.backward,
+            &common::backward_inputs(&g, &p, &inputs, &fwd[gg.primal_outputs..], &[]),
+        )
+        .unwrap();
         assert_eq!(&grads[..], &joint[gg.primal_outputs..], "{}", g.name);
     }
     // The MLP's hidden layer: the default saves the ReLU output and its

@@ -411,7 +411,7 @@ fn seed_cases_value_and_grad_through_the_jit() {
         let refs: Vec<&Tensor> = inputs.iter().collect();
         let all = f.call(&refs).unwrap();
         let (outs, saved) = f.forward(&refs[..n_primal]).unwrap();
-        let grads = f.backward(&saved, &refs[n_primal..]).unwrap();
+        let grads = f.backward(&refs[..n_primal], &saved, &refs[n_primal..]).unwrap();
         for (a, b) in outs.iter().chain(&grads).zip(&all) {
             assert_eq!(a, b, "{file}");
         }
@@ -535,7 +535,7 @@ fn wrong_inputs_are_errors_naming_the_input() {
     let other = value_and_grad(&cases::case05_linear().unwrap(), &["X"], &Options::default()).unwrap();
     let (_, saved) = other.forward(&[&x, &w, &b]).unwrap();
     assert!(
-        f.backward(&saved, &[&seed]).is_err(),
+        f.backward(&[&x, &w, &b], &saved, &[&seed]).is_err(),
         "residuals of another function are refused"
     );
 }

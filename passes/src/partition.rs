@@ -12,7 +12,9 @@
 //!   computed in the forward and saved instead of `x` (1 byte per element
 //!   instead of 4 or 8), unless `x` is saved anyway;
 //! - a `broadcast` of a saved value is recomputed from the smaller value;
-//! - constants, and anything computed only from constants, are never saved.
+//! - constants, and anything computed only from constants, are never saved;
+//! - inputs are never saved: the backward takes the primal inputs it reads
+//!   as inputs of its own, so a step never copies its parameters.
 
 use crate::autodiff::GradGraph;
 use crate::error::PassError;
@@ -41,10 +43,15 @@ pub struct Partition {
     /// Inputs: the primal inputs. Outputs: the primal outputs, then the
     /// residuals in order.
     pub forward: Graph,
-    /// Inputs: the residuals in order, then the seed inputs. Outputs: the
-    /// gradients (`grad_<input>`).
+    /// Inputs: the primal inputs it reads (named as in the forward, listed
+    /// in `backward_inputs`), then the residuals in order, then the seed
+    /// inputs. Outputs: the gradients (`grad_<input>`).
     pub backward: Graph,
+    /// Computed values the forward saves (inputs are never copied: the
+    /// backward reads them directly).
     pub residuals: Vec<Residual>,
+    /// Names of the primal inputs the backward reads, in input order.
+    pub backward_inputs: Vec<String>,
 }
 
 impl Partition {
@@ -190,13 +197,8 @@ pub fn partition(gg: &GradGraph, saved: Option<&[NodeId]>) -> Result<Partition, 
         if !in_backward[i] || is_saved[i] {
             continue;
         }
-        if let Op::Input { index } = j.op(id) {
-            if !c.seed[i] {
-                return Err(PassError::Partition(format!(
-                    "the backward needs the input `{}`, which is not saved",
-                    j.inputs()[*index].name
-                )));
-            }
+        if let Op::Input { .. } = j.op(id) {
+            // Inputs (primal or seeds) are inputs of the backward.
             continue;
         }
         for a in j.args(id) {
@@ -211,8 +213,10 @@ pub fn partition(gg: &GradGraph, saved: Option<&[NodeId]>) -> Result<Partition, 
             .chain(saved.iter().copied()),
     );
 
+    // Inputs need no saving: the backward takes them directly.
     let residuals: Vec<Residual> = saved
         .iter()
+        .filter(|&&s| !matches!(j.op(s), Op::Input { .. }))
         .enumerate()
         .map(|(k, &s)| Residual {
             name: format!("saved{k}"),
@@ -239,13 +243,22 @@ pub fn partition(gg: &GradGraph, saved: Option<&[NodeId]>) -> Result<Partition, 
     // Backward graph.
     let mut bwd = Graph::new(format!("{base}.backward"));
     let mut map: Vec<Option<NodeId>> = vec![None; j.len()];
+    let mut backward_inputs = Vec::new();
+    for input in j
+        .inputs()
+        .iter()
+        .filter(|i| !c.seed[i.node.index()] && in_backward[i.node.index()])
+    {
+        map[input.node.index()] = Some(bwd.add_input(&input.name, input.ty.clone(), input.differentiable)?);
+        backward_inputs.push(input.name.clone());
+    }
     for r in &residuals {
         map[r.node.index()] = Some(bwd.add_input(&r.name, r.ty.clone(), true)?);
     }
     for input in j.inputs().iter().filter(|i| c.seed[i.node.index()]) {
         map[input.node.index()] = Some(bwd.add_input(&input.name, input.ty.clone(), true)?);
     }
-    let mut compute = in_backward;
+    let mut compute = in_backward.clone();
     for &s in &saved {
         compute[s.index()] = false;
     }
@@ -259,6 +272,7 @@ pub fn partition(gg: &GradGraph, saved: Option<&[NodeId]>) -> Result<Partition, 
         forward: fwd,
         backward: bwd,
         residuals,
+        backward_inputs,
     })
 }
 

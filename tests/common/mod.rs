@@ -99,3 +99,23 @@ pub fn check_gradients(g: &Graph, inputs: &[Tensor], tol: f64) {
         assert_close(a, f, tol, &format!("{}: grad_{name}", g.name));
     }
 }
+
+/// The inputs of a partition's backward graph: the primal inputs it reads
+/// (picked by name from `inputs`, the primal graph's inputs in order), the
+/// residuals, the seeds.
+pub fn backward_inputs(
+    g: &Graph,
+    p: &wengert::passes::Partition,
+    inputs: &[Tensor],
+    residuals: &[Tensor],
+    seeds: &[Tensor],
+) -> Vec<Tensor> {
+    let mut out: Vec<Tensor> = p
+        .backward_inputs
+        .iter()
+        .map(|n| inputs[g.inputs().iter().position(|i| &i.name == n).unwrap()].clone())
+        .collect();
+    out.extend(residuals.iter().cloned());
+    out.extend(seeds.iter().cloned());
+    out
+}
