@@ -325,3 +325,20 @@ fn opt_prints_after_each_pass() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown pass `frobnicate`"));
 }
+
+#[test]
+fn the_whole_pipeline_handles_a_100k_node_graph() {
+    let b = GraphBuilder::new("chain");
+    let x = b.input("x", DType::F32, &[4]);
+    let mut h = x;
+    for _ in 0..50_000 {
+        h = (h * 0.999).sin();
+    }
+    let g = b.build(&[("y", h.sum_all())]).unwrap();
+    assert!(g.len() > 100_000);
+    let result = run_pipeline(&g, &PipelineOptions::default()).unwrap();
+    let Stage::Split { joint, backward, .. } = &result.stage else {
+        panic!()
+    };
+    assert!(kernel_count(joint) > 0 && kernel_count(backward) > 0);
+}

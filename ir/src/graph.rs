@@ -16,6 +16,7 @@ use crate::tensor::Tensor;
 use crate::types::TensorType;
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
+use std::collections::HashMap;
 
 /// Identifies a node of a [`Graph`].
 pub type NodeId = petgraph::graph::NodeIndex<u32>;
@@ -90,6 +91,10 @@ pub struct Graph {
     dag: petgraph::Graph<Node, u32>,
     inputs: Vec<Input>,
     outputs: Vec<Output>,
+    /// Position of each input and output by name (graphs from partition
+    /// have tens of thousands of them).
+    input_index: HashMap<String, usize>,
+    output_index: HashMap<String, usize>,
 }
 
 /// Whether a string is a valid name for a graph, input or output: a letter
@@ -108,6 +113,8 @@ impl Graph {
             dag: petgraph::Graph::new(),
             inputs: Vec::new(),
             outputs: Vec::new(),
+            input_index: HashMap::new(),
+            output_index: HashMap::new(),
         }
     }
 
@@ -187,11 +194,11 @@ impl Graph {
     }
 
     pub fn input(&self, name: &str) -> Option<&Input> {
-        self.inputs.iter().find(|i| i.name == name)
+        self.input_index.get(name).map(|&i| &self.inputs[i])
     }
 
     pub fn output(&self, name: &str) -> Option<&Output> {
-        self.outputs.iter().find(|o| o.name == name)
+        self.output_index.get(name).map(|&i| &self.outputs[i])
     }
 
     /// Adds an input. Names must be identifiers and unique among inputs.
@@ -210,6 +217,7 @@ impl Graph {
         }
         let index = self.inputs.len();
         let node = self.dag.add_node(Node::new(Op::Input { index }, ty.clone()));
+        self.input_index.insert(name.to_string(), self.inputs.len());
         self.inputs.push(Input {
             name: name.to_string(),
             ty,
@@ -270,6 +278,7 @@ impl Graph {
                 "output `{name}` refers to a node that does not exist"
             )));
         }
+        self.output_index.insert(name.to_string(), self.outputs.len());
         self.outputs.push(Output {
             name: name.to_string(),
             node,
@@ -292,6 +301,7 @@ impl Graph {
     /// Removes all outputs (to set new ones).
     pub fn clear_outputs(&mut self) {
         self.outputs.clear();
+        self.output_index.clear();
     }
 
     /// The printed name of every node, indexed by node: `%name` for inputs,

@@ -216,7 +216,28 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
         }
     }
     // Sibling merge: groups of one shape that read a common outside input,
-    // neither starting with a matmul.
+    // neither starting with a matmul. Candidates come from an index of the
+    // groups reading each value, so this is not quadratic in the groups.
+    // (Constants do not count as a shared input: every group may read one.)
+    let mut constant = vec![false; n];
+    for id in g.node_ids() {
+        constant[id.index()] = match g.op(id) {
+            Op::Const { .. } => true,
+            Op::Input { .. } => false,
+            _ => g.args(id).iter().all(|a| constant[a.index()]),
+        };
+    }
+    let mut readers: std::collections::HashMap<NodeId, Vec<usize>> = Default::default();
+    for (gi, gr) in groups.iter().enumerate() {
+        for a in gr.members.iter().flat_map(|&m| g.args(m)) {
+            if group_of[a.index()] != Some(gi) && !constant[a.index()] {
+                let list = readers.entry(a).or_default();
+                if list.last() != Some(&gi) {
+                    list.push(gi);
+                }
+            }
+        }
+    }
     for j in 0..groups.len() {
         if !groups[j].alive || groups[j].matmul {
             continue;
@@ -227,7 +248,14 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
             .flat_map(|&m| g.args(m))
             .filter(|a| group_of[a.index()] != Some(j))
             .collect();
-        for i in 0..j {
+        let mut candidates: Vec<usize> = inputs_j
+            .iter()
+            .flat_map(|a| readers.get(a).into_iter().flatten().copied())
+            .filter(|&i| i < j)
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        for i in candidates {
             if !groups[i].alive || groups[i].matmul || groups[i].shape != groups[j].shape {
                 continue;
             }

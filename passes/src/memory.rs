@@ -98,7 +98,9 @@ pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassErr
     }
     let mut stats = MemoryStats::default();
     let mut offset: Vec<Option<usize>> = vec![None; n];
-    let mut live: Vec<(usize, NodeId)> = Vec::new(); // (last use, buffer owner)
+    // Live buffers by last use (a min-heap), so releasing is not a scan.
+    let mut live: std::collections::BinaryHeap<std::cmp::Reverse<(usize, NodeId)>> = Default::default();
+    let mut released = vec![false; n];
     let mut free: Vec<(usize, usize)> = Vec::new(); // (offset, size)
     let mut end = 0usize;
     for id in g.node_ids() {
@@ -109,16 +111,17 @@ pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassErr
         let size = g.ty(id).size_bytes().div_ceil(ALIGN) * ALIGN;
         stats.unshared_bytes += size;
         // Release buffers whose last reader ran before this position.
-        live.retain(|&(last, o)| {
-            if last < p {
+        while let Some(&std::cmp::Reverse((last, o))) = live.peek() {
+            if last >= p {
+                break;
+            }
+            live.pop();
+            if !std::mem::replace(&mut released[o.index()], true) {
                 if let Some(off) = offset[o.index()] {
                     free.push((off, g.ty(o).size_bytes().div_ceil(ALIGN) * ALIGN));
                 }
-                false
-            } else {
-                true
             }
-        });
+        }
         // In place: an operand buffer of the same size that dies here,
         // read with the same layout (a direct operand, not a view).
         let mut chosen = None;
@@ -129,13 +132,18 @@ pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassErr
             for &a in &args {
                 let same_layout = owner[a.index()] == a && g.ty(a) == g.ty(id);
                 let viewed_elsewhere = args.iter().any(|&b| b != a && owner[b.index()] == a);
-                if same_layout && !viewed_elsewhere && last_use[a.index()] == p && offset[a.index()].is_some() {
-                    if let Some(i) = live.iter().position(|&(_, o)| o == a) {
-                        live.remove(i);
-                        chosen = offset[a.index()];
-                        stats.in_place += 1;
-                        break;
-                    }
+                if same_layout
+                    && !viewed_elsewhere
+                    && last_use[a.index()] == p
+                    && offset[a.index()].is_some()
+                    && !released[a.index()]
+                {
+                    // The operand's buffer passes to this node; its heap
+                    // entry is skipped when it comes up.
+                    released[a.index()] = true;
+                    chosen = offset[a.index()];
+                    stats.in_place += 1;
+                    break;
                 }
             }
         }
@@ -156,7 +164,7 @@ pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassErr
             },
         };
         offset[id.index()] = Some(off);
-        live.push((last_use[id.index()], id));
+        live.push(std::cmp::Reverse((last_use[id.index()], id)));
         stats.arena_bytes = stats.arena_bytes.max(off + size);
     }
     let mut out = g.clone();

@@ -139,20 +139,19 @@ pub fn default_saved(gg: &GradGraph) -> Vec<NodeId> {
     for m in redundant {
         saved.remove(&m);
     }
-    // Save the operand of a broadcast rather than the broadcast.
-    loop {
-        let swap = saved
-            .iter()
-            .copied()
-            .find(|&s| matches!(j.op(s), Op::Broadcast { .. }) && c.primal[s.index()]);
-        let Some(s) = swap else { break };
-        saved.remove(&s);
-        let x = j.args(s)[0];
-        if !c.constant[x.index()] {
-            saved.insert(x);
+    // Save the operand of a broadcast rather than the broadcast (looking
+    // through chains of broadcasts), in one pass.
+    let mut out = BTreeSet::new();
+    for s in saved {
+        let mut v = s;
+        while matches!(j.op(v), Op::Broadcast { .. }) && c.primal[v.index()] {
+            v = j.args(v)[0];
+        }
+        if !c.constant[v.index()] {
+            out.insert(v);
         }
     }
-    saved.into_iter().collect()
+    out.into_iter().collect()
 }
 
 /// Splits `gg` into forward and backward graphs that communicate through

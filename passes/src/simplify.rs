@@ -30,10 +30,9 @@ pub const FOLD_LIMIT: usize = 64;
 pub fn simplify(g: &Graph) -> Result<Graph, PassError> {
     let mut current = g.clone();
     for _ in 0..8 {
-        let next = simplify_once(&current)?;
-        let done = next.len() == current.len() && next.to_string() == current.to_string();
+        let (next, changed) = simplify_once(&current)?;
         current = next;
-        if done {
+        if !changed {
             break;
         }
     }
@@ -218,7 +217,9 @@ impl Rewriter {
     }
 }
 
-fn simplify_once(g: &Graph) -> Result<Graph, PassError> {
+/// One round of rewriting; also says whether anything changed.
+fn simplify_once(g: &Graph) -> Result<(Graph, bool), PassError> {
+    let mut changed = false;
     let mut r = Rewriter {
         out: Graph::new(g.name.clone()),
         table: HashMap::new(),
@@ -236,7 +237,12 @@ fn simplify_once(g: &Graph) -> Result<Graph, PassError> {
             .iter()
             .map(|a| map[a.index()].expect("operands precede"))
             .collect();
+        let before = r.out.len();
         let new = r.rewrite(g.op(id), &args)?;
+        // Unchanged: exactly one new node, the same op on the same operands.
+        let same =
+            r.out.len() == before + 1 && new.index() == before && r.out.op(new) == g.op(id) && r.out.args(new) == args;
+        changed |= !same;
         // A user's checkpointing mark stays with the value.
         if let Some(mark) = g.node(id).mark {
             if !matches!(r.out.op(new), Op::Input { .. } | Op::Const { .. }) {
@@ -250,6 +256,10 @@ fn simplify_once(g: &Graph) -> Result<Graph, PassError> {
     }
     // Dead code elimination.
     let live = r.out.live_nodes();
+    changed |= live
+        .iter()
+        .zip(r.out.node_ids())
+        .any(|(&l, id)| !l && !matches!(r.out.op(id), Op::Input { .. }));
     let (out, _) = r.out.retain(&live)?;
-    Ok(out)
+    Ok((out, changed))
 }
