@@ -218,19 +218,10 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
     // Sibling merge: groups of one shape that read a common outside input,
     // neither starting with a matmul. Candidates come from an index of the
     // groups reading each value, so this is not quadratic in the groups.
-    // (Constants do not count as a shared input: every group may read one.)
-    let mut constant = vec![false; n];
-    for id in g.node_ids() {
-        constant[id.index()] = match g.op(id) {
-            Op::Const { .. } => true,
-            Op::Input { .. } => false,
-            _ => g.args(id).iter().all(|a| constant[a.index()]),
-        };
-    }
     let mut readers: std::collections::HashMap<NodeId, Vec<usize>> = Default::default();
     for (gi, gr) in groups.iter().enumerate() {
         for a in gr.members.iter().flat_map(|&m| g.args(m)) {
-            if group_of[a.index()] != Some(gi) && !constant[a.index()] {
+            if group_of[a.index()] != Some(gi) {
                 let list = readers.entry(a).or_default();
                 if list.last() != Some(&gi) {
                     list.push(gi);
@@ -248,10 +239,16 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
             .flat_map(|&m| g.args(m))
             .filter(|a| group_of[a.index()] != Some(j))
             .collect();
+        // The nearest earlier readers of each input (a value read by every
+        // group, such as a shared constant, would otherwise make this
+        // quadratic).
         let mut candidates: Vec<usize> = inputs_j
             .iter()
-            .flat_map(|a| readers.get(a).into_iter().flatten().copied())
-            .filter(|&i| i < j)
+            .flat_map(|a| {
+                let list = readers.get(a).map(Vec::as_slice).unwrap_or(&[]);
+                let end = list.partition_point(|&i| i < j);
+                list[end.saturating_sub(8)..end].iter().copied()
+            })
             .collect();
         candidates.sort_unstable();
         candidates.dedup();
