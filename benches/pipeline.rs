@@ -103,6 +103,7 @@ fn checkpoint_chain(c: &mut Criterion) {
         ("sqrt", wengert::CheckpointPolicy::Sqrt),
         ("budget_4MiB", wengert::CheckpointPolicy::Budget(4 << 20)),
         ("budget_2MiB", wengert::CheckpointPolicy::Budget(2 << 20)),
+        ("slots_8", wengert::CheckpointPolicy::Slots(8)),
     ] {
         let f = value_and_grad(
             &g,

@@ -378,6 +378,19 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
             }
             if explain {
                 let _ = write!(out, "{expl}");
+                if let (Some(n), CheckpointPolicy::Slots(c)) = (result.recomputed_blocks, &options.checkpoint) {
+                    let l = result
+                        .grad
+                        .as_ref()
+                        .and_then(wengert_passes::revolve::detect_chain)
+                        .map(|ch| ch.blocks.len())
+                        .unwrap_or(0);
+                    let _ = writeln!(
+                        out,
+                        "binomial schedule: a chain of {l} blocks, {c} slot(s): {n} recomputed block evaluations besides each block's reversal (optimum r·l − C(c+r, c+1) = {})",
+                        wengert_passes::checkpoint::revolve_min_extra_steps(l as u64, *c as u64)
+                    );
+                }
                 let planned: Vec<String> = result.memory.iter().map(|m| m.arena_bytes.to_string()).collect();
                 let _ = writeln!(
                     out,

@@ -275,3 +275,68 @@ fn min_cut_saves_no_more_than_the_default_and_gradients_match() {
     );
     assert_eq!(CheckpointPolicy::parse("mincut").unwrap(), CheckpointPolicy::MinCut);
 }
+
+#[test]
+fn binomial_schedule_in_generated_graphs() {
+    // Chains of l tanh-matmul layers under c slots: the backward recomputes
+    // exactly r·l − C(c+r, c+1) blocks besides each block's own reversal,
+    // and the gradients are bit-identical to saving everything.
+    for l in [2usize, 3, 5, 8, 13] {
+        let g = models::tanh_chain(l, 2, 3, DType::F64).unwrap();
+        let wrt: Vec<String> = (1..=l).map(|i| format!("W{i}")).collect();
+        let inputs = random_inputs(&g, &mut Rng::new(l as u64), -0.8, 0.8);
+        let want = interpret(
+            &wengert::autodiff(&g, &wrt.iter().map(String::as_str).collect::<Vec<_>>(), &[])
+                .unwrap()
+                .graph,
+            &inputs,
+        )
+        .unwrap();
+        for c in 1..=4usize {
+            let options = PipelineOptions {
+                passes: vec![Pass::Autodiff, Pass::Checkpoint, Pass::Partition],
+                wrt: wrt.clone(),
+                checkpoint: CheckpointPolicy::Slots(c),
+                ..PipelineOptions::default()
+            };
+            let r = run_pipeline(&g, &options).unwrap();
+            let advances = r.recomputed_blocks.expect("a chain is detected");
+            assert_eq!(
+                advances as u64,
+                revolve_min_extra_steps(l as u64, c as u64),
+                "l = {l}, c = {c}"
+            );
+            let p = r.partition.as_ref().unwrap();
+            assert!(p.residuals.is_empty(), "nothing is saved but the inputs");
+            let tanh = p
+                .backward
+                .node_ids()
+                .filter(|&id| matches!(p.backward.op(id), Op::Unary(wengert::ir::UnaryOp::Tanh)))
+                .count();
+            assert_eq!(tanh, advances + l, "l = {l}, c = {c}: every copy is in the backward");
+            let fwd = interpret(&p.forward, &inputs).unwrap();
+            let grads = interpret(&p.backward, &common::backward_inputs(&g, p, &inputs, &fwd[1..], &[])).unwrap();
+            assert_eq!(&grads[..], &want[1..], "l = {l}, c = {c}");
+        }
+    }
+    // Case 8's recurrence (three ops per step) is detected too.
+    let g = cases::case08_recurrence().unwrap();
+    let gg = wengert::autodiff(&g, &["a", "b", "x"], &[]).unwrap();
+    let chain = wengert::passes::revolve::detect_chain(&gg).unwrap();
+    assert_eq!(chain.blocks.len(), cases::CASE08_STEPS);
+    assert!(chain.blocks.iter().all(|b| b.len() == 3));
+}
+
+#[test]
+fn binomial_schedule_for_1000_steps_and_10_slots() {
+    let l = 1000;
+    let g = models::tanh_chain(l, 1, 2, DType::F32).unwrap();
+    let options = PipelineOptions {
+        passes: vec![Pass::Autodiff, Pass::Checkpoint, Pass::Partition],
+        wrt: vec!["W1".into(), format!("W{l}")],
+        checkpoint: CheckpointPolicy::Slots(10),
+        ..PipelineOptions::default()
+    };
+    let r = run_pipeline(&g, &options).unwrap();
+    assert_eq!(r.recomputed_blocks, Some(3636));
+}

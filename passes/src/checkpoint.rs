@@ -46,6 +46,10 @@ pub enum CheckpointPolicy {
     /// Saved values chosen by a minimum cut of the joint graph weighted by
     /// bytes (see [`min_cut_saved`]).
     MinCut,
+    /// Griewank–Walther's binomial schedule with this many checkpoint
+    /// slots on a chain detected structurally (see `revolve`); graphs
+    /// without a chain fall back to `SaveAll`.
+    Slots(usize),
 }
 
 impl CheckpointPolicy {
@@ -54,7 +58,7 @@ impl CheckpointPolicy {
     pub fn parse(text: &str) -> Result<CheckpointPolicy, PassError> {
         let bad = || {
             PassError::Pipeline(format!(
-                "unknown checkpoint policy `{text}` (use all, sqrt, mincut, segments=K or budget=BYTES like budget=2MiB)"
+                "unknown checkpoint policy `{text}` (use all, sqrt, mincut, slots=C, segments=K or budget=BYTES like budget=2MiB)"
             ))
         };
         let t = text.trim();
@@ -62,6 +66,14 @@ impl CheckpointPolicy {
             "all" => return Ok(CheckpointPolicy::SaveAll),
             "sqrt" => return Ok(CheckpointPolicy::Sqrt),
             "mincut" | "min-cut" => return Ok(CheckpointPolicy::MinCut),
+            _ if t.starts_with("slots=") => {
+                return t["slots=".len()..]
+                    .parse()
+                    .ok()
+                    .filter(|&c| c > 0)
+                    .map(CheckpointPolicy::Slots)
+                    .ok_or_else(bad)
+            }
             _ => {}
         }
         if let Some(k) = t.strip_prefix("segments=") {
@@ -197,6 +209,9 @@ fn choose_by_policy(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Vec<Nod
             segments(n.div_ceil(k))
         }
         CheckpointPolicy::MinCut => min_cut_saved(gg),
+        // The pipeline rewrites the graph for the binomial schedule before
+        // choosing; on its own this policy saves what the backward reads.
+        CheckpointPolicy::Slots(_) => default,
         CheckpointPolicy::Budget(bytes) => {
             // Keep every len-th activation with the smallest len whose saved
             // bytes fit, but never a longer segment than the one that

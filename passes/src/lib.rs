@@ -13,6 +13,7 @@ pub mod fuse;
 pub mod memory;
 pub mod partition;
 pub mod pipeline;
+pub mod revolve;
 pub mod simplify;
 pub mod vjp;
 

@@ -158,6 +158,9 @@ pub struct PipelineResult {
     pub partition: Option<Partition>,
     /// What `checkpoint` and `partition` chose, explained.
     pub explanation: Option<Explanation>,
+    /// Under the binomial schedule: the number of block evaluations the
+    /// backward recomputes besides each block's own reversal.
+    pub recomputed_blocks: Option<usize>,
     pub records: Vec<PassRecord>,
     /// Arena statistics per graph (joint, forward, backward), if planned.
     pub memory: Vec<MemoryStats>,
@@ -179,6 +182,7 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
         grad: None,
         partition: None,
         explanation: None,
+        recomputed_blocks: None,
         records: Vec::new(),
         memory: Vec::new(),
         printed: String::new(),
@@ -231,9 +235,23 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
             }
             (Pass::Simplify, stage) => stage.map(simplify)?,
             (Pass::Checkpoint, Stage::One(joint)) => {
+                let mut joint = joint;
                 if let Some(grad) = result.grad.as_mut() {
                     grad.graph = joint.clone();
-                    saved = Some(choose_saved(grad, &options.checkpoint)?);
+                    match &options.checkpoint {
+                        CheckpointPolicy::Slots(c) => {
+                            if let Some((rewritten, advances)) = crate::revolve::revolve(grad, *c)? {
+                                *grad = rewritten;
+                                joint = grad.graph.clone();
+                                result.recomputed_blocks = Some(advances);
+                                // Save nothing: the backward follows the schedule.
+                                saved = Some(Vec::new());
+                            } else {
+                                saved = Some(choose_saved(grad, &CheckpointPolicy::SaveAll)?);
+                            }
+                        }
+                        policy => saved = Some(choose_saved(grad, policy)?),
+                    }
                 }
                 Stage::One(joint)
             }
