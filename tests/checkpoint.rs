@@ -340,3 +340,29 @@ fn binomial_schedule_for_1000_steps_and_10_slots() {
     let r = run_pipeline(&g, &options).unwrap();
     assert_eq!(r.recomputed_blocks, Some(3636));
 }
+
+#[test]
+fn binomial_schedule_lowers_the_planned_peak() {
+    let g = models::tanh_chain(32, 16, 64, DType::F32).unwrap();
+    let wrt: Vec<String> = (1..=32).map(|i| format!("W{i}")).collect();
+    let peak = |policy: CheckpointPolicy| {
+        let options = PipelineOptions {
+            passes: vec![
+                Pass::Autodiff,
+                Pass::Simplify,
+                Pass::Checkpoint,
+                Pass::Partition,
+                Pass::Fuse,
+                Pass::MemoryPlan,
+            ],
+            wrt: wrt.clone(),
+            checkpoint: policy,
+            ..PipelineOptions::default()
+        };
+        let r = run_pipeline(&g, &options).unwrap();
+        let saved = r.partition.as_ref().unwrap().saved_bytes();
+        saved + r.memory[1].arena_bytes.max(r.memory[2].arena_bytes)
+    };
+    let (all, slots) = (peak(CheckpointPolicy::SaveAll), peak(CheckpointPolicy::Slots(4)));
+    assert!(slots * 3 < all, "slots=4 peak {slots} vs save-all {all}");
+}

@@ -130,72 +130,67 @@ fn splits(l: usize, c: usize) -> Vec<Vec<usize>> {
     split
 }
 
-struct Rewriter<'a> {
-    g: &'a Graph,
-    out: Graph,
-    /// Map of the original nodes (forward and, later, adjoint).
-    map: Vec<Option<NodeId>>,
-    chain: &'a Chain,
-    block_of: Vec<Option<usize>>,
-    splits: Vec<Vec<usize>>,
-    /// For each block (1-based), the copy map made for its reversal.
-    youturn: Vec<Option<HashMap<NodeId, NodeId>>>,
-    advances: usize,
+/// Where a block copy starts: `s_0` itself, or the state produced by an
+/// earlier action.
+#[derive(Clone, Copy, Debug)]
+enum From {
+    S0,
+    Action(usize),
 }
 
-impl Rewriter<'_> {
-    /// Copies block `i` starting from `state` (the copy of `s_{i-1}`);
-    /// returns the copy map of the block's nodes.
-    fn copy_block(&mut self, i: usize, state: NodeId) -> Result<HashMap<NodeId, NodeId>, PassError> {
-        let mut local: HashMap<NodeId, NodeId> = HashMap::new();
-        local.insert(self.chain.states[i - 1], state);
-        for &v in &self.chain.blocks[i - 1] {
-            let args: Vec<NodeId> = self
-                .g
-                .args(v)
-                .iter()
-                .map(|a| local.get(a).copied().or(self.map[a.index()]))
-                .collect::<Option<_>>()
-                .ok_or_else(|| PassError::Internal {
-                    node: self.g.value_name(v),
-                    message: "a block reads a value outside the chain that is not available".into(),
-                })?;
-            let node = self.g.node(v);
-            let copy = self.out.add_typed(node.op.clone(), &args, node.ty.clone());
-            local.insert(v, copy);
+/// One copy of block `block` made from `from`; `turn` if it is the copy
+/// that block's reversal reads.
+#[derive(Clone, Copy, Debug)]
+struct Action {
+    block: usize,
+    from: From,
+    turn: bool,
+}
+
+/// The schedule as a list of block copies, in the order the recursion
+/// `reverse(a, b, c)` makes them.
+struct Schedule {
+    splits: Vec<Vec<usize>>,
+    actions: Vec<Action>,
+}
+
+impl Schedule {
+    fn advance(&mut self, from_block: usize, to_block: usize, mut from: From) -> From {
+        for k in from_block + 1..=to_block {
+            self.actions.push(Action {
+                block: k,
+                from,
+                turn: false,
+            });
+            from = From::Action(self.actions.len() - 1);
         }
-        Ok(local)
+        from
     }
 
-    fn advance(&mut self, from: usize, to: usize, mut state: NodeId) -> Result<NodeId, PassError> {
-        for k in from + 1..=to {
-            let local = self.copy_block(k, state)?;
-            state = local[&self.chain.states[k]];
-            self.advances += 1;
-        }
-        Ok(state)
-    }
-
-    /// Reverses blocks `a+1 ..= b` from the copy `state` of `s_a` with `c`
-    /// slots (the recursion of the module documentation).
-    fn reverse(&mut self, a: usize, b: usize, c: usize, state: NodeId) -> Result<(), PassError> {
+    fn reverse(&mut self, a: usize, b: usize, c: usize, state: From) {
         if b == a + 1 {
-            let local = self.copy_block(b, state)?;
-            self.youturn[b] = Some(local);
-            return Ok(());
+            self.actions.push(Action {
+                block: b,
+                from: state,
+                turn: true,
+            });
+            return;
         }
         if c <= 1 {
             for i in (a + 1..=b).rev() {
-                let st = self.advance(a, i - 1, state)?;
-                let local = self.copy_block(i, st)?;
-                self.youturn[i] = Some(local);
+                let st = self.advance(a, i - 1, state);
+                self.actions.push(Action {
+                    block: i,
+                    from: st,
+                    turn: true,
+                });
             }
-            return Ok(());
+            return;
         }
         let m = a + self.splits[b - a][c];
-        let st = self.advance(a, m, state)?;
-        self.reverse(m, b, c - 1, st)?;
-        self.reverse(a, m, c, state)
+        let st = self.advance(a, m, state);
+        self.reverse(m, b, c - 1, st);
+        self.reverse(a, m, c, state);
     }
 }
 
@@ -207,24 +202,22 @@ pub fn revolve(gg: &GradGraph, slots: usize) -> Result<Option<(GradGraph, usize)
     let g = &gg.graph;
     let primal = gg.primal_mask();
     let l = chain.blocks.len();
-    let mut block_of = vec![None; g.len()];
+    let mut block_of: Vec<Option<usize>> = vec![None; g.len()];
     for (i, b) in chain.blocks.iter().enumerate() {
         for &v in b {
             block_of[v.index()] = Some(i + 1);
         }
     }
-    let mut r = Rewriter {
-        g,
-        out: Graph::new(g.name.clone()),
-        map: vec![None; g.len()],
-        chain: &chain,
-        block_of,
+    let mut schedule = Schedule {
         splits: splits(l, slots.max(1)),
-        youturn: vec![None; l + 1],
-        advances: 0,
+        actions: Vec::new(),
     };
+    schedule.reverse(0, l, slots.max(1), From::S0);
+    let advances = schedule.actions.iter().filter(|a| !a.turn).count();
+    let mut out = Graph::new(g.name.clone());
+    let mut map: Vec<Option<NodeId>> = vec![None; g.len()];
     for input in g.inputs() {
-        r.map[input.node.index()] = Some(r.out.add_input(&input.name, input.ty.clone(), input.differentiable)?);
+        map[input.node.index()] = Some(out.add_input(&input.name, input.ty.clone(), input.differentiable)?);
     }
     // The forward nodes as they are.
     for id in g
@@ -234,16 +227,52 @@ pub fn revolve(gg: &GradGraph, slots: usize) -> Result<Option<(GradGraph, usize)
         let args: Vec<NodeId> = g
             .args(id)
             .iter()
-            .map(|a| r.map[a.index()].expect("forward operands precede"))
+            .map(|a| map[a.index()].expect("forward operands precede"))
             .collect();
         let node = g.node(id);
-        let new = r.out.add_typed(node.op.clone(), &args, node.ty.clone());
-        r.out.set_mark(new, node.mark);
-        r.map[id.index()] = Some(new);
+        let new = out.add_typed(node.op.clone(), &args, node.ty.clone());
+        out.set_mark(new, node.mark);
+        map[id.index()] = Some(new);
     }
-    // The recomputations, from s_0.
-    let s0 = r.map[chain.states[0].index()].expect("s_0 is a forward value");
-    r.reverse(0, l, slots.max(1), s0)?;
+    // Block copies are emitted lazily, just before the first adjoint node
+    // of the block whose reversal they serve, so that node order follows
+    // the schedule and partition keeps it.
+    let s0 = map[chain.states[0].index()].expect("s_0 is a forward value");
+    let mut made: Vec<HashMap<NodeId, NodeId>> = Vec::with_capacity(schedule.actions.len());
+    let mut youturn: Vec<Option<usize>> = vec![None; l + 1];
+    let emit_next = |out: &mut Graph,
+                     made: &mut Vec<HashMap<NodeId, NodeId>>,
+                     youturn: &mut Vec<Option<usize>>,
+                     map: &[Option<NodeId>]|
+     -> Result<(), PassError> {
+        let k = made.len();
+        let act = schedule.actions[k];
+        let state = match act.from {
+            From::S0 => s0,
+            From::Action(i) => made[i][&chain.states[schedule.actions[i].block]],
+        };
+        let mut local: HashMap<NodeId, NodeId> = HashMap::new();
+        local.insert(chain.states[act.block - 1], state);
+        for &v in &chain.blocks[act.block - 1] {
+            let args: Vec<NodeId> = g
+                .args(v)
+                .iter()
+                .map(|a| local.get(a).copied().or(map[a.index()]))
+                .collect::<Option<_>>()
+                .ok_or_else(|| PassError::Internal {
+                    node: g.value_name(v),
+                    message: "a block reads a value outside the chain that is not available".into(),
+                })?;
+            let node = g.node(v);
+            let copy = out.add_typed(node.op.clone(), &args, node.ty.clone());
+            local.insert(v, copy);
+        }
+        if act.turn {
+            youturn[act.block] = Some(k);
+        }
+        made.push(local);
+        Ok(())
+    };
     // The adjoint nodes, reading each block's values from the copy made for
     // its reversal (and the block's input state from the state that copy
     // started from). An adjoint node belongs to the latest block it reads.
@@ -252,28 +281,29 @@ pub fn revolve(gg: &GradGraph, slots: usize) -> Result<Option<(GradGraph, usize)
         .filter(|id| !primal[id.index()] && !matches!(g.op(*id), Op::Input { .. }))
     {
         let args = g.args(id);
-        let block = args.iter().filter_map(|a| r.block_of[a.index()]).max();
+        let block = args.iter().filter_map(|a| block_of[a.index()]).max();
+        if let Some(b) = block {
+            while youturn[b].is_none() {
+                emit_next(&mut out, &mut made, &mut youturn, &map)?;
+            }
+        }
         let new_args: Vec<NodeId> = args
             .iter()
             .map(|&a| {
-                let from_block = block.and_then(|b| {
-                    let turn = r.youturn[b].as_ref()?;
-                    turn.get(&a).copied()
-                });
-                from_block.or(r.map[a.index()]).expect("operands precede")
+                let from_block = block.and_then(|b| made[youturn[b]?].get(&a).copied());
+                from_block.or(map[a.index()]).expect("operands precede")
             })
             .collect();
         let node = g.node(id);
-        r.map[id.index()] = Some(r.out.add_typed(node.op.clone(), &new_args, node.ty.clone()));
+        map[id.index()] = Some(out.add_typed(node.op.clone(), &new_args, node.ty.clone()));
     }
     for o in g.outputs() {
-        r.out.add_output(&o.name, r.map[o.node.index()].expect("mapped"))?;
+        out.add_output(&o.name, map[o.node.index()].expect("mapped"))?;
     }
-    wengert_ir::verify(&r.out)?;
-    let advances = r.advances;
+    wengert_ir::verify(&out)?;
     Ok(Some((
         GradGraph {
-            graph: r.out,
+            graph: out,
             primal_outputs: gg.primal_outputs,
             primal_nodes: gg.primal_nodes,
             seed_inputs: gg.seed_inputs.clone(),
