@@ -276,6 +276,7 @@ fn dumps_write_one_file_per_pass() {
         "05-after-fuse.backward.wg",
         "06-after-memory-plan.wg",
         "passes.txt",
+        "checkpoint.txt",
         "case03_two_inputs.grad.clif",
         "case03_two_inputs.backward.s",
     ] {

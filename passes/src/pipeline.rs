@@ -9,7 +9,8 @@
 //! `NN-after-PASS.wg` per pass (`NN-after-PASS.forward.wg` and
 //! `.backward.wg` after partition) with stable numbering, so `diff` between
 //! two files shows what one pass did; a `.dot` beside each; `passes.txt`
-//! with each pass's wall time and node counts before and after.
+//! with each pass's wall time and node counts before and after; and
+//! `checkpoint.txt`, what the partition saves and recomputes.
 
 use crate::autodiff::{autodiff, GradGraph, Seed};
 use crate::checkpoint::{choose_saved, explain, CheckpointPolicy, Explanation};
@@ -322,6 +323,11 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
             header(&mut result.printed, "after", pass, &result.stage);
         }
         dump(&result.stage, i + 1, &format!("after-{}", pass.name()))?;
+    }
+    if let (Some(dir), Some(explanation)) = (&options.dump_dir, &result.explanation) {
+        let path = dir.join("checkpoint.txt");
+        std::fs::write(&path, explanation.to_string())
+            .map_err(|e| PassError::Pipeline(format!("cannot write {}: {e}", path.display())))?;
     }
     if let Some(dir) = &options.dump_dir {
         let path = dir.join("passes.txt");
