@@ -1054,20 +1054,10 @@ pub struct Lowered {
 }
 
 /// Whether a node's result is computed into fresh memory (so that, if it is
-/// an output, it can be computed straight into the output buffer).
+/// an output, it can be computed straight into the output buffer): the
+/// memory plan's own rule, for a value read outside any kernel.
 fn computes_fresh_memory(g: &Graph, id: NodeId) -> bool {
-    let big = g.ty(id).num_elements() > 1;
-    match g.op(id) {
-        Op::Input { .. }
-        | Op::Const { .. }
-        | Op::Broadcast { .. }
-        | Op::Reshape { .. }
-        | Op::Transpose { .. }
-        | Op::Slice { .. }
-        | Op::SoftmaxCrossEntropy => false,
-        Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. } => big,
-        Op::ReduceSum { .. } | Op::ReduceMax { .. } | Op::MatMul | Op::Pad { .. } | Op::Concat { .. } => true,
-    }
+    wengert_passes::memory::needs_buffer(g, id, true)
 }
 
 /// Lowers `g` into the function being built by `fb`, whose one parameter is

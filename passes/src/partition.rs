@@ -295,16 +295,6 @@ fn copy_on_demand(
     marked: &[bool],
     primal: &[bool],
 ) -> Result<(), PassError> {
-    let emit = |id: NodeId, out: &mut Graph, map: &mut [Option<NodeId>]| -> Result<(), PassError> {
-        let args = j
-            .args(id)
-            .iter()
-            .map(|&a| mapped(j, map, a))
-            .collect::<Result<Vec<_>, _>>()?;
-        let node = j.node(id);
-        map[id.index()] = Some(out.add_typed(node.op.clone(), &args, node.ty.clone()));
-        Ok(())
-    };
     let needs = |id: NodeId, map: &[Option<NodeId>]| {
         marked[id.index()] && map[id.index()].is_none() && !matches!(j.op(id), Op::Input { .. })
     };
@@ -318,7 +308,7 @@ fn copy_on_demand(
                 continue;
             }
             if expanded {
-                emit(id, out, map)?;
+                copy_node(j, out, map, id)?;
             } else {
                 stack.push((id, true));
                 for a in j.args(id).into_iter().rev() {
@@ -340,13 +330,19 @@ fn copy_nodes(j: &Graph, out: &mut Graph, map: &mut [Option<NodeId>], marked: &[
         if !marked[id.index()] || map[id.index()].is_some() || matches!(j.op(id), Op::Input { .. }) {
             continue;
         }
-        let args = j
-            .args(id)
-            .iter()
-            .map(|&a| mapped(j, map, a))
-            .collect::<Result<Vec<_>, _>>()?;
-        let node = j.node(id);
-        map[id.index()] = Some(out.add_typed(node.op.clone(), &args, node.ty.clone()));
+        copy_node(j, out, map, id)?;
     }
+    Ok(())
+}
+
+/// Copies node `id` of `j` into `out`, its operands mapped through `map`.
+fn copy_node(j: &Graph, out: &mut Graph, map: &mut [Option<NodeId>], id: NodeId) -> Result<(), PassError> {
+    let args = j
+        .args(id)
+        .iter()
+        .map(|&a| mapped(j, map, a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let node = j.node(id);
+    map[id.index()] = Some(out.add_typed(node.op.clone(), &args, node.ty.clone()));
     Ok(())
 }
