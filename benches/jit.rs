@@ -187,7 +187,7 @@ fn seed_grad(c: &mut Criterion) {
     }
 }
 
-fn mlp_inputs(f: &GradFn, batch: usize) -> Vec<Tensor> {
+fn mlp_inputs(f: &GradFn) -> Vec<Tensor> {
     let mut state = 12345u64;
     let mut next = || {
         state = state
@@ -207,7 +207,6 @@ fn mlp_inputs(f: &GradFn, batch: usize) -> Vec<Tensor> {
             } else {
                 (0..n).map(|_| (next() * 0.1) as f32).collect()
             };
-            let _ = batch;
             Tensor::from_vec(i.ty.shape.clone(), data).unwrap()
         })
         .collect()
@@ -219,7 +218,7 @@ fn mlp_step(c: &mut Criterion) {
     for batch in [32, 128, 1024] {
         let g = models::mlp(batch, 784, 256, 10, DType::F32, false).unwrap();
         let f = value_and_grad(&g, &models::MLP_PARAMS, &Options::default()).unwrap();
-        let inputs = mlp_inputs(&f, batch);
+        let inputs = mlp_inputs(&f);
         let refs: Vec<&Tensor> = inputs.iter().collect();
         let mut outs = f.call(&refs).unwrap();
         group.bench_with_input(BenchmarkId::new("value_and_grad", batch), &batch, |b, _| {
