@@ -81,6 +81,8 @@ pub struct Lowerer<'m> {
     pub state: &'m mut ModuleState,
     func_imports: HashMap<&'static str, FuncRef>,
     helper_refs: HashMap<(&'static str, Type), FuncRef>,
+    /// f64 sin and cos already computed of a value in a block.
+    sincos_cache: HashMap<(cranelift_codegen::ir::Block, Value), (Value, Value)>,
     /// Call the math helpers instead of inlining polynomials (set for
     /// kernels whose inline body would be large: compile time grows with
     /// code size, and such kernels gain little from inlining).
@@ -453,7 +455,36 @@ impl<'m> Lowerer<'m> {
                             _ => self.tanh_f32(fb, xt, x),
                         }
                     }
-                    UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tanh => {
+                    UnaryOp::Sin | UnaryOp::Cos => {
+                        // One sincos call serves both (as LLVM does for
+                        // Rust's f64::sin and f64::cos of one value).
+                        let block = fb.current_block().expect("inside a block");
+                        let (s, c) = match self.sincos_cache.get(&(block, x)) {
+                            Some(&pair) => pair,
+                            None => {
+                                let slot = fb.create_sized_stack_slot(cranelift_codegen::ir::StackSlotData::new(
+                                    cranelift_codegen::ir::StackSlotKind::ExplicitSlot,
+                                    16,
+                                    3,
+                                ));
+                                let ps = fb.ins().stack_addr(types::I64, slot, 0);
+                                let pc = fb.ins().stack_addr(types::I64, slot, 8);
+                                let f =
+                                    self.import(fb, "wengert_sincos_f64", &[types::F64, types::I64, types::I64], &[]);
+                                fb.ins().call(f, &[x, ps, pc]);
+                                let s = fb.ins().load(types::F64, MemFlagsData::trusted(), ps, 0);
+                                let c = fb.ins().load(types::F64, MemFlagsData::trusted(), pc, 0);
+                                self.sincos_cache.insert((block, x), (s, c));
+                                (s, c)
+                            }
+                        };
+                        if u == UnaryOp::Sin {
+                            s
+                        } else {
+                            c
+                        }
+                    }
+                    UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh => {
                         let name = match u {
                             UnaryOp::Exp => "wengert_exp_f64",
                             UnaryOp::Log => "wengert_log_f64",
@@ -1097,6 +1128,7 @@ pub fn lower_graph(
         state,
         func_imports: HashMap::new(),
         helper_refs: HashMap::new(),
+        sincos_cache: HashMap::new(),
         outline_math: false,
         arena,
         arena_bytes: planned_end.div_ceil(64) * 64,
