@@ -332,14 +332,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
             }
             // Differentiate, simplify, checkpoint and partition.
             let options = PipelineOptions {
-                passes: vec![
-                    Pass::Autodiff,
-                    Pass::Simplify,
-                    Pass::Checkpoint,
-                    Pass::Partition,
-                    Pass::Fuse,
-                    Pass::MemoryPlan,
-                ],
+                passes: Pass::ALL.to_vec(),
                 wrt: wrt_names(&g, &wrt).iter().map(|s| s.to_string()).collect(),
                 seeds: parse_seeds(&seeds)?
                     .into_iter()

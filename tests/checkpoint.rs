@@ -126,14 +126,7 @@ fn peak_memory_falls_as_the_budget_falls() {
     // 16 layers: √16 = 4 saved activations minimize the peak.
     for budget in [usize::MAX, 12 * act, 8 * act, 4 * act] {
         let options = PipelineOptions {
-            passes: vec![
-                Pass::Autodiff,
-                Pass::Simplify,
-                Pass::Checkpoint,
-                Pass::Partition,
-                Pass::Fuse,
-                Pass::MemoryPlan,
-            ],
+            passes: Pass::ALL.to_vec(),
             wrt: wrt.clone(),
             checkpoint: CheckpointPolicy::Budget(budget),
             ..PipelineOptions::default()
@@ -347,14 +340,7 @@ fn binomial_schedule_lowers_the_planned_peak() {
     let wrt: Vec<String> = (1..=32).map(|i| format!("W{i}")).collect();
     let peak = |policy: CheckpointPolicy| {
         let options = PipelineOptions {
-            passes: vec![
-                Pass::Autodiff,
-                Pass::Simplify,
-                Pass::Checkpoint,
-                Pass::Partition,
-                Pass::Fuse,
-                Pass::MemoryPlan,
-            ],
+            passes: Pass::ALL.to_vec(),
             wrt: wrt.clone(),
             checkpoint: policy,
             ..PipelineOptions::default()

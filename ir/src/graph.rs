@@ -394,6 +394,21 @@ impl Graph {
         marked
     }
 
+    /// Marks every node computed from constants alone (constants included;
+    /// inputs excluded), indexed by node: such values are free to copy into
+    /// any graph and never worth saving.
+    pub fn constant_nodes(&self) -> Vec<bool> {
+        let mut constant = vec![false; self.len()];
+        for id in self.node_ids() {
+            constant[id.index()] = match self.op(id) {
+                Op::Const { .. } => true,
+                Op::Input { .. } => false,
+                _ => self.args(id).iter().all(|a| constant[a.index()]),
+            };
+        }
+        constant
+    }
+
     /// Marks every node that some output depends on.
     pub fn live_nodes(&self) -> Vec<bool> {
         self.ancestors(self.outputs.iter().map(|o| o.node))

@@ -273,14 +273,7 @@ pub fn min_cut_saved(gg: &GradGraph) -> Vec<NodeId> {
     // Forward values: needed by the primal outputs; plus masks the default
     // policy would compute in the forward.
     let primal = gg.primal_mask();
-    let mut constant = vec![false; n];
-    for id in g.node_ids() {
-        constant[id.index()] = match g.op(id) {
-            Op::Const { .. } => true,
-            Op::Input { .. } => false,
-            _ => g.args(id).iter().all(|a| constant[a.index()]),
-        };
-    }
+    let constant = g.constant_nodes();
     let mut forward = primal.clone();
     for &d in &default {
         forward[d.index()] = true; // masks computed in the forward

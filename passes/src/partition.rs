@@ -78,7 +78,7 @@ fn classify(gg: &GradGraph) -> Classes {
     let mut c = Classes {
         primal: gg.primal_mask(),
         seed: vec![false; n],
-        constant: vec![false; n],
+        constant: j.constant_nodes(),
         seed_dependent: vec![false; n],
         mask: vec![false; n],
     };
@@ -90,11 +90,6 @@ fn classify(gg: &GradGraph) -> Classes {
     for id in j.node_ids() {
         let i = id.index();
         let args = j.args(id);
-        c.constant[i] = match j.op(id) {
-            Op::Const { .. } => true,
-            Op::Input { .. } => false,
-            _ => args.iter().all(|a| c.constant[a.index()]),
-        };
         c.seed_dependent[i] = c.seed[i] || args.iter().any(|a| c.seed_dependent[a.index()]);
         c.mask[i] = !c.primal[i]
             && !c.constant[i]

@@ -42,14 +42,7 @@ fn signature(g: &Graph, id: NodeId) -> String {
 pub fn detect_chain(gg: &GradGraph) -> Option<Chain> {
     let g = &gg.graph;
     let primal = gg.primal_mask();
-    let mut constant = vec![false; g.len()];
-    for id in g.node_ids() {
-        constant[id.index()] = match g.op(id) {
-            Op::Const { .. } => true,
-            Op::Input { .. } => false,
-            _ => g.args(id).iter().all(|a| constant[a.index()]),
-        };
-    }
+    let constant = g.constant_nodes();
     let computed = |v: NodeId| primal[v.index()] && !constant[v.index()] && !matches!(g.op(v), Op::Input { .. });
     // The spine, from the output back to where it meets only inputs.
     let mut spine = vec![g.outputs().first()?.node];
