@@ -146,6 +146,46 @@ fn closed_form(case: usize, x: f64, x2: f64) -> (f64, f64, f64) {
     }
 }
 
+/// The closed forms behind the packed entry's ABI (`fn(*const f64, *mut
+/// f64)`, called through a pointer): what LLVM makes of the derivative
+/// when, like JIT code, it cannot be inlined into the caller.
+mod closed_out_of_line {
+    macro_rules! packed {
+        ($name:ident, $case:literal, $n:literal, $m:literal) => {
+            pub unsafe extern "C" fn $name(x: *const f64, out: *mut f64) {
+                // SAFETY: the caller passes $n inputs and room for $m outputs.
+                let (x, out) = unsafe {
+                    (
+                        std::slice::from_raw_parts(x, $n),
+                        std::slice::from_raw_parts_mut(out, $m),
+                    )
+                };
+                let (y, g1, g2) = super::closed_form($case, x[0], x[$n - 1]);
+                out[0] = y;
+                match $case {
+                    // Case 4 returns y1, y2 and the two gradient entries.
+                    4 => {
+                        out[0] = x[0] * x[1];
+                        out[1] = x[0] + x[1] * x[1];
+                        out[2] = g1;
+                        out[3] = g2;
+                    }
+                    _ => {
+                        out[1] = g1;
+                        if $m > 2 {
+                            out[2] = g2;
+                        }
+                    }
+                }
+            }
+        };
+    }
+    packed!(case1, 1, 1, 2);
+    packed!(case2, 2, 1, 2);
+    packed!(case3, 3, 2, 3);
+    packed!(case4, 4, 2, 4);
+}
+
 fn seed_grad(c: &mut Criterion) {
     let builders = [
         cases::case01_scalar,
@@ -177,6 +217,55 @@ fn seed_grad(c: &mut Criterion) {
                 bound.input_mut::<f64>(0).unwrap()[0] = black_box(0.7);
                 bound.run();
                 black_box(bound.outputs()[1].as_slice::<f64>().unwrap()[0])
+            })
+        });
+        // The packed scalar entry: `[f64; N] -> [f64; M]`, checked once.
+        macro_rules! bench_scalar {
+            ($n:literal, $m:literal) => {{
+                let sf = f.joint().scalar_fn::<f64, $n, $m>().unwrap();
+                group.bench_function("jit_scalar_fn", |b| {
+                    b.iter(|| {
+                        let mut x = [0.0; $n];
+                        x[0] = black_box(0.7);
+                        if $n > 1 {
+                            x[$n - 1] = black_box(1.7);
+                        }
+                        // Read each output as a scalar (a caller reading the
+                        // whole array with vector loads would stall on
+                        // store forwarding from the callee's scalar stores).
+                        let out = sf.call(x);
+                        for v in out {
+                            black_box(v);
+                        }
+                    })
+                });
+            }};
+        }
+        match (g.inputs().len(), f.joint().outputs().len()) {
+            (1, 2) => bench_scalar!(1, 2),
+            (2, 3) => bench_scalar!(2, 3),
+            (2, 4) => bench_scalar!(2, 4),
+            (4, 4) => bench_scalar!(4, 4),
+            (n, m) => panic!("case {case}: add a scalar_fn arity ({n} inputs, {m} outputs)"),
+        }
+        let packed: unsafe extern "C" fn(*const f64, *mut f64) = match case {
+            1 => closed_out_of_line::case1,
+            2 => closed_out_of_line::case2,
+            3 => closed_out_of_line::case3,
+            _ => closed_out_of_line::case4,
+        };
+        let m = f.joint().outputs().len();
+        group.bench_function("closed_form_out_of_line", |b| {
+            let packed = black_box(packed);
+            b.iter(|| {
+                let x = [black_box(0.7), black_box(1.7)];
+                let mut out = [0.0f64; 4];
+                // SAFETY: two inputs (cases with one read only the first)
+                // and room for four outputs.
+                unsafe { packed(x.as_ptr(), out.as_mut_ptr()) };
+                for v in &out[..m] {
+                    black_box(*v);
+                }
             })
         });
         group.bench_function("closed_form", |b| {

@@ -8,7 +8,7 @@ use wengert_ir::{Graph, IrError, Tensor};
 use wengert_passes::{
     run_pipeline, CheckpointPolicy, GradGraph, Partition, Pass, PassError, PipelineOptions, PipelineResult, Seed, Stage,
 };
-pub use wengert_runtime::{Bound, Executable, MemoryReport, RuntimeError};
+pub use wengert_runtime::{Bound, Executable, MemoryReport, RuntimeError, ScalarFn};
 
 /// Every error of the facade, by the stage that raised it.
 #[derive(Debug, thiserror::Error)]

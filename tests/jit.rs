@@ -539,6 +539,49 @@ fn wrong_inputs_are_errors_naming_the_input() {
 }
 
 #[test]
+fn scalar_fns_equal_the_validated_call_and_check_their_types_once() {
+    // Case 3: f(x1, x2) = x1·x2 + sin x1 with its gradient (x2 + cos x1, x1).
+    let f = value_and_grad(&cases::case03_two_inputs().unwrap(), &["x1", "x2"], &Options::default()).unwrap();
+    let sf = f.joint().scalar_fn::<f64, 2, 3>().unwrap();
+    for (x1, x2) in [(0.7, 1.7), (-2.0, 0.25), (1e3, -1e-3)] {
+        let [y, g1, g2] = sf.call([x1, x2]);
+        let outs = f.call(&[&Tensor::scalar_f64(x1), &Tensor::scalar_f64(x2)]).unwrap();
+        assert_eq!(
+            [y, g1, g2].map(f64::to_bits),
+            [0, 1, 2].map(|k| outs[k].scalar_value().unwrap().to_bits())
+        );
+        assert_eq!((g1, g2), (x2 + x1.cos(), x1));
+    }
+    // Case 4's VJP with seed inputs: four inputs, four outputs.
+    let g = cases::case04_vjp().unwrap();
+    let seeds = [("y1", Seed::Input("u1".into())), ("y2", Seed::Input("u2".into()))];
+    let f4 = value_and_grad_with_seeds(&g, &["x1", "x2"], &seeds, &Options::default()).unwrap();
+    let [y1, y2, gx1, gx2] = f4.joint().scalar_fn::<f64, 4, 4>().unwrap().call([2.0, 3.0, 1.0, 10.0]);
+    // uᵀJ with J = [[x2, x1], [1, 2·x2]] and u = (1, 10).
+    assert_eq!([y1, y2, gx1, gx2], [6.0, 11.0, 3.0 + 10.0, 2.0 + 10.0 * 6.0]);
+    // Counts and dtype are checked when the function is made.
+    let err = |r: Result<(), wengert::api::RuntimeError>| r.expect_err("an error").to_string();
+    assert_eq!(
+        err(f.joint().scalar_fn::<f64, 1, 3>().map(|_| ())),
+        "case03_two_inputs.grad takes 2 input(s) (x1, x2), got 1"
+    );
+    assert_eq!(
+        err(f.joint().scalar_fn::<f64, 2, 2>().map(|_| ())),
+        "case03_two_inputs.grad has 3 output(s), got 2 output buffers"
+    );
+    assert_eq!(
+        err(f.joint().scalar_fn::<f32, 2, 3>().map(|_| ())),
+        "input `x1`: expected f64[], got f32 (the scalar function's element type)"
+    );
+    // A graph with a tensor input has no scalar entry.
+    let m = value_and_grad(&cases::case05_linear().unwrap(), &["W"], &Options::default()).unwrap();
+    assert_eq!(
+        err(m.joint().scalar_fn::<f64, 3, 2>().map(|_| ())),
+        "case05_linear.grad: no scalar entry, `X` is f64[4,3], not a f64 scalar"
+    );
+}
+
+#[test]
 fn bound_executables_run_without_per_call_checks() {
     let f = value_and_grad(&cases::case03_two_inputs().unwrap(), &["x1", "x2"], &Options::default()).unwrap();
     let mut bound = f

@@ -2,15 +2,15 @@
 //! the owner of the generated code.
 
 use crate::error::CodegenError;
-use crate::lower::{lower_graph, ModuleState};
+use crate::lower::{lower_graph, Abi, ModuleState};
 use cranelift_codegen::ir::{types, AbiParam};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, Linkage, Module};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use std::sync::{Arc, Mutex};
-use wengert_ir::{verify, Graph};
-use wengert_runtime::{EntryFn, Executable};
+use wengert_ir::{verify, DType, Graph};
+use wengert_runtime::{EntryFn, Executable, PackedFn};
 
 /// Options of code generation.
 #[derive(Clone, Debug)]
@@ -68,6 +68,7 @@ fn new_module(opts: &CodegenOptions) -> Result<JITModule, CodegenError> {
         if opts.verify_clif { "true" } else { "false" },
     )?;
     set(&mut flags, "is_pic", "false")?;
+    set(&mut flags, "unwind_info", "false")?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
     let isa = cranelift_native::builder()
         .map_err(|e| CodegenError::Cranelift(format!("host ISA: {e}")))?
@@ -95,48 +96,42 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
     let mut compiled = Vec::new();
     for (i, g) in graphs.iter().enumerate() {
         verify(g)?;
-        let mut sig = module.make_signature();
-        sig.params.push(AbiParam::new(types::I64));
         let name = format!("wg{i}_{}", g.name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
-        let id = module
-            .declare_function(&name, Linkage::Local, &sig)
-            .map_err(|e| CodegenError::Cranelift(e.to_string()))?;
-        ctx.func.signature = sig;
-        let frontend_config = module.target_config();
-        let lowered = {
-            let mut fb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            let lowered = lower_graph(&mut module, &mut state, &mut fb, g)?;
-            fb.seal_all_blocks();
-            fb.finalize(frontend_config);
-            lowered
+        let mut jc = JitContext {
+            module: &mut module,
+            state: &mut state,
+            ctx: &mut ctx,
+            fctx: &mut fctx,
+            opts,
         };
-        let clif = if opts.keep_text {
-            ctx.func.display().to_string()
+        let main = jc.define(g, &name, Abi::PointerArray)?;
+        // All-scalar graphs also get the packed entry (a few more
+        // instructions to compile); a graph it cannot serve (one that
+        // needs an arena) simply has none.
+        let mut main = main;
+        let packed = if all_scalar(g).is_some() {
+            jc.define(g, &format!("{name}_packed"), Abi::PackedScalars).ok()
         } else {
-            String::new()
+            None
         };
-        ctx.set_disasm(opts.keep_text);
-        module
-            .define_function(id, &mut ctx)
-            .map_err(|e| CodegenError::Cranelift(format!("{}: {e:?}", g.name)))?;
-        let disasm = if opts.keep_text {
-            ctx.compiled_code().and_then(|c| c.vcode.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        module.clear_context(&mut ctx);
-        compiled.push((id, lowered.arena_bytes, clif, disasm));
+        if let Some(p) = &packed {
+            // The dumps show both entries of the graph.
+            if opts.keep_text {
+                main.clif.push_str(&format!("\n; packed scalar entry\n{}", p.clif));
+                main.disasm.push_str(&format!("\n; packed scalar entry\n{}", p.disasm));
+            }
+        }
+        compiled.push((main, packed));
     }
     module
         .finalize_definitions()
         .map_err(|e| CodegenError::Cranelift(e.to_string()))?;
-    let entries: Vec<EntryFn> = compiled
-        .iter()
-        .map(|(id, ..)| {
-            let ptr = module.get_finalized_function(*id);
-            // SAFETY: the function was defined with the signature
-            // `fn(*const *mut u8)` under the platform's C calling convention.
-            unsafe { std::mem::transmute::<*const u8, EntryFn>(ptr) }
+    let pointers: Vec<_> = compiled
+        .into_iter()
+        .map(|(main, packed)| {
+            let ptr = module.get_finalized_function(main.id);
+            let packed_ptr = packed.map(|p| module.get_finalized_function(p.id));
+            (main, ptr, packed_ptr)
         })
         .collect();
     let owner: Arc<dyn Send + Sync> = Arc::new(JitCode {
@@ -144,7 +139,10 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
         _state: state,
     });
     let mut out = Vec::new();
-    for ((g, (_, arena, clif, disasm)), entry) in graphs.iter().zip(compiled).zip(entries) {
+    for (g, (main, ptr, packed_ptr)) in graphs.iter().zip(pointers) {
+        // SAFETY: the function was defined with the signature
+        // `fn(*const *mut u8)` under the platform's C calling convention.
+        let entry = unsafe { std::mem::transmute::<*const u8, EntryFn>(ptr) };
         let inputs = g.inputs().iter().map(|i| (i.name.clone(), i.ty.clone())).collect();
         let outputs = g
             .outputs()
@@ -154,21 +152,120 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
         // SAFETY: the code was generated from `g`: it reads inputs and
         // writes outputs of exactly these types, uses `arena` bytes of
         // arena, and touches only data kept alive by `owner`.
-        let exe = unsafe {
+        let mut exe = unsafe {
             Executable::new(
                 g.name.clone(),
                 inputs,
                 outputs,
                 entry,
-                arena,
-                clif,
-                disasm,
+                main.arena_bytes,
+                main.clif,
+                main.disasm,
                 owner.clone(),
             )
         };
+        if let Some(ptr) = packed_ptr {
+            // SAFETY: defined with `fn(*const u8, *mut u8)` under the C
+            // calling convention, reading the graph's scalar inputs packed
+            // at the first pointer and writing its scalar outputs packed at
+            // the second, with no arena (lowering fails otherwise).
+            exe = unsafe { exe.with_packed_entry(std::mem::transmute::<*const u8, PackedFn>(ptr)) };
+        }
         out.push(exe);
     }
     Ok(out)
+}
+
+/// The element type shared by all inputs and outputs of `g` if every one
+/// of them is a scalar (the graphs that get a packed entry).
+fn all_scalar(g: &Graph) -> Option<DType> {
+    let mut types = g
+        .inputs()
+        .iter()
+        .map(|i| &i.ty)
+        .chain(g.outputs().iter().map(|o| g.ty(o.node)));
+    let first = types.next()?;
+    let dtype = first.dtype;
+    let ok = first.rank() == 0
+        && matches!(dtype, DType::F32 | DType::F64)
+        && types.all(|t| t.rank() == 0 && t.dtype == dtype);
+    ok.then_some(dtype)
+}
+
+/// One compiled (not yet finalized) function.
+struct Defined {
+    id: FuncId,
+    arena_bytes: usize,
+    clif: String,
+    disasm: String,
+}
+
+/// What defining a function needs, borrowed together.
+struct JitContext<'a> {
+    module: &'a mut JITModule,
+    state: &'a mut ModuleState,
+    ctx: &'a mut cranelift_codegen::Context,
+    fctx: &'a mut FunctionBuilderContext,
+    opts: &'a CodegenOptions,
+}
+
+impl JitContext<'_> {
+    /// Lowers `g` under `abi` and defines it in the module as `name`.
+    /// Lowering runs before the declaration, so a graph `abi` cannot serve
+    /// leaves nothing behind in the module.
+    fn define(&mut self, g: &Graph, name: &str, abi: Abi) -> Result<Defined, CodegenError> {
+        let mut sig = self.module.make_signature();
+        sig.params.push(AbiParam::new(types::I64));
+        if abi == Abi::PackedScalars {
+            sig.params.push(AbiParam::new(types::I64));
+        }
+        self.ctx.func.signature = sig.clone();
+        let frontend_config = self.module.target_config();
+        let lowered = {
+            let mut fb = FunctionBuilder::new(&mut self.ctx.func, self.fctx);
+            let lowered = lower_graph(self.module, self.state, &mut fb, g, abi);
+            if lowered.is_ok() {
+                fb.seal_all_blocks();
+                fb.finalize(frontend_config);
+            }
+            lowered
+        };
+        let lowered = match lowered {
+            Ok(l) => l,
+            Err(e) => {
+                self.module.clear_context(self.ctx);
+                return Err(e);
+            }
+        };
+        let id = self
+            .module
+            .declare_function(name, Linkage::Local, &sig)
+            .map_err(|e| CodegenError::Cranelift(e.to_string()))?;
+        let clif = if self.opts.keep_text {
+            self.ctx.func.display().to_string()
+        } else {
+            String::new()
+        };
+        self.ctx.set_disasm(self.opts.keep_text);
+        self.module
+            .define_function(id, self.ctx)
+            .map_err(|e| CodegenError::Cranelift(format!("{}: {e:?}", g.name)))?;
+        let disasm = if self.opts.keep_text {
+            self.ctx
+                .compiled_code()
+                .and_then(|c| c.vcode.clone())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        self.module.clear_context(self.ctx);
+        Ok(Defined {
+            id,
+            arena_bytes: lowered.arena_bytes,
+            clif,
+            disasm,
+        })
+    }
 }
 
 /// Compiles one graph.

@@ -1091,31 +1091,71 @@ fn computes_fresh_memory(g: &Graph, id: NodeId) -> bool {
     wengert_passes::memory::needs_buffer(g, id, true)
 }
 
-/// Lowers `g` into the function being built by `fb`, whose one parameter is
-/// the pointer array.
+/// How a compiled function receives its buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Abi {
+    /// One parameter: an array of pointers to the inputs, then the
+    /// outputs, then the arena.
+    PointerArray,
+    /// Two parameters: a packed array of the scalar inputs and one of the
+    /// scalar outputs, each element at `index · size_of(dtype)`. There is
+    /// no arena, so lowering fails if the graph would need one. This is
+    /// the latency path for all-scalar graphs: no pointer array to load.
+    PackedScalars,
+}
+
+/// Lowers `g` into the function being built by `fb`, whose parameters are
+/// those of `abi`.
 pub fn lower_graph(
     module: &mut JITModule,
     state: &mut ModuleState,
     fb: &mut FunctionBuilder,
     g: &Graph,
+    abi: Abi,
 ) -> Result<Lowered, CodegenError> {
     let entry = fb.create_block();
     fb.append_block_params_for_function_params(entry);
     fb.switch_to_block(entry);
-    let ptrs = fb.block_params(entry)[0];
     let n_in = g.inputs().len();
     let n_out = g.outputs().len();
-    let load_ptr = |fb: &mut FunctionBuilder, i: usize| {
-        fb.ins().load(
-            types::I64,
-            MemFlagsData::trusted().with_readonly(),
-            ptrs,
-            (i * 8) as i32,
-        )
+    let (arena, in_ptrs, out_ptrs) = match abi {
+        Abi::PointerArray => {
+            let ptrs = fb.block_params(entry)[0];
+            let load_ptr = |fb: &mut FunctionBuilder, i: usize| {
+                fb.ins().load(
+                    types::I64,
+                    MemFlagsData::trusted().with_readonly(),
+                    ptrs,
+                    (i * 8) as i32,
+                )
+            };
+            let arena = load_ptr(fb, n_in + n_out);
+            let in_ptrs: Vec<Value> = (0..n_in).map(|i| load_ptr(fb, i)).collect();
+            let out_ptrs: Vec<Value> = (0..n_out).map(|j| load_ptr(fb, n_in + j)).collect();
+            (arena, in_ptrs, out_ptrs)
+        }
+        Abi::PackedScalars => {
+            let (ins, outs) = (fb.block_params(entry)[0], fb.block_params(entry)[1]);
+            let slot = |fb: &mut FunctionBuilder, base: Value, i: usize, ty: &wengert_ir::TensorType| {
+                if ty.rank() != 0 {
+                    return Err(CodegenError::Unsupported {
+                        node: g.name.clone(),
+                        message: format!("no packed scalar entry: a value of type {ty} is not a scalar"),
+                    });
+                }
+                Ok(fb.ins().iadd_imm_s(base, (i * ty.dtype.size_bytes()) as i64))
+            };
+            let mut in_ptrs = Vec::with_capacity(n_in);
+            for (i, input) in g.inputs().iter().enumerate() {
+                in_ptrs.push(slot(fb, ins, i, &input.ty)?);
+            }
+            let mut out_ptrs = Vec::with_capacity(n_out);
+            for (j, o) in g.outputs().iter().enumerate() {
+                out_ptrs.push(slot(fb, outs, j, g.ty(o.node))?);
+            }
+            (fb.ins().iconst(types::I64, 0), in_ptrs, out_ptrs)
+        }
     };
-    let arena = load_ptr(fb, n_in + n_out);
-    let in_ptrs: Vec<Value> = (0..n_in).map(|i| load_ptr(fb, i)).collect();
-    let out_ptrs: Vec<Value> = (0..n_out).map(|j| load_ptr(fb, n_in + j)).collect();
     // Values placed by the memory plan occupy the start of the arena;
     // temporaries of the lowering itself are bump-allocated after them.
     let planned_end = g
@@ -1420,6 +1460,15 @@ pub fn lower_graph(
             }
             other => lw.copy_into(fb, &other, &dst)?,
         }
+    }
+    if abi == Abi::PackedScalars && lw.arena_bytes > 0 {
+        return Err(CodegenError::Unsupported {
+            node: g.name.clone(),
+            message: format!(
+                "no packed scalar entry: the graph needs {} bytes of arena",
+                lw.arena_bytes
+            ),
+        });
     }
     fb.ins().return_(&[]);
     Ok(Lowered {

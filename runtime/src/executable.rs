@@ -7,11 +7,16 @@
 //! write out of bounds. The code is immutable and each call has its own
 //! arena (a per-thread buffer), so one executable may be called from many
 //! threads at once.
+//!
+//! Graphs whose inputs and outputs are all scalars of one dtype also get a
+//! packed entry `fn(inputs: *const T, outputs: *mut T)`, reached through
+//! [`ScalarFn`]: its types are checked once when it is made and enforced
+//! by the array lengths of its `call`, so a call is the bare native call.
 
 use crate::error::RuntimeError;
 use std::cell::RefCell;
 use std::sync::Arc;
-use wengert_ir::{Tensor, TensorType};
+use wengert_ir::{Element, Tensor, TensorType};
 
 /// Compares two shapes element by element. Written as a loop on purpose:
 /// slice equality calls `memcmp`, which measured ~400 ns per call here
@@ -34,6 +39,10 @@ fn same_shape(a: &[usize], b: &[usize]) -> bool {
 
 /// The native signature of a compiled graph.
 pub type EntryFn = unsafe extern "C" fn(*const *mut u8);
+
+/// The native signature of the packed entry of an all-scalar graph: the
+/// inputs packed in one array, the outputs in another.
+pub type PackedFn = unsafe extern "C" fn(*const u8, *mut u8);
 
 /// Calls `entry` on `ptrs`, whose last slot receives this thread's arena
 /// (grown to `arena_bytes` if needed; left null when none is needed).
@@ -89,6 +98,7 @@ pub struct Executable {
     inputs: Vec<(String, TensorType)>,
     outputs: Vec<(String, TensorType)>,
     entry: EntryFn,
+    packed: Option<PackedFn>,
     arena_bytes: usize,
     clif: String,
     disasm: String,
@@ -130,11 +140,76 @@ impl Executable {
             inputs,
             outputs,
             entry,
+            packed: None,
             arena_bytes,
             clif,
             disasm,
             _code: code,
         }
+    }
+
+    /// Adds the packed entry of an all-scalar graph.
+    ///
+    /// # Safety
+    /// `packed` must read exactly the declared inputs, all scalars of one
+    /// dtype, from consecutive elements at its first argument, write the
+    /// declared outputs (scalars of the same dtype) to consecutive elements
+    /// at its second, and touch nothing else but memory owned by the code.
+    pub unsafe fn with_packed_entry(mut self, packed: PackedFn) -> Executable {
+        self.packed = Some(packed);
+        self
+    }
+
+    /// The all-scalar fast path: a function from `N` scalars to `M`
+    /// scalars of type `T`, checked here once (the graph has a packed
+    /// entry, `N` inputs and `M` outputs, all of dtype `T`).
+    pub fn scalar_fn<T: Element, const N: usize, const M: usize>(&self) -> Result<ScalarFn<'_, T, N, M>, RuntimeError> {
+        let entry = self.packed.ok_or_else(|| {
+            let non_scalar = self
+                .inputs
+                .iter()
+                .chain(&self.outputs)
+                .find(|(_, t)| t.rank() != 0 || t.dtype != T::DTYPE);
+            RuntimeError::Other(match non_scalar {
+                Some((name, t)) => format!(
+                    "{}: no scalar entry, `{name}` is {t}, not a {} scalar",
+                    self.name,
+                    T::DTYPE
+                ),
+                None => format!("{}: no scalar entry (the graph needs scratch memory)", self.name),
+            })
+        })?;
+        if N != self.inputs.len() {
+            return Err(RuntimeError::InputCount {
+                graph: self.name.clone(),
+                expected: self.inputs.len(),
+                names: self
+                    .inputs
+                    .iter()
+                    .map(|(n, _)| n.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                got: N,
+            });
+        }
+        if M != self.outputs.len() {
+            return Err(RuntimeError::OutputCount {
+                graph: self.name.clone(),
+                expected: self.outputs.len(),
+                got: M,
+            });
+        }
+        if let Some((name, t)) = self.inputs.iter().find(|(_, t)| t.dtype != T::DTYPE) {
+            return Err(RuntimeError::Input {
+                name: name.clone(),
+                message: format!("expected {t}, got {} (the scalar function's element type)", T::DTYPE),
+            });
+        }
+        Ok(ScalarFn {
+            entry,
+            _exe: std::marker::PhantomData,
+            _elem: std::marker::PhantomData,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -331,5 +406,29 @@ impl Bound<'_> {
         // SAFETY: same type, so both buffers hold `n` bytes.
         unsafe { std::ptr::copy_nonoverlapping(value.as_ptr(), self.inputs[i].as_mut_ptr(), n) };
         Ok(())
+    }
+}
+
+/// An all-scalar executable as a plain function `[T; N] -> [T; M]`, from
+/// [`Executable::scalar_fn`]. Calls go straight to native code: the types
+/// were checked when it was made, and the array lengths fix the counts.
+/// Scalar graphs use no arena, so calls from many threads share nothing.
+#[derive(Clone, Copy)]
+pub struct ScalarFn<'e, T: Element, const N: usize, const M: usize> {
+    entry: PackedFn,
+    /// Borrows the executable (which owns the code) and fixes `T`.
+    _exe: std::marker::PhantomData<&'e Executable>,
+    _elem: std::marker::PhantomData<fn(T) -> T>,
+}
+
+impl<T: Element, const N: usize, const M: usize> ScalarFn<'_, T, N, M> {
+    /// The outputs at `inputs`, in the graph's output order.
+    #[inline]
+    pub fn call(&self, inputs: [T; N]) -> [T; M] {
+        let mut out = [T::default(); M];
+        // SAFETY: `scalar_fn` checked that the packed entry reads N and
+        // writes M scalars of dtype T; the arrays hold exactly those.
+        unsafe { (self.entry)(inputs.as_ptr() as *const u8, out.as_mut_ptr() as *mut u8) };
+        out
     }
 }

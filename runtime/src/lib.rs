@@ -11,5 +11,5 @@ pub mod executable;
 pub mod gemm;
 
 pub use error::RuntimeError;
-pub use executable::{Bound, CodeOwner, EntryFn, Executable, MemoryReport};
+pub use executable::{Bound, CodeOwner, EntryFn, Executable, MemoryReport, PackedFn, ScalarFn};
 pub use wengert_ir::Tensor;
