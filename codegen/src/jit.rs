@@ -68,6 +68,8 @@ fn new_module(opts: &CodegenOptions) -> Result<JITModule, CodegenError> {
         if opts.verify_clif { "true" } else { "false" },
     )?;
     set(&mut flags, "is_pic", "false")?;
+    // Nothing unwinds through generated code: the Rust functions it calls
+    // are `extern "C"`, which abort on panic.
     set(&mut flags, "unwind_info", "false")?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
     let isa = cranelift_native::builder()
