@@ -214,7 +214,56 @@ pub struct GradMemory {
     pub split_peak_bytes: usize,
 }
 
+/// An arena's size as planned by `memory-plan` and as measured on the
+/// compiled code ([`Executable::measure_arena`]), in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArenaCheck {
+    pub planned: usize,
+    pub measured: usize,
+}
+
+/// Planned and measured memory of a compiled gradient (see
+/// [`GradFn::measure_memory`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MeasuredMemory {
+    pub joint: ArenaCheck,
+    pub forward: ArenaCheck,
+    pub backward: ArenaCheck,
+    /// Values the forward saves for the backward.
+    pub saved_bytes: usize,
+}
+
+impl MeasuredMemory {
+    /// Peak activation memory of a step run as forward then backward: the
+    /// saved values plus the larger arena, as planned.
+    pub fn planned_peak(&self) -> usize {
+        self.saved_bytes + self.forward.planned.max(self.backward.planned)
+    }
+
+    /// The same peak with the measured arenas.
+    pub fn measured_peak(&self) -> usize {
+        self.saved_bytes + self.forward.measured.max(self.backward.measured)
+    }
+}
+
 impl GradFn {
+    /// Runs each compiled function once on zero inputs to measure the
+    /// arena its code really writes, beside what `memory-plan` planned
+    /// (compiles the forward and backward halves if not yet compiled).
+    pub fn measure_memory(&self) -> Result<MeasuredMemory, Error> {
+        let planned = |i: usize| self.pipeline.memory.get(i).map(|m| m.arena_bytes).unwrap_or(0);
+        let check = |i: usize, exe: &Executable| ArenaCheck {
+            planned: planned(i),
+            measured: exe.measure_arena(),
+        };
+        Ok(MeasuredMemory {
+            joint: check(0, &self.joint),
+            forward: check(1, self.forward_executable()?),
+            backward: check(2, self.backward_executable()?),
+            saved_bytes: self.partition.saved_bytes(),
+        })
+    }
+
     /// Memory of the compiled functions (see [`GradMemory`]).
     pub fn memory(&self) -> GradMemory {
         let saved = self.partition.saved_bytes();

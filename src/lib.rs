@@ -9,7 +9,8 @@ pub mod digits;
 pub mod models;
 
 pub use api::{
-    compile, value_and_grad, value_and_grad_with_seeds, Bound, Error, Executable, GradFn, Options, Residuals, ScalarFn,
+    compile, value_and_grad, value_and_grad_with_seeds, ArenaCheck, Bound, Error, Executable, GradFn, MeasuredMemory,
+    Options, Residuals, ScalarFn,
 };
 pub use wengert_codegen as codegen;
 pub use wengert_codegen::CodegenOptions;

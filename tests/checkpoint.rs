@@ -352,3 +352,43 @@ fn binomial_schedule_lowers_the_planned_peak() {
     let (all, slots) = (peak(CheckpointPolicy::SaveAll), peak(CheckpointPolicy::Slots(4)));
     assert!(slots * 3 < all, "slots=4 peak {slots} vs save-all {all}");
 }
+
+#[test]
+fn planned_arena_equals_the_measured_one() {
+    // The memory plan's high-water mark against the bytes the compiled
+    // code really writes (an arena filled with byte patterns), for the
+    // joint function and both halves, under every policy, on a chain, case
+    // 9 and the MLP.
+    let chain = models::tanh_chain(8, 8, 16, DType::F32).unwrap();
+    let chain_wrt: Vec<String> = (1..=8).map(|i| format!("W{i}")).collect();
+    let mlp = models::mlp(16, 32, 24, 10, DType::F32, false).unwrap();
+    let graphs = [
+        (chain, chain_wrt),
+        (
+            cases::case09_checkpoint_chain().unwrap(),
+            WRT9.iter().map(|s| s.to_string()).collect(),
+        ),
+        (mlp, ["W1", "b1", "W2", "b2"].iter().map(|s| s.to_string()).collect()),
+    ];
+    for (g, wrt) in &graphs {
+        let wrt: Vec<&str> = wrt.iter().map(String::as_str).collect();
+        for policy in [
+            CheckpointPolicy::SaveAll,
+            CheckpointPolicy::Sqrt,
+            CheckpointPolicy::MinCut,
+            CheckpointPolicy::Budget(2048),
+            CheckpointPolicy::Slots(2),
+        ] {
+            let options = Options {
+                checkpoint: policy.clone(),
+                ..Options::default()
+            };
+            let f = value_and_grad(g, &wrt, &options).unwrap();
+            let m = f.measure_memory().unwrap();
+            for (what, c) in [("joint", m.joint), ("forward", m.forward), ("backward", m.backward)] {
+                assert_eq!(c.measured, c.planned, "{} {policy:?} {what}", g.name);
+            }
+            assert!(m.planned_peak() > 0 && m.planned_peak() == m.measured_peak());
+        }
+    }
+}

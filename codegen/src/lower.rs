@@ -1160,7 +1160,10 @@ pub fn lower_graph(
     // temporaries of the lowering itself are bump-allocated after them.
     let planned_end = g
         .node_ids()
-        .filter_map(|id| g.node(id).arena.map(|off| off + g.ty(id).size_bytes()))
+        .filter_map(|id| {
+            let bytes = g.ty(id).size_bytes().max(wengert_passes::memory::scratch_bytes(g, id));
+            g.node(id).arena.map(|off| off + bytes)
+        })
         .max()
         .unwrap_or(0);
     let mut lw = Lowerer {
@@ -1497,12 +1500,9 @@ fn lower_fused(
             let b_loc = locs[args[1].index()].clone().expect("operands precede");
             let a = lw.materialize(fb, &a_loc, &a_ty.shape, a_ty.dtype, false)?;
             let b = lw.materialize(fb, &b_loc, &b_ty.shape, b_ty.dtype, false)?;
-            let out = if used_outside[first.index()] {
-                place(lw, fb, first)
-            } else {
-                let ty = g.ty(first);
-                lw.alloc(fb, &ty.shape, ty.dtype)
-            };
+            // Its planned buffer (the memory plan gives a leading matmul
+            // one even when only the kernel reads it).
+            let out = place(lw, fb, first);
             lw.gemm(fb, &a, &b, &out)?;
             locs[first.index()] = Some(Loc::Mem(out));
             rest = tail;
@@ -1631,9 +1631,31 @@ fn lower_softmax_xent(
     };
     let z = as2(lw, fb, &arg_locs[0])?;
     let t = as2(lw, fb, &arg_locs[1])?;
-    let m = lw.alloc(fb, &[rows], dt);
-    let s = lw.alloc(fb, &[rows], dt);
-    let loss = lw.alloc(fb, &[1], dt);
+    // Row maxima, row sums and the loss accumulator: in the scratch the
+    // memory plan placed (laid out as `memory::scratch_bytes` counts), else
+    // bump-allocated.
+    let (m, s, loss) = match g.node(id).arena {
+        Some(off) => {
+            let row_bytes = (rows * dt.size_bytes()).div_ceil(64) * 64;
+            let at = |fb: &mut FunctionBuilder, off: usize, n: usize| View {
+                ptr: fb.ins().iadd_imm_s(lw.arena, off as i64),
+                offset: 0,
+                shape: vec![n],
+                strides: vec![1],
+                dtype: dt,
+            };
+            (
+                at(fb, off, rows),
+                at(fb, off + row_bytes, rows),
+                at(fb, off + 2 * row_bytes, 1),
+            )
+        }
+        None => (
+            lw.alloc(fb, &[rows], dt),
+            lw.alloc(fb, &[rows], dt),
+            lw.alloc(fb, &[1], dt),
+        ),
+    };
     let row_view = |v: &View| {
         Loc::Mem(View {
             shape: shape2.to_vec(),

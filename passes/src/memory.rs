@@ -44,7 +44,10 @@ fn is_elementwise(op: &Op) -> bool {
 pub fn needs_buffer(g: &Graph, id: NodeId, used_outside_kernel: bool) -> bool {
     let big = g.ty(id).num_elements() > 1;
     let op = g.op(id);
-    if g.node(id).kernel.is_some() && !used_outside_kernel {
+    // Kernel members read only inside their kernel live in registers,
+    // except a kernel's leading matmul: GEMM writes its result to memory,
+    // which the kernel's loop then reads.
+    if g.node(id).kernel.is_some() && !used_outside_kernel && !matches!(op, Op::MatMul) {
         return false;
     }
     match op {
@@ -57,6 +60,24 @@ pub fn needs_buffer(g: &Graph, id: NodeId, used_outside_kernel: bool) -> bool {
         | Op::Transpose { .. }
         | Op::Slice { .. }
         | Op::SoftmaxCrossEntropy => false,
+    }
+}
+
+/// Scratch memory code generation needs while computing `id` (dead once
+/// it is computed): softmax cross-entropy keeps each row's max and sum
+/// (`rows` elements each, 64-byte aligned) and the loss accumulator. The
+/// memory plan places it (as the node's `arena` offset), so the planned
+/// arena is the arena the code uses.
+pub fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
+    match g.op(id) {
+        Op::SoftmaxCrossEntropy => {
+            let z = g.ty(g.args(id)[0]);
+            let kdim = z.shape.last().copied().unwrap_or(1);
+            let rows = z.num_elements().checked_div(kdim).unwrap_or(0);
+            let e = z.dtype.size_bytes();
+            2 * (rows * e).div_ceil(ALIGN) * ALIGN + e
+        }
+        _ => 0,
     }
 }
 
@@ -103,12 +124,21 @@ pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassErr
     let mut released = vec![false; n];
     let mut free: Vec<(usize, usize)> = Vec::new(); // (offset, size)
     let mut end = 0usize;
+    // Bytes of each placed buffer, to free the same amount.
+    let mut placed = vec![0usize; n];
     for id in g.node_ids() {
-        if !needs_buffer(g, id, used_outside[id.index()]) || is_output[id.index()] {
-            continue;
-        }
         let p = pos[id.index()];
-        let size = g.ty(id).size_bytes().div_ceil(ALIGN) * ALIGN;
+        let scratch = scratch_bytes(g, id);
+        // A node's buffer lives until its last reader; scratch only while
+        // the node itself runs.
+        let (size, last) = if scratch > 0 {
+            (scratch.div_ceil(ALIGN) * ALIGN, p)
+        } else if needs_buffer(g, id, used_outside[id.index()]) && !is_output[id.index()] {
+            (g.ty(id).size_bytes().div_ceil(ALIGN) * ALIGN, last_use[id.index()])
+        } else {
+            continue;
+        };
+        placed[id.index()] = size;
         stats.unshared_bytes += size;
         // Release buffers whose last reader ran before this position.
         while let Some(&std::cmp::Reverse((last, o))) = live.peek() {
@@ -118,7 +148,7 @@ pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassErr
             live.pop();
             if !std::mem::replace(&mut released[o.index()], true) {
                 if let Some(off) = offset[o.index()] {
-                    free.push((off, g.ty(o).size_bytes().div_ceil(ALIGN) * ALIGN));
+                    free.push((off, placed[o.index()]));
                 }
             }
         }
@@ -164,8 +194,11 @@ pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassErr
             },
         };
         offset[id.index()] = Some(off);
-        live.push(std::cmp::Reverse((last_use[id.index()], id)));
-        stats.arena_bytes = stats.arena_bytes.max(off + size);
+        live.push(std::cmp::Reverse((last, id)));
+        // The high-water mark counts the bytes really used (the last
+        // buffer's size, not its alignment padding).
+        let used = if scratch > 0 { scratch } else { g.ty(id).size_bytes() };
+        stats.arena_bytes = stats.arena_bytes.max(off + used);
     }
     let mut out = g.clone();
     for id in g.node_ids() {

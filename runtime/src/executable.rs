@@ -251,6 +251,40 @@ impl Executable {
         }
     }
 
+    /// Measures the arena the code really uses: runs it on zero inputs
+    /// with a private arena filled with a byte pattern, twice with two
+    /// patterns (0xA5 and 0x5A), and returns one past the highest byte
+    /// written. A written byte differs from at least one pattern and the
+    /// code writes the same bytes both times (no data-dependent control
+    /// over memory), so this is exact. To compare with the memory plan's
+    /// `arena_bytes` (`memory-plan`'s high-water mark).
+    pub fn measure_arena(&self) -> usize {
+        if self.arena_bytes == 0 {
+            return 0;
+        }
+        let inputs: Vec<Tensor> = self.inputs.iter().map(|(_, t)| Tensor::zeros(t.clone())).collect();
+        let mut outputs: Vec<Tensor> = self.outputs.iter().map(|(_, t)| Tensor::zeros(t.clone())).collect();
+        let mut arena = vec![Line([0; 64]); self.arena_bytes.div_ceil(64)];
+        let mut high = 0;
+        for pattern in [0xA5u8, 0x5A] {
+            arena.iter_mut().for_each(|l| l.0 = [pattern; 64]);
+            let mut ptrs: Vec<*mut u8> = inputs.iter().map(|t| t.as_ptr() as *mut u8).collect();
+            ptrs.extend(outputs.iter_mut().map(|t| t.as_mut_ptr()));
+            ptrs.push(arena.as_mut_ptr() as *mut u8);
+            // SAFETY: inputs and outputs have the declared types, and the
+            // arena holds `arena_bytes` bytes, 64-byte aligned.
+            unsafe { (self.entry)(ptrs.as_ptr()) };
+            let bytes = arena.iter().flat_map(|l| l.0);
+            let last = bytes
+                .enumerate()
+                .filter(|&(_, b)| b != pattern)
+                .map(|(i, _)| i + 1)
+                .last();
+            high = high.max(last.unwrap_or(0));
+        }
+        high
+    }
+
     fn check_inputs(&self, inputs: &[&Tensor]) -> Result<(), RuntimeError> {
         if inputs.len() != self.inputs.len() {
             return Err(RuntimeError::InputCount {
