@@ -371,7 +371,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
             }
             if explain {
                 let _ = write!(out, "{expl}");
-                if let (Some(n), CheckpointPolicy::Slots(c)) = (result.recomputed_blocks, &options.checkpoint) {
+                if let (Some(n), Some(c)) = (result.recomputed_blocks, result.binomial_slots) {
                     let l = result
                         .grad
                         .as_ref()
@@ -381,7 +381,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                     let _ = writeln!(
                         out,
                         "binomial schedule: a chain of {l} blocks, {c} slot(s): {n} recomputed block evaluations besides each block's reversal (optimum r·l − C(c+r, c+1) = {})",
-                        wengert_passes::checkpoint::revolve_min_extra_steps(l as u64, *c as u64)
+                        wengert_passes::checkpoint::revolve_min_extra_steps(l as u64, c as u64)
                     );
                 }
                 let planned: Vec<String> = result.memory.iter().map(|m| m.arena_bytes.to_string()).collect();
@@ -390,6 +390,31 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                     "planned arena bytes (joint, forward, backward): {}",
                     planned.join(", ")
                 );
+                // Compile the same pipeline and measure what the code writes.
+                let wrt_list = wrt_names(&g, &wrt);
+                let seed_list = parse_seeds(&seeds)?;
+                let api_options = Options {
+                    checkpoint: options.checkpoint.clone(),
+                    ..Options::default()
+                };
+                let f = value_and_grad_with_seeds(&g, &wrt_list, &seed_list, &api_options)
+                    .map_err(|e| CliError(format!("{file}: {e}")))?;
+                let m = f.measure_memory().map_err(|e| CliError(format!("{file}: {e}")))?;
+                let _ = writeln!(
+                    out,
+                    "measured arena bytes (joint, forward, backward): {}, {}, {}",
+                    m.joint.measured, m.forward.measured, m.backward.measured
+                );
+                let _ = writeln!(
+                    out,
+                    "peak activation bytes, forward then backward (saved + larger arena): planned {}, measured {}",
+                    m.planned_peak(),
+                    m.measured_peak()
+                );
+                if let CheckpointPolicy::Budget(b) = options.checkpoint {
+                    let verdict = if m.planned_peak() <= b { "fits" } else { "over budget" };
+                    let _ = writeln!(out, "budget {b} bytes: {verdict}");
+                }
             }
             Ok(out)
         }

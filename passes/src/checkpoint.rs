@@ -15,23 +15,27 @@
 //!   eight-layer chain it keeps h0 (an input), h4 and h8, as in case 9.
 //! - `MinCut`: a minimum cut of the joint graph weighted by bytes, with
 //!   matmuls and reductions never recomputed ([`min_cut_saved`]).
-//! - `Budget(bytes)`: the shortest segments whose saved activations fit in
-//!   `bytes`, but no longer than the √n segments that minimize peak memory
-//!   (so a budget below that saves what √n saves, over budget, and the
-//!   explanation shows it).
+//! - `Budget(bytes)`: of save-all, the min cut and every len-th activation
+//!   for growing lengths, the plan with the fewest extra FLOPs whose peak
+//!   (saved values plus the larger planned arena of forward and backward,
+//!   found by partitioning, fusing and planning each candidate:
+//!   [`simulate`]) fits in `bytes`; if none fits, the lowest peak (the
+//!   explanation says so).
 //!
 //! Recomputed values are bit-identical to the forward's (the same ops on
 //! the same values, compiled by the same code generator), and CSE runs
 //! before partition, so it cannot merge a recomputation back.
 //!
-//! Griewank–Walther's binomial schedule (Revolve), which is optimal for a
-//! chain with `c` slots, is computed by [`revolve_extra_steps`] and
-//! [`revolve_min_extra_steps`]; wiring it into graph generation (it
-//! recomputes some steps several times) is future work.
+//! Griewank–Walther's binomial schedule (Revolve), optimal for a chain with
+//! `c` slots, is counted by [`revolve_extra_steps`] and
+//! [`revolve_min_extra_steps`]; `revolve.rs` rewrites the graph to follow
+//! it (policy `Slots(c)`).
 
 use crate::autodiff::GradGraph;
 use crate::error::PassError;
-use crate::partition::{default_saved, Partition};
+use crate::fuse::fuse;
+use crate::memory::memory_plan_with_stats;
+use crate::partition::{default_saved, partition, Partition};
 use std::fmt::Write;
 use wengert_ir::{Graph, Mark, NodeId, Op};
 
@@ -141,6 +145,17 @@ fn activations(gg: &GradGraph, saved: &[NodeId]) -> Vec<NodeId> {
     acts
 }
 
+/// The peak activation memory and extra FLOPs of saving `saved`: the
+/// partition, fused and memory-planned as the pipeline does, run as forward
+/// then backward (saved values plus the larger arena: the peak that
+/// `GradFn::measure_memory` measures).
+pub fn simulate(gg: &GradGraph, saved: &[NodeId]) -> Result<(usize, u64), PassError> {
+    let p = partition(gg, Some(saved))?;
+    let arena = |g: &Graph| -> Result<usize, PassError> { Ok(memory_plan_with_stats(&fuse(g)?)?.1.arena_bytes) };
+    let peak = p.saved_bytes() + arena(&p.forward)?.max(arena(&p.backward)?);
+    Ok((peak, explain(gg, &p).extra_flops))
+}
+
 /// The saved set for `policy` (ids of `gg.graph`), then the user's marks:
 /// a value marked `save` that the backward reads is saved, a value marked
 /// `recompute` is not (see [`Var::save`](wengert_ir::Var::save)).
@@ -213,23 +228,39 @@ fn choose_by_policy(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Vec<Nod
         // choosing; on its own this policy saves what the backward reads.
         CheckpointPolicy::Slots(_) => default,
         CheckpointPolicy::Budget(bytes) => {
-            // Keep every len-th activation with the smallest len whose saved
-            // bytes fit, but never a longer segment than the one that
-            // minimizes peak memory (about √n): beyond it, recomputing a
-            // longer segment holds more values than saving fewer frees
-            // (multi-level recomputation, Revolve, is not wired in yet).
-            let size = |s: &[NodeId]| {
-                s.iter()
-                    .filter(|n| !matches!(g.op(**n), Op::Input { .. }))
-                    .map(|&n| g.ty(n).size_bytes())
-                    .sum::<usize>()
-            };
+            // Candidates from least to most recomputation: save-all, the
+            // byte-weighted min cut (recomputes only cheap elementwise
+            // work), then every len-th activation for growing segment
+            // lengths. Each is checked by its real peak, simulated by
+            // planning both halves as the pipeline will (the cut minimizes
+            // saved bytes, not peak memory); the cheapest that fits wins,
+            // else the one with the lowest peak.
+            let mut candidates = vec![default.clone(), min_cut_saved(gg)];
+            let mut len = 1;
+            while len <= acts.len() {
+                candidates.push(segments(len));
+                len = if len < 4 { len + 1 } else { len + len / 2 };
+            }
             let n = acts.len().max(1);
-            let best_peak_len = n.div_ceil(((n as f64).sqrt().floor() as usize).max(1));
-            let len = (1..=best_peak_len)
-                .find(|&len| size(&segments(len)) <= *bytes)
-                .unwrap_or(best_peak_len);
-            segments(len)
+            candidates.push(segments(n.div_ceil(((n as f64).sqrt().floor() as usize).max(1))));
+            let mut best: Option<(bool, u64, usize, Vec<NodeId>)> = None;
+            for saved in candidates {
+                let (peak, flops) = simulate(gg, &saved)?;
+                let fits = peak <= *bytes;
+                let better = match &best {
+                    None => true,
+                    Some((bfits, bflops, bpeak, _)) => match (fits, *bfits) {
+                        (true, false) => true,
+                        (false, true) => false,
+                        (true, true) => (flops, peak) < (*bflops, *bpeak),
+                        (false, false) => (peak, flops) < (*bpeak, *bflops),
+                    },
+                };
+                if better {
+                    best = Some((fits, flops, peak, saved));
+                }
+            }
+            best.map(|(.., saved)| saved).unwrap_or(default)
         }
     })
 }

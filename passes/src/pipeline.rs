@@ -13,7 +13,7 @@
 //! `checkpoint.txt`, what the partition saves and recomputes.
 
 use crate::autodiff::{autodiff, GradGraph, Seed};
-use crate::checkpoint::{choose_saved, explain, CheckpointPolicy, Explanation};
+use crate::checkpoint::{choose_saved, explain, simulate, CheckpointPolicy, Explanation};
 use crate::error::PassError;
 use crate::fuse::fuse;
 use crate::memory::{memory_plan_with_stats, MemoryStats};
@@ -162,6 +162,8 @@ pub struct PipelineResult {
     /// Under the binomial schedule: the number of block evaluations the
     /// backward recomputes besides each block's own reversal.
     pub recomputed_blocks: Option<usize>,
+    /// The slots of that schedule (`Slots(c)`, or the one a budget chose).
+    pub binomial_slots: Option<usize>,
     pub records: Vec<PassRecord>,
     /// Arena statistics per graph (joint, forward, backward), if planned.
     pub memory: Vec<MemoryStats>,
@@ -176,6 +178,57 @@ fn header(out: &mut String, when: &str, pass: Pass, stage: &Stage) {
     }
 }
 
+/// When `chosen` (one level of recomputation) peaks above `bytes` and the
+/// graph is a chain, the binomial schedule with the most slots whose
+/// simulated peak fits (slots are searched by bisection: fewer slots,
+/// lower peak), else with one slot if that still lowers the peak: the
+/// rewritten graph, its slots and its count of recomputed block
+/// evaluations.
+fn binomial_within(
+    gg: &GradGraph,
+    chosen: &[wengert_ir::NodeId],
+    bytes: usize,
+) -> Result<Option<(GradGraph, usize, usize)>, PassError> {
+    let (peak, _) = simulate(gg, chosen)?;
+    if peak <= bytes {
+        return Ok(None);
+    }
+    let Some(chain) = crate::revolve::detect_chain(gg) else {
+        return Ok(None);
+    };
+    let at = |c: usize| -> Result<Option<(GradGraph, usize, usize)>, PassError> {
+        Ok(match crate::revolve::revolve(gg, c)? {
+            Some((rewritten, advances)) => {
+                let (peak, _) = simulate(&rewritten, &[])?;
+                Some((rewritten, advances, peak))
+            }
+            None => None,
+        })
+    };
+    // The largest c in [1, l - 1] that fits, by bisection.
+    let (mut lo, mut hi) = (1, chain.blocks.len().saturating_sub(1).max(1));
+    let mut fitting = None;
+    while lo <= hi {
+        let mid = (lo + hi) / 2;
+        match at(mid)? {
+            Some((g, a, p)) if p <= bytes => {
+                fitting = Some((g, mid, a));
+                lo = mid + 1;
+            }
+            _ => {
+                if mid == 1 {
+                    break;
+                }
+                hi = mid - 1;
+            }
+        }
+    }
+    if fitting.is_some() {
+        return Ok(fitting);
+    }
+    Ok(at(1)?.filter(|(_, _, p)| *p < peak).map(|(g, a, _)| (g, 1, a)))
+}
+
 /// Runs the pipeline on `g`.
 pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResult, PassError> {
     let mut result = PipelineResult {
@@ -184,6 +237,7 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
         partition: None,
         explanation: None,
         recomputed_blocks: None,
+        binomial_slots: None,
         records: Vec::new(),
         memory: Vec::new(),
         printed: String::new(),
@@ -245,10 +299,24 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                                 *grad = rewritten;
                                 joint = grad.graph.clone();
                                 result.recomputed_blocks = Some(advances);
+                                result.binomial_slots = Some(*c);
                                 // Save nothing: the backward follows the schedule.
                                 saved = Some(Vec::new());
                             } else {
                                 saved = Some(choose_saved(grad, &CheckpointPolicy::SaveAll)?);
+                            }
+                        }
+                        CheckpointPolicy::Budget(bytes) => {
+                            let chosen = choose_saved(grad, &options.checkpoint)?;
+                            match binomial_within(grad, &chosen, *bytes)? {
+                                Some((rewritten, slots, advances)) => {
+                                    *grad = rewritten;
+                                    joint = grad.graph.clone();
+                                    result.recomputed_blocks = Some(advances);
+                                    result.binomial_slots = Some(slots);
+                                    saved = Some(Vec::new());
+                                }
+                                None => saved = Some(chosen),
                             }
                         }
                         policy => saved = Some(choose_saved(grad, policy)?),
