@@ -180,17 +180,7 @@ impl Executable {
             })
         })?;
         if N != self.inputs.len() {
-            return Err(RuntimeError::InputCount {
-                graph: self.name.clone(),
-                expected: self.inputs.len(),
-                names: self
-                    .inputs
-                    .iter()
-                    .map(|(n, _)| n.clone())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                got: N,
-            });
+            return Err(self.input_count_error(N));
         }
         if M != self.outputs.len() {
             return Err(RuntimeError::OutputCount {
@@ -285,19 +275,23 @@ impl Executable {
         high
     }
 
+    fn input_count_error(&self, got: usize) -> RuntimeError {
+        RuntimeError::InputCount {
+            graph: self.name.clone(),
+            expected: self.inputs.len(),
+            names: self
+                .inputs
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            got,
+        }
+    }
+
     fn check_inputs(&self, inputs: &[&Tensor]) -> Result<(), RuntimeError> {
         if inputs.len() != self.inputs.len() {
-            return Err(RuntimeError::InputCount {
-                graph: self.name.clone(),
-                expected: self.inputs.len(),
-                names: self
-                    .inputs
-                    .iter()
-                    .map(|(n, _)| n.clone())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                got: inputs.len(),
-            });
+            return Err(self.input_count_error(inputs.len()));
         }
         for ((name, ty), t) in self.inputs.iter().zip(inputs) {
             if t.dtype() != ty.dtype {
