@@ -106,12 +106,11 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
             fctx: &mut fctx,
             opts,
         };
-        let main = jc.define(g, &name, Abi::PointerArray)?;
+        let mut main = jc.define(g, &name, Abi::PointerArray)?;
         // All-scalar graphs also get the packed entry (a few more
         // instructions to compile); a graph it cannot serve (one that
         // needs an arena) simply has none.
-        let mut main = main;
-        let packed = if all_scalar(g).is_some() {
+        let packed = if is_all_scalar(g) {
             jc.define(g, &format!("{name}_packed"), Abi::PackedScalars).ok()
         } else {
             None
@@ -178,20 +177,20 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
     Ok(out)
 }
 
-/// The element type shared by all inputs and outputs of `g` if every one
-/// of them is a scalar (the graphs that get a packed entry).
-fn all_scalar(g: &Graph) -> Option<DType> {
+/// Whether all inputs and outputs of `g` are scalars of one float dtype
+/// (the graphs that get a packed entry).
+fn is_all_scalar(g: &Graph) -> bool {
     let mut types = g
         .inputs()
         .iter()
         .map(|i| &i.ty)
         .chain(g.outputs().iter().map(|o| g.ty(o.node)));
-    let first = types.next()?;
-    let dtype = first.dtype;
-    let ok = first.rank() == 0
-        && matches!(dtype, DType::F32 | DType::F64)
-        && types.all(|t| t.rank() == 0 && t.dtype == dtype);
-    ok.then_some(dtype)
+    let Some(first) = types.next() else {
+        return false;
+    };
+    first.rank() == 0
+        && matches!(first.dtype, DType::F32 | DType::F64)
+        && types.all(|t| t.rank() == 0 && t.dtype == first.dtype)
 }
 
 /// One compiled (not yet finalized) function.
@@ -235,7 +234,10 @@ impl JitContext<'_> {
         let lowered = match lowered {
             Ok(l) => l,
             Err(e) => {
+                // A half-built function leaves both contexts dirty; reset
+                // them so that the next function starts clean.
                 self.module.clear_context(self.ctx);
+                *self.fctx = FunctionBuilderContext::new();
                 return Err(e);
             }
         };
