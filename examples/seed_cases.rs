@@ -11,18 +11,8 @@ use wengert::{cases, interpret, value_and_grad_with_seeds, Options, Seed, Tensor
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (file, build) in cases::ALL.iter().take(8) {
         let g = build()?;
-        let wrt: Vec<&str> = g
-            .inputs()
-            .iter()
-            .filter(|i| i.differentiable)
-            .map(|i| i.name.as_str())
-            .collect();
-        // Case 4 computes a vector-Jacobian product with seeds u1, u2.
-        let seeds: Vec<(&str, Seed)> = if *file == "case04_vjp.wg" {
-            vec![("y1", Seed::Input("u1".into())), ("y2", Seed::Input("u2".into()))]
-        } else {
-            vec![]
-        };
+        let wrt = g.differentiable_inputs();
+        let seeds = cases::seeds(file);
         let t0 = Instant::now();
         let f = value_and_grad_with_seeds(&g, &wrt, &seeds, &Options::default())?;
         let compile_ms = t0.elapsed().as_secs_f64() * 1e3;

@@ -252,14 +252,16 @@ impl GradFn {
     /// (compiles the forward and backward halves if not yet compiled).
     pub fn measure_memory(&self) -> Result<MeasuredMemory, Error> {
         let planned = |i: usize| self.pipeline.memory.get(i).map(|m| m.arena_bytes).unwrap_or(0);
-        let check = |i: usize, exe: &Executable| ArenaCheck {
-            planned: planned(i),
-            measured: exe.measure_arena(),
+        let check = |i: usize, exe: &Executable| -> Result<ArenaCheck, Error> {
+            Ok(ArenaCheck {
+                planned: planned(i),
+                measured: exe.measure_arena()?,
+            })
         };
         Ok(MeasuredMemory {
-            joint: check(0, &self.joint),
-            forward: check(1, self.forward_executable()?),
-            backward: check(2, self.backward_executable()?),
+            joint: check(0, &self.joint)?,
+            forward: check(1, self.forward_executable()?)?,
+            backward: check(2, self.backward_executable()?)?,
             saved_bytes: self.partition.saved_bytes(),
         })
     }

@@ -5,6 +5,7 @@
 //! seed's input names.
 
 use wengert_ir::{DType, Graph, GraphBuilder, IrError};
+use wengert_passes::Seed;
 
 /// Number of unrolled steps of case 8's recurrence.
 pub const CASE08_STEPS: usize = 4;
@@ -98,6 +99,17 @@ pub fn case09_checkpoint_chain() -> Result<Graph, IrError> {
         h = h.matmul(w).tanh();
     }
     b.build(&[("L", h.sum_all())])
+}
+
+/// The output seeds a case is differentiated with: case 4 computes a
+/// vector-Jacobian product with seed inputs `u1`, `u2`; the others seed
+/// their scalar loss with 1.
+pub fn seeds(file: &str) -> Vec<(&'static str, Seed)> {
+    if file == "case04_vjp.wg" {
+        vec![("y1", Seed::Input("u1".into())), ("y2", Seed::Input("u2".into()))]
+    } else {
+        vec![]
+    }
 }
 
 /// A function that builds one case.

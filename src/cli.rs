@@ -152,11 +152,7 @@ pub fn dump_executables(dir: &str, exes: &[&Executable]) -> Result<(), CliError>
 /// The inputs to differentiate: those named, or every differentiable one.
 fn wrt_names<'g>(g: &'g Graph, wrt: &'g [String]) -> Vec<&'g str> {
     if wrt.is_empty() {
-        g.inputs()
-            .iter()
-            .filter(|i| i.differentiable && i.ty.dtype.is_float())
-            .map(|i| i.name.as_str())
-            .collect()
+        g.differentiable_inputs()
     } else {
         wrt.iter().map(String::as_str).collect()
     }
@@ -330,18 +326,36 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
             if !split && !explain && checkpoint == "all" {
                 return Ok(grad_graph(&file, &g, &wrt, &seeds)?.graph.to_string());
             }
-            // Differentiate, simplify, checkpoint and partition.
-            let options = PipelineOptions {
-                passes: Pass::ALL.to_vec(),
-                wrt: wrt_names(&g, &wrt).iter().map(|s| s.to_string()).collect(),
-                seeds: parse_seeds(&seeds)?
-                    .into_iter()
-                    .map(|(o, s)| (o.to_string(), s))
-                    .collect(),
-                checkpoint: CheckpointPolicy::parse(&checkpoint).map_err(|e| CliError(e.to_string()))?,
-                ..PipelineOptions::default()
+            let wrt_list = wrt_names(&g, &wrt);
+            let seed_list = parse_seeds(&seeds)?;
+            let policy = CheckpointPolicy::parse(&checkpoint).map_err(|e| CliError(e.to_string()))?;
+            let located = |e: &dyn std::fmt::Display| CliError(format!("{file}: {e}"));
+            // `--explain` compiles (to measure what the code writes);
+            // otherwise differentiate, simplify, checkpoint and partition.
+            let compiled = if explain {
+                let options = Options {
+                    checkpoint: policy.clone(),
+                    ..Options::default()
+                };
+                Some(value_and_grad_with_seeds(&g, &wrt_list, &seed_list, &options).map_err(|e| located(&e))?)
+            } else {
+                None
             };
-            let result = run_pipeline(&g, &options).map_err(|e| CliError(format!("{file}: {e}")))?;
+            let owned;
+            let result = match &compiled {
+                Some(f) => f.pipeline(),
+                None => {
+                    let options = PipelineOptions {
+                        passes: Pass::ALL.to_vec(),
+                        wrt: wrt_list.iter().map(|s| s.to_string()).collect(),
+                        seeds: seed_list.into_iter().map(|(o, s)| (o.to_string(), s)).collect(),
+                        checkpoint: policy.clone(),
+                        ..PipelineOptions::default()
+                    };
+                    owned = run_pipeline(&g, &options).map_err(|e| located(&e))?;
+                    &owned
+                }
+            };
             let (Some(p), Some(expl)) = (&result.partition, &result.explanation) else {
                 return Err(CliError("internal error: the pipeline did not partition".into()));
             };
@@ -369,7 +383,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                     );
                 }
             }
-            if explain {
+            if let Some(f) = &compiled {
                 let _ = write!(out, "{expl}");
                 if let (Some(n), Some(c)) = (result.recomputed_blocks, result.binomial_slots) {
                     let l = result
@@ -384,22 +398,12 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                         wengert_passes::checkpoint::revolve_min_extra_steps(l as u64, c as u64)
                     );
                 }
-                let planned: Vec<String> = result.memory.iter().map(|m| m.arena_bytes.to_string()).collect();
+                let m = f.measure_memory().map_err(|e| located(&e))?;
                 let _ = writeln!(
                     out,
-                    "planned arena bytes (joint, forward, backward): {}",
-                    planned.join(", ")
+                    "planned arena bytes (joint, forward, backward): {}, {}, {}",
+                    m.joint.planned, m.forward.planned, m.backward.planned
                 );
-                // Compile the same pipeline and measure what the code writes.
-                let wrt_list = wrt_names(&g, &wrt);
-                let seed_list = parse_seeds(&seeds)?;
-                let api_options = Options {
-                    checkpoint: options.checkpoint.clone(),
-                    ..Options::default()
-                };
-                let f = value_and_grad_with_seeds(&g, &wrt_list, &seed_list, &api_options)
-                    .map_err(|e| CliError(format!("{file}: {e}")))?;
-                let m = f.measure_memory().map_err(|e| CliError(format!("{file}: {e}")))?;
                 let _ = writeln!(
                     out,
                     "measured arena bytes (joint, forward, backward): {}, {}, {}",
@@ -411,7 +415,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                     m.planned_peak(),
                     m.measured_peak()
                 );
-                if let CheckpointPolicy::Budget(b) = options.checkpoint {
+                if let CheckpointPolicy::Budget(b) = policy {
                     let verdict = if m.planned_peak() <= b { "fits" } else { "over budget" };
                     let _ = writeln!(out, "budget {b} bytes: {verdict}");
                 }

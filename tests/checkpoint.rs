@@ -221,13 +221,7 @@ fn min_cut_saves_no_more_than_the_default_and_gradients_match() {
         models::tanh_chain(6, 4, 8, DType::F64).unwrap(),
         cases::case07_softmax_xent().unwrap(),
     ] {
-        let wrt: Vec<String> = g
-            .inputs()
-            .iter()
-            .filter(|i| i.differentiable)
-            .map(|i| i.name.clone())
-            .collect();
-        let wrt: Vec<&str> = wrt.iter().map(String::as_str).collect();
+        let wrt = g.differentiable_inputs();
         let gg = wengert::autodiff(&g, &wrt, &[]).unwrap();
         let default = partition(&gg, None).unwrap();
         let cut = choose_saved(&gg, &CheckpointPolicy::MinCut).unwrap();

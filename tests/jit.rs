@@ -389,17 +389,8 @@ fn f64_math_is_within_1e14_relative() {
 fn seed_cases_value_and_grad_through_the_jit() {
     for (file, build) in cases::ALL.iter().take(8) {
         let g = build().unwrap();
-        let wrt: Vec<&str> = g
-            .inputs()
-            .iter()
-            .filter(|i| i.differentiable)
-            .map(|i| i.name.as_str())
-            .collect();
-        let seeds: Vec<(&str, Seed)> = if *file == "case04_vjp.wg" {
-            vec![("y1", Seed::Input("u1".into())), ("y2", Seed::Input("u2".into()))]
-        } else {
-            vec![]
-        };
+        let wrt = g.differentiable_inputs();
+        let seeds = cases::seeds(file);
         let f = value_and_grad_with_seeds(&g, &wrt, &seeds, &Options::default()).unwrap();
         let joint = f.graph();
         let inputs = common::random_inputs(joint, &mut Rng::new(8), -1.0, 1.0);

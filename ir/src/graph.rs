@@ -189,6 +189,16 @@ impl Graph {
         &self.inputs
     }
 
+    /// Names of the inputs autodiff differentiates by default: those
+    /// marked differentiable (not `data`) with a float dtype.
+    pub fn differentiable_inputs(&self) -> Vec<&str> {
+        self.inputs
+            .iter()
+            .filter(|i| i.differentiable && i.ty.dtype.is_float())
+            .map(|i| i.name.as_str())
+            .collect()
+    }
+
     pub fn outputs(&self) -> &[Output] {
         &self.outputs
     }

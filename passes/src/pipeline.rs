@@ -207,7 +207,7 @@ fn binomial_within(
     };
     // The largest c in [1, l - 1] that fits, by bisection.
     let (mut lo, mut hi) = (1, chain.blocks.len().saturating_sub(1).max(1));
-    let mut fitting = None;
+    let (mut fitting, mut one_slot) = (None, None);
     while lo <= hi {
         let mid = (lo + hi) / 2;
         match at(mid)? {
@@ -215,18 +215,19 @@ fn binomial_within(
                 fitting = Some((g, mid, a));
                 lo = mid + 1;
             }
-            _ => {
-                if mid == 1 {
-                    break;
-                }
-                hi = mid - 1;
+            // A bisection that never fits ends here, having tried c = 1.
+            other if mid == 1 => {
+                one_slot = other;
+                break;
             }
+            _ => hi = mid - 1,
         }
     }
     if fitting.is_some() {
         return Ok(fitting);
     }
-    Ok(at(1)?.filter(|(_, _, p)| *p < peak).map(|(g, a, _)| (g, 1, a)))
+    // Nothing fits: one slot, the lowest binomial peak, if it beats `chosen`.
+    Ok(one_slot.filter(|(_, _, p)| *p < peak).map(|(g, a, _)| (g, 1, a)))
 }
 
 /// Runs the pipeline on `g`.
@@ -271,11 +272,7 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
         result.stage = match (pass, stage) {
             (Pass::Autodiff, Stage::One(g)) => {
                 let wrt: Vec<&str> = if options.wrt.is_empty() {
-                    g.inputs()
-                        .iter()
-                        .filter(|i| i.differentiable && i.ty.dtype.is_float())
-                        .map(|i| i.name.as_str())
-                        .collect()
+                    g.differentiable_inputs()
                 } else {
                     options.wrt.iter().map(String::as_str).collect()
                 };
@@ -293,34 +290,30 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                 let mut joint = joint;
                 if let Some(grad) = result.grad.as_mut() {
                     grad.graph = joint.clone();
-                    match &options.checkpoint {
-                        CheckpointPolicy::Slots(c) => {
-                            if let Some((rewritten, advances)) = crate::revolve::revolve(grad, *c)? {
-                                *grad = rewritten;
-                                joint = grad.graph.clone();
-                                result.recomputed_blocks = Some(advances);
-                                result.binomial_slots = Some(*c);
-                                // Save nothing: the backward follows the schedule.
-                                saved = Some(Vec::new());
-                            } else {
-                                saved = Some(choose_saved(grad, &CheckpointPolicy::SaveAll)?);
-                            }
-                        }
+                    // Either a saved set, or a graph rewritten to follow
+                    // the binomial schedule (its slots and recomputed
+                    // block count), which then saves nothing.
+                    let (chosen, binomial) = match &options.checkpoint {
+                        CheckpointPolicy::Slots(c) => match crate::revolve::revolve(grad, *c)? {
+                            Some((rewritten, advances)) => (Vec::new(), Some((rewritten, *c, advances))),
+                            None => (choose_saved(grad, &CheckpointPolicy::SaveAll)?, None),
+                        },
                         CheckpointPolicy::Budget(bytes) => {
                             let chosen = choose_saved(grad, &options.checkpoint)?;
                             match binomial_within(grad, &chosen, *bytes)? {
-                                Some((rewritten, slots, advances)) => {
-                                    *grad = rewritten;
-                                    joint = grad.graph.clone();
-                                    result.recomputed_blocks = Some(advances);
-                                    result.binomial_slots = Some(slots);
-                                    saved = Some(Vec::new());
-                                }
-                                None => saved = Some(chosen),
+                                Some(b) => (Vec::new(), Some(b)),
+                                None => (chosen, None),
                             }
                         }
-                        policy => saved = Some(choose_saved(grad, policy)?),
+                        policy => (choose_saved(grad, policy)?, None),
+                    };
+                    if let Some((rewritten, slots, advances)) = binomial {
+                        *grad = rewritten;
+                        joint = grad.graph.clone();
+                        result.recomputed_blocks = Some(advances);
+                        result.binomial_slots = Some(slots);
                     }
+                    saved = Some(chosen);
                 }
                 Stage::One(joint)
             }

@@ -248,31 +248,28 @@ impl Executable {
     /// code writes the same bytes both times (no data-dependent control
     /// over memory), so this is exact. To compare with the memory plan's
     /// `arena_bytes` (`memory-plan`'s high-water mark).
-    pub fn measure_arena(&self) -> usize {
+    pub fn measure_arena(&self) -> Result<usize, RuntimeError> {
         if self.arena_bytes == 0 {
-            return 0;
+            return Ok(0);
         }
-        let inputs: Vec<Tensor> = self.inputs.iter().map(|(_, t)| Tensor::zeros(t.clone())).collect();
-        let mut outputs: Vec<Tensor> = self.outputs.iter().map(|(_, t)| Tensor::zeros(t.clone())).collect();
+        let zeros = self.inputs.iter().map(|(_, t)| Tensor::zeros(t.clone())).collect();
+        let mut bound = self.bind(zeros)?;
         let mut arena = vec![Line([0; 64]); self.arena_bytes.div_ceil(64)];
+        let arena_slot = bound.ptrs.len() - 1;
         let mut high = 0;
         for pattern in [0xA5u8, 0x5A] {
             arena.iter_mut().for_each(|l| l.0 = [pattern; 64]);
-            let mut ptrs: Vec<*mut u8> = inputs.iter().map(|t| t.as_ptr() as *mut u8).collect();
-            ptrs.extend(outputs.iter_mut().map(|t| t.as_mut_ptr()));
-            ptrs.push(arena.as_mut_ptr() as *mut u8);
-            // SAFETY: inputs and outputs have the declared types, and the
+            bound.ptrs[arena_slot] = arena.as_mut_ptr() as *mut u8;
+            // SAFETY: the bound buffers have the declared types, and the
             // arena holds `arena_bytes` bytes, 64-byte aligned.
-            unsafe { (self.entry)(ptrs.as_ptr()) };
-            let bytes = arena.iter().flat_map(|l| l.0);
-            let last = bytes
-                .enumerate()
-                .filter(|&(_, b)| b != pattern)
-                .map(|(i, _)| i + 1)
-                .last();
-            high = high.max(last.unwrap_or(0));
+            unsafe { (self.entry)(bound.ptrs.as_ptr()) };
+            // One past the last byte that differs from the pattern.
+            let written = arena.iter().rposition(|l| l.0 != [pattern; 64]).map_or(0, |i| {
+                64 * i + arena[i].0.iter().rposition(|&b| b != pattern).map_or(0, |j| j + 1)
+            });
+            high = high.max(written);
         }
-        high
+        Ok(high)
     }
 
     fn input_count_error(&self, got: usize) -> RuntimeError {

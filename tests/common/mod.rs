@@ -87,12 +87,7 @@ pub fn autodiff_gradients(g: &Graph, inputs: &[Tensor], wrt: &[&str]) -> Vec<Vec
 /// Checks autodiff against central finite differences for every
 /// differentiable input.
 pub fn check_gradients(g: &Graph, inputs: &[Tensor], tol: f64) {
-    let wrt: Vec<&str> = g
-        .inputs()
-        .iter()
-        .filter(|i| i.differentiable)
-        .map(|i| i.name.as_str())
-        .collect();
+    let wrt = g.differentiable_inputs();
     let ad = autodiff_gradients(g, inputs, &wrt);
     let fd = finite_differences(g, inputs, &wrt, 1e-6);
     for ((name, a), f) in wrt.iter().zip(&ad).zip(&fd) {
