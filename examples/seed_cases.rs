@@ -6,7 +6,7 @@
 //! Run with `cargo run --release --example seed_cases`.
 
 use std::time::Instant;
-use wengert::{cases, interpret, value_and_grad_with_seeds, Options, Seed, Tensor};
+use wengert::{cases, interpret, value_and_grad_with_seeds, Options, Tensor};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (file, build) in cases::ALL.iter().take(8) {
