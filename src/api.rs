@@ -68,11 +68,7 @@ impl Options {
 fn dump_code(options: &Options, exes: &[&Executable]) -> Result<(), Error> {
     if let Some(dir) = options.dump_dir() {
         for exe in exes {
-            for (ext, text) in [("clif", exe.clif()), ("s", exe.disasm())] {
-                let path = dir.join(format!("{}.{ext}", exe.name()));
-                std::fs::write(&path, text)
-                    .map_err(|e| RuntimeError::Other(format!("cannot write {}: {e}", path.display())))?;
-            }
+            exe.write_text(&dir)?;
         }
     }
     Ok(())
@@ -121,9 +117,14 @@ impl Residuals {
 /// forward and backward halves of its partition.
 pub struct GradFn {
     id: u64,
-    grad: GradGraph,
-    partition: Partition,
+    /// The pipeline's result, which holds the gradient graph and the
+    /// partition (see `grad_graph`, `partition`).
     pipeline: PipelineResult,
+    /// For each primal input the backward reads, its index among the
+    /// primal inputs (those given to the forward).
+    backward_primal: Vec<usize>,
+    /// Names of the primal inputs, for errors.
+    primal_names: Vec<String>,
     joint: Executable,
     /// The halves are compiled on first use: most callers only need the
     /// joint function, and compiling is most of `value_and_grad`'s time.
@@ -178,9 +179,22 @@ pub fn value_and_grad_with_seeds(
         ..PipelineOptions::default()
     };
     let result = run_pipeline(g, &pipeline)?;
-    let (Some(grad), Some(partition)) = (result.grad.clone(), result.partition.clone()) else {
+    let (Some(grad), Some(partition)) = (&result.grad, &result.partition) else {
         unreachable!("autodiff and partition ran");
     };
+    let primal_names: Vec<String> = grad
+        .graph
+        .inputs()
+        .iter()
+        .filter(|i| !grad.seed_inputs.contains(&i.name))
+        .map(|i| i.name.clone())
+        .collect();
+    let backward_primal = partition
+        .backward_inputs
+        .iter()
+        .map(|n| primal_names.iter().position(|m| m == n))
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(|| RuntimeError::Other("internal error: a backward input is not a primal input".into()))?;
     let Stage::Split { joint, .. } = &result.stage else {
         unreachable!("partition ran");
     };
@@ -188,9 +202,9 @@ pub fn value_and_grad_with_seeds(
     dump_code(options, &[&joint])?;
     Ok(GradFn {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        grad,
-        partition,
         pipeline: result,
+        backward_primal,
+        primal_names,
         joint,
         forward: std::sync::OnceLock::new(),
         backward: std::sync::OnceLock::new(),
@@ -251,10 +265,9 @@ impl GradFn {
     /// arena its code really writes, beside what `memory-plan` planned
     /// (compiles the forward and backward halves if not yet compiled).
     pub fn measure_memory(&self) -> Result<MeasuredMemory, Error> {
-        let planned = |i: usize| self.pipeline.memory.get(i).map(|m| m.arena_bytes).unwrap_or(0);
         let check = |i: usize, exe: &Executable| -> Result<ArenaCheck, Error> {
             Ok(ArenaCheck {
-                planned: planned(i),
+                planned: self.planned_arena(i),
                 measured: exe.measure_arena()?,
             })
         };
@@ -262,21 +275,26 @@ impl GradFn {
             joint: check(0, &self.joint)?,
             forward: check(1, self.forward_executable()?)?,
             backward: check(2, self.backward_executable()?)?,
-            saved_bytes: self.partition.saved_bytes(),
+            saved_bytes: self.partition().saved_bytes(),
         })
     }
 
     /// Memory of the compiled functions (see [`GradMemory`]).
     pub fn memory(&self) -> GradMemory {
-        let saved = self.partition.saved_bytes();
-        let planned = |i: usize| self.pipeline.memory.get(i).map(|m| m.arena_bytes).unwrap_or(0);
+        let saved = self.partition().saved_bytes();
         let joint = self.joint.memory();
         GradMemory {
             saved_bytes: saved,
             joint_arena_bytes: joint.arena_bytes,
             joint_output_bytes: joint.output_bytes,
-            split_peak_bytes: (planned(1) + saved).max(saved + planned(2)),
+            split_peak_bytes: saved + self.planned_arena(1).max(self.planned_arena(2)),
         }
+    }
+
+    /// The arena `memory-plan` planned for the joint function (0), the
+    /// forward (1) or the backward (2); 0 if the pass did not run.
+    fn planned_arena(&self, i: usize) -> usize {
+        self.pipeline.memory.get(i).map_or(0, |m| m.arena_bytes)
     }
 
     /// The compiled joint graph (outputs, then `grad_<input>`), after all
@@ -294,7 +312,12 @@ impl GradFn {
     }
 
     pub fn partition(&self) -> &Partition {
-        &self.partition
+        self.pipeline.partition.as_ref().expect("value_and_grad partitions")
+    }
+
+    /// The differentiated graph (before fusion and memory planning).
+    fn grad_graph(&self) -> &GradGraph {
+        self.pipeline.grad.as_ref().expect("value_and_grad differentiates")
     }
 
     /// The joint executable: inputs (then seed inputs) → outputs, then
@@ -319,11 +342,7 @@ impl GradFn {
         };
         let exe = compile_graphs(&[if forward { f } else { b }], &self.codegen)?.remove(0);
         if let Some(dir) = &self.dump {
-            for (ext, text) in [("clif", exe.clif()), ("s", exe.disasm())] {
-                let path = dir.join(format!("{}.{ext}", exe.name()));
-                std::fs::write(&path, text)
-                    .map_err(|e| RuntimeError::Other(format!("cannot write {}: {e}", path.display())))?;
-            }
+            exe.write_text(dir)?;
         }
         Ok(cell.get_or_init(|| exe))
     }
@@ -353,59 +372,42 @@ impl GradFn {
     /// Runs the forward half: returns the outputs and the saved values.
     pub fn forward(&self, inputs: &[&Tensor]) -> Result<(Vec<Tensor>, Residuals), Error> {
         let mut all = self.forward_executable()?.call(inputs)?;
-        let values = all.split_off(self.grad.primal_outputs);
+        let values = all.split_off(self.grad_graph().primal_outputs);
         Ok((all, Residuals { owner: self.id, values }))
     }
 
     /// The backward's inputs: the primal inputs it reads (picked from the
     /// `inputs` given to the forward), the saved values, the seeds.
     fn backward_args<'a>(
-        &self,
-        inputs: &[&'a Tensor],
+        &'a self,
+        inputs: &'a [&'a Tensor],
         residuals: &'a Residuals,
-        seeds: &[&'a Tensor],
-    ) -> Result<Vec<&'a Tensor>, Error> {
+        seeds: &'a [&'a Tensor],
+    ) -> Result<impl Iterator<Item = &'a Tensor>, Error> {
         if residuals.owner != self.id {
             return Err(RuntimeError::Other("these residuals were made by another gradient function".into()).into());
         }
-        let primal = self
-            .grad
-            .graph
-            .inputs()
-            .iter()
-            .filter(|i| !self.grad.seed_inputs.contains(&i.name));
-        let names: Vec<&str> = primal.map(|i| i.name.as_str()).collect();
-        if inputs.len() != names.len() {
+        if inputs.len() != self.primal_names.len() {
             return Err(RuntimeError::Other(format!(
                 "backward takes the {} primal input(s) given to the forward ({}), got {}",
-                names.len(),
-                names.join(", "),
+                self.primal_names.len(),
+                self.primal_names.join(", "),
                 inputs.len()
             ))
             .into());
         }
-        let mut args: Vec<&Tensor> = self
-            .partition
-            .backward_inputs
-            .iter()
-            .map(|n| {
-                inputs[names
-                    .iter()
-                    .position(|m| m == n)
-                    .expect("backward inputs are primal inputs")]
-            })
-            .collect();
-        args.extend(residuals.values.iter());
-        args.extend_from_slice(seeds);
-        Ok(args)
+        let primal = self.backward_primal.iter().map(|&k| inputs[k]);
+        Ok(primal.chain(&residuals.values).chain(seeds.iter().copied()))
     }
 
     /// Runs the backward half on the primal inputs given to the forward,
     /// the values it saved, and the seed inputs (none for a scalar loss);
     /// returns the gradients. Inputs are read in place, never saved.
     pub fn backward(&self, inputs: &[&Tensor], residuals: &Residuals, seeds: &[&Tensor]) -> Result<Vec<Tensor>, Error> {
-        let args = self.backward_args(inputs, residuals, seeds)?;
-        Ok(self.backward_executable()?.call(&args)?)
+        let exe = self.backward_executable()?;
+        let mut grads: Vec<Tensor> = exe.outputs().iter().map(|(_, t)| Tensor::zeros(t.clone())).collect();
+        exe.call_into_iter(self.backward_args(inputs, residuals, seeds)?, &mut grads)?;
+        Ok(grads)
     }
 
     /// Buffers for [`GradFn::forward_into`] and [`GradFn::backward_into`]:
@@ -420,7 +422,7 @@ impl GradFn {
         };
         let fwd = self.forward_executable()?;
         let mut outputs = zeros(fwd, 0);
-        let values = outputs.split_off(self.grad.primal_outputs);
+        let values = outputs.split_off(self.grad_graph().primal_outputs);
         Ok(StepBuffers {
             outputs,
             residuals: Residuals { owner: self.id, values },
@@ -433,15 +435,11 @@ impl GradFn {
         if buffers.residuals.owner != self.id {
             return Err(RuntimeError::Other("these buffers were made by another gradient function".into()).into());
         }
-        let exe = self.forward_executable()?;
-        // The forward writes outputs then residuals: move them into one
-        // slice for the call and back (no copies of the data).
-        let mut all: Vec<Tensor> = std::mem::take(&mut buffers.outputs);
-        all.append(&mut buffers.residuals.values);
-        let result = exe.call_into(inputs, &mut all);
-        buffers.residuals.values = all.split_off(self.grad.primal_outputs);
-        buffers.outputs = all;
-        Ok(result?)
+        // The forward writes outputs then residuals.
+        let outputs = buffers.outputs.iter_mut().chain(&mut buffers.residuals.values);
+        Ok(self
+            .forward_executable()?
+            .call_into_iter(inputs.iter().copied(), outputs)?)
     }
 
     /// The backward half from the buffers' residuals into their gradients
@@ -449,7 +447,7 @@ impl GradFn {
     pub fn backward_into(&self, inputs: &[&Tensor], seeds: &[&Tensor], buffers: &mut StepBuffers) -> Result<(), Error> {
         let exe = self.backward_executable()?;
         let args = self.backward_args(inputs, &buffers.residuals, seeds)?;
-        Ok(exe.call_into(&args, &mut buffers.grads)?)
+        Ok(exe.call_into_iter(args, &mut buffers.grads)?)
     }
 }
 

@@ -139,12 +139,8 @@ pub enum Command {
 
 /// Writes the CLIF and disassembly of executables into `dir`.
 pub fn dump_executables(dir: &str, exes: &[&Executable]) -> Result<(), CliError> {
-    std::fs::create_dir_all(dir).map_err(|e| CliError(format!("cannot create {dir}: {e}")))?;
     for exe in exes {
-        for (ext, text) in [("clif", exe.clif()), ("s", exe.disasm())] {
-            let path = Path::new(dir).join(format!("{}.{ext}", exe.name()));
-            std::fs::write(&path, text).map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))?;
-        }
+        exe.write_text(Path::new(dir)).map_err(|e| CliError(e.to_string()))?;
     }
     Ok(())
 }

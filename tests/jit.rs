@@ -521,6 +521,32 @@ fn wrong_inputs_are_errors_naming_the_input() {
         f.call_into(&[&x, &w, &b, &seed], &mut outs).unwrap_err().to_string(),
         "case05_linear.grad has 4 output(s), got 1 output buffers"
     );
+    // Iterators of unknown length are counted as they are consumed.
+    let joint = f.joint();
+    let mut outs = f.call(&[&x, &w, &b, &seed]).unwrap();
+    let unsized_inputs = |n: usize| [&x, &w, &b, &seed, &x].into_iter().take(n).filter(|_| true);
+    assert!(joint.call_into_iter(unsized_inputs(4), &mut outs).is_ok());
+    assert_eq!(
+        joint
+            .call_into_iter(unsized_inputs(5), &mut outs)
+            .unwrap_err()
+            .to_string(),
+        "case05_linear.grad takes 4 input(s) (X, W, b, seed_Y), got 5"
+    );
+    assert_eq!(
+        joint
+            .call_into_iter(unsized_inputs(2), &mut outs)
+            .unwrap_err()
+            .to_string(),
+        "case05_linear.grad takes 4 input(s) (X, W, b, seed_Y), got 2"
+    );
+    assert_eq!(
+        joint
+            .call_into_iter(unsized_inputs(4), outs.iter_mut().filter(|_| true).take(3))
+            .unwrap_err()
+            .to_string(),
+        "case05_linear.grad has 4 output(s), got 3 output buffers"
+    );
     let other = value_and_grad(&cases::case05_linear().unwrap(), &["X"], &Options::default()).unwrap();
     let (_, saved) = other.forward(&[&x, &w, &b]).unwrap();
     assert!(
@@ -570,6 +596,40 @@ fn scalar_fns_equal_the_validated_call_and_check_their_types_once() {
         err(m.joint().scalar_fn::<f64, 3, 2>().map(|_| ())),
         "case05_linear.grad: no scalar entry, `X` is f64[4,3], not a f64 scalar"
     );
+}
+
+#[test]
+fn scalar_fns_check_output_dtypes_and_need_no_scratch() {
+    // No inputs: the dtype is known only from the output, which must be
+    // checked (a f32 function would get 8-byte f64 stores into 4 bytes).
+    let b = GraphBuilder::new("constant");
+    let y = b.scalar(DType::F64, 2.5).exp();
+    let exe = compile(&b.build(&[("y", y)]).unwrap(), &Options::default()).unwrap();
+    assert_eq!(exe.scalar_fn::<f64, 0, 1>().unwrap().call([]), [2.5f64.exp()]);
+    assert_eq!(
+        exe.scalar_fn::<f32, 0, 1>().map(|_| ()).unwrap_err().to_string(),
+        "output `y`: expected f64[], got f32 (the scalar function's element type)"
+    );
+    // Scalar inputs and outputs with a tensor kept in memory inside (a
+    // matmul's result): the packed entry would need an arena, so there is
+    // none, and the validated call still works.
+    let b = GraphBuilder::new("spread");
+    let x = b.input("x", DType::F64, &[]);
+    let row = x.broadcast_to(&[1, 100]).exp();
+    let s = row.matmul(x.broadcast_to(&[100, 1])).sum_all();
+    let spread = b.build(&[("s", s)]).unwrap();
+    let exe = compile(&spread, &Options::default()).unwrap();
+    assert!(exe.memory().arena_bytes > 0);
+    assert_eq!(
+        exe.scalar_fn::<f64, 1, 1>().map(|_| ()).unwrap_err().to_string(),
+        "spread: no scalar entry (the graph needs scratch memory)"
+    );
+    let out = exe.call(&[&Tensor::scalar_f64(0.5)]).unwrap();
+    assert!((out[0].scalar_value().unwrap() - 100.0 * 0.5 * 0.5f64.exp()).abs() < 1e-12);
+    // A rejected packed entry leaves the module clean for the next graph.
+    let case1 = cases::case01_scalar().unwrap();
+    let both = wengert::codegen::compile_graphs(&[&spread, &case1], &CodegenOptions::default()).unwrap();
+    assert_eq!(both[1].scalar_fn::<f64, 1, 1>().unwrap().call([2.0]), [5f64.ln()]);
 }
 
 #[test]

@@ -106,12 +106,14 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
             fctx: &mut fctx,
             opts,
         };
-        let mut main = jc.define(g, &name, Abi::PointerArray)?;
+        let Some(mut main) = jc.define(g, &name, Abi::PointerArray)? else {
+            unreachable!("the pointer-array entry serves every graph");
+        };
         // All-scalar graphs also get the packed entry (a few more
         // instructions to compile); a graph it cannot serve (one that
         // needs an arena) simply has none.
         let packed = if is_all_scalar(g) {
-            jc.define(g, &format!("{name}_packed"), Abi::PackedScalars).ok()
+            jc.define(g, &format!("{name}_packed"), Abi::PackedScalars)?
         } else {
             None
         };
@@ -211,10 +213,10 @@ struct JitContext<'a> {
 }
 
 impl JitContext<'_> {
-    /// Lowers `g` under `abi` and defines it in the module as `name`.
-    /// Lowering runs before the declaration, so a graph `abi` cannot serve
-    /// leaves nothing behind in the module.
-    fn define(&mut self, g: &Graph, name: &str, abi: Abi) -> Result<Defined, CodegenError> {
+    /// Lowers `g` under `abi` and defines it in the module as `name`;
+    /// `None` for a packed entry whose lowering needs an arena (lowering
+    /// runs before the declaration, so it leaves no function behind).
+    fn define(&mut self, g: &Graph, name: &str, abi: Abi) -> Result<Option<Defined>, CodegenError> {
         let mut sig = self.module.make_signature();
         sig.params.push(AbiParam::new(types::I64));
         if abi == Abi::PackedScalars {
@@ -241,6 +243,10 @@ impl JitContext<'_> {
                 return Err(e);
             }
         };
+        if abi == Abi::PackedScalars && lowered.arena_bytes > 0 {
+            self.module.clear_context(self.ctx);
+            return Ok(None);
+        }
         let id = self
             .module
             .declare_function(name, Linkage::Local, &sig)
@@ -263,12 +269,12 @@ impl JitContext<'_> {
             String::new()
         };
         self.module.clear_context(self.ctx);
-        Ok(Defined {
+        Ok(Some(Defined {
             id,
             arena_bytes: lowered.arena_bytes,
             clif,
             disasm,
-        })
+        }))
     }
 }
 

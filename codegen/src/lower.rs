@@ -1098,9 +1098,10 @@ pub enum Abi {
     /// outputs, then the arena.
     PointerArray,
     /// Two parameters: a packed array of the scalar inputs and one of the
-    /// scalar outputs, each element at `index · size_of(dtype)`. There is
-    /// no arena, so lowering fails if the graph would need one. This is
-    /// the latency path for all-scalar graphs: no pointer array to load.
+    /// scalar outputs, each element at `index · size_of(dtype)`. The arena
+    /// pointer is null: the caller keeps such a function only if its
+    /// lowering needed no arena. This is the latency path for all-scalar
+    /// graphs: no pointer array to load.
     PackedScalars,
 }
 
@@ -1135,24 +1136,23 @@ pub fn lower_graph(
             (arena, in_ptrs, out_ptrs)
         }
         Abi::PackedScalars => {
+            // Every input and output is a scalar of one dtype (checked by
+            // the caller): element i sits at i · size_of(dtype).
             let (ins, outs) = (fb.block_params(entry)[0], fb.block_params(entry)[1]);
-            let slot = |fb: &mut FunctionBuilder, base: Value, i: usize, ty: &wengert_ir::TensorType| {
-                if ty.rank() != 0 {
-                    return Err(CodegenError::Unsupported {
-                        node: g.name.clone(),
-                        message: format!("no packed scalar entry: a value of type {ty} is not a scalar"),
-                    });
-                }
-                Ok(fb.ins().iadd_imm_s(base, (i * ty.dtype.size_bytes()) as i64))
-            };
-            let mut in_ptrs = Vec::with_capacity(n_in);
-            for (i, input) in g.inputs().iter().enumerate() {
-                in_ptrs.push(slot(fb, ins, i, &input.ty)?);
-            }
-            let mut out_ptrs = Vec::with_capacity(n_out);
-            for (j, o) in g.outputs().iter().enumerate() {
-                out_ptrs.push(slot(fb, outs, j, g.ty(o.node))?);
-            }
+            let mut slot =
+                |base: Value, i: usize, dtype: DType| fb.ins().iadd_imm_s(base, (i * dtype.size_bytes()) as i64);
+            let in_ptrs: Vec<Value> = g
+                .inputs()
+                .iter()
+                .enumerate()
+                .map(|(i, input)| slot(ins, i, input.ty.dtype))
+                .collect();
+            let out_ptrs: Vec<Value> = g
+                .outputs()
+                .iter()
+                .enumerate()
+                .map(|(j, o)| slot(outs, j, g.ty(o.node).dtype))
+                .collect();
             (fb.ins().iconst(types::I64, 0), in_ptrs, out_ptrs)
         }
     };
@@ -1161,8 +1161,9 @@ pub fn lower_graph(
     let planned_end = g
         .node_ids()
         .filter_map(|id| {
-            let bytes = g.ty(id).size_bytes().max(wengert_passes::memory::scratch_bytes(g, id));
-            g.node(id).arena.map(|off| off + bytes)
+            g.node(id)
+                .arena
+                .map(|off| off + wengert_passes::memory::placed_bytes(g, id))
         })
         .max()
         .unwrap_or(0);
@@ -1176,18 +1177,7 @@ pub fn lower_graph(
         arena,
         arena_bytes: planned_end.div_ceil(64) * 64,
     };
-    // Which values are read outside their fused kernel (or are outputs).
-    let mut used_outside = vec![false; g.len()];
-    for id in g.node_ids() {
-        for a in g.args(id) {
-            if g.node(a).kernel.is_none() || g.node(a).kernel != g.node(id).kernel {
-                used_outside[a.index()] = true;
-            }
-        }
-    }
-    for o in g.outputs() {
-        used_outside[o.node.index()] = true;
-    }
+    let used_outside = wengert_passes::memory::used_outside_kernel(g);
     // Outputs computed in place: the first output naming a node that
     // computes fresh memory.
     let mut dest: Vec<Option<usize>> = vec![None; g.len()];
@@ -1464,15 +1454,6 @@ pub fn lower_graph(
             other => lw.copy_into(fb, &other, &dst)?,
         }
     }
-    if abi == Abi::PackedScalars && lw.arena_bytes > 0 {
-        return Err(CodegenError::Unsupported {
-            node: g.name.clone(),
-            message: format!(
-                "no packed scalar entry: the graph needs {} bytes of arena",
-                lw.arena_bytes
-            ),
-        });
-    }
     fb.ins().return_(&[]);
     Ok(Lowered {
         arena_bytes: lw.arena_bytes,
@@ -1632,23 +1613,19 @@ fn lower_softmax_xent(
     let z = as2(lw, fb, &arg_locs[0])?;
     let t = as2(lw, fb, &arg_locs[1])?;
     // Row maxima, row sums and the loss accumulator: in the scratch the
-    // memory plan placed (laid out as `memory::scratch_bytes` counts), else
+    // memory plan placed (`memory::softmax_xent_scratch`), else
     // bump-allocated.
     let (m, s, loss) = match g.node(id).arena {
         Some(off) => {
-            let row_bytes = (rows * dt.size_bytes()).div_ceil(64) * 64;
-            let at = |fb: &mut FunctionBuilder, off: usize, n: usize| View {
-                ptr: fb.ins().iadd_imm_s(lw.arena, off as i64),
+            let ([m_at, s_at, loss_at], _) = wengert_passes::memory::softmax_xent_scratch(rows, dt);
+            let at = |fb: &mut FunctionBuilder, at: usize, n: usize| View {
+                ptr: fb.ins().iadd_imm_s(lw.arena, (off + at) as i64),
                 offset: 0,
                 shape: vec![n],
                 strides: vec![1],
                 dtype: dt,
             };
-            (
-                at(fb, off, rows),
-                at(fb, off + row_bytes, rows),
-                at(fb, off + 2 * row_bytes, 1),
-            )
+            (at(fb, m_at, rows), at(fb, s_at, rows), at(fb, loss_at, 1))
         }
         None => (
             lw.alloc(fb, &[rows], dt),

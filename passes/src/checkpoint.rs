@@ -153,7 +153,7 @@ pub fn simulate(gg: &GradGraph, saved: &[NodeId]) -> Result<(usize, u64), PassEr
     let p = partition(gg, Some(saved))?;
     let arena = |g: &Graph| -> Result<usize, PassError> { Ok(memory_plan_with_stats(&fuse(g)?)?.1.arena_bytes) };
     let peak = p.saved_bytes() + arena(&p.forward)?.max(arena(&p.backward)?);
-    Ok((peak, explain(gg, &p).extra_flops))
+    Ok((peak, extra_flops(gg, &p)))
 }
 
 /// The saved set for `policy` (ids of `gg.graph`), then the user's marks:
@@ -235,14 +235,19 @@ fn choose_by_policy(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Vec<Nod
             // planning both halves as the pipeline will (the cut minimizes
             // saved bytes, not peak memory); the cheapest that fits wins,
             // else the one with the lowest peak.
-            let mut candidates = vec![default.clone(), min_cut_saved(gg)];
-            let mut len = 1;
+            // Lengths 2, 3, 4, 6, 9, … and the √n one, each once (length 1
+            // would save every activation, as save-all does).
+            let n = acts.len().max(1);
+            let mut lens = vec![n.div_ceil(((n as f64).sqrt().floor() as usize).max(1))];
+            let mut len = 2;
             while len <= acts.len() {
-                candidates.push(segments(len));
+                lens.push(len);
                 len = if len < 4 { len + 1 } else { len + len / 2 };
             }
-            let n = acts.len().max(1);
-            candidates.push(segments(n.div_ceil(((n as f64).sqrt().floor() as usize).max(1))));
+            lens.sort_unstable();
+            lens.dedup();
+            let mut candidates = vec![default.clone(), min_cut_saved(gg)];
+            candidates.extend(lens.into_iter().map(segments));
             let mut best: Option<(bool, u64, usize, Vec<NodeId>)> = None;
             for saved in candidates {
                 let (peak, flops) = simulate(gg, &saved)?;
@@ -399,6 +404,35 @@ pub struct Explanation {
     pub extra_flops: u64,
 }
 
+/// The forward nodes with work (FLOPs) that the backward of `p`
+/// recomputes: those the gradients need, not saved, primal.
+fn recomputed_nodes<'g>(gg: &'g GradGraph, p: &Partition) -> impl Iterator<Item = NodeId> + 'g {
+    let g = &gg.graph;
+    let primal = gg.primal_mask();
+    let mut is_saved = vec![false; g.len()];
+    for r in &p.residuals {
+        is_saved[r.node.index()] = true;
+    }
+    let mut needed = vec![false; g.len()];
+    for o in &g.outputs()[gg.primal_outputs..] {
+        needed[o.node.index()] = true;
+    }
+    for id in g.node_ids().rev() {
+        if needed[id.index()] && !is_saved[id.index()] {
+            for a in g.args(id) {
+                needed[a.index()] = true;
+            }
+        }
+    }
+    g.node_ids()
+        .filter(move |&id| needed[id.index()] && primal[id.index()] && !is_saved[id.index()] && node_flops(g, id) > 0)
+}
+
+/// FLOPs the backward of `p` spends recomputing forward values.
+pub fn extra_flops(gg: &GradGraph, p: &Partition) -> u64 {
+    recomputed_nodes(gg, p).map(|id| node_flops(&gg.graph, id)).sum()
+}
+
 /// Explains `p`, a partition of `gg`.
 pub fn explain(gg: &GradGraph, p: &Partition) -> Explanation {
     let g = &gg.graph;
@@ -409,28 +443,8 @@ pub fn explain(gg: &GradGraph, p: &Partition) -> Explanation {
             .sum::<usize>()
     };
     let saved_nodes: Vec<NodeId> = p.residuals.iter().map(|r| r.node).collect();
-    // Recomputed: forward nodes (needed by the outputs) that the backward
-    // computes.
-    let primal = gg.primal_mask();
-    let mut needed = vec![false; g.len()];
-    for o in &g.outputs()[gg.primal_outputs..] {
-        needed[o.node.index()] = true;
-    }
-    let mut is_saved = vec![false; g.len()];
-    for &s in &saved_nodes {
-        is_saved[s.index()] = true;
-    }
-    for id in g.node_ids().rev() {
-        if needed[id.index()] && !is_saved[id.index()] {
-            for a in g.args(id) {
-                needed[a.index()] = true;
-            }
-        }
-    }
     let names = g.value_names();
-    let recomputed: Vec<(String, String, u64)> = g
-        .node_ids()
-        .filter(|&id| needed[id.index()] && primal[id.index()] && !is_saved[id.index()] && node_flops(g, id) > 0)
+    let recomputed: Vec<(String, String, u64)> = recomputed_nodes(gg, p)
         .map(|id| {
             (
                 names[id.index()].clone(),

@@ -11,7 +11,7 @@
 //! `reshape`) own no memory: they keep the value they view alive.
 
 use crate::error::PassError;
-use wengert_ir::{verify, Graph, NodeId, Op};
+use wengert_ir::{verify, DType, Graph, NodeId, Op};
 
 const ALIGN: usize = 64;
 
@@ -74,11 +74,44 @@ pub fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
             let z = g.ty(g.args(id)[0]);
             let kdim = z.shape.last().copied().unwrap_or(1);
             let rows = z.num_elements().checked_div(kdim).unwrap_or(0);
-            let e = z.dtype.size_bytes();
-            2 * (rows * e).div_ceil(ALIGN) * ALIGN + e
+            softmax_xent_scratch(rows, z.dtype).1
         }
         _ => 0,
     }
+}
+
+/// Softmax cross-entropy's scratch for `rows` rows: the offsets of the row
+/// maxima, the row sums and the loss accumulator, and the total bytes.
+pub fn softmax_xent_scratch(rows: usize, dtype: DType) -> ([usize; 3], usize) {
+    let e = dtype.size_bytes();
+    let row_bytes = (rows * e).div_ceil(ALIGN) * ALIGN;
+    ([0, row_bytes, 2 * row_bytes], 2 * row_bytes + e)
+}
+
+/// The bytes placed at a node's `arena` offset: its scratch if it has
+/// any, else its value.
+pub fn placed_bytes(g: &Graph, id: NodeId) -> usize {
+    match scratch_bytes(g, id) {
+        0 => g.ty(id).size_bytes(),
+        scratch => scratch,
+    }
+}
+
+/// Which values are read outside their fused kernel (by a node of
+/// another kernel or of none), or are outputs.
+pub fn used_outside_kernel(g: &Graph) -> Vec<bool> {
+    let mut used = vec![false; g.len()];
+    for id in g.node_ids() {
+        for a in g.args(id) {
+            if g.node(a).kernel.is_none() || g.node(a).kernel != g.node(id).kernel {
+                used[a.index()] = true;
+            }
+        }
+    }
+    for o in g.outputs() {
+        used[o.node.index()] = true;
+    }
+    used
 }
 
 /// Plans the arena of `g`; returns the annotated graph and its statistics.
@@ -100,21 +133,17 @@ pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassErr
             owner[id.index()] = owner[g.args(id)[0].index()];
         }
     }
-    let mut used_outside = vec![false; n];
+    let used_outside = used_outside_kernel(g);
     let mut last_use = vec![0usize; n];
     for id in g.node_ids() {
         for a in g.args(id) {
             let o = owner[a.index()].index();
             last_use[o] = last_use[o].max(pos[id.index()]);
-            if g.node(a).kernel.is_none() || g.node(a).kernel != g.node(id).kernel {
-                used_outside[a.index()] = true;
-            }
         }
     }
     let mut is_output = vec![false; n];
     for o in g.outputs() {
         is_output[o.node.index()] = true;
-        used_outside[o.node.index()] = true;
         last_use[owner[o.node.index()].index()] = usize::MAX;
     }
     let mut stats = MemoryStats::default();
@@ -197,8 +226,7 @@ pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassErr
         live.push(std::cmp::Reverse((last, id)));
         // The high-water mark counts the bytes really used (the last
         // buffer's size, not its alignment padding).
-        let used = if scratch > 0 { scratch } else { g.ty(id).size_bytes() };
-        stats.arena_bytes = stats.arena_bytes.max(off + used);
+        stats.arena_bytes = stats.arena_bytes.max(off + placed_bytes(g, id));
     }
     let mut out = g.clone();
     for id in g.node_ids() {

@@ -37,6 +37,32 @@ fn same_shape(a: &[usize], b: &[usize]) -> bool {
     true
 }
 
+/// Checks `t` against a declared input.
+#[inline]
+fn check_input((name, ty): &(String, TensorType), t: &Tensor) -> Result<(), RuntimeError> {
+    if t.dtype() != ty.dtype {
+        return Err(RuntimeError::Input {
+            name: name.clone(),
+            message: format!("expected dtype {}, got {}", ty.dtype, t.dtype()),
+        });
+    }
+    if !same_shape(t.shape(), &ty.shape) {
+        return Err(RuntimeError::Input {
+            name: name.clone(),
+            message: format!("expected shape {:?}, got {:?}", ty.shape, t.shape()),
+        });
+    }
+    Ok(())
+}
+
+/// The length of an iterator that knows it exactly.
+fn exact_len<I: Iterator>(it: &I) -> Option<usize> {
+    match it.size_hint() {
+        (lo, Some(hi)) if lo == hi => Some(lo),
+        _ => None,
+    }
+}
+
 /// The native signature of a compiled graph.
 pub type EntryFn = unsafe extern "C" fn(*const *mut u8);
 
@@ -183,17 +209,23 @@ impl Executable {
             return Err(self.input_count_error(N));
         }
         if M != self.outputs.len() {
-            return Err(RuntimeError::OutputCount {
-                graph: self.name.clone(),
-                expected: self.outputs.len(),
-                got: M,
-            });
+            return Err(self.output_count_error(M));
         }
-        if let Some((name, t)) = self.inputs.iter().find(|(_, t)| t.dtype != T::DTYPE) {
-            return Err(RuntimeError::Input {
-                name: name.clone(),
-                message: format!("expected {t}, got {} (the scalar function's element type)", T::DTYPE),
-            });
+        // Inputs and outputs: a graph without inputs has its dtype only
+        // in its outputs, and `call` writes `M` elements of `T`.
+        let wrong = |(name, t): &(String, TensorType)| {
+            (t.dtype != T::DTYPE).then(|| {
+                (
+                    name.clone(),
+                    format!("expected {t}, got {} (the scalar function's element type)", T::DTYPE),
+                )
+            })
+        };
+        if let Some((name, message)) = self.inputs.iter().find_map(wrong) {
+            return Err(RuntimeError::Input { name, message });
+        }
+        if let Some((name, message)) = self.outputs.iter().find_map(wrong) {
+            return Err(RuntimeError::Output { name, message });
         }
         Ok(ScalarFn {
             entry,
@@ -224,14 +256,18 @@ impl Executable {
         &self.disasm
     }
 
-    /// The native entry point, for callers that validate by themselves
-    /// (benchmarks of the raw call cost).
-    ///
-    /// # Safety
-    /// Calling it with pointers to buffers of other types than declared is
-    /// undefined behaviour.
-    pub unsafe fn entry(&self) -> EntryFn {
-        self.entry
+    /// Writes the CLIF and the disassembly to `dir/NAME.clif` and
+    /// `dir/NAME.s` (empty unless compiled with `keep_text`).
+    pub fn write_text(&self, dir: &std::path::Path) -> Result<(), RuntimeError> {
+        let fail = |path: &std::path::Path, e: std::io::Error| {
+            RuntimeError::Other(format!("cannot write {}: {e}", path.display()))
+        };
+        std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
+        for (ext, text) in [("clif", &self.clif), ("s", &self.disasm)] {
+            let path = dir.join(format!("{}.{ext}", self.name));
+            std::fs::write(&path, text).map_err(|e| fail(&path, e))?;
+        }
+        Ok(())
     }
 
     pub fn memory(&self) -> MemoryReport {
@@ -286,25 +322,22 @@ impl Executable {
         }
     }
 
+    fn output_count_error(&self, got: usize) -> RuntimeError {
+        RuntimeError::OutputCount {
+            graph: self.name.clone(),
+            expected: self.outputs.len(),
+            got,
+        }
+    }
+
     fn check_inputs(&self, inputs: &[&Tensor]) -> Result<(), RuntimeError> {
         if inputs.len() != self.inputs.len() {
             return Err(self.input_count_error(inputs.len()));
         }
-        for ((name, ty), t) in self.inputs.iter().zip(inputs) {
-            if t.dtype() != ty.dtype {
-                return Err(RuntimeError::Input {
-                    name: name.clone(),
-                    message: format!("expected dtype {}, got {}", ty.dtype, t.dtype()),
-                });
-            }
-            if !same_shape(t.shape(), &ty.shape) {
-                return Err(RuntimeError::Input {
-                    name: name.clone(),
-                    message: format!("expected shape {:?}, got {:?}", ty.shape, t.shape()),
-                });
-            }
-        }
-        Ok(())
+        self.inputs
+            .iter()
+            .zip(inputs)
+            .try_for_each(|(decl, t)| check_input(decl, t))
     }
 
     /// Runs the code on `inputs` and returns fresh output tensors.
@@ -317,25 +350,23 @@ impl Executable {
     /// Runs the code, writing into caller-provided outputs of the right
     /// types: a loop that reuses its outputs allocates nothing per call.
     pub fn call_into(&self, inputs: &[&Tensor], outputs: &mut [Tensor]) -> Result<(), RuntimeError> {
-        self.check_inputs(inputs)?;
-        if outputs.len() != self.outputs.len() {
-            return Err(RuntimeError::OutputCount {
-                graph: self.name.clone(),
-                expected: self.outputs.len(),
-                got: outputs.len(),
-            });
-        }
-        for ((name, ty), t) in self.outputs.iter().zip(outputs.iter()) {
-            if t.dtype() != ty.dtype || !same_shape(t.shape(), &ty.shape) {
-                return Err(RuntimeError::Output {
-                    name: name.clone(),
-                    message: format!("expected {ty}, got {}", t.ty()),
-                });
-            }
-        }
+        self.call_into_iter(inputs.iter().copied(), outputs.iter_mut())
+    }
+
+    /// [`Executable::call_into`] over inputs and outputs given as
+    /// iterators, so that a caller can pass several slices chained (a
+    /// forward's outputs and residuals) without collecting them. Each
+    /// tensor is checked against its declared type as it comes.
+    #[inline]
+    pub fn call_into_iter<'i, 'o>(
+        &self,
+        inputs: impl IntoIterator<Item = &'i Tensor>,
+        outputs: impl IntoIterator<Item = &'o mut Tensor>,
+    ) -> Result<(), RuntimeError> {
         // Pointers: inputs, outputs, arena. Small graphs use the stack.
         const INLINE: usize = 16;
-        let count = inputs.len() + outputs.len() + 1;
+        let (n_in, n_out) = (self.inputs.len(), self.outputs.len());
+        let count = n_in + n_out + 1;
         let mut inline = [std::ptr::null_mut::<u8>(); INLINE];
         let mut heap = Vec::new();
         let ptrs: &mut [*mut u8] = if count <= INLINE {
@@ -344,12 +375,39 @@ impl Executable {
             heap.resize(count, std::ptr::null_mut());
             &mut heap
         };
-        for (p, t) in ptrs.iter_mut().zip(inputs) {
+        // Counts first when the iterators know them (slices and chains of
+        // slices do), so that a wrong count is reported as such.
+        let mut inputs = inputs.into_iter();
+        if let Some(got) = exact_len(&inputs).filter(|&got| got != n_in) {
+            return Err(self.input_count_error(got));
+        }
+        let mut outputs = outputs.into_iter();
+        if let Some(got) = exact_len(&outputs).filter(|&got| got != n_out) {
+            return Err(self.output_count_error(got));
+        }
+        for (k, (decl, p)) in self.inputs.iter().zip(ptrs.iter_mut()).enumerate() {
+            let t = inputs.next().ok_or_else(|| self.input_count_error(k))?;
+            check_input(decl, t)?;
             // Generated code never writes through input pointers.
             *p = t.as_ptr() as *mut u8;
         }
-        for (p, t) in ptrs[inputs.len()..].iter_mut().zip(outputs.iter_mut()) {
+        let extra = inputs.count();
+        if extra > 0 {
+            return Err(self.input_count_error(n_in + extra));
+        }
+        for (j, ((name, ty), p)) in self.outputs.iter().zip(ptrs[n_in..].iter_mut()).enumerate() {
+            let t = outputs.next().ok_or_else(|| self.output_count_error(j))?;
+            if t.dtype() != ty.dtype || !same_shape(t.shape(), &ty.shape) {
+                return Err(RuntimeError::Output {
+                    name: name.clone(),
+                    message: format!("expected {ty}, got {}", t.ty()),
+                });
+            }
             *p = t.as_mut_ptr();
+        }
+        let extra = outputs.count();
+        if extra > 0 {
+            return Err(self.output_count_error(n_out + extra));
         }
         // SAFETY: inputs and outputs were checked against the types the code
         // was compiled for; `run_entry` provides an arena of `arena_bytes`.
