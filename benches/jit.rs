@@ -245,7 +245,6 @@ fn seed_grad(c: &mut Criterion) {
             (1, 2) => bench_scalar!(1, 2),
             (2, 3) => bench_scalar!(2, 3),
             (2, 4) => bench_scalar!(2, 4),
-            (4, 4) => bench_scalar!(4, 4),
             (n, m) => panic!("case {case}: add a scalar_fn arity ({n} inputs, {m} outputs)"),
         }
         let packed: unsafe extern "C" fn(*const f64, *mut f64) = match case {

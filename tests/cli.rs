@@ -318,3 +318,37 @@ fn run_compiles_and_prints_like_eval() {
         "error: missing --input x2=VALUE (expected f64[])",
     );
 }
+
+#[test]
+fn grad_explain_reports_planned_and_measured_memory_against_the_budget() {
+    let file = case_path("case09_checkpoint_chain.wg");
+    let wrt = "W1,W2,W3,W4,W5,W6,W7,W8";
+    let explain = |policy: &str| {
+        let run = wengert(
+            &["grad", &file, "--wrt", wrt, "--checkpoint", policy, "--explain"],
+            None,
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        run.stdout
+    };
+    // 500 bytes: one level of recomputation peaks at 576, so the binomial
+    // schedule with the most slots that fits (2) is chosen.
+    let out = explain("budget=500");
+    for line in [
+        "binomial schedule: a chain of 8 blocks, 2 slot(s): 14 recomputed block evaluations besides each block's reversal (optimum r·l − C(c+r, c+1) = 14)",
+        "planned arena bytes (joint, forward, backward): 448, 192, 448",
+        "measured arena bytes (joint, forward, backward): 448, 192, 448",
+        "peak activation bytes, forward then backward (saved + larger arena): planned 448, measured 448",
+        "budget 500 bytes: fits",
+    ] {
+        assert!(out.contains(line), "missing `{line}` in:\n{out}");
+    }
+    // Below every plan's peak: the lowest one, reported over budget.
+    assert!(explain("budget=300").contains("budget 300 bytes: over budget"));
+    // √n names what it saves and recomputes.
+    let out = explain("sqrt");
+    assert!(
+        out.contains("saved (2 values):") && out.contains("recomputed in the backward"),
+        "{out}"
+    );
+}

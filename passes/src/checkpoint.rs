@@ -19,8 +19,10 @@
 //!   for growing lengths, the plan with the fewest extra FLOPs whose peak
 //!   (saved values plus the larger planned arena of forward and backward,
 //!   found by partitioning, fusing and planning each candidate:
-//!   [`simulate`]) fits in `bytes`; if none fits, the lowest peak (the
-//!   explanation says so).
+//!   [`simulate`]) fits in `bytes`; if none fits, the lowest peak
+//!   (`wengert grad --explain` says whether it fits). On a chain the
+//!   pipeline then falls back to the binomial schedule when no such plan
+//!   fits.
 //!
 //! Recomputed values are bit-identical to the forward's (the same ops on
 //! the same values, compiled by the same code generator), and CSE runs
