@@ -126,7 +126,7 @@ fn checkpoint_chain(c: &mut Criterion) {
             m.saved_bytes,
             m.planned_peak(),
             m.measured_peak(),
-            f.pipeline().binomial_slots
+            f.pipeline().binomial.map(|b| b.slots)
         );
         let mut buffers = f.buffers().unwrap();
         group.bench_function(label, |b| {

@@ -381,13 +381,8 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
             }
             if let Some(f) = &compiled {
                 let _ = write!(out, "{expl}");
-                if let (Some(n), Some(c)) = (result.recomputed_blocks, result.binomial_slots) {
-                    let l = result
-                        .grad
-                        .as_ref()
-                        .and_then(wengert_passes::revolve::detect_chain)
-                        .map(|ch| ch.blocks.len())
-                        .unwrap_or(0);
+                if let Some(b) = result.binomial {
+                    let (l, c, n) = (b.blocks, b.slots, b.recomputed_blocks);
                     let _ = writeln!(
                         out,
                         "binomial schedule: a chain of {l} blocks, {c} slot(s): {n} recomputed block evaluations besides each block's reversal (optimum r·l − C(c+r, c+1) = {})",

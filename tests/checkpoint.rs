@@ -292,7 +292,7 @@ fn binomial_schedule_in_generated_graphs() {
                 ..PipelineOptions::default()
             };
             let r = run_pipeline(&g, &options).unwrap();
-            let advances = r.recomputed_blocks.expect("a chain is detected");
+            let advances = r.binomial.expect("a chain is detected").recomputed_blocks;
             assert_eq!(
                 advances as u64,
                 revolve_min_extra_steps(l as u64, c as u64),
@@ -330,7 +330,7 @@ fn binomial_schedule_for_1000_steps_and_10_slots() {
         ..PipelineOptions::default()
     };
     let r = run_pipeline(&g, &options).unwrap();
-    assert_eq!(r.recomputed_blocks, Some(3636));
+    assert_eq!(r.binomial.map(|b| b.recomputed_blocks), Some(3636));
 }
 
 #[test]

@@ -18,6 +18,7 @@ use crate::error::PassError;
 use crate::fuse::fuse;
 use crate::memory::{memory_plan_with_stats, MemoryStats};
 use crate::partition::{partition, Partition};
+use crate::revolve::Binomial;
 use crate::simplify::simplify;
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -159,11 +160,9 @@ pub struct PipelineResult {
     pub partition: Option<Partition>,
     /// What `checkpoint` and `partition` chose, explained.
     pub explanation: Option<Explanation>,
-    /// Under the binomial schedule: the number of block evaluations the
-    /// backward recomputes besides each block's own reversal.
-    pub recomputed_blocks: Option<usize>,
-    /// The slots of that schedule (`Slots(c)`, or the one a budget chose).
-    pub binomial_slots: Option<usize>,
+    /// The binomial schedule the graph follows, if one was applied
+    /// (`Slots(c)`, or the one a budget chose).
+    pub binomial: Option<Binomial>,
     pub records: Vec<PassRecord>,
     /// Arena statistics per graph (joint, forward, backward), if planned.
     pub memory: Vec<MemoryStats>,
@@ -182,13 +181,12 @@ fn header(out: &mut String, when: &str, pass: Pass, stage: &Stage) {
 /// graph is a chain, the binomial schedule with the most slots whose
 /// simulated peak fits (slots are searched by bisection: fewer slots,
 /// lower peak), else with one slot if that still lowers the peak: the
-/// rewritten graph, its slots and its count of recomputed block
-/// evaluations.
+/// rewritten graph and its schedule.
 fn binomial_within(
     gg: &GradGraph,
     chosen: &[wengert_ir::NodeId],
     bytes: usize,
-) -> Result<Option<(GradGraph, usize, usize)>, PassError> {
+) -> Result<Option<(GradGraph, Binomial)>, PassError> {
     let (peak, _) = simulate(gg, chosen)?;
     if peak <= bytes {
         return Ok(None);
@@ -196,14 +194,10 @@ fn binomial_within(
     let Some(chain) = crate::revolve::detect_chain(gg) else {
         return Ok(None);
     };
-    let at = |c: usize| -> Result<Option<(GradGraph, usize, usize)>, PassError> {
-        Ok(match crate::revolve::revolve(gg, c)? {
-            Some((rewritten, advances)) => {
-                let (peak, _) = simulate(&rewritten, &[])?;
-                Some((rewritten, advances, peak))
-            }
-            None => None,
-        })
+    let at = |c: usize| -> Result<(GradGraph, Binomial, usize), PassError> {
+        let (rewritten, schedule) = crate::revolve::revolve_chain(gg, &chain, c)?;
+        let (peak, _) = simulate(&rewritten, &[])?;
+        Ok((rewritten, schedule, peak))
     };
     // The largest c in [1, l - 1] that fits, by bisection.
     let (mut lo, mut hi) = (1, chain.blocks.len().saturating_sub(1).max(1));
@@ -211,13 +205,13 @@ fn binomial_within(
     while lo <= hi {
         let mid = (lo + hi) / 2;
         match at(mid)? {
-            Some((g, a, p)) if p <= bytes => {
-                fitting = Some((g, mid, a));
+            (g, schedule, p) if p <= bytes => {
+                fitting = Some((g, schedule));
                 lo = mid + 1;
             }
             // A bisection that never fits ends here, having tried c = 1.
             other if mid == 1 => {
-                one_slot = other;
+                one_slot = Some(other);
                 break;
             }
             _ => hi = mid - 1,
@@ -227,7 +221,9 @@ fn binomial_within(
         return Ok(fitting);
     }
     // Nothing fits: one slot, the lowest binomial peak, if it beats `chosen`.
-    Ok(one_slot.filter(|(_, _, p)| *p < peak).map(|(g, a, _)| (g, 1, a)))
+    Ok(one_slot
+        .filter(|(_, _, p)| *p < peak)
+        .map(|(g, schedule, _)| (g, schedule)))
 }
 
 /// Runs the pipeline on `g`.
@@ -237,8 +233,7 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
         grad: None,
         partition: None,
         explanation: None,
-        recomputed_blocks: None,
-        binomial_slots: None,
+        binomial: None,
         records: Vec::new(),
         memory: Vec::new(),
         printed: String::new(),
@@ -295,7 +290,7 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                     // block count), which then saves nothing.
                     let (chosen, binomial) = match &options.checkpoint {
                         CheckpointPolicy::Slots(c) => match crate::revolve::revolve(grad, *c)? {
-                            Some((rewritten, advances)) => (Vec::new(), Some((rewritten, *c, advances))),
+                            Some(b) => (Vec::new(), Some(b)),
                             None => (choose_saved(grad, &CheckpointPolicy::SaveAll)?, None),
                         },
                         CheckpointPolicy::Budget(bytes) => {
@@ -307,11 +302,10 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                         }
                         policy => (choose_saved(grad, policy)?, None),
                     };
-                    if let Some((rewritten, slots, advances)) = binomial {
+                    if let Some((rewritten, schedule)) = binomial {
                         *grad = rewritten;
                         joint = grad.graph.clone();
-                        result.recomputed_blocks = Some(advances);
-                        result.binomial_slots = Some(slots);
+                        result.binomial = Some(schedule);
                     }
                     saved = Some(chosen);
                 }

@@ -187,11 +187,30 @@ impl Schedule {
     }
 }
 
+/// A binomial schedule applied to a graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Binomial {
+    /// Blocks of the chain.
+    pub blocks: usize,
+    pub slots: usize,
+    /// Block evaluations the backward recomputes besides each block's own
+    /// reversal (the advance copies).
+    pub recomputed_blocks: usize,
+}
+
 /// Rewrites `gg` for the binomial schedule with `slots` checkpoints on the
-/// detected chain; returns the new gradient graph and the number of advance
-/// copies (recomputed block evaluations besides each block's own reversal).
-pub fn revolve(gg: &GradGraph, slots: usize) -> Result<Option<(GradGraph, usize)>, PassError> {
-    let Some(chain) = detect_chain(gg) else { return Ok(None) };
+/// chain it detects ([`revolve_chain`]); `None` without a chain.
+pub fn revolve(gg: &GradGraph, slots: usize) -> Result<Option<(GradGraph, Binomial)>, PassError> {
+    match detect_chain(gg) {
+        Some(chain) => Ok(Some(revolve_chain(gg, &chain, slots)?)),
+        None => Ok(None),
+    }
+}
+
+/// Rewrites `gg` for the binomial schedule with `slots` checkpoints on
+/// `chain` (detected in `gg`); returns the new gradient graph and the
+/// schedule.
+pub fn revolve_chain(gg: &GradGraph, chain: &Chain, slots: usize) -> Result<(GradGraph, Binomial), PassError> {
     let g = &gg.graph;
     let primal = gg.primal_mask();
     let l = chain.blocks.len();
@@ -294,7 +313,7 @@ pub fn revolve(gg: &GradGraph, slots: usize) -> Result<Option<(GradGraph, usize)
         out.add_output(&o.name, map[o.node.index()].expect("mapped"))?;
     }
     wengert_ir::verify(&out)?;
-    Ok(Some((
+    Ok((
         GradGraph {
             graph: out,
             primal_outputs: gg.primal_outputs,
@@ -302,6 +321,10 @@ pub fn revolve(gg: &GradGraph, slots: usize) -> Result<Option<(GradGraph, usize)
             seed_inputs: gg.seed_inputs.clone(),
             wrt: gg.wrt.clone(),
         },
-        advances,
-    )))
+        Binomial {
+            blocks: l,
+            slots: slots.max(1),
+            recomputed_blocks: advances,
+        },
+    ))
 }
