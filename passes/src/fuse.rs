@@ -14,6 +14,13 @@
 //!   multi-output kernel;
 //! - nothing is ever duplicated, so an expensive producer (exp, log, tanh,
 //!   matmul) is computed once however many consumers it has;
+//! - a cheap elementwise tail (one instruction per element, such as the
+//!   `1 − h²` of a tanh derivative) whose only readers are in one later
+//!   kernel moves into that kernel when everything it reads is stored
+//!   anyway: computing it there costs nothing, while computing it in the
+//!   producer costs a buffer that stays alive until the consumer runs (the
+//!   recomputed segments of a checkpointed chain held twice the
+//!   activations because of this);
 //! - a group holds at most [`MAX_GROUP`] nodes;
 //! - one-element (scalar) ops fuse too: their kernel is straight-line
 //!   register code with no loop.
@@ -26,7 +33,7 @@
 //! members are contiguous (marked with `Node::kernel`).
 
 use crate::error::PassError;
-use wengert_ir::{verify, Graph, NodeId, Op};
+use wengert_ir::{verify, BinaryOp, Graph, NodeId, Op, UnaryOp};
 
 /// Largest number of nodes in one fused kernel.
 pub const MAX_GROUP: usize = 64;
@@ -60,6 +67,34 @@ fn kind(g: &Graph, id: NodeId) -> Kind {
     }
 }
 
+/// Whether an elementwise op costs about one instruction per element, so
+/// that computing it in its consumer's loop instead of storing it is free.
+fn cheap(op: &Op) -> bool {
+    match op {
+        Op::Unary(u) => match u {
+            UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Relu => true,
+            UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tanh | UnaryOp::Sqrt => false,
+        },
+        Op::Binary(b) => match b {
+            BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Max | BinaryOp::Min => true,
+            BinaryOp::Div => false,
+        },
+        Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. } => false,
+        Op::Input { .. }
+        | Op::Const { .. }
+        | Op::Broadcast { .. }
+        | Op::Reshape { .. }
+        | Op::Transpose { .. }
+        | Op::ReduceSum { .. }
+        | Op::ReduceMax { .. }
+        | Op::MatMul
+        | Op::Slice { .. }
+        | Op::Pad { .. }
+        | Op::Concat { .. }
+        | Op::SoftmaxCrossEntropy => false,
+    }
+}
+
 struct Group {
     members: Vec<NodeId>,
     /// The iteration shape.
@@ -77,46 +112,62 @@ impl Group {
     }
 }
 
-/// Whether `start` depends (transitively) on a member of group `gi`, whose
-/// first member has index `first`. Only nodes at or after `first` can.
-fn depends_on_group(g: &Graph, group_of: &[Option<usize>], gi: usize, start: NodeId, first: usize) -> bool {
+/// Whether `start` depends (transitively) on a node for which `hit` holds,
+/// where every such node has an index of at least `first`. Dependence is
+/// between units, not nodes: reaching any member of a fused group reaches
+/// all of its operands, because the group runs as one unit. (Checking
+/// nodes only let two groups each read the other: `{a+a, (a+a)+(c+a)}`
+/// and `{c+a, (c+a)+(a+a)}`.)
+fn depends_on(
+    g: &Graph,
+    group_of: &[Option<usize>],
+    groups: &[Group],
+    start: NodeId,
+    first: usize,
+    hit: &dyn Fn(NodeId) -> bool,
+) -> bool {
     let mut stack = vec![start];
     let mut seen = std::collections::HashSet::new();
+    let mut seen_groups = std::collections::HashSet::new();
     while let Some(v) = stack.pop() {
-        if v.index() < first || !seen.insert(v) {
+        if !seen.insert(v) {
             continue;
         }
-        if group_of[v.index()] == Some(gi) {
+        if hit(v) {
             return true;
         }
-        stack.extend(g.args(v));
+        match group_of[v.index()] {
+            // Members are kept sorted, so the last is the latest.
+            Some(gj) if groups[gj].members.len() > 1 => {
+                let last = groups[gj].members.last().map_or(0, |m| m.index());
+                if last >= first && seen_groups.insert(gj) {
+                    stack.extend(groups[gj].members.iter().flat_map(|&m| g.args(m)));
+                }
+            }
+            _ => {
+                if v.index() >= first {
+                    stack.extend(g.args(v));
+                }
+            }
+        }
     }
     false
+}
+
+/// Whether `start` depends on a member of group `gi`.
+fn depends_on_group(g: &Graph, group_of: &[Option<usize>], groups: &[Group], gi: usize, start: NodeId) -> bool {
+    depends_on(g, group_of, groups, start, groups[gi].first(), &|v| {
+        group_of[v.index()] == Some(gi)
+    })
 }
 
 /// Whether `nodes` can be in group `gi`: no operand from outside the group
 /// depends on a member of it.
-fn can_join(g: &Graph, group_of: &[Option<usize>], gi: usize, nodes: &[NodeId], first: usize) -> bool {
+fn can_join(g: &Graph, group_of: &[Option<usize>], groups: &[Group], gi: usize, nodes: &[NodeId]) -> bool {
     nodes
         .iter()
         .flat_map(|&n| g.args(n))
-        .all(|a| group_of[a.index()] == Some(gi) || !depends_on_group(g, group_of, gi, a, first))
-}
-
-/// Whether `start` depends (transitively) on `target`.
-fn depends_on_node(g: &Graph, start: NodeId, target: NodeId) -> bool {
-    let mut stack = vec![start];
-    let mut seen = std::collections::HashSet::new();
-    while let Some(v) = stack.pop() {
-        if v == target {
-            return true;
-        }
-        if v.index() < target.index() || !seen.insert(v) {
-            continue;
-        }
-        stack.extend(g.args(v));
-    }
-    false
+        .all(|a| group_of[a.index()] == Some(gi) || !depends_on_group(g, group_of, groups, gi, a))
 }
 
 /// Groups nodes into kernels (see the module documentation).
@@ -139,7 +190,7 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
                     !gr.closed
                         && gr.shape == shape
                         && gr.members.len() < MAX_GROUP
-                        && can_join(g, &group_of, gi, &[id], gr.first())
+                        && can_join(g, &group_of, &groups, gi, &[id])
                 });
                 let target = target.or_else(|| {
                     // A matmul operand without a group takes this as epilogue.
@@ -148,7 +199,9 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
                     })?;
                     // A fresh matmul has no group yet, so nothing depends on it
                     // but through m itself: the other operands must not.
-                    let others_ok = args.iter().all(|&a| a == m || !depends_on_node(g, a, m));
+                    let others_ok = args
+                        .iter()
+                        .all(|&a| a == m || !depends_on(g, &group_of, &groups, a, m.index(), &|v| v == m));
                     others_ok.then(|| {
                         groups.push(Group {
                             members: vec![m],
@@ -178,7 +231,7 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
                             if lone
                                 && uses[a.index()] == 1
                                 && groups[gi].members.len() < MAX_GROUP
-                                && can_join(g, &group_of, gi, &[a], groups[gi].first())
+                                && can_join(g, &group_of, &groups, gi, &[a])
                             {
                                 groups[ai].alive = false;
                                 groups[ai].members.clear();
@@ -268,14 +321,12 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
             let members_j = groups[j].members.clone();
             // Neither group may reach the other through outside nodes.
             let independent = shares
-                && inputs_j
-                    .iter()
-                    .all(|&a| !depends_on_group(g, &group_of, i, a, groups[i].first()))
+                && inputs_j.iter().all(|&a| !depends_on_group(g, &group_of, &groups, i, a))
                 && members_i
                     .iter()
                     .flat_map(|&m| g.args(m))
                     .filter(|a| group_of[a.index()] != Some(i))
-                    .all(|a| !depends_on_group(g, &group_of, j, a, groups[j].first()));
+                    .all(|a| !depends_on_group(g, &group_of, &groups, j, a));
             if independent {
                 for &m in &members_j {
                     group_of[m.index()] = Some(i);
@@ -288,6 +339,7 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
             }
         }
     }
+    sink_cheap_tails(g, &mut group_of, &mut groups);
     // Units: each group of two or more nodes, and every other node. Order
     // them topologically, earliest original position first.
     let unit_of: Vec<usize> = g
@@ -300,6 +352,16 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
     let mut unit_members: Vec<Vec<NodeId>> = vec![Vec::new(); n];
     for id in g.node_ids() {
         unit_members[unit_of[id.index()]].push(id);
+    }
+    // A kernel's leading matmul is emitted first even when a sunk tail
+    // has a smaller index (neither depends on the other).
+    for members in &mut unit_members {
+        if let Some(pos) = members.iter().position(|&m| kind(g, m) == Kind::MatMul) {
+            if pos > 0 && group_of[members[pos].index()].is_some_and(|gi| groups[gi].matmul) {
+                let m = members.remove(pos);
+                members.insert(0, m);
+            }
+        }
     }
     let mut indegree = vec![0usize; n];
     let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -365,6 +427,91 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
     }
     verify(&out)?;
     Ok(out)
+}
+
+/// Moves cheap elementwise tails into the kernel that reads them (see the
+/// module documentation). A tail is a member `x` of group `G` whose readers
+/// all sit in one other group `H` of the same shape, together with the
+/// cheap members of `G` only it reads; it moves when every value it reads
+/// from `G` is stored anyway (read outside `G`, a graph output, or `G`'s
+/// leading matmul). `G` precedes `H` (H reads x), so `H` may read
+/// anything `G` stores, and the tail's other operands were already before
+/// `G`: no cycle can form.
+fn sink_cheap_tails(g: &Graph, group_of: &mut [Option<usize>], groups: &mut [Group]) {
+    let n = g.len();
+    let mut users: Vec<Vec<NodeId>> = vec![Vec::new(); n];
+    for id in g.node_ids() {
+        for a in g.args(id) {
+            users[a.index()].push(id);
+        }
+    }
+    let mut is_output = vec![false; n];
+    for o in g.outputs() {
+        is_output[o.node.index()] = true;
+    }
+    for gi in 0..groups.len() {
+        if !groups[gi].alive || groups[gi].members.len() < 2 {
+            continue;
+        }
+        // Members in reverse order, so a tail's end is met before its body.
+        let mut k = groups[gi].members.len();
+        while k > 0 {
+            k -= 1;
+            let Some(&x) = groups[gi].members.get(k) else { continue };
+            if !cheap(g.op(x)) || is_output[x.index()] || users[x.index()].is_empty() {
+                continue;
+            }
+            let Some(hi) = group_of[users[x.index()][0].index()] else {
+                continue;
+            };
+            let target_ok = hi != gi
+                && groups[hi].alive
+                && groups[hi].shape == g.ty(x).shape
+                && users[x.index()]
+                    .iter()
+                    .all(|u| group_of[u.index()] == Some(hi) && kind(g, *u) == Kind::Elementwise);
+            if !target_ok {
+                continue;
+            }
+            // The tail: x and the cheap members of G read only by the tail.
+            let mut tail = vec![x];
+            let mut i = 0;
+            while i < tail.len() {
+                for a in g.args(tail[i]) {
+                    let only_tail = users[a.index()].iter().all(|u| tail.contains(u));
+                    if group_of[a.index()] == Some(gi)
+                        && !tail.contains(&a)
+                        && cheap(g.op(a))
+                        && !is_output[a.index()]
+                        && only_tail
+                    {
+                        tail.push(a);
+                    }
+                }
+                i += 1;
+            }
+            // Everything else the tail reads from G must be stored anyway.
+            let stored = |a: NodeId| {
+                is_output[a.index()]
+                    || kind(g, a) == Kind::MatMul
+                    || users[a.index()].iter().any(|u| group_of[u.index()] != Some(gi))
+            };
+            let reads_ok = tail
+                .iter()
+                .flat_map(|&t| g.args(t))
+                .all(|a| group_of[a.index()] != Some(gi) || tail.contains(&a) || stored(a));
+            if !reads_ok || groups[hi].members.len() + tail.len() > MAX_GROUP {
+                continue;
+            }
+            groups[gi].members.retain(|m| !tail.contains(m));
+            for &t in &tail {
+                group_of[t.index()] = Some(hi);
+            }
+            groups[hi].members.extend(&tail);
+            groups[hi].members.sort();
+            k = k.min(groups[gi].members.len());
+        }
+    }
 }
 
 /// The number of fused kernels in a graph.
