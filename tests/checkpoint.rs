@@ -268,48 +268,64 @@ fn min_cut_saves_no_more_than_the_default_and_gradients_match() {
     assert_eq!(CheckpointPolicy::parse("mincut").unwrap(), CheckpointPolicy::MinCut);
 }
 
-#[test]
-fn binomial_schedule_in_generated_graphs() {
-    // Chains of l tanh-matmul layers under c slots: the backward recomputes
-    // exactly r·l − C(c+r, c+1) blocks besides each block's own reversal,
-    // and the gradients are bit-identical to saving everything.
-    for l in [2usize, 3, 5, 8, 13] {
-        let g = models::tanh_chain(l, 2, 3, DType::F64).unwrap();
-        let wrt: Vec<String> = (1..=l).map(|i| format!("W{i}")).collect();
-        let inputs = random_inputs(&g, &mut Rng::new(l as u64), -0.8, 0.8);
-        let want = interpret(
-            &wengert::autodiff(&g, &wrt.iter().map(String::as_str).collect::<Vec<_>>(), &[])
-                .unwrap()
-                .graph,
-            &inputs,
+/// Under `Slots(c)` for c = 1…4, the backward of `g` recomputes exactly
+/// r·l − C(c+r, c+1) blocks of its chain of `l` blocks besides each block's
+/// own reversal, saves nothing, and gives gradients bit-identical to saving
+/// everything.
+fn check_binomial(g: &wengert::Graph, l: usize, tanh_per_block: usize) {
+    let wrt: Vec<String> = g.differentiable_inputs().iter().map(|s| s.to_string()).collect();
+    let inputs = random_inputs(g, &mut Rng::new(l as u64), -0.8, 0.8);
+    let want = interpret(
+        &wengert::autodiff(g, &wrt.iter().map(String::as_str).collect::<Vec<_>>(), &[])
+            .unwrap()
+            .graph,
+        &inputs,
+    )
+    .unwrap();
+    let primal_outputs = g.outputs().len();
+    for c in 1..=4usize {
+        let options = PipelineOptions {
+            passes: vec![Pass::Autodiff, Pass::Checkpoint, Pass::Partition],
+            wrt: wrt.clone(),
+            checkpoint: CheckpointPolicy::Slots(c),
+            ..PipelineOptions::default()
+        };
+        let r = run_pipeline(g, &options).unwrap();
+        let b = r.binomial.expect("a chain is detected");
+        assert_eq!(b.blocks, l, "{}: c = {c}", g.name);
+        assert_eq!(
+            b.recomputed_blocks as u64,
+            revolve_min_extra_steps(l as u64, c as u64),
+            "{}: l = {l}, c = {c}",
+            g.name
+        );
+        let p = r.partition.as_ref().unwrap();
+        assert!(p.residuals.is_empty(), "nothing is saved but the inputs");
+        let tanh = p
+            .backward
+            .node_ids()
+            .filter(|&id| matches!(p.backward.op(id), Op::Unary(wengert::ir::UnaryOp::Tanh)))
+            .count();
+        assert_eq!(
+            tanh,
+            (b.recomputed_blocks + l) * tanh_per_block,
+            "{}: l = {l}, c = {c}: every copy is in the backward",
+            g.name
+        );
+        let fwd = interpret(&p.forward, &inputs).unwrap();
+        let grads = interpret(
+            &p.backward,
+            &common::backward_inputs(g, p, &inputs, &fwd[primal_outputs..], &[]),
         )
         .unwrap();
-        for c in 1..=4usize {
-            let options = PipelineOptions {
-                passes: vec![Pass::Autodiff, Pass::Checkpoint, Pass::Partition],
-                wrt: wrt.clone(),
-                checkpoint: CheckpointPolicy::Slots(c),
-                ..PipelineOptions::default()
-            };
-            let r = run_pipeline(&g, &options).unwrap();
-            let advances = r.binomial.expect("a chain is detected").recomputed_blocks;
-            assert_eq!(
-                advances as u64,
-                revolve_min_extra_steps(l as u64, c as u64),
-                "l = {l}, c = {c}"
-            );
-            let p = r.partition.as_ref().unwrap();
-            assert!(p.residuals.is_empty(), "nothing is saved but the inputs");
-            let tanh = p
-                .backward
-                .node_ids()
-                .filter(|&id| matches!(p.backward.op(id), Op::Unary(wengert::ir::UnaryOp::Tanh)))
-                .count();
-            assert_eq!(tanh, advances + l, "l = {l}, c = {c}: every copy is in the backward");
-            let fwd = interpret(&p.forward, &inputs).unwrap();
-            let grads = interpret(&p.backward, &common::backward_inputs(&g, p, &inputs, &fwd[1..], &[])).unwrap();
-            assert_eq!(&grads[..], &want[1..], "l = {l}, c = {c}");
-        }
+        assert_eq!(&grads[..], &want[primal_outputs..], "{}: l = {l}, c = {c}", g.name);
+    }
+}
+
+#[test]
+fn binomial_schedule_in_generated_graphs() {
+    for l in [2usize, 3, 5, 8, 13] {
+        check_binomial(&models::tanh_chain(l, 2, 3, DType::F64).unwrap(), l, 1);
     }
     // Case 8's recurrence (three ops per step) is detected too.
     let g = cases::case08_recurrence().unwrap();
@@ -317,6 +333,46 @@ fn binomial_schedule_in_generated_graphs() {
     let chain = wengert::passes::revolve::detect_chain(&gg).unwrap();
     assert_eq!(chain.blocks.len(), cases::CASE08_STEPS);
     assert!(chain.blocks.iter().all(|b| b.len() == 3));
+}
+
+#[test]
+fn binomial_schedule_off_the_first_output_and_through_residual_steps() {
+    // Residual steps h ← h + tanh(h W_i): the add has two computed
+    // operands, and the spine follows the deeper one through the tanh.
+    let l = 9;
+    let b = wengert::GraphBuilder::new("residual");
+    let mut h = b.data("x", DType::F64, &[2, 3]);
+    let ws: Vec<_> = (1..=l)
+        .map(|i| b.input(&format!("W{i}"), DType::F64, &[3, 3]))
+        .collect();
+    for w in ws {
+        h = h + h.matmul(w).tanh();
+    }
+    check_binomial(&b.build(&[("loss", h.sum_all())]).unwrap(), l, 1);
+    // The chain feeds the second output; the first is a short side value.
+    let l = 7;
+    let b = wengert::GraphBuilder::new("second_output");
+    let x = b.data("x", DType::F64, &[2, 3]);
+    let mut h = x;
+    let ws: Vec<_> = (1..=l)
+        .map(|i| b.input(&format!("W{i}"), DType::F64, &[3, 3]))
+        .collect();
+    for w in &ws {
+        h = h.matmul(*w).tanh();
+    }
+    let side = (x * 2.0).matmul(ws[0]).sum_all();
+    check_binomial(&b.build(&[("side", side), ("loss", h.sum_all())]).unwrap(), l, 1);
+    // A block of two tanh layers with a bias between them (six spine nodes).
+    let l = 5;
+    let b = wengert::GraphBuilder::new("two_layer_blocks");
+    let mut h = b.data("x", DType::F64, &[2, 3]);
+    let ws: Vec<_> = (1..=2 * l)
+        .map(|i| b.input(&format!("W{i}"), DType::F64, &[3, 3]))
+        .collect();
+    for pair in ws.chunks(2) {
+        h = (h.matmul(pair[0]).tanh() + 0.5).matmul(pair[1]).tanh();
+    }
+    check_binomial(&b.build(&[("loss", h.sum_all())]).unwrap(), l, 2);
 }
 
 #[test]

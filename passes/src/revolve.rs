@@ -1,10 +1,14 @@
 //! Binomial checkpointing (Griewank–Walther's Revolve) for chains.
 //!
 //! [`detect_chain`] finds a repeated block structurally: walking back from
-//! the first output along the one operand that is a computed forward value,
-//! it looks for the op sequence that repeats most (same op, attributes and
-//! types), and returns the states `s_0 … s_l` between blocks and each
-//! block's forward nodes.
+//! each output along the computed forward operand with the longest path
+//! behind it (the spine), it looks for the op sequence that repeats most
+//! (same op, attributes and types; a block of up to 16 spine nodes), and
+//! returns the states `s_0 … s_l` between blocks and each block's forward
+//! nodes. A block may read anything besides its input state (inputs,
+//! constants, values of earlier blocks): the rewrite reads values of other
+//! blocks from the forward, which partition then saves, so the result is
+//! exact for any graph and saves the least on true chains.
 //!
 //! [`revolve`] rewrites a joint graph so that its backward half follows the
 //! binomial schedule with `c` slots: it adds copies of blocks (the
@@ -31,34 +35,22 @@ pub struct Chain {
     pub blocks: Vec<Vec<NodeId>>,
 }
 
-fn signature(g: &Graph, id: NodeId) -> String {
+/// A node's op, attributes and type, hashed: equal signatures mark the
+/// same step of a repeated block.
+fn signature(g: &Graph, id: NodeId) -> u64 {
+    use std::hash::{Hash, Hasher};
     let mut s = String::new();
     let _ = wengert_ir::print::write_op_head(&mut s, g.op(id));
-    format!("{s}:{}", g.ty(id))
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (s, g.ty(id).to_string()).hash(&mut h);
+    h.finish()
 }
 
-/// Finds the longest repeated block along the first output's spine (see
-/// the module documentation), if it repeats at least twice.
-pub fn detect_chain(gg: &GradGraph) -> Option<Chain> {
-    let g = &gg.graph;
-    let primal = gg.primal_mask();
-    let constant = g.constant_nodes();
-    let computed = |v: NodeId| primal[v.index()] && !constant[v.index()] && !matches!(g.op(v), Op::Input { .. });
-    // The spine, from the output back to where it meets only inputs.
-    let mut spine = vec![g.outputs().first()?.node];
-    loop {
-        let cur = *spine.last()?;
-        let next: Vec<NodeId> = g.args(cur).into_iter().filter(|&a| computed(a)).collect();
-        match next.as_slice() {
-            [one] => spine.push(*one),
-            _ => break,
-        }
-    }
-    spine.reverse();
-    let sigs: Vec<String> = spine.iter().map(|&v| signature(g, v)).collect();
-    // Best (period, start, repeats) by nodes covered.
+/// The longest repeated period of `sigs`: (period, start, repeats), by
+/// nodes covered, if some period repeats at least twice.
+fn best_period(sigs: &[u64]) -> Option<(usize, usize, usize)> {
     let mut best: Option<(usize, usize, usize)> = None;
-    for p in 1..=8.min(sigs.len() / 2) {
+    for p in 1..=MAX_PERIOD.min(sigs.len() / 2) {
         for start in 0..p.min(sigs.len()) {
             let mut reps = 1;
             while start + (reps + 1) * p <= sigs.len()
@@ -71,7 +63,63 @@ pub fn detect_chain(gg: &GradGraph) -> Option<Chain> {
             }
         }
     }
-    let (p, start, l) = best?;
+    best
+}
+
+/// The most spine nodes one block may have.
+const MAX_PERIOD: usize = 16;
+
+/// Finds the longest repeated block along the spine of one of the eight
+/// deepest outputs (see
+/// the module documentation), if it repeats at least twice. The spine
+/// follows, from each node, the computed operand with the longest path
+/// behind it, so a residual step `h + f(h)` is followed through `f`.
+pub fn detect_chain(gg: &GradGraph) -> Option<Chain> {
+    let g = &gg.graph;
+    let primal = gg.primal_mask();
+    let constant = g.constant_nodes();
+    let computed = |v: NodeId| primal[v.index()] && !constant[v.index()] && !matches!(g.op(v), Op::Input { .. });
+    // Longest path of computed nodes ending at each node (node order is
+    // topological).
+    let mut depth = vec![0usize; g.len()];
+    for v in g.node_ids().filter(|&v| computed(v)) {
+        depth[v.index()] = 1 + g
+            .args(v)
+            .iter()
+            .filter(|&&a| computed(a))
+            .map(|a| depth[a.index()])
+            .max()
+            .unwrap_or(0);
+    }
+    // The deepest few outputs (each spine costs its length).
+    let mut outputs: Vec<NodeId> = g.outputs().iter().map(|o| o.node).filter(|&v| computed(v)).collect();
+    outputs.sort_by_key(|v| (std::cmp::Reverse(depth[v.index()]), v.index()));
+    outputs.dedup();
+    outputs.truncate(8);
+    let mut best: Option<(Vec<NodeId>, (usize, usize, usize))> = None;
+    for o in outputs {
+        // The spine, from the output back to where it meets only inputs.
+        let mut spine = vec![o];
+        while let Some(&cur) = spine.last() {
+            let next = g
+                .args(cur)
+                .into_iter()
+                .filter(|&a| computed(a))
+                .max_by_key(|a| (depth[a.index()], std::cmp::Reverse(a.index())));
+            match next {
+                Some(one) => spine.push(one),
+                None => break,
+            }
+        }
+        spine.reverse();
+        let sigs: Vec<u64> = spine.iter().map(|&v| signature(g, v)).collect();
+        if let Some(found) = best_period(&sigs) {
+            if best.as_ref().is_none_or(|(_, (bp, _, br))| found.0 * found.2 > bp * br) {
+                best = Some((spine, found));
+            }
+        }
+    }
+    let (spine, (p, start, l)) = best?;
     // s_0 is whatever feeds the first block's first spine node.
     let first = spine[start];
     let s0 = if start > 0 {
