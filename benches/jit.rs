@@ -1,8 +1,10 @@
 //! Benchmarks of the JIT (issue: Cranelift JIT and runtime).
 //!
 //! - `seed_grad/*`: value-and-gradient latency of seed cases 1–4, against
-//!   a hand-written closed form and a dynamic tape engine built like the
-//!   seed's case 10.
+//!   a hand-written closed form (inlined, and out of line through the
+//!   packed entry's ABI), the cost of an out-of-line call that does no
+//!   math (`call_floor`), and a dynamic tape engine built like the seed's
+//!   case 10.
 //! - `mlp_step/*`: 784 → 256 ReLU → 10 softmax cross-entropy, f32, value
 //!   and gradient of all four parameters, batch 32 / 128 / 1024, and the
 //!   time its GEMM calls alone take (the same products as a graph).
@@ -180,6 +182,14 @@ mod closed_out_of_line {
             }
         };
     }
+    /// No math at all, the same ABI: the cost of the out-of-line call
+    /// itself, a floor under any JIT entry point.
+    pub unsafe extern "C" fn floor(x: *const f64, out: *mut f64) {
+        for i in 0..4 {
+            // SAFETY: the caller passes two inputs and room for four outputs.
+            unsafe { *out.add(i) = *x.add(i.min(1)) };
+        }
+    }
     packed!(case1, 1, 1, 2);
     packed!(case2, 2, 1, 2);
     packed!(case3, 3, 2, 3);
@@ -262,6 +272,18 @@ fn seed_grad(c: &mut Criterion) {
                 // SAFETY: two inputs (cases with one read only the first)
                 // and room for four outputs.
                 unsafe { packed(x.as_ptr(), out.as_mut_ptr()) };
+                for v in &out[..m] {
+                    black_box(*v);
+                }
+            })
+        });
+        group.bench_function("call_floor", |b| {
+            let floor = black_box(closed_out_of_line::floor as unsafe extern "C" fn(*const f64, *mut f64));
+            b.iter(|| {
+                let x = [black_box(0.7), black_box(1.7)];
+                let mut out = [0.0f64; 4];
+                // SAFETY: two inputs and room for four outputs.
+                unsafe { floor(x.as_ptr(), out.as_mut_ptr()) };
                 for v in &out[..m] {
                     black_box(*v);
                 }
