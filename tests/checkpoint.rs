@@ -448,3 +448,56 @@ fn planned_arena_equals_the_measured_one() {
         }
     }
 }
+
+#[test]
+fn the_pipeline_follows_the_checkpoint_plan() {
+    // `plan` is the whole decision (one level of recomputation, else the
+    // binomial fallback); the pipeline applies it unchanged.
+    let g = models::tanh_chain(16, 4, 8, DType::F32).unwrap();
+    let wrt: Vec<String> = (1..=16).map(|i| format!("W{i}")).collect();
+    let wrt_refs: Vec<&str> = wrt.iter().map(String::as_str).collect();
+    let gg = wengert::autodiff(&g, &wrt_refs, &[]).unwrap();
+    let save_all = partition(&gg, None).unwrap().saved_bytes();
+    let sqrt = choose_saved(&gg, &CheckpointPolicy::Sqrt).unwrap();
+    let (sqrt_peak, _) = wengert::passes::checkpoint::simulate(&gg, &sqrt).unwrap();
+    let mut kinds = Vec::new();
+    for policy in [
+        CheckpointPolicy::Budget(1),
+        CheckpointPolicy::Budget(1 << 30),
+        CheckpointPolicy::Budget(sqrt_peak),
+        CheckpointPolicy::Slots(3),
+        CheckpointPolicy::Sqrt,
+    ] {
+        let options = PipelineOptions {
+            passes: vec![Pass::Autodiff, Pass::Checkpoint, Pass::Partition],
+            wrt: wrt.clone(),
+            checkpoint: policy.clone(),
+            ..PipelineOptions::default()
+        };
+        let r = run_pipeline(&g, &options).unwrap();
+        let p = r.partition.as_ref().unwrap();
+        match wengert::passes::plan(&gg, &policy).unwrap() {
+            wengert::passes::Plan::Binomial(rewritten, schedule) => {
+                assert_eq!(r.binomial, Some(schedule), "{policy:?}");
+                assert_eq!(
+                    r.grad.as_ref().unwrap().graph.len(),
+                    rewritten.graph.len(),
+                    "{policy:?}"
+                );
+                kinds.push("binomial");
+            }
+            wengert::passes::Plan::Saved(saved) => {
+                assert_eq!(r.binomial, None, "{policy:?}");
+                let want = partition(&gg, Some(&saved)).unwrap();
+                assert_eq!(p.saved_bytes(), want.saved_bytes(), "{policy:?}");
+                assert_eq!(p.residuals.len(), want.residuals.len(), "{policy:?}");
+                kinds.push("saved");
+            }
+        }
+    }
+    // An impossible budget and slots take the binomial schedule; a huge
+    // budget saves everything; √n's peak is met by one level.
+    assert_eq!(kinds, ["binomial", "saved", "saved", "binomial", "saved"]);
+    let huge = choose_saved(&gg, &CheckpointPolicy::Budget(1 << 30)).unwrap();
+    assert_eq!(partition(&gg, Some(&huge)).unwrap().saved_bytes(), save_all);
+}

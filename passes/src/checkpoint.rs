@@ -20,9 +20,9 @@
 //!   (saved values plus the larger planned arena of forward and backward,
 //!   found by partitioning, fusing and planning each candidate:
 //!   [`simulate`]) fits in `bytes`; if none fits, the lowest peak
-//!   (`wengert grad --explain` says whether it fits). On a chain the
-//!   pipeline then falls back to the binomial schedule when no such plan
-//!   fits.
+//!   (`wengert grad --explain` says whether it fits). On a chain, [`plan`]
+//!   (what the pipeline runs) then falls back to the binomial schedule with
+//!   the most slots that fits.
 //!
 //! Recomputed values are bit-identical to the forward's (the same ops on
 //! the same values, compiled by the same code generator), and CSE runs
@@ -38,6 +38,7 @@ use crate::error::PassError;
 use crate::fuse::fuse;
 use crate::memory::memory_plan_with_stats;
 use crate::partition::{default_saved, partition, Partition};
+use crate::revolve::Binomial;
 use std::fmt::Write;
 use wengert_ir::{Graph, Mark, NodeId, Op};
 
@@ -161,12 +162,110 @@ pub fn simulate(gg: &GradGraph, saved: &[NodeId]) -> Result<(usize, u64), PassEr
 /// The saved set for `policy` (ids of `gg.graph`), then the user's marks:
 /// a value marked `save` that the backward reads is saved, a value marked
 /// `recompute` is not (see [`Var::save`](wengert_ir::Var::save)).
+///
+/// For `Budget` this is one level of recomputation; [`plan`], which the
+/// pipeline runs, falls back to the binomial schedule on a chain when that
+/// does not fit. For `Slots` it is save-all (the schedule is a rewrite of
+/// the graph, which only [`plan`] makes).
 pub fn choose_saved(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Vec<NodeId>, PassError> {
-    let mut saved = choose_by_policy(gg, policy)?;
+    let saved = match policy {
+        CheckpointPolicy::Budget(bytes) => budget_choice(gg, *bytes)?.0,
+        other => choose_by_policy(gg, other)?,
+    };
+    Ok(apply_marks(gg, saved))
+}
+
+/// What the checkpoint pass decided.
+#[derive(Clone, Debug)]
+pub enum Plan {
+    /// Save these values (ids of the graph as it was) and recompute the
+    /// rest.
+    Saved(Vec<NodeId>),
+    /// The graph rewritten for the binomial schedule; it saves nothing.
+    Binomial(GradGraph, Binomial),
+}
+
+/// The checkpoint pass: the saved set of `policy` ([`choose_saved`]), or,
+/// for `Slots(c)` on a chain, the binomial rewrite with `c` slots, and for
+/// `Budget(bytes)`, when no plan of one level of recomputation fits, the
+/// binomial rewrite with the most slots that fits on a chain (with one slot
+/// if none fits but that still lowers the peak).
+pub fn plan(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Plan, PassError> {
+    Ok(match policy {
+        CheckpointPolicy::Slots(c) => match crate::revolve::revolve(gg, *c)? {
+            Some((rewritten, schedule)) => Plan::Binomial(rewritten, schedule),
+            None => Plan::Saved(choose_saved(gg, &CheckpointPolicy::SaveAll)?),
+        },
+        CheckpointPolicy::Budget(bytes) => {
+            let (chosen, peak) = budget_choice(gg, *bytes)?;
+            let marked = apply_marks(gg, chosen.clone());
+            // Marks may change the peak; simulate again only then.
+            let peak = if marked == chosen {
+                peak
+            } else {
+                simulate(gg, &marked)?.0
+            };
+            match binomial_within(gg, peak, *bytes)? {
+                Some((rewritten, schedule)) => Plan::Binomial(rewritten, schedule),
+                None => Plan::Saved(marked),
+            }
+        }
+        policy => Plan::Saved(choose_saved(gg, policy)?),
+    })
+}
+
+/// When `peak` (that of one level of recomputation) is above `bytes` and
+/// the graph is a chain, the binomial schedule with the most slots whose
+/// simulated peak fits (slots are searched by bisection: fewer slots,
+/// lower peak), else with one slot if that still lowers the peak: the
+/// rewritten graph and its schedule.
+fn binomial_within(gg: &GradGraph, peak: usize, bytes: usize) -> Result<Option<(GradGraph, Binomial)>, PassError> {
+    if peak <= bytes {
+        return Ok(None);
+    }
+    let Some(chain) = crate::revolve::detect_chain(gg) else {
+        return Ok(None);
+    };
+    let at = |c: usize| -> Result<(GradGraph, Binomial, usize), PassError> {
+        let (rewritten, schedule) = crate::revolve::revolve_chain(gg, &chain, c)?;
+        let (peak, _) = simulate(&rewritten, &[])?;
+        Ok((rewritten, schedule, peak))
+    };
+    // The largest c in [1, l - 1] that fits, by bisection.
+    let (mut lo, mut hi) = (1, chain.blocks.len().saturating_sub(1).max(1));
+    let (mut fitting, mut one_slot) = (None, None);
+    while lo <= hi {
+        let mid = (lo + hi) / 2;
+        match at(mid)? {
+            (g, schedule, p) if p <= bytes => {
+                fitting = Some((g, schedule));
+                lo = mid + 1;
+            }
+            // A bisection that never fits ends here, having tried c = 1.
+            other if mid == 1 => {
+                one_slot = Some(other);
+                break;
+            }
+            _ => hi = mid - 1,
+        }
+    }
+    if fitting.is_some() {
+        return Ok(fitting);
+    }
+    // Nothing fits: one slot, the lowest binomial peak, if it beats `peak`.
+    Ok(one_slot
+        .filter(|(_, _, p)| *p < peak)
+        .map(|(g, schedule, _)| (g, schedule)))
+}
+
+/// The user's marks applied to `saved`: a value marked `save` that the
+/// backward reads is saved, a value marked `recompute` is not; every input
+/// is available to recomputation.
+fn apply_marks(gg: &GradGraph, mut saved: Vec<NodeId>) -> Vec<NodeId> {
     let g = &gg.graph;
     let marked: Vec<(NodeId, Mark)> = g.node_ids().filter_map(|id| g.node(id).mark.map(|m| (id, m))).collect();
     if marked.is_empty() {
-        return Ok(saved);
+        return saved;
     }
     // What the gradients read, transitively, if nothing were saved.
     let needed = g.ancestors(g.outputs()[gg.primal_outputs..].iter().map(|o| o.node));
@@ -190,30 +289,36 @@ pub fn choose_saved(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Vec<Nod
         }
     }
     saved.sort();
-    Ok(saved)
+    saved
 }
 
-fn choose_by_policy(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Vec<NodeId>, PassError> {
-    let g = &gg.graph;
-    let default = default_saved(gg);
-    // Every input the backward might need when recomputing is available.
-    let all_inputs: Vec<NodeId> = g
+/// Every input the backward might need when recomputing (all but seeds).
+fn recomputation_inputs(gg: &GradGraph) -> Vec<NodeId> {
+    gg.graph
         .inputs()
         .iter()
         .filter(|i| !gg.seed_inputs.contains(&i.name))
         .map(|i| i.node)
+        .collect()
+}
+
+/// Every `len`-th activation (and the last), plus `inputs`.
+fn every_len_th(acts: &[NodeId], inputs: &[NodeId], len: usize) -> Vec<NodeId> {
+    let mut saved: Vec<NodeId> = acts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| (i + 1) % len == 0 || i + 1 == acts.len())
+        .map(|(_, &a)| a)
         .collect();
+    saved.extend(inputs.iter().copied());
+    saved
+}
+
+fn choose_by_policy(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Vec<NodeId>, PassError> {
+    let default = default_saved(gg);
+    let all_inputs = recomputation_inputs(gg);
     let acts = activations(gg, &default);
-    let segments = |len: usize| -> Vec<NodeId> {
-        let mut saved: Vec<NodeId> = acts
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| (i + 1) % len == 0 || i + 1 == acts.len())
-            .map(|(_, &a)| a)
-            .collect();
-        saved.extend(all_inputs.iter().copied());
-        saved
-    };
+    let segments = |len: usize| every_len_th(&acts, &all_inputs, len);
     Ok(match policy {
         CheckpointPolicy::SaveAll => default,
         CheckpointPolicy::Segments(k) => {
@@ -229,47 +334,56 @@ fn choose_by_policy(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Vec<Nod
         // The pipeline rewrites the graph for the binomial schedule before
         // choosing; on its own this policy saves what the backward reads.
         CheckpointPolicy::Slots(_) => default,
-        CheckpointPolicy::Budget(bytes) => {
-            // Candidates from least to most recomputation: save-all, the
-            // byte-weighted min cut (recomputes only cheap elementwise
-            // work), then every len-th activation for growing segment
-            // lengths. Each is checked by its real peak, simulated by
-            // planning both halves as the pipeline will (the cut minimizes
-            // saved bytes, not peak memory); the cheapest that fits wins,
-            // else the one with the lowest peak.
-            // Lengths 2, 3, 4, 6, 9, … and the √n one, each once (length 1
-            // would save every activation, as save-all does).
-            let n = acts.len().max(1);
-            let mut lens = vec![n.div_ceil(((n as f64).sqrt().floor() as usize).max(1))];
-            let mut len = 2;
-            while len <= acts.len() {
-                lens.push(len);
-                len = if len < 4 { len + 1 } else { len + len / 2 };
-            }
-            lens.sort_unstable();
-            lens.dedup();
-            let mut candidates = vec![default.clone(), min_cut_saved(gg)];
-            candidates.extend(lens.into_iter().map(segments));
-            let mut best: Option<(bool, u64, usize, Vec<NodeId>)> = None;
-            for saved in candidates {
-                let (peak, flops) = simulate(gg, &saved)?;
-                let fits = peak <= *bytes;
-                let better = match &best {
-                    None => true,
-                    Some((bfits, bflops, bpeak, _)) => match (fits, *bfits) {
-                        (true, false) => true,
-                        (false, true) => false,
-                        (true, true) => (flops, peak) < (*bflops, *bpeak),
-                        (false, false) => (peak, flops) < (*bpeak, *bflops),
-                    },
-                };
-                if better {
-                    best = Some((fits, flops, peak, saved));
-                }
-            }
-            best.map(|(.., saved)| saved).unwrap_or(default)
-        }
+        CheckpointPolicy::Budget(bytes) => budget_choice(gg, *bytes)?.0,
     })
+}
+
+/// `Budget(bytes)` with one level of recomputation: the chosen saved set
+/// and its simulated peak.
+fn budget_choice(gg: &GradGraph, bytes: usize) -> Result<(Vec<NodeId>, usize), PassError> {
+    let default = default_saved(gg);
+    let all_inputs = recomputation_inputs(gg);
+    let acts = activations(gg, &default);
+    let segments = |len: usize| every_len_th(&acts, &all_inputs, len);
+    // Candidates from least to most recomputation: save-all, the
+    // byte-weighted min cut (recomputes only cheap elementwise
+    // work), then every len-th activation for growing segment
+    // lengths. Each is checked by its real peak, simulated by
+    // planning both halves as the pipeline will (the cut minimizes
+    // saved bytes, not peak memory); the cheapest that fits wins,
+    // else the one with the lowest peak.
+    // Lengths 2, 3, 4, 6, 9, … and the √n one, each once (length 1
+    // would save every activation, as save-all does).
+    let n = acts.len().max(1);
+    let mut lens = vec![n.div_ceil(((n as f64).sqrt().floor() as usize).max(1))];
+    let mut len = 2;
+    while len <= acts.len() {
+        lens.push(len);
+        len = if len < 4 { len + 1 } else { len + len / 2 };
+    }
+    lens.sort_unstable();
+    lens.dedup();
+    let mut candidates = vec![default.clone(), min_cut_saved(gg)];
+    candidates.extend(lens.into_iter().map(segments));
+    let mut best: Option<(bool, u64, usize, Vec<NodeId>)> = None;
+    for saved in candidates {
+        let (peak, flops) = simulate(gg, &saved)?;
+        let fits = peak <= bytes;
+        let better = match &best {
+            None => true,
+            Some((bfits, bflops, bpeak, _)) => match (fits, *bfits) {
+                (true, false) => true,
+                (false, true) => false,
+                (true, true) => (flops, peak) < (*bflops, *bpeak),
+                (false, false) => (peak, flops) < (*bpeak, *bflops),
+            },
+        };
+        if better {
+            best = Some((fits, flops, peak, saved));
+        }
+    }
+    // (Save-all is always a candidate, so there is a best.)
+    Ok(best.map(|(_, _, peak, saved)| (saved, peak)).unwrap_or_default())
 }
 
 /// Whether the backward may recompute this op rather than have it saved:

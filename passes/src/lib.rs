@@ -18,7 +18,7 @@ pub mod simplify;
 pub mod vjp;
 
 pub use autodiff::{autodiff, GradGraph, Seed};
-pub use checkpoint::{choose_saved, explain, CheckpointPolicy, Explanation};
+pub use checkpoint::{choose_saved, explain, plan, CheckpointPolicy, Explanation, Plan};
 pub use error::PassError;
 pub use fuse::{fuse, kernel_count};
 pub use memory::{memory_plan, memory_plan_with_stats, MemoryStats};

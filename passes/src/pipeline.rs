@@ -13,7 +13,7 @@
 //! `checkpoint.txt`, what the partition saves and recomputes.
 
 use crate::autodiff::{autodiff, GradGraph, Seed};
-use crate::checkpoint::{choose_saved, explain, simulate, CheckpointPolicy, Explanation};
+use crate::checkpoint::{explain, plan, CheckpointPolicy, Explanation, Plan};
 use crate::error::PassError;
 use crate::fuse::fuse;
 use crate::memory::{memory_plan_with_stats, MemoryStats};
@@ -177,55 +177,6 @@ fn header(out: &mut String, when: &str, pass: Pass, stage: &Stage) {
     }
 }
 
-/// When `chosen` (one level of recomputation) peaks above `bytes` and the
-/// graph is a chain, the binomial schedule with the most slots whose
-/// simulated peak fits (slots are searched by bisection: fewer slots,
-/// lower peak), else with one slot if that still lowers the peak: the
-/// rewritten graph and its schedule.
-fn binomial_within(
-    gg: &GradGraph,
-    chosen: &[wengert_ir::NodeId],
-    bytes: usize,
-) -> Result<Option<(GradGraph, Binomial)>, PassError> {
-    let (peak, _) = simulate(gg, chosen)?;
-    if peak <= bytes {
-        return Ok(None);
-    }
-    let Some(chain) = crate::revolve::detect_chain(gg) else {
-        return Ok(None);
-    };
-    let at = |c: usize| -> Result<(GradGraph, Binomial, usize), PassError> {
-        let (rewritten, schedule) = crate::revolve::revolve_chain(gg, &chain, c)?;
-        let (peak, _) = simulate(&rewritten, &[])?;
-        Ok((rewritten, schedule, peak))
-    };
-    // The largest c in [1, l - 1] that fits, by bisection.
-    let (mut lo, mut hi) = (1, chain.blocks.len().saturating_sub(1).max(1));
-    let (mut fitting, mut one_slot) = (None, None);
-    while lo <= hi {
-        let mid = (lo + hi) / 2;
-        match at(mid)? {
-            (g, schedule, p) if p <= bytes => {
-                fitting = Some((g, schedule));
-                lo = mid + 1;
-            }
-            // A bisection that never fits ends here, having tried c = 1.
-            other if mid == 1 => {
-                one_slot = Some(other);
-                break;
-            }
-            _ => hi = mid - 1,
-        }
-    }
-    if fitting.is_some() {
-        return Ok(fitting);
-    }
-    // Nothing fits: one slot, the lowest binomial peak, if it beats `chosen`.
-    Ok(one_slot
-        .filter(|(_, _, p)| *p < peak)
-        .map(|(g, schedule, _)| (g, schedule)))
-}
-
 /// Runs the pipeline on `g`.
 pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResult, PassError> {
     let mut result = PipelineResult {
@@ -288,19 +239,9 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                     // Either a saved set, or a graph rewritten to follow
                     // the binomial schedule (its slots and recomputed
                     // block count), which then saves nothing.
-                    let (chosen, binomial) = match &options.checkpoint {
-                        CheckpointPolicy::Slots(c) => match crate::revolve::revolve(grad, *c)? {
-                            Some(b) => (Vec::new(), Some(b)),
-                            None => (choose_saved(grad, &CheckpointPolicy::SaveAll)?, None),
-                        },
-                        CheckpointPolicy::Budget(bytes) => {
-                            let chosen = choose_saved(grad, &options.checkpoint)?;
-                            match binomial_within(grad, &chosen, *bytes)? {
-                                Some(b) => (Vec::new(), Some(b)),
-                                None => (chosen, None),
-                            }
-                        }
-                        policy => (choose_saved(grad, policy)?, None),
+                    let (chosen, binomial) = match plan(grad, &options.checkpoint)? {
+                        Plan::Saved(chosen) => (chosen, None),
+                        Plan::Binomial(rewritten, schedule) => (Vec::new(), Some((rewritten, schedule))),
                     };
                     if let Some((rewritten, schedule)) = binomial {
                         *grad = rewritten;
