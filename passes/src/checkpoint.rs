@@ -182,7 +182,7 @@ pub enum Plan {
     /// rest.
     Saved(Vec<NodeId>),
     /// The graph rewritten for the binomial schedule; it saves nothing.
-    Binomial(GradGraph, Binomial),
+    Binomial(Box<GradGraph>, Binomial),
 }
 
 /// The checkpoint pass: the saved set of `policy` ([`choose_saved`]), or,
@@ -193,7 +193,7 @@ pub enum Plan {
 pub fn plan(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Plan, PassError> {
     Ok(match policy {
         CheckpointPolicy::Slots(c) => match crate::revolve::revolve(gg, *c)? {
-            Some((rewritten, schedule)) => Plan::Binomial(rewritten, schedule),
+            Some((rewritten, schedule)) => Plan::Binomial(Box::new(rewritten), schedule),
             None => Plan::Saved(choose_saved(gg, &CheckpointPolicy::SaveAll)?),
         },
         CheckpointPolicy::Budget(bytes) => {
@@ -206,7 +206,7 @@ pub fn plan(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Plan, PassError
                 simulate(gg, &marked)?.0
             };
             match binomial_within(gg, peak, *bytes)? {
-                Some((rewritten, schedule)) => Plan::Binomial(rewritten, schedule),
+                Some((rewritten, schedule)) => Plan::Binomial(Box::new(rewritten), schedule),
                 None => Plan::Saved(marked),
             }
         }

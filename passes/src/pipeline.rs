@@ -241,7 +241,7 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                     // block count), which then saves nothing.
                     let (chosen, binomial) = match plan(grad, &options.checkpoint)? {
                         Plan::Saved(chosen) => (chosen, None),
-                        Plan::Binomial(rewritten, schedule) => (Vec::new(), Some((rewritten, schedule))),
+                        Plan::Binomial(rewritten, schedule) => (Vec::new(), Some((*rewritten, schedule))),
                     };
                     if let Some((rewritten, schedule)) = binomial {
                         *grad = rewritten;
