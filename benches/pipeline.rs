@@ -7,7 +7,8 @@
 //!   elementwise ops on a vector of 1024.
 //! - `checkpoint_chain64/POLICY` (issue: checkpoint scheduling): one
 //!   forward + backward step of 64 tanh layers (512×512, batch 64) under
-//!   each checkpoint policy, with planned and measured peaks on stderr.
+//!   each checkpoint policy, with planned and measured peaks on stderr,
+//!   and √n's time over save-all's measured step by step in alternation.
 //!
 //! Run with `cargo bench --bench pipeline`.
 
@@ -102,7 +103,7 @@ fn checkpoint_chain(c: &mut Criterion) {
         .map(|i| Tensor::full(i.ty.clone(), if i.name == "x" { 0.5 } else { 0.02 }))
         .collect();
     let refs: Vec<&Tensor> = inputs.iter().collect();
-    for (label, policy) in [
+    let policies = [
         ("all", wengert::CheckpointPolicy::SaveAll),
         ("sqrt", wengert::CheckpointPolicy::Sqrt),
         ("budget_6MiB", wengert::CheckpointPolicy::Budget(6 << 20)),
@@ -110,7 +111,9 @@ fn checkpoint_chain(c: &mut Criterion) {
         ("budget_2MiB", wengert::CheckpointPolicy::Budget(2 << 20)),
         ("budget_1MiB", wengert::CheckpointPolicy::Budget(1 << 20)),
         ("slots_8", wengert::CheckpointPolicy::Slots(8)),
-    ] {
+    ];
+    let mut compiled = Vec::new();
+    for (label, policy) in policies {
         let f = value_and_grad(
             &g,
             &wrt,
@@ -128,11 +131,34 @@ fn checkpoint_chain(c: &mut Criterion) {
             m.measured_peak(),
             f.pipeline().binomial.map(|b| b.slots)
         );
-        let mut buffers = f.buffers().unwrap();
-        group.bench_function(label, |b| {
+        let buffers = f.buffers().unwrap();
+        compiled.push((label, f, buffers));
+    }
+    // √n against save-all, step by step in alternation: this machine's
+    // speed drifts by ±15% over minutes, which moves two medians taken
+    // minutes apart more than the ratio itself.
+    {
+        let [(_, all, all_buf), (_, sqrt, sqrt_buf), ..] = &mut compiled[..] else {
+            unreachable!("the first two policies are all and sqrt")
+        };
+        let step = |f: &wengert::GradFn, buffers: &mut wengert::StepBuffers| {
+            let t0 = std::time::Instant::now();
+            f.forward_into(&refs, buffers).unwrap();
+            f.backward_into(&refs, &[], buffers).unwrap();
+            t0.elapsed().as_secs_f64()
+        };
+        let mut ratios: Vec<f64> = (0..31).map(|_| step(sqrt, sqrt_buf) / step(all, all_buf)).collect();
+        ratios.sort_by(f64::total_cmp);
+        eprintln!(
+            "checkpoint_chain64: sqrt / all, 31 alternating steps: median {:.3} (quartiles {:.3}, {:.3})",
+            ratios[15], ratios[7], ratios[23]
+        );
+    }
+    for (label, f, buffers) in &mut compiled {
+        group.bench_function(*label, |b| {
             b.iter(|| {
-                f.forward_into(black_box(&refs), &mut buffers).unwrap();
-                f.backward_into(&refs, &[], &mut buffers).unwrap();
+                f.forward_into(black_box(&refs), buffers).unwrap();
+                f.backward_into(&refs, &[], buffers).unwrap();
             })
         });
     }

@@ -10,7 +10,7 @@ pub mod models;
 
 pub use api::{
     compile, value_and_grad, value_and_grad_with_seeds, ArenaCheck, Bound, Error, Executable, GradFn, MeasuredMemory,
-    Options, Residuals, ScalarFn,
+    Options, Residuals, ScalarFn, StepBuffers,
 };
 pub use wengert_codegen as codegen;
 pub use wengert_codegen::CodegenOptions;
