@@ -132,6 +132,8 @@ pub struct GradFn {
     backward: std::sync::OnceLock<Executable>,
     codegen: CodegenOptions,
     dump: Option<PathBuf>,
+    /// The checkpoint policy it was compiled under (for `explain`).
+    policy: CheckpointPolicy,
 }
 
 impl std::fmt::Debug for GradFn {
@@ -200,7 +202,7 @@ pub fn value_and_grad_with_seeds(
     };
     let joint = compile_graphs(&[joint], &options.codegen())?.remove(0);
     dump_code(options, &[&joint])?;
-    Ok(GradFn {
+    let f = GradFn {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         pipeline: result,
         backward_primal,
@@ -210,7 +212,16 @@ pub fn value_and_grad_with_seeds(
         backward: std::sync::OnceLock::new(),
         codegen: options.codegen(),
         dump: options.dump_dir(),
-    })
+        policy: options.checkpoint.clone(),
+    };
+    // The dump's checkpoint table (written by the pipeline) gets the
+    // measured arenas too.
+    if let Some(dir) = &f.dump {
+        let path = dir.join("checkpoint.txt");
+        std::fs::write(&path, f.explain()?)
+            .map_err(|e| RuntimeError::Other(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(f)
 }
 
 /// What a compiled gradient needs in memory, in bytes.
@@ -277,6 +288,50 @@ impl GradFn {
             backward: check(2, self.backward_executable()?)?,
             saved_bytes: self.partition().saved_bytes(),
         })
+    }
+
+    /// The checkpoint table: what is saved and what is recomputed, bytes
+    /// saved, extra FLOPs, the binomial schedule if one was chosen, and the
+    /// planned and measured arenas and peak (see
+    /// [`measure_memory`](Self::measure_memory), which this runs), and
+    /// under a budget whether it fits. `wengert grad --explain` prints it;
+    /// with a dump directory it is written there as `checkpoint.txt`.
+    pub fn explain(&self) -> Result<String, Error> {
+        use std::fmt::Write;
+        let mut out = String::new();
+        if let Some(expl) = &self.pipeline.explanation {
+            let _ = write!(out, "{expl}");
+        }
+        if let Some(b) = self.pipeline.binomial {
+            let (l, c, n) = (b.blocks, b.slots, b.recomputed_blocks);
+            let _ = writeln!(
+                out,
+                "binomial schedule: a chain of {l} blocks, {c} slot(s): {n} recomputed block evaluations besides each block's reversal (optimum r·l − C(c+r, c+1) = {})",
+                wengert_passes::checkpoint::revolve_min_extra_steps(l as u64, c as u64)
+            );
+        }
+        let m = self.measure_memory()?;
+        let _ = writeln!(
+            out,
+            "planned arena bytes (joint, forward, backward): {}, {}, {}",
+            m.joint.planned, m.forward.planned, m.backward.planned
+        );
+        let _ = writeln!(
+            out,
+            "measured arena bytes (joint, forward, backward): {}, {}, {}",
+            m.joint.measured, m.forward.measured, m.backward.measured
+        );
+        let _ = writeln!(
+            out,
+            "peak activation bytes, forward then backward (saved + larger arena): planned {}, measured {}",
+            m.planned_peak(),
+            m.measured_peak()
+        );
+        if let CheckpointPolicy::Budget(b) = self.policy {
+            let verdict = if m.planned_peak() <= b { "fits" } else { "over budget" };
+            let _ = writeln!(out, "budget {b} bytes: {verdict}");
+        }
+        Ok(out)
     }
 
     /// Memory of the compiled functions (see [`GradMemory`]).

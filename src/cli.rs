@@ -352,7 +352,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                     &owned
                 }
             };
-            let (Some(p), Some(expl)) = (&result.partition, &result.explanation) else {
+            let Some(p) = &result.partition else {
                 return Err(CliError("internal error: the pipeline did not partition".into()));
             };
             let mut out = String::new();
@@ -380,36 +380,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                 }
             }
             if let Some(f) = &compiled {
-                let _ = write!(out, "{expl}");
-                if let Some(b) = result.binomial {
-                    let (l, c, n) = (b.blocks, b.slots, b.recomputed_blocks);
-                    let _ = writeln!(
-                        out,
-                        "binomial schedule: a chain of {l} blocks, {c} slot(s): {n} recomputed block evaluations besides each block's reversal (optimum r·l − C(c+r, c+1) = {})",
-                        wengert_passes::checkpoint::revolve_min_extra_steps(l as u64, c as u64)
-                    );
-                }
-                let m = f.measure_memory().map_err(|e| located(&e))?;
-                let _ = writeln!(
-                    out,
-                    "planned arena bytes (joint, forward, backward): {}, {}, {}",
-                    m.joint.planned, m.forward.planned, m.backward.planned
-                );
-                let _ = writeln!(
-                    out,
-                    "measured arena bytes (joint, forward, backward): {}, {}, {}",
-                    m.joint.measured, m.forward.measured, m.backward.measured
-                );
-                let _ = writeln!(
-                    out,
-                    "peak activation bytes, forward then backward (saved + larger arena): planned {}, measured {}",
-                    m.planned_peak(),
-                    m.measured_peak()
-                );
-                if let CheckpointPolicy::Budget(b) = policy {
-                    let verdict = if m.planned_peak() <= b { "fits" } else { "over budget" };
-                    let _ = writeln!(out, "budget {b} bytes: {verdict}");
-                }
+                let _ = write!(out, "{}", f.explain().map_err(|e| located(&e))?);
             }
             Ok(out)
         }

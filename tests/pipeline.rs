@@ -291,6 +291,20 @@ fn dumps_write_one_file_per_pass() {
         "{table}"
     );
     assert_eq!(table.lines().count(), 7);
+    // The checkpoint table carries the arenas measured on the compiled code,
+    // as `GradFn::explain` gives them.
+    let checkpoint = std::fs::read_to_string(dir.join("checkpoint.txt")).unwrap();
+    assert_eq!(checkpoint, f.explain().unwrap());
+    let m = f.measure_memory().unwrap();
+    assert!(
+        checkpoint.contains(&format!(
+            "peak activation bytes, forward then backward (saved + larger arena): planned {}, measured {}\n",
+            m.planned_peak(),
+            m.measured_peak()
+        )),
+        "{checkpoint}"
+    );
+    assert!(checkpoint.starts_with("saved ("), "{checkpoint}");
 }
 
 #[test]
