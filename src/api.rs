@@ -51,24 +51,29 @@ impl Default for Options {
 }
 
 impl Options {
-    fn dump_dir(&self) -> Option<PathBuf> {
-        self.dump_dir
-            .clone()
-            .or_else(|| std::env::var_os("WENGERT_DUMP").map(PathBuf::from))
+    /// These options with `WENGERT_DUMP` applied (read once per compile).
+    fn resolved(&self) -> Options {
+        Options {
+            dump_dir: self
+                .dump_dir
+                .clone()
+                .or_else(|| std::env::var_os("WENGERT_DUMP").map(PathBuf::from)),
+            ..self.clone()
+        }
     }
 
     fn codegen(&self) -> CodegenOptions {
         CodegenOptions {
-            keep_text: self.codegen.keep_text || self.dump_dir().is_some(),
+            keep_text: self.codegen.keep_text || self.dump_dir.is_some(),
             ..self.codegen.clone()
         }
     }
 }
 
 fn dump_code(options: &Options, exes: &[&Executable]) -> Result<(), Error> {
-    if let Some(dir) = options.dump_dir() {
+    if let Some(dir) = &options.dump_dir {
         for exe in exes {
-            exe.write_text(&dir)?;
+            exe.write_text(dir)?;
         }
     }
     Ok(())
@@ -77,6 +82,7 @@ fn dump_code(options: &Options, exes: &[&Executable]) -> Result<(), Error> {
 /// Compiles a graph to native code (after simplify, fuse and memory-plan,
 /// as far as `options.passes` lists them).
 pub fn compile(g: &Graph, options: &Options) -> Result<Executable, Error> {
+    let options = &options.resolved();
     let pipeline = PipelineOptions {
         passes: options
             .passes
@@ -84,7 +90,7 @@ pub fn compile(g: &Graph, options: &Options) -> Result<Executable, Error> {
             .copied()
             .filter(|p| matches!(p, Pass::Simplify | Pass::Fuse | Pass::MemoryPlan))
             .collect(),
-        dump_dir: options.dump_dir(),
+        dump_dir: options.dump_dir.clone(),
         ..PipelineOptions::default()
     };
     let result = run_pipeline(g, &pipeline)?;
@@ -155,6 +161,7 @@ pub fn value_and_grad_with_seeds(
     seeds: &[(&str, Seed)],
     options: &Options,
 ) -> Result<GradFn, Error> {
+    let options = &options.resolved();
     // Autodiff and partition always run; the other passes as listed.
     let mut passes: Vec<Pass> = vec![Pass::Autodiff];
     passes.extend(
@@ -177,7 +184,7 @@ pub fn value_and_grad_with_seeds(
         wrt: wrt.iter().map(|s| s.to_string()).collect(),
         seeds: seeds.iter().map(|(n, s)| (n.to_string(), s.clone())).collect(),
         checkpoint: options.checkpoint.clone(),
-        dump_dir: options.dump_dir(),
+        dump_dir: options.dump_dir.clone(),
         ..PipelineOptions::default()
     };
     let result = run_pipeline(g, &pipeline)?;
@@ -211,7 +218,7 @@ pub fn value_and_grad_with_seeds(
         forward: std::sync::OnceLock::new(),
         backward: std::sync::OnceLock::new(),
         codegen: options.codegen(),
-        dump: options.dump_dir(),
+        dump: options.dump_dir.clone(),
         policy: options.checkpoint.clone(),
     };
     // The dump's checkpoint table (written by the pipeline) gets the
