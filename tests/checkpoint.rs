@@ -501,3 +501,75 @@ fn the_pipeline_follows_the_checkpoint_plan() {
     let huge = choose_saved(&gg, &CheckpointPolicy::Budget(1 << 30)).unwrap();
     assert_eq!(partition(&gg, Some(&huge)).unwrap().saved_bytes(), save_all);
 }
+
+#[test]
+fn every_policy_reproduces_save_all_bit_for_bit_on_every_test_graph() {
+    // The seed cases, an MLP, a tanh chain and a residual chain, through the
+    // JIT: the gradients under each policy (including the binomial rewrite
+    // for slots and for an impossible budget) equal save-all's exactly.
+    let residual = {
+        let b = wengert::GraphBuilder::new("residual");
+        let mut h = b.data("x", DType::F32, &[4, 6]);
+        let ws: Vec<_> = (1..=6)
+            .map(|i| b.input(&format!("W{i}"), DType::F32, &[6, 6]))
+            .collect();
+        for w in ws {
+            h = h + h.matmul(w).tanh();
+        }
+        b.build(&[("loss", h.sum_all())]).unwrap()
+    };
+    let graphs = vec![
+        cases::case01_scalar().unwrap(),
+        cases::case02_shared().unwrap(),
+        cases::case03_two_inputs().unwrap(),
+        cases::case04_vjp().unwrap(),
+        cases::case05_linear().unwrap(),
+        cases::case06_relu().unwrap(),
+        cases::case07_softmax_xent().unwrap(),
+        cases::case08_recurrence().unwrap(),
+        cases::case09_checkpoint_chain().unwrap(),
+        models::mlp(8, 12, 10, 3, DType::F32, false).unwrap(),
+        models::tanh_chain(9, 4, 8, DType::F64).unwrap(),
+        residual,
+    ];
+    for (k, g) in graphs.iter().enumerate() {
+        let wrt = g.differentiable_inputs();
+        let mut rng = Rng::new(k as u64 + 1);
+        let inputs = random_inputs(g, &mut rng, -0.8, 0.8);
+        let refs: Vec<&Tensor> = inputs.iter().collect();
+        let all = value_and_grad(g, &wrt, &Options::default()).unwrap();
+        // Seeds for outputs that are not scalars, in the backward's order.
+        let gg = all.pipeline().grad.as_ref().unwrap();
+        let seeds: Vec<Tensor> = gg
+            .graph
+            .inputs()
+            .iter()
+            .filter(|i| gg.seed_inputs.contains(&i.name))
+            .map(|i| {
+                let values = rng.vec(i.ty.num_elements(), -1.0, 1.0);
+                Tensor::from_vec(i.ty.shape.clone(), values)
+                    .unwrap()
+                    .convert(i.ty.dtype)
+            })
+            .collect();
+        let seed_refs: Vec<&Tensor> = seeds.iter().collect();
+        let (_, saved_all) = all.forward(&refs).unwrap();
+        let want = all.backward(&refs, &saved_all, &seed_refs).unwrap();
+        for policy in [
+            CheckpointPolicy::Sqrt,
+            CheckpointPolicy::Segments(2),
+            CheckpointPolicy::MinCut,
+            CheckpointPolicy::Budget(1),
+            CheckpointPolicy::Slots(2),
+        ] {
+            let options = Options {
+                checkpoint: policy.clone(),
+                ..Options::default()
+            };
+            let f = value_and_grad(g, &wrt, &options).unwrap();
+            let (_, saved) = f.forward(&refs).unwrap();
+            let got = f.backward(&refs, &saved, &seed_refs).unwrap();
+            assert_eq!(got, want, "{}: {policy:?}", g.name);
+        }
+    }
+}
