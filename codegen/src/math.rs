@@ -216,8 +216,18 @@ impl Lowerer<'_> {
     }
 
     /// tanh x (Cephes tanhf): an odd polynomial for |x| < 0.625, else
-    /// 1 − 2/(e²ˡˣˡ + 1) with the sign of x.
+    /// 1 − 2/(e²ˡˣˡ + 1) with the sign of x. The exponential here is
+    /// `exp_f32` cut down to what tanh needs: 2|x| is clamped to 20 (tanh
+    /// is 1 in f32 from |x| ≈ 9), so 2ⁿ needs one scaling, no overflow or
+    /// underflow handling, and n = round(2|x|·log₂e) comes from adding and
+    /// subtracting 1.5·2²³ (round to nearest even, as `nearest`) instead of
+    /// a saturating conversion; a NaN input falls through every step as
+    /// NaN. About half the instructions of going through `exp_f32`: 2.7 →
+    /// 1.7 ns per element over f32[64, 512] in cache, which is 6% of the
+    /// 64-layer tanh chain's forward. Worst error 1 ulp over every 37th f32
+    /// in [−20, 20] (59.5M values, against f64 tanh).
     pub fn tanh_f32(&mut self, fb: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
+        let ity = int_type(ty);
         let ax = fb.ins().fabs(x);
         let z = fb.ins().fmul(x, x);
         let p = self.horner(
@@ -234,17 +244,53 @@ impl Lowerer<'_> {
         );
         let pz = fb.ins().fmul(p, z);
         let small_v = fb.ins().fma(pz, x, x);
-        let two_ax = fb.ins().fadd(ax, ax);
-        let e = self.exp_f32(fb, ty, two_ax);
+        // e = exp(u), u = min(2|x|, 20).
+        let u = fb.ins().fadd(ax, ax);
+        let hi = self.fconst(fb, ty, 20.0);
+        let over = fb.ins().fcmp(FloatCC::GreaterThan, u, hi);
+        let u = self.sel(fb, over, hi, u);
+        let log2e = self.fconst(fb, ty, std::f64::consts::LOG2_E);
+        let magic = self.fconst(fb, ty, 12582912.0);
+        let k = fb.ins().fma(u, log2e, magic);
+        let fx = fb.ins().fsub(k, magic);
+        let c1 = self.fconst(fb, ty, -0.693359375);
+        let c2 = self.fconst(fb, ty, 2.12194440e-4);
+        let r = fb.ins().fma(fx, c1, u);
+        let r = fb.ins().fma(fx, c2, r);
+        let r2 = fb.ins().fmul(r, r);
+        let q = self.horner(
+            fb,
+            ty,
+            r,
+            &[
+                1.9875691500E-4,
+                1.3981999507E-3,
+                8.3334519073E-3,
+                4.1665795894E-2,
+                1.6666665459E-1,
+                5.0000001201E-1,
+            ],
+        );
+        let y = fb.ins().fma(q, r2, r);
         let one = self.fconst(fb, ty, 1.0);
+        let y = fb.ins().fadd(y, one);
+        // 2ⁿ: n sits in the low mantissa bits of k (k = 1.5·2²³ + n).
+        let kb = fb.ins().bitcast(ity, self.vflags(), k);
+        let mb = fb.ins().bitcast(ity, self.vflags(), magic);
+        let n = fb.ins().isub(kb, mb);
+        let scale = self.pow2i(fb, ty, n);
+        let e = fb.ins().fmul(y, scale);
         let two = self.fconst(fb, ty, 2.0);
         let ep1 = fb.ins().fadd(e, one);
         let q = fb.ins().fdiv(two, ep1);
         let big = fb.ins().fsub(one, q);
-        let nbig = fb.ins().fneg(big);
-        let zero = self.fconst(fb, ty, 0.0);
-        let neg = fb.ins().fcmp(FloatCC::LessThan, x, zero);
-        let big = self.sel(fb, neg, nbig, big);
+        // The sign of x (big ≥ 0, as q ≤ 1): (x & sign bit) | big.
+        let xb = fb.ins().bitcast(ity, self.vflags(), x);
+        let sign_bit = self.iconst32(fb, ity, 0x8000_0000);
+        let sign = fb.ins().band(xb, sign_bit);
+        let bb = fb.ins().bitcast(ity, self.vflags(), big);
+        let bb = fb.ins().bor(bb, sign);
+        let big = fb.ins().bitcast(ty, self.vflags(), bb);
         let lim = self.fconst(fb, ty, 0.625);
         let small = fb.ins().fcmp(FloatCC::LessThan, ax, lim);
         self.sel(fb, small, small_v, big)
