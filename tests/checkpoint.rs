@@ -573,3 +573,47 @@ fn every_policy_reproduces_save_all_bit_for_bit_on_every_test_graph() {
         }
     }
 }
+
+#[test]
+fn the_joint_function_follows_the_policy_too() {
+    // One call of the joint function computes the forward then the backward
+    // of the partition in one arena: under √n it holds fewer activations at
+    // once than under save-all, and gives the halves' numbers bit for bit.
+    let g = models::tanh_chain(16, 32, 64, DType::F32).unwrap();
+    let wrt: Vec<String> = (1..=16).map(|i| format!("W{i}")).collect();
+    let wrt: Vec<&str> = wrt.iter().map(String::as_str).collect();
+    let inputs = random_inputs(&g, &mut Rng::new(3), -0.5, 0.5);
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let mut joint_arena = Vec::new();
+    for policy in [
+        CheckpointPolicy::SaveAll,
+        CheckpointPolicy::Sqrt,
+        CheckpointPolicy::Budget(1),
+    ] {
+        let options = Options {
+            checkpoint: policy.clone(),
+            ..Options::default()
+        };
+        let f = value_and_grad(&g, &wrt, &options).unwrap();
+        let m = f.measure_memory().unwrap();
+        assert_eq!(m.joint.planned, m.joint.measured, "{policy:?}");
+        joint_arena.push(m.joint.planned);
+        let all = f.call(&refs).unwrap();
+        let (outs, saved) = f.forward(&refs).unwrap();
+        let grads = f.backward(&refs, &saved, &[]).unwrap();
+        assert_eq!(&all[..1], &outs[..], "{policy:?}");
+        assert_eq!(&all[1..], &grads[..], "{policy:?}");
+    }
+    assert!(
+        joint_arena[1] * 5 < joint_arena[0] * 3,
+        "√n {} vs save-all {}",
+        joint_arena[1],
+        joint_arena[0]
+    );
+    assert!(
+        joint_arena[2] < joint_arena[1],
+        "binomial {} vs √n {}",
+        joint_arena[2],
+        joint_arena[1]
+    );
+}

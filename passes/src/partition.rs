@@ -341,3 +341,101 @@ fn copy_node(j: &Graph, out: &mut Graph, map: &mut [Option<NodeId>], id: NodeId)
     map[id.index()] = Some(out.add_typed(node.op.clone(), &args, node.ty.clone()));
     Ok(())
 }
+
+/// The forward followed by the backward as one graph with the inputs and
+/// outputs of `joint` (the graph `p` partitions): the saved values pass
+/// from one half to the other inside it, and what the backward recomputes
+/// is recomputed here too. The pipeline compiles this as the joint
+/// function, so one call of it follows the checkpoint policy (its memory
+/// plan keeps only the saved values alive across the two halves) and
+/// computes bit for bit what the two halves compute.
+pub fn rejoin(joint: &Graph, p: &Partition) -> Result<Graph, PassError> {
+    let internal = |message: &str| PassError::Internal {
+        node: joint.name.clone(),
+        message: message.into(),
+    };
+    let mut out = Graph::new(joint.name.clone());
+    let mut by_name = std::collections::HashMap::new();
+    for input in joint.inputs() {
+        let id = out.add_input(&input.name, input.ty.clone(), input.differentiable)?;
+        by_name.insert(input.name.clone(), id);
+    }
+    // Values computed from constants only are shared by the two halves
+    // (each half has its own copies); nothing else is merged, so no
+    // recomputation folds back into the forward.
+    type ConstKey = (String, Vec<u64>, Vec<NodeId>, TensorType);
+    let mut constants: std::collections::HashMap<ConstKey, NodeId> = Default::default();
+    let mut constant_node: Vec<bool> = vec![false; out.len()];
+    // Copies the nodes of `half` into `out`, its inputs mapped by `input`.
+    let mut copy = |half: &Graph, input: &dyn Fn(usize, &str) -> Option<NodeId>| -> Result<Vec<NodeId>, PassError> {
+        let mut map: Vec<Option<NodeId>> = vec![None; half.len()];
+        for (i, inp) in half.inputs().iter().enumerate() {
+            map[inp.node.index()] = Some(input(i, &inp.name).ok_or_else(|| internal("a half reads an unknown input"))?);
+        }
+        for id in half.node_ids() {
+            if map[id.index()].is_some() {
+                continue;
+            }
+            let args = half
+                .args(id)
+                .iter()
+                .map(|a| map[a.index()])
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| internal("a node precedes its operand"))?;
+            let node = half.node(id);
+            let is_constant = !matches!(node.op, Op::Input { .. }) && args.iter().all(|a| constant_node[a.index()]);
+            let key = is_constant.then(|| {
+                // The head carries every attribute but a constant's value.
+                let mut head = String::new();
+                let _ = wengert_ir::print::write_op_head(&mut head, &node.op);
+                let value = match &node.op {
+                    Op::Const { value } => value.to_f64_vec().iter().map(|v| v.to_bits()).collect(),
+                    _ => Vec::new(),
+                };
+                (head, value, args.clone(), node.ty.clone())
+            });
+            if let Some(&shared) = key.as_ref().and_then(|k| constants.get(k)) {
+                map[id.index()] = Some(shared);
+                continue;
+            }
+            let new = out.add_typed(node.op.clone(), &args, node.ty.clone());
+            out.set_mark(new, node.mark);
+            constant_node.push(is_constant);
+            if let Some(k) = key {
+                constants.insert(k, new);
+            }
+            map[id.index()] = Some(new);
+        }
+        half.outputs()
+            .iter()
+            .map(|o| map[o.node.index()].ok_or_else(|| internal("an output was not copied")))
+            .collect()
+    };
+    let forward_out = copy(&p.forward, &|_, name| by_name.get(name).copied())?;
+    let n_primal = forward_out
+        .len()
+        .checked_sub(p.residuals.len())
+        .ok_or_else(|| internal("the forward has fewer outputs than residuals"))?;
+    let residuals = &forward_out[n_primal..];
+    let n_read = p.backward_inputs.len();
+    let backward_out = copy(&p.backward, &|i, name| {
+        if (n_read..n_read + residuals.len()).contains(&i) {
+            Some(residuals[i - n_read])
+        } else {
+            by_name.get(name).copied()
+        }
+    })?;
+    let names = p.forward.outputs()[..n_primal]
+        .iter()
+        .chain(p.backward.outputs())
+        .map(|o| &o.name);
+    let results = forward_out[..n_primal].iter().chain(&backward_out);
+    if !joint.outputs().iter().map(|o| &o.name).eq(names) {
+        return Err(internal("the halves' outputs are not the joint's"));
+    }
+    for (o, &node) in joint.outputs().iter().zip(results) {
+        out.add_output(&o.name, node)?;
+    }
+    wengert_ir::verify(&out)?;
+    Ok(out)
+}

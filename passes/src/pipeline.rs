@@ -17,7 +17,7 @@ use crate::checkpoint::{explain, plan, CheckpointPolicy, Explanation, Plan};
 use crate::error::PassError;
 use crate::fuse::fuse;
 use crate::memory::{memory_plan_with_stats, MemoryStats};
-use crate::partition::{partition, Partition};
+use crate::partition::{partition, rejoin, Partition};
 use crate::revolve::Binomial;
 use crate::simplify::simplify;
 use std::fmt::Write;
@@ -265,6 +265,8 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                 // between checkpoint and partition.
                 let p = partition(grad, saved.as_deref())?;
                 result.explanation = Some(explain(grad, &p));
+                // The joint function follows the partition too.
+                let joint = rejoin(&joint, &p)?;
                 let stage = Stage::Split {
                     joint,
                     forward: p.forward.clone(),
