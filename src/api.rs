@@ -335,7 +335,9 @@ impl GradFn {
             m.measured_peak()
         );
         if let CheckpointPolicy::Budget(b) = self.policy {
-            let verdict = if m.planned_peak() <= b { "fits" } else { "over budget" };
+            // Judged on the measured peak: without `memory-plan` nothing is
+            // planned, and the budget's simulation assumed a plan.
+            let verdict = if m.measured_peak() <= b { "fits" } else { "over budget" };
             let _ = writeln!(out, "budget {b} bytes: {verdict}");
         }
         Ok(out)
