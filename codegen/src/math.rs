@@ -87,24 +87,14 @@ impl Lowerer<'_> {
         fb.ins().bitcast(ty, self.vflags(), bits)
     }
 
-    /// eˣ (Cephes expf): n = round(x·log₂e), r = x − n·ln2 in two parts, a
-    /// degree-5 polynomial, and scaling by 2ⁿ in two halves so that
-    /// subnormal results round once.
-    pub fn exp_f32(&mut self, fb: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
-        let ity = int_type(ty);
-        let hi = self.fconst(fb, ty, 89.0);
-        let lo = self.fconst(fb, ty, -104.0);
-        let over = fb.ins().fcmp(FloatCC::GreaterThan, x, hi);
-        let xc = self.sel(fb, over, hi, x);
-        let under = fb.ins().fcmp(FloatCC::LessThan, xc, lo);
-        let xc = self.sel(fb, under, lo, xc);
-        let log2e = self.fconst(fb, ty, std::f64::consts::LOG2_E);
-        let t = fb.ins().fmul(xc, log2e);
-        let fx = fb.ins().nearest(t);
+    /// e^(x − n·ln2) for an integer-valued `n` near x·log₂e (Cephes expf's
+    /// core): r = x − n·ln2 in two parts, then 1 + r + r²·P(r) with a
+    /// degree-5 polynomial. `exp_f32` and `tanh_f32` scale it by 2ⁿ.
+    fn exp_reduced(&mut self, fb: &mut FunctionBuilder, ty: Type, x: Value, n: Value) -> Value {
         let c1 = self.fconst(fb, ty, -0.693359375);
         let c2 = self.fconst(fb, ty, 2.12194440e-4);
-        let r = fb.ins().fma(fx, c1, xc);
-        let r = fb.ins().fma(fx, c2, r);
+        let r = fb.ins().fma(n, c1, x);
+        let r = fb.ins().fma(n, c2, r);
         let z = fb.ins().fmul(r, r);
         let p = self.horner(
             fb,
@@ -121,7 +111,24 @@ impl Lowerer<'_> {
         );
         let y = fb.ins().fma(p, z, r);
         let one = self.fconst(fb, ty, 1.0);
-        let y = fb.ins().fadd(y, one);
+        fb.ins().fadd(y, one)
+    }
+
+    /// eˣ (Cephes expf): n = round(x·log₂e), r = x − n·ln2 in two parts, a
+    /// degree-5 polynomial, and scaling by 2ⁿ in two halves so that
+    /// subnormal results round once.
+    pub fn exp_f32(&mut self, fb: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
+        let ity = int_type(ty);
+        let hi = self.fconst(fb, ty, 89.0);
+        let lo = self.fconst(fb, ty, -104.0);
+        let over = fb.ins().fcmp(FloatCC::GreaterThan, x, hi);
+        let xc = self.sel(fb, over, hi, x);
+        let under = fb.ins().fcmp(FloatCC::LessThan, xc, lo);
+        let xc = self.sel(fb, under, lo, xc);
+        let log2e = self.fconst(fb, ty, std::f64::consts::LOG2_E);
+        let t = fb.ins().fmul(xc, log2e);
+        let fx = fb.ins().nearest(t);
+        let y = self.exp_reduced(fb, ty, xc, fx);
         let n = fb.ins().fcvt_to_sint_sat(ity, fx);
         let n1 = fb.ins().sshr_imm_u(n, 1);
         let n2 = fb.ins().isub(n, n1);
@@ -253,33 +260,14 @@ impl Lowerer<'_> {
         let magic = self.fconst(fb, ty, 12582912.0);
         let k = fb.ins().fma(u, log2e, magic);
         let fx = fb.ins().fsub(k, magic);
-        let c1 = self.fconst(fb, ty, -0.693359375);
-        let c2 = self.fconst(fb, ty, 2.12194440e-4);
-        let r = fb.ins().fma(fx, c1, u);
-        let r = fb.ins().fma(fx, c2, r);
-        let r2 = fb.ins().fmul(r, r);
-        let q = self.horner(
-            fb,
-            ty,
-            r,
-            &[
-                1.9875691500E-4,
-                1.3981999507E-3,
-                8.3334519073E-3,
-                4.1665795894E-2,
-                1.6666665459E-1,
-                5.0000001201E-1,
-            ],
-        );
-        let y = fb.ins().fma(q, r2, r);
-        let one = self.fconst(fb, ty, 1.0);
-        let y = fb.ins().fadd(y, one);
+        let y = self.exp_reduced(fb, ty, u, fx);
         // 2ⁿ: n sits in the low mantissa bits of k (k = 1.5·2²³ + n).
         let kb = fb.ins().bitcast(ity, self.vflags(), k);
         let mb = fb.ins().bitcast(ity, self.vflags(), magic);
         let n = fb.ins().isub(kb, mb);
         let scale = self.pow2i(fb, ty, n);
         let e = fb.ins().fmul(y, scale);
+        let one = self.fconst(fb, ty, 1.0);
         let two = self.fconst(fb, ty, 2.0);
         let ep1 = fb.ins().fadd(e, one);
         let q = fb.ins().fdiv(two, ep1);
