@@ -617,3 +617,51 @@ fn the_joint_function_follows_the_policy_too() {
         joint_arena[1]
     );
 }
+
+#[test]
+fn the_binomial_rewrite_is_optimal_on_a_table_of_lengths_and_slots() {
+    // The rewrite's recomputed block count is the optimum r·l − C(c+r, c+1)
+    // for every l ≤ 40 and c ≤ 5: the split points it takes (a binary
+    // search on the closed form) are optimal.
+    for l in 2..=40usize {
+        let g = models::tanh_chain(l, 1, 2, DType::F32).unwrap();
+        let gg = wengert::autodiff(&g, &["W1"], &[]).unwrap();
+        let chain = wengert::passes::revolve::detect_chain(&gg).unwrap();
+        assert_eq!(chain.blocks.len(), l);
+        for c in 1..=5usize {
+            let (_, b) = wengert::passes::revolve::revolve_chain(&gg, &chain, c).unwrap();
+            assert_eq!(
+                b.recomputed_blocks as u64,
+                revolve_min_extra_steps(l as u64, c as u64),
+                "l = {l}, c = {c}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_binomial_rewrite_too_large_to_compile_is_refused_and_budgets_stay_bounded() {
+    // One slot on 1500 blocks would copy 1.1 million blocks: an error that
+    // says how many slots would do, not a graph nothing can compile.
+    let l = 1500;
+    let g = models::tanh_chain(l, 1, 2, DType::F32).unwrap();
+    let options = |policy| PipelineOptions {
+        passes: vec![Pass::Autodiff, Pass::Checkpoint, Pass::Partition],
+        wrt: vec!["W1".into()],
+        checkpoint: policy,
+        ..PipelineOptions::default()
+    };
+    let err = run_pipeline(&g, &options(CheckpointPolicy::Slots(1))).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("checkpoint: 1 slot(s) on a chain of 1500 blocks would recompute 1124250 blocks")
+            && text.contains("use at least"),
+        "{text}"
+    );
+    // An impossible budget takes the lowest peak among schedules of at most
+    // 16 extra forward sweeps.
+    let r = run_pipeline(&g, &options(CheckpointPolicy::Budget(1))).unwrap();
+    let b = r.binomial.expect("the binomial fallback");
+    assert!(b.recomputed_blocks <= 16 * l, "{b:?}");
+    assert!(b.slots >= 2, "{b:?}");
+}

@@ -22,7 +22,9 @@
 //!   [`simulate`]) fits in `bytes`; if none fits, the lowest peak
 //!   (`wengert grad --explain` says whether it fits). On a chain, [`plan`]
 //!   (what the pipeline runs) then falls back to the binomial schedule with
-//!   the most slots that fits.
+//!   the most slots that fits, among schedules of at most 16 extra forward
+//!   sweeps (fewer slots would trade little memory for a blow-up in time
+//!   and graph size).
 //!
 //! Recomputed values are bit-identical to the forward's (the same ops on
 //! the same values, compiled by the same code generator), and CSE runs
@@ -231,9 +233,17 @@ fn binomial_within(gg: &GradGraph, peak: usize, bytes: usize) -> Result<Option<(
         let (peak, _) = simulate(&rewritten, &[])?;
         Ok((rewritten, schedule, peak))
     };
-    // The largest c in [1, l - 1] that fits, by bisection.
-    let (mut lo, mut hi) = (1, chain.blocks.len().saturating_sub(1).max(1));
-    let (mut fitting, mut one_slot) = (None, None);
+    // The largest c in [fewest, l - 1] that fits, by bisection. Fewer
+    // slots than `fewest` would recompute more than 16 forward sweeps
+    // (or copy more nodes than a rewrite may): a budget below what that
+    // reaches gets that schedule, the lowest peak offered.
+    let l = chain.blocks.len();
+    let fewest = (1..l.max(2))
+        .find(|&c| crate::checkpoint::revolve_min_extra_steps(l as u64, c as u64) <= 16 * l as u64)
+        .unwrap_or(1)
+        .max(crate::revolve::fewest_slots(&chain, crate::revolve::MAX_COPIED_NODES));
+    let (mut lo, mut hi) = (fewest, l.saturating_sub(1).max(fewest));
+    let (mut fitting, mut lowest) = (None, None);
     while lo <= hi {
         let mid = (lo + hi) / 2;
         match at(mid)? {
@@ -241,9 +251,9 @@ fn binomial_within(gg: &GradGraph, peak: usize, bytes: usize) -> Result<Option<(
                 fitting = Some((g, schedule));
                 lo = mid + 1;
             }
-            // A bisection that never fits ends here, having tried c = 1.
-            other if mid == 1 => {
-                one_slot = Some(other);
+            // A bisection that never fits ends here, having tried `fewest`.
+            other if mid == fewest => {
+                lowest = Some(other);
                 break;
             }
             _ => hi = mid - 1,
@@ -252,8 +262,9 @@ fn binomial_within(gg: &GradGraph, peak: usize, bytes: usize) -> Result<Option<(
     if fitting.is_some() {
         return Ok(fitting);
     }
-    // Nothing fits: one slot, the lowest binomial peak, if it beats `peak`.
-    Ok(one_slot
+    // Nothing fits: the fewest slots, the lowest binomial peak, if it beats
+    // `peak`.
+    Ok(lowest
         .filter(|(_, _, p)| *p < peak)
         .map(|(g, schedule, _)| (g, schedule)))
 }

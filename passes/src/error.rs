@@ -13,6 +13,9 @@ pub enum PassError {
     Partition(String),
     #[error("pipeline: {0}")]
     Pipeline(String),
+    /// A checkpoint policy that cannot be carried out on this graph.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     #[error(transparent)]
     Ir(#[from] IrError),
     /// A pass built an ill-typed node: a bug in the pass, reported rather
