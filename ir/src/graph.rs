@@ -266,7 +266,7 @@ impl Graph {
 
     /// Adds a node with a given type, without inference. The parser uses it
     /// to keep a declared type that inference disagrees with, so that
-    /// [`crate::verify`] can report every such problem at once.
+    /// [`crate::verify()`] can report every such problem at once.
     pub fn add_typed(&mut self, op: Op, args: &[NodeId], ty: TensorType) -> NodeId {
         let id = self.dag.add_node(Node::new(op, ty));
         for (pos, &a) in args.iter().enumerate() {

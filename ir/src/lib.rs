@@ -2,7 +2,7 @@
 //!
 //! A [`Graph`] is a static dataflow graph of primitive [`Op`]s over tensors
 //! of static [`TensorType`]. It is built with the [`GraphBuilder`], printed
-//! and parsed as a Wengert list ([`print`], [`parse()`]), checked by
+//! and parsed as a Wengert list ([`print`](mod@print), [`parse()`]), checked by
 //! [`verify()`], exported to Graphviz ([`to_dot`]) and given meaning by the
 //! reference interpreter ([`interpret`]).
 

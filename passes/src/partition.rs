@@ -1,4 +1,4 @@
-//! Partition: splits the joint graph of [`autodiff`](crate::autodiff) into
+//! Partition: splits the joint graph of [`autodiff`](crate::autodiff::autodiff) into
 //! a forward graph `inputs → outputs + saved values` and a backward graph
 //! `saved values + seeds → gradients`.
 //!
