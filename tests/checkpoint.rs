@@ -299,6 +299,30 @@ fn check_binomial(g: &wengert::Graph, l: usize, tanh_per_block: usize) {
             "{}: l = {l}, c = {c}",
             g.name
         );
+        // The explanation counts every block copy as extra work, and
+        // compares with saving everything on the graph as it was.
+        let gg = wengert::autodiff(g, &wrt.iter().map(String::as_str).collect::<Vec<_>>(), &[]).unwrap();
+        let chain = wengert::passes::revolve::detect_chain(&gg).unwrap();
+        let block_flops: u64 = chain.blocks[0]
+            .iter()
+            .map(|&v| wengert::passes::checkpoint::node_flops(&gg.graph, v))
+            .sum();
+        let expl = r.explanation.as_ref().unwrap();
+        // (Plus whatever the partition recomputes outside the chain, such
+        // as a side output's `2x`.)
+        let outside: u64 = expl.recomputed.iter().map(|(_, _, f)| f).sum();
+        assert_eq!(
+            expl.extra_flops,
+            (b.recomputed_blocks + l) as u64 * block_flops + outside,
+            "{}: c = {c}",
+            g.name
+        );
+        let save_all = partition(&gg, None).unwrap();
+        assert_eq!(
+            expl.default_activation_bytes,
+            wengert::passes::explain(&gg, &save_all).saved_activation_bytes
+        );
+        assert!(expl.default_activation_bytes > 0);
         let p = r.partition.as_ref().unwrap();
         assert!(p.residuals.is_empty(), "nothing is saved but the inputs");
         let tanh = p

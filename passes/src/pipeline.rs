@@ -204,6 +204,7 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
     };
     dump(&result.stage, 0, "input")?;
     let mut saved: Option<Vec<wengert_ir::NodeId>> = None;
+    let mut save_all_before: Option<usize> = None;
     for (i, &pass) in options.passes.iter().enumerate() {
         // Only a checkpoint immediately before partition applies.
         if pass != Pass::Partition && pass != Pass::Checkpoint {
@@ -244,6 +245,10 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                         Plan::Binomial(rewritten, schedule) => (Vec::new(), Some((*rewritten, schedule))),
                     };
                     if let Some((rewritten, schedule)) = binomial {
+                        // The rewritten graph's own save-all saves nothing:
+                        // compare with the graph as it was.
+                        let before = partition(grad, None)?;
+                        save_all_before = Some(explain(grad, &before).saved_activation_bytes);
                         *grad = rewritten;
                         joint = grad.graph.clone();
                         result.binomial = Some(schedule);
@@ -264,7 +269,16 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                 // would name the wrong nodes: it holds only if nothing ran
                 // between checkpoint and partition.
                 let p = partition(grad, saved.as_deref())?;
-                result.explanation = Some(explain(grad, &p));
+                let mut explanation = explain(grad, &p);
+                if let Some(b) = result.binomial {
+                    // Under the binomial rewrite the recomputation is the
+                    // block copies, which the partition sees as backward
+                    // nodes of their own.
+                    explanation.extra_flops += b.extra_flops;
+                    explanation.default_activation_bytes =
+                        save_all_before.unwrap_or(explanation.default_activation_bytes);
+                }
+                result.explanation = Some(explanation);
                 // The joint function follows the partition too.
                 let joint = rejoin(&joint, &p)?;
                 let stage = Stage::Split {

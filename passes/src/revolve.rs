@@ -259,6 +259,9 @@ pub struct Binomial {
     /// Block evaluations the backward recomputes besides each block's own
     /// reversal (the advance copies).
     pub recomputed_blocks: usize,
+    /// FLOPs of every block copy (the advances and each block's reversal
+    /// copy): what the schedule computes beyond the forward.
+    pub extra_flops: u64,
 }
 
 /// The most nodes the binomial rewrite may copy (the recomputations and
@@ -349,6 +352,13 @@ pub fn revolve_chain(gg: &GradGraph, chain: &Chain, slots: usize) -> Result<(Gra
     // of the block whose reversal they serve, so that node order follows
     // the schedule and partition keeps it.
     let s0 = map[chain.states[0].index()].expect("s_0 is a forward value");
+    // Every action copies one block.
+    let block_flops: Vec<u64> = chain
+        .blocks
+        .iter()
+        .map(|b| b.iter().map(|&v| crate::checkpoint::node_flops(g, v)).sum())
+        .collect();
+    let copied_flops: u64 = schedule.actions.iter().map(|a| block_flops[a.block - 1]).sum();
     let mut made: Vec<HashMap<NodeId, NodeId>> = Vec::with_capacity(schedule.actions.len());
     let mut youturn: Vec<Option<usize>> = vec![None; l + 1];
     let emit_next = |out: &mut Graph,
@@ -424,6 +434,7 @@ pub fn revolve_chain(gg: &GradGraph, chain: &Chain, slots: usize) -> Result<(Gra
             blocks: l,
             slots: slots.max(1),
             recomputed_blocks: advances,
+            extra_flops: copied_flops,
         },
     ))
 }
