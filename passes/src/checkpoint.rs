@@ -156,9 +156,14 @@ fn activations(gg: &GradGraph, saved: &[NodeId]) -> Vec<NodeId> {
 /// `GradFn::measure_memory` measures).
 pub fn simulate(gg: &GradGraph, saved: &[NodeId]) -> Result<(usize, u64), PassError> {
     let p = partition(gg, Some(saved))?;
+    Ok((partition_peak(&p)?, extra_flops(gg, &p)))
+}
+
+/// The peak of a partition run as forward then backward: saved values plus
+/// the larger arena of the two halves, fused and planned.
+fn partition_peak(p: &Partition) -> Result<usize, PassError> {
     let arena = |g: &Graph| -> Result<usize, PassError> { Ok(memory_plan_with_stats(&fuse(g)?)?.1.arena_bytes) };
-    let peak = p.saved_bytes() + arena(&p.forward)?.max(arena(&p.backward)?);
-    Ok((peak, extra_flops(gg, &p)))
+    Ok(p.saved_bytes() + arena(&p.forward)?.max(arena(&p.backward)?))
 }
 
 /// The saved set for `policy` (ids of `gg.graph`), then the user's marks:
@@ -376,9 +381,23 @@ fn budget_choice(gg: &GradGraph, bytes: usize) -> Result<(Vec<NodeId>, usize), P
     lens.dedup();
     let mut candidates = vec![default.clone(), min_cut_saved(gg)];
     candidates.extend(lens.into_iter().map(segments));
+    // Partition each (cheap) for its extra FLOPs, then simulate peaks
+    // (fuse and plan: the expensive part) from the fewest FLOPs up: once
+    // one fits, only candidates of equal FLOPs can still win.
+    let mut parts = candidates
+        .into_iter()
+        .map(|saved| {
+            let p = partition(gg, Some(&saved))?;
+            Ok((extra_flops(gg, &p), saved, p))
+        })
+        .collect::<Result<Vec<_>, PassError>>()?;
+    parts.sort_by_key(|(flops, ..)| *flops);
     let mut best: Option<(bool, u64, usize, Vec<NodeId>)> = None;
-    for saved in candidates {
-        let (peak, flops) = simulate(gg, &saved)?;
+    for (flops, saved, p) in parts {
+        if best.as_ref().is_some_and(|(fits, bflops, ..)| *fits && flops > *bflops) {
+            break;
+        }
+        let peak = partition_peak(&p)?;
         let fits = peak <= bytes;
         let better = match &best {
             None => true,
