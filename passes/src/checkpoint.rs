@@ -224,8 +224,8 @@ pub fn plan(gg: &GradGraph, policy: &CheckpointPolicy) -> Result<Plan, PassError
 /// When `peak` (that of one level of recomputation) is above `bytes` and
 /// the graph is a chain, the binomial schedule with the most slots whose
 /// simulated peak fits (slots are searched by bisection: fewer slots,
-/// lower peak), else with one slot if that still lowers the peak: the
-/// rewritten graph and its schedule.
+/// lower peak), else with the fewest slots considered if that still lowers
+/// the peak: the rewritten graph and its schedule.
 fn binomial_within(gg: &GradGraph, peak: usize, bytes: usize) -> Result<Option<(GradGraph, Binomial)>, PassError> {
     if peak <= bytes {
         return Ok(None);
@@ -383,21 +383,20 @@ fn budget_choice(gg: &GradGraph, bytes: usize) -> Result<(Vec<NodeId>, usize), P
     candidates.extend(lens.into_iter().map(segments));
     // Partition each (cheap) for its extra FLOPs, then simulate peaks
     // (fuse and plan: the expensive part) from the fewest FLOPs up: once
-    // one fits, only candidates of equal FLOPs can still win.
-    let mut parts = candidates
+    // one fits, only candidates of equal FLOPs can still win. (Partitions
+    // are made again when simulated rather than all held at once: on a
+    // 100k-node graph each is two graphs of that size.)
+    let mut ranked = candidates
         .into_iter()
-        .map(|saved| {
-            let p = partition(gg, Some(&saved))?;
-            Ok((extra_flops(gg, &p), saved, p))
-        })
+        .map(|saved| Ok((extra_flops(gg, &partition(gg, Some(&saved))?), saved)))
         .collect::<Result<Vec<_>, PassError>>()?;
-    parts.sort_by_key(|(flops, ..)| *flops);
+    ranked.sort_by_key(|(flops, _)| *flops);
     let mut best: Option<(bool, u64, usize, Vec<NodeId>)> = None;
-    for (flops, saved, p) in parts {
+    for (flops, saved) in ranked {
         if best.as_ref().is_some_and(|(fits, bflops, ..)| *fits && flops > *bflops) {
             break;
         }
-        let peak = partition_peak(&p)?;
+        let peak = partition_peak(&partition(gg, Some(&saved))?)?;
         let fits = peak <= bytes;
         let better = match &best {
             None => true,
