@@ -363,8 +363,7 @@ pub fn rejoin(joint: &Graph, p: &Partition) -> Result<Graph, PassError> {
     // Values computed from constants only are shared by the two halves
     // (each half has its own copies); nothing else is merged, so no
     // recomputation folds back into the forward.
-    type ConstKey = (String, Vec<u64>, Vec<NodeId>, TensorType);
-    let mut constants: std::collections::HashMap<ConstKey, NodeId> = Default::default();
+    let mut constants: std::collections::HashMap<(String, Vec<NodeId>), NodeId> = Default::default();
     let mut constant_node: Vec<bool> = vec![false; out.len()];
     // Copies the nodes of `half` into `out`, its inputs mapped by `input`.
     let mut copy = |half: &Graph, input: &dyn Fn(usize, &str) -> Option<NodeId>| -> Result<Vec<NodeId>, PassError> {
@@ -384,16 +383,7 @@ pub fn rejoin(joint: &Graph, p: &Partition) -> Result<Graph, PassError> {
                 .ok_or_else(|| internal("a node precedes its operand"))?;
             let node = half.node(id);
             let is_constant = !matches!(node.op, Op::Input { .. }) && args.iter().all(|a| constant_node[a.index()]);
-            let key = is_constant.then(|| {
-                // The head carries every attribute but a constant's value.
-                let mut head = String::new();
-                let _ = wengert_ir::print::write_op_head(&mut head, &node.op);
-                let value = match &node.op {
-                    Op::Const { value } => value.to_f64_vec().iter().map(|v| v.to_bits()).collect(),
-                    _ => Vec::new(),
-                };
-                (head, value, args.clone(), node.ty.clone())
-            });
+            let key = is_constant.then(|| crate::simplify::cse_key(&node.op, &args));
             if let Some(&shared) = key.as_ref().and_then(|k| constants.get(k)) {
                 map[id.index()] = Some(shared);
                 continue;

@@ -47,19 +47,21 @@ struct Rewriter {
     table: HashMap<(String, Vec<NodeId>), NodeId>,
 }
 
-impl Rewriter {
-    fn key(op: &Op, args: &[NodeId]) -> (String, Vec<NodeId>) {
-        let mut head = String::new();
-        let _ = wengert_ir::print::write_op_head(&mut head, op);
-        if let Op::Const { value } = op {
-            head.push_str(&format!(" {:?} {:?}", value.ty(), value.bytes()));
-        }
-        (head, args.to_vec())
+/// The CSE key of a node: its printed op head (with a constant's type and
+/// bytes) and its operands. Equal keys compute equal values.
+pub(crate) fn cse_key(op: &Op, args: &[NodeId]) -> (String, Vec<NodeId>) {
+    let mut head = String::new();
+    let _ = wengert_ir::print::write_op_head(&mut head, op);
+    if let Op::Const { value } = op {
+        head.push_str(&format!(" {:?} {:?}", value.ty(), value.bytes()));
     }
+    (head, args.to_vec())
+}
 
+impl Rewriter {
     /// Adds a node unless an identical one exists (CSE).
     fn add(&mut self, op: Op, args: &[NodeId]) -> Result<NodeId, PassError> {
-        let key = Self::key(&op, args);
+        let key = cse_key(&op, args);
         if let Some(&id) = self.table.get(&key) {
             return Ok(id);
         }
