@@ -579,14 +579,18 @@ pub fn extra_flops(gg: &GradGraph, p: &Partition) -> u64 {
 }
 
 /// Explains `p`, a partition of `gg`.
+/// Bytes of the activations (not inputs, not constants) among `saved`.
+fn activation_bytes(gg: &GradGraph, saved: &[NodeId]) -> usize {
+    activations(gg, saved).iter().map(|&n| gg.graph.ty(n).size_bytes()).sum()
+}
+
+/// Bytes of the activations the default partition (save-all) saves.
+pub fn save_all_activation_bytes(gg: &GradGraph) -> usize {
+    activation_bytes(gg, &default_saved(gg))
+}
+
 pub fn explain(gg: &GradGraph, p: &Partition) -> Explanation {
     let g = &gg.graph;
-    let act_bytes = |nodes: &mut dyn Iterator<Item = NodeId>| {
-        nodes
-            .filter(|&n| !matches!(g.op(n), Op::Input { .. } | Op::Const { .. }))
-            .map(|n| g.ty(n).size_bytes())
-            .sum::<usize>()
-    };
     let saved_nodes: Vec<NodeId> = p.residuals.iter().map(|r| r.node).collect();
     let names = g.value_names();
     let recomputed: Vec<(String, String, u64)> = recomputed_nodes(gg, p)
@@ -613,8 +617,8 @@ pub fn explain(gg: &GradGraph, p: &Partition) -> Explanation {
             .collect(),
         extra_flops: recomputed.iter().map(|r| r.2).sum(),
         recomputed,
-        saved_activation_bytes: act_bytes(&mut saved_nodes.iter().copied()),
-        default_activation_bytes: act_bytes(&mut default_saved(gg).into_iter()),
+        saved_activation_bytes: activation_bytes(gg, &saved_nodes),
+        default_activation_bytes: save_all_activation_bytes(gg),
     }
 }
 

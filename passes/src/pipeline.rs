@@ -247,8 +247,7 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                     if let Some((rewritten, schedule)) = binomial {
                         // The rewritten graph's own save-all saves nothing:
                         // compare with the graph as it was.
-                        let before = partition(grad, None)?;
-                        save_all_before = Some(explain(grad, &before).saved_activation_bytes);
+                        save_all_before = Some(crate::checkpoint::save_all_activation_bytes(grad));
                         *grad = rewritten;
                         joint = grad.graph.clone();
                         result.binomial = Some(schedule);
