@@ -20,8 +20,8 @@
 //! first use. The number of advance copies is exactly
 //! `r·l − C(c+r, c+1)` (the optimum); each block is also copied once more
 //! for its own reversal. Split points come from a binary search on the
-//! closed form (see `split`), so a chain of 10⁴ blocks is rewritten in
-//! milliseconds; a rewrite that would copy more than [`MAX_COPIED_NODES`]
+//! closed form (see `split`): the checkpoint pass with 10 slots on 12,500
+//! blocks took 0.17 s (BENCHMARKS.md). A rewrite that would copy more than [`MAX_COPIED_NODES`]
 //! nodes is refused with the number of slots that would do.
 
 use crate::autodiff::GradGraph;
@@ -170,8 +170,8 @@ pub fn detect_chain(gg: &GradGraph) -> Option<Chain> {
 /// program's closed form). F(·, c) is convex (piecewise linear, its slope
 /// the repetition number, which only grows), so g is convex and a binary
 /// search on g(j + 1) − g(j) finds that j in O(log n) evaluations, where
-/// the dynamic program's table took O(c·l²) time and memory (minutes for
-/// l = 10⁵). The first minimizer is also what the table chose.
+/// the dynamic program's table took O(c·l²) time and O(c·l) memory. The
+/// first minimizer is also what the table chose.
 fn split(n: usize, c: usize) -> usize {
     let f = |n: usize, c: usize| revolve_min_extra_steps(n as u64, c as u64);
     let g = |j: usize| j as u64 + f(n - j, c - 1) + f(j, c);
