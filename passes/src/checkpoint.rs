@@ -578,10 +578,12 @@ pub fn extra_flops(gg: &GradGraph, p: &Partition) -> u64 {
     recomputed_nodes(gg, p).map(|id| node_flops(&gg.graph, id)).sum()
 }
 
-/// Explains `p`, a partition of `gg`.
 /// Bytes of the activations (not inputs, not constants) among `saved`.
 fn activation_bytes(gg: &GradGraph, saved: &[NodeId]) -> usize {
-    activations(gg, saved).iter().map(|&n| gg.graph.ty(n).size_bytes()).sum()
+    activations(gg, saved)
+        .iter()
+        .map(|&n| gg.graph.ty(n).size_bytes())
+        .sum()
 }
 
 /// Bytes of the activations the default partition (save-all) saves.
@@ -589,6 +591,7 @@ pub fn save_all_activation_bytes(gg: &GradGraph) -> usize {
     activation_bytes(gg, &default_saved(gg))
 }
 
+/// Explains `p`, a partition of `gg`.
 pub fn explain(gg: &GradGraph, p: &Partition) -> Explanation {
     let g = &gg.graph;
     let saved_nodes: Vec<NodeId> = p.residuals.iter().map(|r| r.node).collect();
