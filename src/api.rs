@@ -469,7 +469,7 @@ impl GradFn {
     /// returns the gradients. Inputs are read in place, never saved.
     pub fn backward(&self, inputs: &[&Tensor], residuals: &Residuals, seeds: &[&Tensor]) -> Result<Vec<Tensor>, Error> {
         let exe = self.backward_executable()?;
-        let mut grads: Vec<Tensor> = exe.outputs().iter().map(|(_, t)| Tensor::zeros(t.clone())).collect();
+        let mut grads = exe.new_outputs()?;
         exe.call_into_iter(self.backward_args(inputs, residuals, seeds)?, &mut grads)?;
         Ok(grads)
     }
@@ -477,20 +477,13 @@ impl GradFn {
     /// Buffers for [`GradFn::forward_into`] and [`GradFn::backward_into`]:
     /// the outputs, the residuals and the gradients, allocated once.
     pub fn buffers(&self) -> Result<StepBuffers, Error> {
-        let zeros = |exe: &Executable, skip: usize| -> Vec<Tensor> {
-            exe.outputs()
-                .iter()
-                .skip(skip)
-                .map(|(_, t)| Tensor::zeros(t.clone()))
-                .collect()
-        };
         let fwd = self.forward_executable()?;
-        let mut outputs = zeros(fwd, 0);
+        let mut outputs = fwd.new_outputs()?;
         let values = outputs.split_off(self.grad_graph().primal_outputs);
         Ok(StepBuffers {
             outputs,
             residuals: Residuals { owner: self.id, values },
-            grads: zeros(self.backward_executable()?, 0),
+            grads: self.backward_executable()?.new_outputs()?,
         })
     }
 

@@ -326,6 +326,27 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
             let seed_list = parse_seeds(&seeds)?;
             let policy = CheckpointPolicy::parse(&checkpoint).map_err(|e| CliError(e.to_string()))?;
             let located = |e: &dyn std::fmt::Display| CliError(format!("{file}: {e}"));
+            if !split && !explain {
+                // A policy alone: print the gradient graph as the policy
+                // computes it (the forward and backward halves rejoined,
+                // recomputation included), which `eval` and `run` read.
+                let options = PipelineOptions {
+                    passes: vec![Pass::Autodiff, Pass::Simplify, Pass::Checkpoint, Pass::Partition],
+                    wrt: wrt_list.iter().map(|s| s.to_string()).collect(),
+                    seeds: seed_list.into_iter().map(|(o, s)| (o.to_string(), s)).collect(),
+                    checkpoint: policy,
+                    ..PipelineOptions::default()
+                };
+                let result = run_pipeline(&g, &options).map_err(|e| located(&e))?;
+                let Stage::Split { joint, .. } = &result.stage else {
+                    return Err(CliError("internal error: the pipeline did not partition".into()));
+                };
+                return Ok(format!(
+                    "// the gradient graph under --checkpoint {checkpoint} (simplified; the backward's \
+                     recomputation included); --split prints the forward and backward, --explain what is \
+                     saved and recomputed\n{joint}"
+                ));
+            }
             // `--explain` compiles (to measure what the code writes);
             // otherwise differentiate, simplify, checkpoint and partition.
             let compiled = if explain {

@@ -250,8 +250,10 @@ impl Lowerer<'_> {
                 -3.33332819422E-1,
             ],
         );
+        // tanh |x| ≈ |x| + |x|·z·p(z) for |x| < 0.625; the sign of x is
+        // put on at the end (an fma on x itself gives +0 for x = −0).
         let pz = fb.ins().fmul(p, z);
-        let small_v = fb.ins().fma(pz, x, x);
+        let small_v = fb.ins().fma(pz, ax, ax);
         // e = exp(u), u = min(2|x|, 20).
         let u = fb.ins().fadd(ax, ax);
         let hi = self.fconst(fb, ty, 20.0);
@@ -273,16 +275,17 @@ impl Lowerer<'_> {
         let ep1 = fb.ins().fadd(e, one);
         let q = fb.ins().fdiv(two, ep1);
         let big = fb.ins().fsub(one, q);
-        // The sign of x (big ≥ 0, as q ≤ 1): (x & sign bit) | big.
+        let lim = self.fconst(fb, ty, 0.625);
+        let small = fb.ins().fcmp(FloatCC::LessThan, ax, lim);
+        let r = self.sel(fb, small, small_v, big);
+        // The sign of x (r ≥ 0, as q ≤ 1 and |x|·z·p(z) > −|x|): (x & sign
+        // bit) | r, so tanh(−0) = −0 and tanh(−inf) = −1.
         let xb = fb.ins().bitcast(ity, self.vflags(), x);
         let sign_bit = self.iconst32(fb, ity, 0x8000_0000);
         let sign = fb.ins().band(xb, sign_bit);
-        let bb = fb.ins().bitcast(ity, self.vflags(), big);
-        let bb = fb.ins().bor(bb, sign);
-        let big = fb.ins().bitcast(ty, self.vflags(), bb);
-        let lim = self.fconst(fb, ty, 0.625);
-        let small = fb.ins().fcmp(FloatCC::LessThan, ax, lim);
-        self.sel(fb, small, small_v, big)
+        let rb = fb.ins().bitcast(ity, self.vflags(), r);
+        let rb = fb.ins().bor(rb, sign);
+        fb.ins().bitcast(ty, self.vflags(), rb)
     }
 
     /// sin x or cos x (Cephes sinf/cosf): quadrant from |x|·4/π, a

@@ -173,12 +173,19 @@ fn infer_unchecked(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> 
             if low.len() != t.rank() || high.len() != t.rank() {
                 return Err(format!("`pad` of {t} needs {} low and high amounts", t.rank()));
             }
+            // Checked: `low` and `high` come from the user, and a wrapped
+            // sum would let a shape through that the buffers do not have.
             let shape = t
                 .shape
                 .iter()
                 .zip(low.iter().zip(high))
-                .map(|(d, (l, h))| d + l + h)
-                .collect::<Vec<_>>();
+                .enumerate()
+                .map(|(axis, (d, (l, h)))| {
+                    d.checked_add(*l).and_then(|s| s.checked_add(*h)).ok_or_else(|| {
+                        format!("`pad` of axis {axis} of {t} by {l} and {h} overflows the extent")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(TensorType::new(t.dtype, shape))
         }
         Op::Concat { axis } => {
@@ -197,7 +204,9 @@ fn infer_unchecked(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> 
                         "`concat` operand {i} ({t}) does not match operand 0 ({first}) off axis {axis}"
                     ));
                 }
-                shape[*axis] += t.shape[*axis];
+                shape[*axis] = shape[*axis]
+                    .checked_add(t.shape[*axis])
+                    .ok_or_else(|| format!("`concat` along axis {axis} overflows the extent at operand {i}"))?;
             }
             Ok(TensorType::new(first.dtype, shape))
         }

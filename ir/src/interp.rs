@@ -62,7 +62,7 @@ pub fn interpret(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
         let node = g.node(id);
         let args = g.args(id);
         let value = match &node.op {
-            Op::Input { index } => inputs[*index].clone(),
+            Op::Input { index } => inputs[*index].try_clone()?,
             op => {
                 let arg_values: Vec<&Tensor> = args
                     .iter()
@@ -72,7 +72,10 @@ pub fn interpret(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
                             .ok_or_else(|| internal(g, id, "operand freed too early"))
                     })
                     .collect::<Result<_, _>>()?;
-                eval_op(op, &arg_values, &node.ty).map_err(|m| internal(g, id, &m))?
+                eval_op(op, &arg_values, &node.ty).map_err(|message| IrError::Node {
+                    node: g.value_name(id),
+                    message,
+                })?
             }
         };
         values[id.index()] = Some(value);
@@ -248,13 +251,19 @@ fn for_each_offset(shape: &[usize], strides: &[isize], base: usize, mut f: impl 
 }
 
 /// Gathers a strided view into a new row-major tensor.
-fn gather<T: Element>(x: &[T], ty: &TensorType, strides: &[isize], base: usize) -> Tensor {
-    let mut out = Tensor::zeros(ty.clone());
+fn gather<T: Element>(x: &[T], ty: &TensorType, strides: &[isize], base: usize) -> Result<Tensor, String> {
+    let mut out = alloc(ty)?;
     {
         let o = out.data_mut::<T>();
         for_each_offset(&ty.shape, strides, base, |i, off| o[i] = x[off]);
     }
-    out
+    Ok(out)
+}
+
+/// A zero tensor of type `ty`, or an error naming the bytes asked for:
+/// shapes come from users, and a failed allocation must not abort.
+fn alloc(ty: &TensorType) -> Result<Tensor, String> {
+    Tensor::try_zeros(ty.clone()).map_err(|e| e.to_string())
 }
 
 fn signed(v: &[usize]) -> Vec<isize> {
@@ -296,12 +305,12 @@ macro_rules! float_dtype {
     };
 }
 
-fn map_float<T: Element + Float>(x: &Tensor, ty: &TensorType, f: impl Fn(T) -> T) -> Tensor {
-    let mut out = Tensor::zeros(ty.clone());
+fn map_float<T: Element + Float>(x: &Tensor, ty: &TensorType, f: impl Fn(T) -> T) -> Result<Tensor, String> {
+    let mut out = alloc(ty)?;
     for (o, &v) in out.data_mut::<T>().iter_mut().zip(x.data::<T>()) {
         *o = f(v);
     }
-    out
+    Ok(out)
 }
 
 fn softmax_cross_entropy<T: Element + Float>(z: &[T], t: &[T], k: usize) -> T {
@@ -338,11 +347,11 @@ pub fn eval_op(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Tensor, Str
     }
     Ok(match op {
         Op::Input { .. } => return Err("inputs are not evaluated by eval_op".into()),
-        Op::Const { value } => value.clone(),
-        Op::Unary(u) => float_dtype!(ty.dtype, T => map_float::<T>(args[0], ty, |x| unary_scalar(*u, x))),
-        Op::Pow { exponent } => float_dtype!(ty.dtype, T => map_float::<T>(args[0], ty, |x| pow_scalar(x, *exponent))),
+        Op::Const { value } => value.try_clone().map_err(|e| e.to_string())?,
+        Op::Unary(u) => float_dtype!(ty.dtype, T => map_float::<T>(args[0], ty, |x| unary_scalar(*u, x))?),
+        Op::Pow { exponent } => float_dtype!(ty.dtype, T => map_float::<T>(args[0], ty, |x| pow_scalar(x, *exponent))?),
         Op::Binary(b) => float_dtype!(ty.dtype, T => {
-            let mut out = Tensor::zeros(ty.clone());
+            let mut out = alloc(ty)?;
             let (x, y) = (args[0].data::<T>(), args[1].data::<T>());
             for ((o, &a), &c) in out.data_mut::<T>().iter_mut().zip(x).zip(y) {
                 *o = binary_scalar(*b, a, c);
@@ -350,7 +359,7 @@ pub fn eval_op(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Tensor, Str
             out
         }),
         Op::Compare(c) => any_dtype!(args[0].dtype(), T => {
-            let mut out = Tensor::zeros(ty.clone());
+            let mut out = alloc(ty)?;
             let (x, y) = (args[0].data::<T>(), args[1].data::<T>());
             for ((o, &a), &b) in out.data_mut::<u8>().iter_mut().zip(x).zip(y) {
                 *o = c.apply(a, b) as u8;
@@ -358,14 +367,14 @@ pub fn eval_op(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Tensor, Str
             out
         }),
         Op::Select => any_dtype!(ty.dtype, T => {
-            let mut out = Tensor::zeros(ty.clone());
+            let mut out = alloc(ty)?;
             let (c, a, b) = (args[0].data::<u8>(), args[1].data::<T>(), args[2].data::<T>());
             for (i, o) in out.data_mut::<T>().iter_mut().enumerate() {
                 *o = if c[i] != 0 { a[i] } else { b[i] };
             }
             out
         }),
-        Op::Convert { to } => args[0].convert(*to),
+        Op::Convert { to } => args[0].try_convert(*to).map_err(|e| e.to_string())?,
         Op::Broadcast { shape } => {
             let x = args[0];
             let in_strides = row_major_strides(x.shape());
@@ -379,14 +388,17 @@ pub fn eval_op(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Tensor, Str
                     }
                 })
                 .collect();
-            any_dtype!(ty.dtype, T => gather(x.data::<T>(), ty, &strides, 0))
+            any_dtype!(ty.dtype, T => gather(x.data::<T>(), ty, &strides, 0)?)
         }
-        Op::Reshape { shape } => args[0].clone().reshaped(shape.clone()).map_err(|e| e.to_string())?,
+        Op::Reshape { shape } => args[0]
+            .try_clone()
+            .and_then(|t| t.reshaped(shape.clone()))
+            .map_err(|e| e.to_string())?,
         Op::Transpose { perm } => {
             let x = args[0];
             let in_strides = row_major_strides(x.shape());
             let strides: Vec<isize> = perm.iter().map(|&p| in_strides[p] as isize).collect();
-            any_dtype!(ty.dtype, T => gather(x.data::<T>(), ty, &strides, 0))
+            any_dtype!(ty.dtype, T => gather(x.data::<T>(), ty, &strides, 0)?)
         }
         Op::ReduceSum { axes } | Op::ReduceMax { axes } => {
             let x = args[0];
@@ -407,7 +419,7 @@ pub fn eval_op(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Tensor, Str
             let is_max = matches!(op, Op::ReduceMax { .. });
             float_dtype!(ty.dtype, T => {
                 let init = if is_max { T::neg_infinity() } else { T::zero() };
-                let mut out = Tensor::full(ty.clone(), 0.0);
+                let mut out = alloc(ty)?;
                 out.data_mut::<T>().fill(init);
                 let xs = x.data::<T>();
                 let o = out.data_mut::<T>();
@@ -435,7 +447,7 @@ pub fn eval_op(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Tensor, Str
                 ([bt, m, k], [_, _, n]) => (*bt, *m, *k, *n),
                 _ => return Err("matmul operands of unexpected rank".into()),
             };
-            let mut out = Tensor::zeros(ty.clone());
+            let mut out = alloc(ty)?;
             let (x, y) = (a.data::<T>(), b.data::<T>());
             let o = out.data_mut::<T>();
             for bi in 0..batch {
@@ -455,14 +467,14 @@ pub fn eval_op(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Tensor, Str
             let x = args[0];
             let in_strides = row_major_strides(x.shape());
             let base: usize = start.iter().zip(&in_strides).map(|(s, st)| s * st).sum();
-            any_dtype!(ty.dtype, T => gather(x.data::<T>(), ty, &signed(&in_strides), base))
+            any_dtype!(ty.dtype, T => gather(x.data::<T>(), ty, &signed(&in_strides), base)?)
         }
         Op::Pad { low, .. } => {
             let x = args[0];
             let out_strides = row_major_strides(&ty.shape);
             let base: usize = low.iter().zip(&out_strides).map(|(l, st)| l * st).sum();
             any_dtype!(ty.dtype, T => {
-                let mut out = Tensor::zeros(ty.clone());
+                let mut out = alloc(ty)?;
                 let (xs, o) = (x.data::<T>(), out.data_mut::<T>());
                 for_each_offset(x.shape(), &signed(&out_strides), base, |i, off| o[off] = xs[i]);
                 out
@@ -471,7 +483,7 @@ pub fn eval_op(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Tensor, Str
         Op::Concat { axis } => {
             let out_strides = row_major_strides(&ty.shape);
             any_dtype!(ty.dtype, T => {
-                let mut out = Tensor::zeros(ty.clone());
+                let mut out = alloc(ty)?;
                 let mut at = 0;
                 for x in args {
                     let (xs, o) = (x.data::<T>(), out.data_mut::<T>());
@@ -483,7 +495,7 @@ pub fn eval_op(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Tensor, Str
         }
         Op::SoftmaxCrossEntropy => float_dtype!(ty.dtype, T => {
             let k = *args[0].shape().last().unwrap_or(&1);
-            let mut out = Tensor::zeros(ty.clone());
+            let mut out = alloc(ty)?;
             out.data_mut::<T>()[0] = softmax_cross_entropy(args[0].data::<T>(), args[1].data::<T>(), k);
             out
         }),

@@ -787,7 +787,15 @@ fn build(
                 );
                 continue;
             };
-            match lit.to_tensor(ty.dtype) {
+            // A zero-size constant is written down to its first zero extent
+            // (`[[], [], []]` for f32[3,0], `[]` for f32[0,4]); its declared
+            // type gives the rest of the shape.
+            let zero_size = ty.shape.iter().position(|&d| d == 0);
+            let literal = match zero_size {
+                Some(z) if lit.items.is_empty() && lit.shape == ty.shape[..=z] => Tensor::try_zeros(ty.clone()),
+                _ => lit.to_tensor(ty.dtype),
+            };
+            match literal {
                 Ok(t) if t.shape() == ty.shape.as_slice() => Op::Const { value: t },
                 Ok(t) => {
                     perr(

@@ -50,12 +50,51 @@ pub struct Tensor {
     lines: Vec<Line>,
 }
 
+/// `n` zeroed lines, or `None` if the allocator refuses them. Zeroed
+/// memory comes from `alloc_zeroed` (fresh pages from the OS are not
+/// written), so a large tensor costs nothing until it is used.
+fn zeroed_lines(n: usize) -> Option<Vec<Line>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<Line>(n).ok()?;
+    // SAFETY: the layout has a non-zero size (n > 0 lines of 64 bytes).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut Line;
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: `ptr` comes from the global allocator with the layout of
+    // `[Line; n]` (what a `Vec<Line>` of capacity n frees with), and all-zero
+    // bytes are a valid `Line`.
+    Some(unsafe { Vec::from_raw_parts(ptr, n, n) })
+}
+
 impl Tensor {
-    /// A tensor of zeros (false for `bool`).
+    /// A tensor of zeros (false for `bool`). Aborts, as every Rust
+    /// allocation does, if memory runs out: code that takes shapes from a
+    /// user calls [`Tensor::try_zeros`].
     pub fn zeros(ty: TensorType) -> Tensor {
         let bytes = ty.size_bytes();
         let lines = vec![Line([0; 64]); bytes.div_ceil(64)];
         Tensor { ty, lines }
+    }
+
+    /// A tensor of zeros, or an error naming the bytes asked for if the
+    /// shape is too large or the allocation fails.
+    pub fn try_zeros(ty: TensorType) -> Result<Tensor, IrError> {
+        let bytes = crate::types::checked_elements(&ty.shape)
+            .and_then(|n| n.checked_mul(ty.dtype.size_bytes()))
+            .ok_or_else(|| IrError::Tensor(format!("{ty} has more elements than a tensor may hold")))?;
+        let lines = zeroed_lines(bytes.div_ceil(64))
+            .ok_or_else(|| IrError::Tensor(format!("cannot allocate {bytes} bytes for a tensor of type {ty}")))?;
+        Ok(Tensor { ty, lines })
+    }
+
+    /// A copy, or an error naming the bytes if memory runs out.
+    pub fn try_clone(&self) -> Result<Tensor, IrError> {
+        let mut t = Tensor::try_zeros(self.ty.clone())?;
+        t.lines.copy_from_slice(&self.lines);
+        Ok(t)
     }
 
     /// A tensor from a shape and a vector of elements in row-major order.
@@ -74,7 +113,7 @@ impl Tensor {
                 data.len()
             )));
         }
-        let mut t = Tensor::zeros(TensorType::new(T::DTYPE, shape));
+        let mut t = Tensor::try_zeros(TensorType::new(T::DTYPE, shape))?;
         t.data_mut::<T>().copy_from_slice(data);
         Ok(t)
     }
@@ -182,24 +221,44 @@ impl Tensor {
     /// Converts to another dtype (bool becomes 0/1; float to bool is `!= 0`).
     pub fn convert(&self, dtype: DType) -> Tensor {
         let mut out = Tensor::zeros(TensorType::new(dtype, self.ty.shape.clone()));
-        let src = self.to_f64_vec();
-        match dtype {
-            DType::F64 => out.data_mut::<f64>().copy_from_slice(&src),
-            DType::F32 => match self.ty.dtype {
-                DType::F32 => out.data_mut::<f32>().copy_from_slice(self.data::<f32>()),
-                _ => out
-                    .data_mut::<f32>()
-                    .iter_mut()
-                    .zip(&src)
-                    .for_each(|(o, &v)| *o = v as f32),
-            },
+        self.convert_into(&mut out);
+        out
+    }
+
+    /// [`Tensor::convert`], or an error naming the bytes if memory runs out.
+    pub fn try_convert(&self, dtype: DType) -> Result<Tensor, IrError> {
+        let mut out = Tensor::try_zeros(TensorType::new(dtype, self.ty.shape.clone()))?;
+        self.convert_into(&mut out);
+        Ok(out)
+    }
+
+    /// Writes the elements converted to `out`'s dtype (same shape), one
+    /// element at a time through f64 (exact for every f32 and bool).
+    fn convert_into(&self, out: &mut Tensor) {
+        if out.ty.dtype == self.ty.dtype {
+            out.lines.copy_from_slice(&self.lines);
+            return;
+        }
+        fn elems<T: Element>(t: &Tensor) -> impl Iterator<Item = f64> + '_
+        where
+            T: Into<f64>,
+        {
+            t.data::<T>().iter().map(|&v| v.into())
+        }
+        let src: Box<dyn Iterator<Item = f64>> = match self.ty.dtype {
+            DType::F32 => Box::new(elems::<f32>(self)),
+            DType::F64 => Box::new(elems::<f64>(self)),
+            DType::Bool => Box::new(self.data::<u8>().iter().map(|&v| (v != 0) as u8 as f64)),
+        };
+        match out.ty.dtype {
+            DType::F64 => out.data_mut::<f64>().iter_mut().zip(src).for_each(|(o, v)| *o = v),
+            DType::F32 => out.data_mut::<f32>().iter_mut().zip(src).for_each(|(o, v)| *o = v as f32),
             DType::Bool => out
                 .data_mut::<u8>()
                 .iter_mut()
-                .zip(&src)
-                .for_each(|(o, &v)| *o = (v != 0.0) as u8),
+                .zip(src)
+                .for_each(|(o, v)| *o = (v != 0.0) as u8),
         }
-        out
     }
 
     /// Typed view. The dtype check is a hard assertion: reading a buffer
@@ -240,9 +299,20 @@ impl Tensor {
 
 /// Writes `items` (row-major) as nested lists of the given shape, without
 /// recursion so that a high-rank shape cannot overflow the stack.
-pub fn write_nested_list(out: &mut impl fmt::Write, shape: &[usize], items: &[String]) -> fmt::Result {
+///
+/// A zero-size shape is written as nested lists down to its first zero
+/// extent, as numpy's `tolist` does: `[3,0]` is `[[], [], []]` and `[0,4]`
+/// is `[]`. The text format declares every constant's type, so
+/// [`crate::parse`] reads such a literal back with its whole shape.
+/// Missing items are written as `?` rather than indexed out of bounds.
+pub fn write_nested_list<S: AsRef<str>>(out: &mut impl fmt::Write, shape: &[usize], items: &[S]) -> fmt::Result {
+    if let Some(z) = shape.iter().position(|&d| d == 0) {
+        let outer = num_elements(&shape[..z]);
+        return write_nested_list(out, &shape[..z], &vec!["[]"; outer]);
+    }
+    let item = |flat: usize| items.get(flat).map_or("?", |s| s.as_ref());
     if shape.is_empty() {
-        return out.write_str(&items[0]);
+        return out.write_str(item(0));
     }
     let rank = shape.len();
     let mut idx = vec![0usize; rank];
@@ -250,14 +320,8 @@ pub fn write_nested_list(out: &mut impl fmt::Write, shape: &[usize], items: &[St
     for _ in 0..rank {
         out.write_str("[")?;
     }
-    if shape.contains(&0) {
-        for _ in 0..rank {
-            out.write_str("]")?;
-        }
-        return Ok(());
-    }
     loop {
-        out.write_str(&items[flat])?;
+        out.write_str(item(flat))?;
         flat += 1;
         // Advance the multi-index, closing and reopening brackets.
         let mut axis = rank;

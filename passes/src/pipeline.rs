@@ -262,6 +262,13 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                     .grad
                     .as_mut()
                     .ok_or_else(|| PassError::Pipeline("`partition` needs `autodiff` before it".into()))?;
+                if grad.graph.outputs().len() == grad.primal_outputs {
+                    return Err(PassError::Pipeline(
+                        "nothing to differentiate: no input is differentiated (every input of the graph is \
+                         `nodiff` or bool, or none was asked for), so there is no backward to split off"
+                            .into(),
+                    ));
+                }
                 // Partition the graph as the earlier passes left it.
                 grad.graph = joint.clone();
                 // A saved set chosen for an earlier version of the graph

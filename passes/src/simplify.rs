@@ -5,10 +5,12 @@
 //! broadcasts and dead seeds; after this pass the seed cases' gradient
 //! graphs read like the hand-written backward propagation.
 //!
-//! Identities used (each only when the types allow the replacement):
-//! `x·1 = 1·x = x`, `x/1 = x`, `x+0 = 0+x = x`, `x−0 = x`, `0−x = −x`,
-//! `x·0 = 0·x = 0` (symbolic zeros: like autodiff, this treats the other
-//! factor as finite), `−(−x) = x`, `pow(x, 1) = x`, `select(c, x, x) = x`,
+//! Identities used (each only when the types allow the replacement, and
+//! each exact in IEEE arithmetic for every input, NaN, infinities and
+//! signed zeros included, so the JIT of a simplified graph agrees with the
+//! interpreter of the original bit for bit):
+//! `x·1 = 1·x = x`, `x/1 = x`, `x+(−0) = (−0)+x = x`, `x−(+0) = x`,
+//! `(−0)−x = −x`, `−(−x) = x`, `pow(x, 1) = x`, `select(c, x, x) = x`,
 //! `transpose(transpose(x)) = transpose(x, composed)` (or `x`),
 //! `broadcast(broadcast(x)) = broadcast(x)`, `reshape(reshape(x)) =
 //! reshape(x)`, identity broadcasts/reshapes/transposes vanish, a
@@ -17,6 +19,12 @@
 //! `Σ broadcast(x)` over only broadcast axes `= x·n`. Constants of at most
 //! [`FOLD_LIMIT`] elements are folded by the interpreter, so folding is
 //! exactly what the program would have computed.
+//!
+//! Not used, because they are not exact: `x·0 = 0` (0·inf and 0·NaN are
+//! NaN, 0·(−1) is −0; XLA does not fold it for floats either), `x+0 = x`
+//! (−0 + 0 is +0) and `0−x = −x` (0 − 0 is +0, −0 is −0). Autodiff's
+//! symbolic zeros are a different thing: an adjoint that does not exist is
+//! never materialized, so no multiplication by zero is emitted for it.
 
 use crate::error::PassError;
 use std::collections::HashMap;
@@ -93,8 +101,10 @@ impl Rewriter {
         }
     }
 
+    /// Whether `id` is a constant whose every element is `v`, bit for bit
+    /// (so +0 and −0 differ).
     fn is(&self, id: NodeId, v: f64) -> bool {
-        self.uniform(id) == Some(v)
+        self.uniform(id).map(f64::to_bits) == Some(v.to_bits())
     }
 
     /// A scalar constant `v` broadcast to the type of `like`.
@@ -125,16 +135,13 @@ impl Rewriter {
                 if self.is(a, 1.0) && same(self, a, b) {
                     return Ok(b);
                 }
-                if (self.is(a, 0.0) || self.is(b, 0.0)) && same(self, a, b) {
-                    return self.full_like(a, 0.0);
-                }
             }
             Op::Binary(BinaryOp::Div) if self.is(args[1], 1.0) => return Ok(args[0]),
             Op::Binary(BinaryOp::Add) => {
-                if self.is(args[1], 0.0) {
+                if self.is(args[1], -0.0) {
                     return Ok(args[0]);
                 }
-                if self.is(args[0], 0.0) {
+                if self.is(args[0], -0.0) {
                     return Ok(args[1]);
                 }
             }
@@ -142,7 +149,7 @@ impl Rewriter {
                 if self.is(args[1], 0.0) {
                     return Ok(args[0]);
                 }
-                if self.is(args[0], 0.0) {
+                if self.is(args[0], -0.0) {
                     return self.add(Op::Unary(UnaryOp::Neg), &[args[1]]);
                 }
             }

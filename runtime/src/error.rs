@@ -16,6 +16,8 @@ pub enum RuntimeError {
     OutputCount { graph: String, expected: usize, got: usize },
     #[error("output `{name}`: {message}")]
     Output { name: String, message: String },
+    #[error("cannot allocate {bytes} bytes for {what}")]
+    Alloc { what: String, bytes: usize },
     #[error("{0}")]
     Other(String),
 }

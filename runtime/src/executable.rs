@@ -71,27 +71,51 @@ pub type EntryFn = unsafe extern "C" fn(*const *mut u8);
 pub type PackedFn = unsafe extern "C" fn(*const u8, *mut u8);
 
 /// Calls `entry` on `ptrs`, whose last slot receives this thread's arena
-/// (grown to `arena_bytes` if needed; left null when none is needed).
+/// (grown to `arena_bytes` if needed; left null when none is needed). The
+/// arena's growth is fallible: an error names the bytes asked for.
 ///
 /// # Safety
 /// `ptrs` must hold valid buffers of the types `entry` was compiled for.
 #[inline]
-unsafe fn run_entry(entry: EntryFn, ptrs: &mut [*mut u8], arena_bytes: usize) {
+unsafe fn run_entry(entry: EntryFn, ptrs: &mut [*mut u8], arena_bytes: usize) -> Result<(), RuntimeError> {
     let last = ptrs.len() - 1;
     if arena_bytes == 0 {
         ptrs[last] = std::ptr::null_mut();
         // SAFETY: per the caller; the code never reads the arena slot.
-        return unsafe { entry(ptrs.as_ptr()) };
+        unsafe { entry(ptrs.as_ptr()) };
+        return Ok(());
     }
     ARENA.with(|arena| {
         let mut arena = arena.borrow_mut();
-        let lines = arena_bytes.div_ceil(64);
-        if arena.len() < lines {
-            arena.resize(lines, Line([0; 64]));
-        }
+        grow_arena(&mut arena, arena_bytes)?;
         ptrs[last] = arena.as_mut_ptr() as *mut u8;
         // SAFETY: per the caller, and the arena holds `arena_bytes`.
-        unsafe { entry(ptrs.as_ptr()) }
+        unsafe { entry(ptrs.as_ptr()) };
+        Ok(())
+    })
+}
+
+/// Grows `arena` to hold `bytes`, or says how many bytes could not be had.
+fn grow_arena(arena: &mut Vec<Line>, bytes: usize) -> Result<(), RuntimeError> {
+    let lines = bytes.div_ceil(64);
+    if arena.len() < lines {
+        arena
+            .try_reserve_exact(lines - arena.len())
+            .map_err(|_| RuntimeError::Alloc {
+                what: "the scratch arena".into(),
+                bytes,
+            })?;
+        arena.resize(lines, Line([0; 64]));
+    }
+    Ok(())
+}
+
+/// A zero tensor of type `ty` for output `name`, or an error naming it and
+/// the bytes asked for.
+fn alloc_output(name: &str, ty: &TensorType) -> Result<Tensor, RuntimeError> {
+    Tensor::try_zeros(ty.clone()).map_err(|_| RuntimeError::Alloc {
+        what: format!("output `{name}`"),
+        bytes: ty.size_bytes(),
     })
 }
 
@@ -288,9 +312,14 @@ impl Executable {
         if self.arena_bytes == 0 {
             return Ok(0);
         }
-        let zeros = self.inputs.iter().map(|(_, t)| Tensor::zeros(t.clone())).collect();
+        let zeros = self
+            .inputs
+            .iter()
+            .map(|(name, t)| alloc_output(name, t))
+            .collect::<Result<_, _>>()?;
         let mut bound = self.bind(zeros)?;
-        let mut arena = vec![Line([0; 64]); self.arena_bytes.div_ceil(64)];
+        let mut arena = Vec::new();
+        grow_arena(&mut arena, self.arena_bytes)?;
         let arena_slot = bound.ptrs.len() - 1;
         let mut high = 0;
         for pattern in [0xA5u8, 0x5A] {
@@ -340,9 +369,15 @@ impl Executable {
             .try_for_each(|(decl, t)| check_input(decl, t))
     }
 
+    /// Zero tensors of the output types, allocated fallibly (an error names
+    /// the output and the bytes).
+    pub fn new_outputs(&self) -> Result<Vec<Tensor>, RuntimeError> {
+        self.outputs.iter().map(|(name, t)| alloc_output(name, t)).collect()
+    }
+
     /// Runs the code on `inputs` and returns fresh output tensors.
     pub fn call(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
-        let mut outputs: Vec<Tensor> = self.outputs.iter().map(|(_, t)| Tensor::zeros(t.clone())).collect();
+        let mut outputs = self.new_outputs()?;
         self.call_into(inputs, &mut outputs)?;
         Ok(outputs)
     }
@@ -411,8 +446,7 @@ impl Executable {
         }
         // SAFETY: inputs and outputs were checked against the types the code
         // was compiled for; `run_entry` provides an arena of `arena_bytes`.
-        unsafe { run_entry(self.entry, ptrs, self.arena_bytes) };
-        Ok(())
+        unsafe { run_entry(self.entry, ptrs, self.arena_bytes) }
     }
 }
 
@@ -425,8 +459,11 @@ pub struct Bound<'e> {
     inputs: Vec<Tensor>,
     outputs: Vec<Tensor>,
     /// Pointers to the buffers above (which never move: their types are
-    /// fixed while bound), then the arena slot.
+    /// fixed while bound), then the arena.
     ptrs: Vec<*mut u8>,
+    /// The bound call's own arena, allocated (fallibly) when bound, so
+    /// that running cannot fail.
+    arena: Vec<Line>,
 }
 
 impl Executable {
@@ -435,15 +472,23 @@ impl Executable {
     pub fn bind(&self, inputs: Vec<Tensor>) -> Result<Bound<'_>, RuntimeError> {
         let refs: Vec<&Tensor> = inputs.iter().collect();
         self.check_inputs(&refs)?;
-        let mut outputs: Vec<Tensor> = self.outputs.iter().map(|(_, t)| Tensor::zeros(t.clone())).collect();
+        let mut outputs = self.new_outputs()?;
+        let mut arena = Vec::new();
+        grow_arena(&mut arena, self.arena_bytes)?;
         let mut ptrs: Vec<*mut u8> = inputs.iter().map(|t| t.as_ptr() as *mut u8).collect();
         ptrs.extend(outputs.iter_mut().map(|t| t.as_mut_ptr()));
-        ptrs.push(std::ptr::null_mut());
+        // The arena's heap buffer does not move when the `Bound` moves.
+        ptrs.push(if arena.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            arena.as_mut_ptr() as *mut u8
+        });
         Ok(Bound {
             exe: self,
             inputs,
             outputs,
             ptrs,
+            arena,
         })
     }
 }
@@ -454,8 +499,10 @@ impl Bound<'_> {
     pub fn run(&mut self) {
         // SAFETY: the buffers were checked against the compiled types when
         // bound and cannot change type since (only their elements are
-        // reachable mutably).
-        unsafe { run_entry(self.exe.entry, &mut self.ptrs, self.exe.arena_bytes) }
+        // reachable mutably); the arena slot points to `self.arena`, which
+        // holds `arena_bytes` and is only reached through this pointer.
+        debug_assert!(self.arena.len() * 64 >= self.exe.arena_bytes);
+        unsafe { (self.exe.entry)(self.ptrs.as_ptr()) }
     }
 
     pub fn inputs(&self) -> &[Tensor] {
