@@ -225,7 +225,7 @@ fn seed_grad(c: &mut Criterion) {
         group.bench_function("jit_bound", |b| {
             b.iter(|| {
                 bound.input_mut::<f64>(0).unwrap()[0] = black_box(0.7);
-                bound.run();
+                bound.run().unwrap();
                 black_box(bound.outputs()[1].as_slice::<f64>().unwrap()[0])
             })
         });

@@ -28,13 +28,17 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Tensor, String> {
         .get(start..start + header_len)
         .and_then(|h| std::str::from_utf8(h).ok())
         .ok_or("truncated or non-UTF-8 header")?;
+    // Every slice below is taken at positions `find` returned (character
+    // boundaries) or through `get`/`strip_prefix`, so no header text can
+    // make the reader panic.
     let field = |key: &str| -> Result<&str, String> {
-        let at = header
-            .find(&format!("'{key}'"))
-            .ok_or(format!("header has no '{key}'"))?;
-        let rest = &header[at + key.len() + 2..];
-        let colon = rest.find(':').ok_or("malformed header")?;
-        Ok(rest[colon + 1..].trim_start())
+        let pattern = format!("'{key}'");
+        let at = header.find(&pattern).ok_or(format!("header has no '{key}'"))?;
+        header
+            .get(at + pattern.len()..)
+            .and_then(|rest| rest.trim_start().strip_prefix(':'))
+            .map(str::trim_start)
+            .ok_or(format!("malformed header: no `:` after '{key}'"))
     };
     let descr = field("descr")?;
     let dtype = if descr.starts_with("'<f4'") {
@@ -53,15 +57,21 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Tensor, String> {
         return Err("Fortran-order arrays are not supported; save with np.ascontiguousarray".into());
     }
     let shape_text = field("shape")?;
-    let close = shape_text.find(')').ok_or("malformed shape")?;
-    let shape: Vec<usize> = shape_text[1..close]
+    let inner = shape_text
+        .strip_prefix('(')
+        .ok_or("malformed shape: expected a tuple like (3, 4)")?;
+    let close = inner.find(')').ok_or("malformed shape: no closing `)`")?;
+    let shape: Vec<usize> = inner[..close]
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|_| format!("bad extent `{s}` in shape")))
         .collect::<Result<_, _>>()?;
+    if wengert_ir::types::checked_elements(&shape).is_none() {
+        return Err(format!("shape {shape:?} has more elements than a tensor may hold"));
+    }
     let ty = TensorType::new(dtype, shape);
-    let data = &bytes[start + header_len..];
+    let data = bytes.get(start + header_len..).unwrap_or(&[]);
     if data.len() != ty.size_bytes() {
         return Err(format!(
             "{ty} needs {} bytes of data, the file has {}",
@@ -69,7 +79,7 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Tensor, String> {
             data.len()
         ));
     }
-    let mut t = Tensor::zeros(ty);
+    let mut t = Tensor::try_zeros(ty).map_err(|e| e.to_string())?;
     match dtype {
         DType::F32 => {
             let out = t.as_mut_slice::<f32>().ok_or("dtype mismatch")?;

@@ -635,10 +635,10 @@ fn bound_executables_run_without_per_call_checks() {
         .joint()
         .bind(vec![Tensor::scalar_f64(2.0), Tensor::scalar_f64(3.0)])
         .unwrap();
-    bound.run();
+    bound.run().unwrap();
     assert_eq!(bound.outputs()[1].scalar_value(), Some(3.0 + 2f64.cos()));
     bound.input_mut::<f64>(0).unwrap()[0] = 0.5;
-    bound.run();
+    bound.run().unwrap();
     assert_eq!(bound.outputs()[0].scalar_value(), Some(0.5 * 3.0 + 0.5f64.sin()));
     assert!(bound.input_mut::<f32>(0).is_none(), "wrong element type");
     assert_eq!(
@@ -646,7 +646,7 @@ fn bound_executables_run_without_per_call_checks() {
         "input `x2`: expected f64[], got f32[]"
     );
     bound.set_input(1, &Tensor::scalar_f64(-1.0)).unwrap();
-    bound.run();
+    bound.run().unwrap();
     assert_eq!(bound.outputs()[2].scalar_value(), Some(0.5));
     assert!(f.joint().bind(vec![Tensor::scalar_f64(2.0)]).is_err());
 }

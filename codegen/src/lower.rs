@@ -87,7 +87,13 @@ pub struct Lowerer<'m> {
     /// kernels whose inline body would be large: compile time grows with
     /// code size, and such kernels gain little from inlining).
     outline_math: bool,
-    arena: Value,
+    /// Where the arena pointer is: the pointer array and the slot's byte
+    /// offset in it (`None` for the packed entry, which has no arena).
+    arena_slot: Option<(Value, i32)>,
+    /// The arena offset of every pointer made by `arena_at`, so that a
+    /// buffer read long after it was written gets a fresh pointer then
+    /// (see `lower_graph`'s `materialize`).
+    arena_ptrs: HashMap<Value, usize>,
     arena_bytes: usize,
 }
 
@@ -223,12 +229,29 @@ impl<'m> Lowerer<'m> {
         self.import(fb, name, &[types::F32], &[types::F32])
     }
 
+    /// A pointer `off` bytes into the arena. Each call loads the arena
+    /// pointer afresh (an ordinary load, which Cranelift keeps where it is
+    /// and does not merge across the stores between kernels): a pure
+    /// `arena + off` would be shared by every kernel that uses the same
+    /// planned offset, one value alive across all of them, and a
+    /// 100,000-node graph then has thousands of such values competing for
+    /// registers (register allocation was superlinear in them).
+    fn arena_at(&mut self, fb: &mut FunctionBuilder, off: usize) -> Value {
+        let base = match self.arena_slot {
+            Some((array, slot)) => fb.ins().load(types::I64, MemFlagsData::trusted(), array, slot),
+            None => fb.ins().iconst(types::I64, 0),
+        };
+        let ptr = fb.ins().iadd_imm_s(base, off as i64);
+        self.arena_ptrs.insert(ptr, off);
+        ptr
+    }
+
     /// A fresh contiguous arena slot of the given shape.
     fn alloc(&mut self, fb: &mut FunctionBuilder, shape: &[usize], dtype: DType) -> View {
         let bytes = wengert_ir::num_elements(shape) * dtype.size_bytes();
         let off = self.arena_bytes;
         self.arena_bytes += bytes.div_ceil(64) * 64;
-        let ptr = fb.ins().iadd_imm_s(self.arena, off as i64);
+        let ptr = self.arena_at(fb, off);
         View {
             ptr,
             offset: 0,
@@ -248,8 +271,24 @@ impl<'m> Lowerer<'m> {
 
     /// Loads one element of a view at the given element index.
     fn load_at(&mut self, fb: &mut FunctionBuilder, v: &View, index: i64) -> Value {
+        self.load_with(fb, v, index, flags())
+    }
+
+    /// A scalar input's value. Input buffers are never written while the
+    /// function runs and are valid throughout, so the load is `readonly`,
+    /// `notrap` and `can_move`, which Cranelift treats as pure: it places
+    /// the load at its first use like any pure value. (A side-effecting load
+    /// stays where it is while the pure arithmetic on it is placed before
+    /// its first side-effecting user: a sum of 10,000 scalar inputs kept
+    /// all 10,000 loaded values alive to the final store, and register
+    /// allocation took seconds.)
+    fn load_input(&mut self, fb: &mut FunctionBuilder, v: &View) -> Value {
+        self.load_with(fb, v, 0, flags().with_readonly().with_can_move())
+    }
+
+    fn load_with(&mut self, fb: &mut FunctionBuilder, v: &View, index: i64, flags: MemFlagsData) -> Value {
         let off = ((v.offset + index) * v.dtype.size_bytes() as i64) as i32;
-        let x = fb.ins().load(mem_type(v.dtype), flags(), v.ptr, off);
+        let x = fb.ins().load(mem_type(v.dtype), flags, v.ptr, off);
         if v.dtype == DType::Bool {
             fb.ins().icmp_imm_s(IntCC::NotEqual, x, 0)
         } else {
@@ -1107,6 +1146,33 @@ pub enum Abi {
 
 /// Lowers `g` into the function being built by `fb`, whose parameters are
 /// those of `abi`.
+/// Where a function finds its input and output buffers.
+enum Ptrs {
+    /// `[inputs…, outputs…, arena]` pointers in one array.
+    Array(Value),
+    /// All-scalar graphs: inputs packed in one array, outputs in another,
+    /// every element `size` bytes.
+    Packed { ins: Value, outs: Value, size: usize },
+}
+
+impl Ptrs {
+    /// The pointer to input `k` (or output `k`), emitted where it is used.
+    fn get(&self, fb: &mut FunctionBuilder, k: usize, output: bool, n_in: usize) -> Value {
+        match *self {
+            Ptrs::Array(array) => {
+                let slot = if output { n_in + k } else { k };
+                fb.ins().load(
+                    types::I64,
+                    MemFlagsData::trusted().with_readonly().with_can_move(),
+                    array,
+                    (slot * 8) as i32,
+                )
+            }
+            Ptrs::Packed { ins, outs, size } => fb.ins().iadd_imm_s(if output { outs } else { ins }, (k * size) as i64),
+        }
+    }
+}
+
 pub fn lower_graph(
     module: &mut JITModule,
     state: &mut ModuleState,
@@ -1119,43 +1185,30 @@ pub fn lower_graph(
     fb.switch_to_block(entry);
     let n_in = g.inputs().len();
     let n_out = g.outputs().len();
-    let (arena, in_ptrs, out_ptrs) = match abi {
+    // Input and output pointers are loaded (or computed) where they are
+    // first needed, and scalar inputs are loaded where they are first
+    // read: loading all of them at entry kept one value per input alive
+    // across the function, and register allocation is superlinear in
+    // such values (10,000 inputs of which two were used took 1 s to
+    // compile, 100,000 took minutes).
+    let (arena_slot, ptrs) = match abi {
         Abi::PointerArray => {
-            let ptrs = fb.block_params(entry)[0];
-            let load_ptr = |fb: &mut FunctionBuilder, i: usize| {
-                fb.ins().load(
-                    types::I64,
-                    MemFlagsData::trusted().with_readonly(),
-                    ptrs,
-                    (i * 8) as i32,
-                )
-            };
-            let arena = load_ptr(fb, n_in + n_out);
-            let in_ptrs: Vec<Value> = (0..n_in).map(|i| load_ptr(fb, i)).collect();
-            let out_ptrs: Vec<Value> = (0..n_out).map(|j| load_ptr(fb, n_in + j)).collect();
-            (arena, in_ptrs, out_ptrs)
+            let array = fb.block_params(entry)[0];
+            (Some((array, ((n_in + n_out) * 8) as i32)), Ptrs::Array(array))
         }
         Abi::PackedScalars => {
             // Every input and output is a scalar of one dtype (checked by
             // the caller): element i sits at i · size_of(dtype).
             let (ins, outs) = (fb.block_params(entry)[0], fb.block_params(entry)[1]);
-            let mut slot =
-                |base: Value, i: usize, dtype: DType| fb.ins().iadd_imm_s(base, (i * dtype.size_bytes()) as i64);
-            let in_ptrs: Vec<Value> = g
-                .inputs()
-                .iter()
-                .enumerate()
-                .map(|(i, input)| slot(ins, i, input.ty.dtype))
-                .collect();
-            let out_ptrs: Vec<Value> = g
-                .outputs()
-                .iter()
-                .enumerate()
-                .map(|(j, o)| slot(outs, j, g.ty(o.node).dtype))
-                .collect();
-            (fb.ins().iconst(types::I64, 0), in_ptrs, out_ptrs)
+            let dtype = g.inputs().first().map(|i| i.ty.dtype);
+            let size = dtype
+                .or_else(|| g.outputs().first().map(|o| g.ty(o.node).dtype))
+                .map_or(8, DType::size_bytes);
+            (None, Ptrs::Packed { ins, outs, size })
         }
     };
+    let in_ptr = |fb: &mut FunctionBuilder, i: usize| ptrs.get(fb, i, false, n_in);
+    let out_ptr = |fb: &mut FunctionBuilder, j: usize| ptrs.get(fb, j, true, n_in);
     // Values placed by the memory plan occupy the start of the arena;
     // temporaries of the lowering itself are bump-allocated after them.
     let planned_end = g
@@ -1174,7 +1227,8 @@ pub fn lower_graph(
         helper_refs: HashMap::new(),
         sincos_cache: HashMap::new(),
         outline_math: false,
-        arena,
+        arena_slot,
+        arena_ptrs: HashMap::new(),
         arena_bytes: planned_end.div_ceil(64) * 64,
     };
     let used_outside = wengert_passes::memory::used_outside_kernel(g);
@@ -1193,27 +1247,55 @@ pub fn lower_graph(
     // planned arena slot, or a fresh bump slot.
     let place = |lw: &mut Lowerer, fb: &mut FunctionBuilder, id: NodeId| {
         let ty = g.ty(id);
-        let contiguous = View {
-            ptr: arena,
+        let ptr = match (dest[id.index()], g.node(id).arena) {
+            (Some(j), _) => out_ptr(fb, j),
+            (None, Some(off)) => lw.arena_at(fb, off),
+            (None, None) => return lw.alloc(fb, &ty.shape, ty.dtype),
+        };
+        View {
+            ptr,
             offset: 0,
             shape: ty.shape.clone(),
             strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
             dtype: ty.dtype,
-        };
-        match (dest[id.index()], g.node(id).arena) {
-            (Some(j), _) => View {
-                ptr: out_ptrs[j],
-                ..contiguous
-            },
-            (None, Some(off)) => View {
-                ptr: fb.ins().iadd_imm_s(arena, off as i64),
-                ..contiguous
-            },
-            (None, None) => lw.alloc(fb, &ty.shape, ty.dtype),
+        }
+    };
+    // An input's location is made when it is first read (see above). A
+    // buffer in the arena gets a fresh pointer each time it is read: the
+    // forward's activations are read by the backward thousands of
+    // instructions later, and keeping each one's pointer in a register
+    // that long made register allocation superlinear in the graph's size.
+    let materialize = |lw: &mut Lowerer, fb: &mut FunctionBuilder, locs: &mut [Option<Loc>], id: NodeId| {
+        if let Some(Loc::Mem(view)) = &mut locs[id.index()] {
+            if let Some(&off) = lw.arena_ptrs.get(&view.ptr) {
+                view.ptr = lw.arena_at(fb, off);
+            }
+            return;
+        }
+        if locs[id.index()].is_some() {
+            return;
+        }
+        if let Op::Input { index } = g.op(id) {
+            let ty = g.ty(id);
+            let view = View {
+                ptr: in_ptr(fb, *index),
+                offset: 0,
+                shape: ty.shape.clone(),
+                strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
+                dtype: ty.dtype,
+            };
+            locs[id.index()] = Some(if ty.num_elements() == 1 {
+                Loc::Reg(lw.load_input(fb, &view))
+            } else {
+                Loc::Mem(view)
+            });
         }
     };
     let mut id_iter = g.node_ids().peekable();
     while let Some(id) = id_iter.next() {
+        if matches!(g.op(id), Op::Input { .. }) {
+            continue;
+        }
         if let Some(k) = g.node(id).kernel {
             // A fused kernel: this node and the following ones with the same mark.
             let mut members = vec![id];
@@ -1225,10 +1307,13 @@ pub fn lower_graph(
                     break;
                 }
             }
-            lower_fused(&mut lw, fb, g, &members, &mut locs, &used_outside, &place)?;
+            lower_fused(&mut lw, fb, g, &members, &mut locs, &used_outside, &place, &materialize)?;
             continue;
         }
         let args = g.args(id);
+        for &a in &args {
+            materialize(&mut lw, fb, &mut locs, a);
+        }
         let arg_locs: Vec<Loc> = args
             .iter()
             .map(|a| locs[a.index()].clone().expect("operands precede"))
@@ -1237,20 +1322,7 @@ pub fn lower_graph(
         let fresh = |lw: &mut Lowerer, fb: &mut FunctionBuilder| place(lw, fb, id);
         let one = ty.num_elements() == 1;
         let loc = match g.op(id) {
-            Op::Input { index } => {
-                let view = View {
-                    ptr: in_ptrs[*index],
-                    offset: 0,
-                    shape: ty.shape.clone(),
-                    strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
-                    dtype: ty.dtype,
-                };
-                if one {
-                    Loc::Reg(lw.load_at(fb, &view, 0))
-                } else {
-                    Loc::Mem(view)
-                }
-            }
+            Op::Input { .. } => unreachable!("inputs are materialized where they are read"),
             Op::Const { value } => {
                 if one {
                     let v = value.to_f64_vec().first().copied().unwrap_or(0.0);
@@ -1341,11 +1413,7 @@ pub fn lower_graph(
                         shape: ty.shape.clone(),
                         ..view.clone()
                     };
-                    if one {
-                        Loc::Reg(lw.load_at(fb, &v, 0))
-                    } else {
-                        Loc::Mem(v)
-                    }
+                    Loc::Mem(v)
                 }
             },
             Op::Reshape { shape } => match &arg_locs[0] {
@@ -1375,11 +1443,11 @@ pub fn lower_graph(
                 let x = lw.operand(&mut k, &arg_locs[0], in_ty.dtype);
                 lw.reduce_into(fb, &mut k, x, in_ty.rank(), axes, &out, is_max)?;
                 lw.emit_kernel(fb, k)?;
-                if one && dest[id.index()].is_none() {
-                    Loc::Reg(lw.load_at(fb, &out, 0))
-                } else {
-                    Loc::Mem(out)
-                }
+                // A one-element result stays in memory and is loaded where it
+                // is read (see `materialize`): loaded here, it would sit in
+                // a register until its last reader, perhaps the backward's
+                // end.
+                Loc::Mem(out)
             }
             Op::MatMul => {
                 let (a_ty, b_ty) = (g.ty(args[0]).clone(), g.ty(args[1]).clone());
@@ -1387,11 +1455,11 @@ pub fn lower_graph(
                 let b = lw.materialize(fb, &arg_locs[1], &b_ty.shape, b_ty.dtype, false)?;
                 let out = fresh(&mut lw, fb);
                 lw.gemm(fb, &a, &b, &out)?;
-                if one && dest[id.index()].is_none() {
-                    Loc::Reg(lw.load_at(fb, &out, 0))
-                } else {
-                    Loc::Mem(out)
-                }
+                // A one-element result stays in memory and is loaded where it
+                // is read (see `materialize`): loaded here, it would sit in
+                // a register until its last reader, perhaps the backward's
+                // end.
+                Loc::Mem(out)
             }
             Op::Pad { low, .. } => {
                 let out = fresh(&mut lw, fb);
@@ -1404,11 +1472,11 @@ pub fn lower_graph(
                     ..out.clone()
                 };
                 lw.copy_into(fb, &arg_locs[0], &interior)?;
-                if one && dest[id.index()].is_none() {
-                    Loc::Reg(lw.load_at(fb, &out, 0))
-                } else {
-                    Loc::Mem(out)
-                }
+                // A one-element result stays in memory and is loaded where it
+                // is read (see `materialize`): loaded here, it would sit in
+                // a register until its last reader, perhaps the backward's
+                // end.
+                Loc::Mem(out)
             }
             Op::Concat { axis } => {
                 let out = fresh(&mut lw, fb);
@@ -1423,11 +1491,11 @@ pub fn lower_graph(
                     at += shape[*axis];
                     lw.copy_into(fb, l, &part)?;
                 }
-                if one && dest[id.index()].is_none() {
-                    Loc::Reg(lw.load_at(fb, &out, 0))
-                } else {
-                    Loc::Mem(out)
-                }
+                // A one-element result stays in memory and is loaded where it
+                // is read (see `materialize`): loaded here, it would sit in
+                // a register until its last reader, perhaps the backward's
+                // end.
+                Loc::Mem(out)
             }
             Op::SoftmaxCrossEntropy => lower_softmax_xent(&mut lw, fb, g, id, &arg_locs)?,
         };
@@ -1439,9 +1507,11 @@ pub fn lower_graph(
             continue;
         }
         let ty = g.ty(o.node).clone();
+        materialize(&mut lw, fb, &mut locs, o.node);
         let loc = locs[o.node.index()].clone().expect("computed");
+        let ptr = out_ptr(fb, j);
         let dst = View {
-            ptr: out_ptrs[j],
+            ptr,
             offset: 0,
             shape: ty.shape.clone(),
             strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
@@ -1449,7 +1519,7 @@ pub fn lower_graph(
         };
         match loc {
             Loc::Reg(v) if ty.num_elements() == 1 => {
-                fb.ins().store(flags(), v, out_ptrs[j], 0);
+                fb.ins().store(flags(), v, ptr, 0);
             }
             other => lw.copy_into(fb, &other, &dst)?,
         }
@@ -1471,11 +1541,15 @@ fn lower_fused(
     locs: &mut [Option<Loc>],
     used_outside: &[bool],
     place: &dyn Fn(&mut Lowerer, &mut FunctionBuilder, NodeId) -> View,
+    materialize: &dyn Fn(&mut Lowerer, &mut FunctionBuilder, &mut [Option<Loc>], NodeId),
 ) -> Result<(), CodegenError> {
     let mut rest = members;
     if let Some((&first, tail)) = members.split_first() {
         if let Op::MatMul = g.op(first) {
             let args = g.args(first);
+            for &a in &args {
+                materialize(lw, fb, locs, a);
+            }
             let (a_ty, b_ty) = (g.ty(args[0]).clone(), g.ty(args[1]).clone());
             let a_loc = locs[args[0].index()].clone().expect("operands precede");
             let b_loc = locs[args[1].index()].clone().expect("operands precede");
@@ -1503,6 +1577,9 @@ fn lower_fused(
         // A scalar kernel: straight-line register code, no loop, no memory.
         for &m in rest {
             let args = g.args(m);
+            for &a in &args {
+                materialize(lw, fb, locs, a);
+            }
             let arg_locs: Vec<Loc> = args
                 .iter()
                 .map(|a| locs[a.index()].clone().expect("operands precede"))
@@ -1530,6 +1607,7 @@ fn lower_fused(
             let e = match expr_of.get(&a) {
                 Some(&e) => e,
                 None => {
+                    materialize(lw, fb, locs, a);
                     let loc = locs[a.index()].clone().expect("operands precede");
                     let e = lw.operand(&mut k, &loc, g.ty(a).dtype);
                     expr_of.insert(a, e);
@@ -1567,12 +1645,9 @@ fn lower_fused(
     }
     lw.emit_kernel(fb, k)?;
     for (m, out) in outputs {
-        let loc = if g.ty(m).num_elements() == 1 {
-            Loc::Reg(lw.load_at(fb, &out, 0))
-        } else {
-            Loc::Mem(out)
-        };
-        locs[m.index()] = Some(loc);
+        // One-element members too stay in memory until read (see
+        // `lower_graph`'s reductions).
+        locs[m.index()] = Some(Loc::Mem(out));
     }
     Ok(())
 }
@@ -1592,34 +1667,32 @@ fn lower_softmax_xent(
     let dt = zt.dtype;
     let kdim = *zt.shape.last().unwrap_or(&1);
     let rows = zt.num_elements().checked_div(kdim).unwrap_or(0);
-    let shape2 = [rows, kdim];
-    let as2 = |lw: &mut Lowerer, fb: &mut FunctionBuilder, l: &Loc| -> Result<Loc, CodegenError> {
-        Ok(match l {
-            Loc::Mem(v) => {
-                let v = if v.is_contiguous() {
-                    v.clone()
-                } else {
-                    lw.materialize(fb, l, &zt.shape, dt, false)?
-                };
-                Loc::Mem(View {
-                    shape: shape2.to_vec(),
-                    strides: vec![kdim as isize, 1],
-                    ..v
-                })
-            }
-            Loc::Reg(v) | Loc::Splat(v, _) => Loc::Splat(*v, shape2.to_vec()),
-        })
+    // The kernels run over the operands' own shape [..., K] and read them
+    // through their own strides (a transposed or sliced operand is not
+    // contiguous); the row buffers are indexed by the leading axes.
+    let shape = zt.shape.clone();
+    let rank = shape.len();
+    let mut row_strides: Vec<isize> = row_major_strides(&shape[..rank.saturating_sub(1)])
+        .iter()
+        .map(|&s| s as isize)
+        .collect();
+    row_strides.push(0);
+    let nd = |l: &Loc| -> Loc {
+        match l {
+            Loc::Mem(v) => Loc::Mem(v.clone()),
+            Loc::Reg(v) | Loc::Splat(v, _) => Loc::Splat(*v, shape.clone()),
+        }
     };
-    let z = as2(lw, fb, &arg_locs[0])?;
-    let t = as2(lw, fb, &arg_locs[1])?;
+    let z = nd(&arg_locs[0]);
+    let t = nd(&arg_locs[1]);
     // Row maxima, row sums and the loss accumulator: in the scratch the
     // memory plan placed (`memory::softmax_xent_scratch`), else
     // bump-allocated.
     let (m, s, loss) = match g.node(id).arena {
         Some(off) => {
             let ([m_at, s_at, loss_at], _) = wengert_passes::memory::softmax_xent_scratch(rows, dt);
-            let at = |fb: &mut FunctionBuilder, at: usize, n: usize| View {
-                ptr: fb.ins().iadd_imm_s(lw.arena, (off + at) as i64),
+            let mut at = |fb: &mut FunctionBuilder, at: usize, n: usize| View {
+                ptr: lw.arena_at(fb, off + at),
                 offset: 0,
                 shape: vec![n],
                 strides: vec![1],
@@ -1635,8 +1708,8 @@ fn lower_softmax_xent(
     };
     let row_view = |v: &View| {
         Loc::Mem(View {
-            shape: shape2.to_vec(),
-            strides: vec![1, 0],
+            shape: shape.clone(),
+            strides: row_strides.clone(),
             ..v.clone()
         })
     };
@@ -1644,20 +1717,20 @@ fn lower_softmax_xent(
         lw.fill(fb, buf, init)?;
     }
     // m = max over the row.
-    let mut k = Kernel::new(&shape2);
+    let mut k = Kernel::new(&shape);
     let zi = lw.operand(&mut k, &z, dt);
-    k.store(m.ptr, 0, vec![1, 0], dt, zi, Combine::Max);
+    k.store(m.ptr, 0, row_strides.clone(), dt, zi, Combine::Max);
     lw.emit_kernel(fb, k)?;
     // s = Σ exp(z − m).
-    let mut k = Kernel::new(&shape2);
+    let mut k = Kernel::new(&shape);
     let zi = lw.operand(&mut k, &z, dt);
     let mi = lw.operand(&mut k, &row_view(&m), dt);
     let d = k.expr(KExpr::Binary(BinaryOp::Sub, zi, mi), dt);
     let e = k.expr(KExpr::Unary(UnaryOp::Exp, d), dt);
-    k.store(s.ptr, 0, vec![1, 0], dt, e, Combine::Add);
+    k.store(s.ptr, 0, row_strides.clone(), dt, e, Combine::Add);
     lw.emit_kernel(fb, k)?;
     // loss = Σ select(t = 0, 0, t·(log s + m − z)).
-    let mut k = Kernel::new(&shape2);
+    let mut k = Kernel::new(&shape);
     let zi = lw.operand(&mut k, &z, dt);
     let ti = lw.operand(&mut k, &t, dt);
     let mi = lw.operand(&mut k, &row_view(&m), dt);
@@ -1669,7 +1742,7 @@ fn lower_softmax_xent(
     let zero = k.expr(KExpr::Const(0.0), dt);
     let is0 = k.expr(KExpr::Cmp(CmpOp::Eq, ti, zero), DType::Bool);
     let v = k.expr(KExpr::Select(is0, zero, prod), dt);
-    k.store(loss.ptr, 0, vec![0, 0], dt, v, Combine::Add);
+    k.store(loss.ptr, 0, vec![0; rank], dt, v, Combine::Add);
     lw.emit_kernel(fb, k)?;
     let total = lw.load_at(fb, &loss, 0);
     let b = lw.scalar_const(fb, dt, rows.max(1) as f64);

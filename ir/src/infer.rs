@@ -181,9 +181,9 @@ fn infer_unchecked(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> 
                 .zip(low.iter().zip(high))
                 .enumerate()
                 .map(|(axis, (d, (l, h)))| {
-                    d.checked_add(*l).and_then(|s| s.checked_add(*h)).ok_or_else(|| {
-                        format!("`pad` of axis {axis} of {t} by {l} and {h} overflows the extent")
-                    })
+                    d.checked_add(*l)
+                        .and_then(|s| s.checked_add(*h))
+                        .ok_or_else(|| format!("`pad` of axis {axis} of {t} by {l} and {h} overflows the extent"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(TensorType::new(t.dtype, shape))

@@ -252,7 +252,11 @@ impl Tensor {
         };
         match out.ty.dtype {
             DType::F64 => out.data_mut::<f64>().iter_mut().zip(src).for_each(|(o, v)| *o = v),
-            DType::F32 => out.data_mut::<f32>().iter_mut().zip(src).for_each(|(o, v)| *o = v as f32),
+            DType::F32 => out
+                .data_mut::<f32>()
+                .iter_mut()
+                .zip(src)
+                .for_each(|(o, v)| *o = v as f32),
             DType::Bool => out
                 .data_mut::<u8>()
                 .iter_mut()

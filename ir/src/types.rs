@@ -65,9 +65,14 @@ impl fmt::Display for DType {
 /// A static shape: the extent of each axis, outermost first. `[]` is a scalar.
 pub type Shape = Vec<usize>;
 
-/// Number of elements of a shape (1 for a scalar, 0 if any extent is 0).
+/// Number of elements of a shape (1 for a scalar, 0 if any extent is 0),
+/// saturating at `usize::MAX` (shapes in graphs are checked against
+/// [`MAX_ELEMENTS`]; a user's `TensorType` may be anything).
 pub fn num_elements(shape: &[usize]) -> usize {
-    shape.iter().product()
+    if shape.contains(&0) {
+        return 0;
+    }
+    shape.iter().fold(1usize, |acc, &d| acc.saturating_mul(d))
 }
 
 /// The largest number of elements a tensor may have (2^40): shapes beyond
@@ -124,8 +129,9 @@ impl TensorType {
         num_elements(&self.shape)
     }
 
+    /// Bytes of the elements (saturating, like [`num_elements`]).
     pub fn size_bytes(&self) -> usize {
-        self.num_elements() * self.dtype.size_bytes()
+        self.num_elements().saturating_mul(self.dtype.size_bytes())
     }
 
     pub fn is_scalar(&self) -> bool {

@@ -54,12 +54,13 @@ pub fn autodiff(g: &Graph, wrt: &[&str], seeds: &[(&str, Seed)]) -> Result<GradG
     verify(g)?;
     // Check what was asked for before building anything.
     let mut wrt_nodes = Vec::with_capacity(wrt.len());
-    for (i, &name) in wrt.iter().enumerate() {
+    let mut seen = std::collections::HashSet::with_capacity(wrt.len());
+    for &name in wrt {
         let bad = |reason: &str| PassError::BadWrt {
             name: name.to_string(),
             reason: reason.to_string(),
         };
-        if wrt[..i].contains(&name) {
+        if !seen.insert(name) {
             return Err(bad("it is listed twice"));
         }
         let input = g.input(name).ok_or_else(|| {

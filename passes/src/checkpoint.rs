@@ -277,7 +277,7 @@ fn binomial_within(gg: &GradGraph, peak: usize, bytes: usize) -> Result<Option<(
 /// The user's marks applied to `saved`: a value marked `save` that the
 /// backward reads is saved, a value marked `recompute` is not; every input
 /// is available to recomputation.
-fn apply_marks(gg: &GradGraph, mut saved: Vec<NodeId>) -> Vec<NodeId> {
+fn apply_marks(gg: &GradGraph, saved: Vec<NodeId>) -> Vec<NodeId> {
     let g = &gg.graph;
     let marked: Vec<(NodeId, Mark)> = g.node_ids().filter_map(|id| g.node(id).mark.map(|m| (id, m))).collect();
     if marked.is_empty() {
@@ -291,21 +291,28 @@ fn apply_marks(gg: &GradGraph, mut saved: Vec<NodeId>) -> Vec<NodeId> {
         .filter(|i| gg.seed_inputs.contains(&i.name))
         .map(|i| i.node)
         .collect();
+    // Membership by mask, not by searching the list (graphs may have
+    // 100,000 inputs).
+    let mut is_saved = vec![false; g.len()];
+    let mut is_seed = vec![false; g.len()];
+    for &s in &saved {
+        is_saved[s.index()] = true;
+    }
+    for &s in &seeds {
+        is_seed[s.index()] = true;
+    }
     for (id, mark) in marked {
         match mark {
-            Mark::Save if needed[id.index()] && !seeds.contains(&id) && !saved.contains(&id) => saved.push(id),
-            Mark::Recompute => saved.retain(|&s| s != id),
+            Mark::Save if needed[id.index()] && !is_seed[id.index()] => is_saved[id.index()] = true,
+            Mark::Recompute => is_saved[id.index()] = false,
             Mark::Save => {}
         }
     }
     // Recomputation may reach any input.
     for input in g.inputs().iter().filter(|i| !gg.seed_inputs.contains(&i.name)) {
-        if !saved.contains(&input.node) {
-            saved.push(input.node);
-        }
+        is_saved[input.node.index()] = true;
     }
-    saved.sort();
-    saved
+    g.node_ids().filter(|id| is_saved[id.index()]).collect()
 }
 
 /// Every input the backward might need when recomputing (all but seeds).
@@ -526,12 +533,14 @@ pub fn min_cut_saved(gg: &GradGraph) -> Vec<NodeId> {
         .map(|(id, _)| id)
         .collect();
     // Inputs cut at no cost are simply available.
-    for input in g.inputs().iter().filter(|i| !gg.seed_inputs.contains(&i.name)) {
-        if !saved.contains(&input.node) {
-            saved.push(input.node);
-        }
-    }
+    saved.extend(
+        g.inputs()
+            .iter()
+            .filter(|i| !gg.seed_inputs.contains(&i.name))
+            .map(|i| i.node),
+    );
     saved.sort();
+    saved.dedup();
     saved
 }
 

@@ -25,14 +25,18 @@
 //! - one-element (scalar) ops fuse too: their kernel is straight-line
 //!   register code with no loop.
 //!
-//! A node joins a group only if none of its operands from outside the group
-//! depends on a member of the group (otherwise the group would have to run
-//! both before and after that operand); merges check the same both ways.
+//! A node joins a group, and two groups merge, only if the groups stay
+//! acyclic: no operand from outside a group may depend on a member of it
+//! (otherwise the group would have to run both before and after that
+//! operand). Dependence is between whole groups, and [`crate::units`]
+//! keeps a topological order of the groups under merges, which bounds
+//! each check's search (sound for any graph, linear in its size).
 //! The output graph is then a topological order of nodes and whole groups
 //! (Kahn's algorithm, earliest original position first), so each group's
 //! members are contiguous (marked with `Node::kernel`).
 
 use crate::error::PassError;
+use crate::units::Units;
 use wengert_ir::{verify, BinaryOp, Graph, NodeId, Op, UnaryOp};
 
 /// Largest number of nodes in one fused kernel.
@@ -95,173 +99,97 @@ fn cheap(op: &Op) -> bool {
     }
 }
 
+/// What a unit that is a fusion group is (units of lone nodes that are not
+/// elementwise have none).
+#[derive(Clone)]
 struct Group {
-    members: Vec<NodeId>,
     /// The iteration shape.
     shape: Vec<usize>,
     /// Closed by a reduction root.
     closed: bool,
     /// Starts with a matmul.
     matmul: bool,
-    alive: bool,
-}
-
-impl Group {
-    fn first(&self) -> usize {
-        self.members[0].index()
-    }
-}
-
-/// Whether `start` depends (transitively) on a node for which `hit` holds,
-/// where every such node has an index of at least `first`. Dependence is
-/// between units, not nodes: reaching any member of a fused group reaches
-/// all of its operands, because the group runs as one unit. (Checking
-/// nodes only let two groups each read the other: `{a+a, (a+a)+(c+a)}`
-/// and `{c+a, (c+a)+(a+a)}`.)
-fn depends_on(
-    g: &Graph,
-    group_of: &[Option<usize>],
-    groups: &[Group],
-    start: NodeId,
-    first: usize,
-    hit: &dyn Fn(NodeId) -> bool,
-) -> bool {
-    let mut stack = vec![start];
-    let mut seen = std::collections::HashSet::new();
-    let mut seen_groups = std::collections::HashSet::new();
-    while let Some(v) = stack.pop() {
-        if !seen.insert(v) {
-            continue;
-        }
-        if hit(v) {
-            return true;
-        }
-        match group_of[v.index()] {
-            // Members are kept sorted, so the last is the latest.
-            Some(gj) if groups[gj].members.len() > 1 => {
-                let last = groups[gj].members.last().map_or(0, |m| m.index());
-                if last >= first && seen_groups.insert(gj) {
-                    stack.extend(groups[gj].members.iter().flat_map(|&m| g.args(m)));
-                }
-            }
-            _ => {
-                if v.index() >= first {
-                    stack.extend(g.args(v));
-                }
-            }
-        }
-    }
-    false
-}
-
-/// Whether `start` depends on a member of group `gi`.
-fn depends_on_group(g: &Graph, group_of: &[Option<usize>], groups: &[Group], gi: usize, start: NodeId) -> bool {
-    depends_on(g, group_of, groups, start, groups[gi].first(), &|v| {
-        group_of[v.index()] == Some(gi)
-    })
-}
-
-/// Whether `nodes` can be in group `gi`: no operand from outside the group
-/// depends on a member of it.
-fn can_join(g: &Graph, group_of: &[Option<usize>], groups: &[Group], gi: usize, nodes: &[NodeId]) -> bool {
-    nodes
-        .iter()
-        .flat_map(|&n| g.args(n))
-        .all(|a| group_of[a.index()] == Some(gi) || !depends_on_group(g, group_of, groups, gi, a))
 }
 
 /// Groups nodes into kernels (see the module documentation).
 pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
     let n = g.len();
-    let mut group_of: Vec<Option<usize>> = vec![None; n];
-    let mut groups: Vec<Group> = Vec::new();
+    let mut units = Units::new(g);
+    // The group of each unit, by unit id (a merge keeps the first unit's id).
+    let mut group: Vec<Option<Group>> = vec![None; n];
     let mut uses = g.use_counts();
     for o in g.outputs() {
         uses[o.node.index()] += 1;
     }
+    let kinds: Vec<Kind> = g.node_ids().map(|id| kind(g, id)).collect();
+    let open = |group: &[Option<Group>], units: &Units, u: usize, shape: &[usize]| {
+        group[u]
+            .as_ref()
+            .is_some_and(|gr| !gr.closed && gr.shape == shape && units.members(u).len() < MAX_GROUP)
+    };
     for id in g.node_ids() {
-        let k = kind(g, id);
-        let args = g.args(id);
-        match k {
+        let args = units.args(id).to_vec();
+        match kinds[id.index()] {
             Kind::Elementwise => {
                 let shape = g.ty(id).shape.clone();
-                let target = args.iter().filter_map(|a| group_of[a.index()]).find(|&gi| {
-                    let gr = &groups[gi];
-                    !gr.closed
-                        && gr.shape == shape
-                        && gr.members.len() < MAX_GROUP
-                        && can_join(g, &group_of, &groups, gi, &[id])
-                });
-                let target = target.or_else(|| {
-                    // A matmul operand without a group takes this as epilogue.
+                let me = units.unit(id);
+                // The first operand's group that can take this node.
+                let mut target = None;
+                for &a in &args {
+                    let ga = units.unit(a);
+                    if open(&group, &units, ga, &shape) && units.try_merge(ga, me) {
+                        target = Some(ga);
+                        break;
+                    }
+                }
+                if target.is_none() {
+                    // A matmul operand without a group takes this node as
+                    // its epilogue.
                     let m = args.iter().copied().find(|&a| {
-                        kind(g, a) == Kind::MatMul && group_of[a.index()].is_none() && g.ty(a).shape == shape
-                    })?;
-                    // A fresh matmul has no group yet, so nothing depends on it
-                    // but through m itself: the other operands must not.
-                    let others_ok = args
-                        .iter()
-                        .all(|&a| a == m || !depends_on(g, &group_of, &groups, a, m.index(), &|v| v == m));
-                    others_ok.then(|| {
-                        groups.push(Group {
-                            members: vec![m],
-                            shape: shape.clone(),
-                            closed: false,
-                            matmul: true,
-                            alive: true,
-                        });
-                        group_of[m.index()] = Some(groups.len() - 1);
-                        groups.len() - 1
-                    })
-                });
-                match target {
-                    Some(gi) => {
-                        groups[gi].members.push(id);
-                        group_of[id.index()] = Some(gi);
-                        // Pull in operands that are lone elementwise nodes of
-                        // the same shape used only here.
-                        for &a in &args {
-                            let Some(ai) = group_of[a.index()] else { continue };
-                            // (Not into a matmul group: the matmul must stay its first member.)
-                            let lone = ai != gi
-                                && groups[ai].alive
-                                && groups[ai].members == [a]
-                                && !groups[ai].matmul
-                                && !groups[gi].matmul;
-                            if lone
-                                && uses[a.index()] == 1
-                                && groups[gi].members.len() < MAX_GROUP
-                                && can_join(g, &group_of, &groups, gi, &[a])
-                            {
-                                groups[ai].alive = false;
-                                groups[ai].members.clear();
-                                group_of[a.index()] = Some(gi);
-                                groups[gi].members.push(a);
-                                groups[gi].members.sort();
-                            }
+                        kinds[a.index()] == Kind::MatMul && group[units.unit(a)].is_none() && g.ty(a).shape == shape
+                    });
+                    if let Some(m) = m {
+                        let gm = units.unit(m);
+                        if units.try_merge(gm, me) {
+                            group[gm] = Some(Group {
+                                shape: shape.clone(),
+                                closed: false,
+                                matmul: true,
+                            });
+                            target = Some(gm);
                         }
                     }
-                    None => {
-                        groups.push(Group {
-                            members: vec![id],
-                            shape,
-                            closed: false,
-                            matmul: false,
-                            alive: true,
-                        });
-                        group_of[id.index()] = Some(groups.len() - 1);
+                }
+                let Some(gi) = target else {
+                    group[me] = Some(Group {
+                        shape,
+                        closed: false,
+                        matmul: false,
+                    });
+                    continue;
+                };
+                // Pull in operands that are lone elementwise nodes of the
+                // same shape used only here (not into a matmul group: the
+                // matmul must stay its first member).
+                for &a in &args {
+                    let ai = units.unit(a);
+                    let lone = ai != gi
+                        && units.members(ai) == [a]
+                        && group[ai].as_ref().is_some_and(|gr| !gr.matmul && gr.shape == shape)
+                        && !group[gi].as_ref().is_some_and(|gr| gr.matmul)
+                        && uses[a.index()] == 1
+                        && units.members(gi).len() < MAX_GROUP;
+                    if lone && units.try_merge(gi, ai) {
+                        group[ai] = None;
                     }
                 }
             }
             Kind::Reduction => {
                 let x = args[0];
-                let shape = g.ty(x).shape.clone();
-                if let Some(gi) = group_of[x.index()] {
-                    let gr = &groups[gi];
-                    if !gr.closed && gr.shape == shape && gr.members.len() < MAX_GROUP {
-                        groups[gi].members.push(id);
-                        groups[gi].closed = true;
-                        group_of[id.index()] = Some(gi);
+                let gx = units.unit(x);
+                if open(&group, &units, gx, &g.ty(x).shape) && units.try_merge(gx, units.unit(id)) {
+                    if let Some(gr) = group[gx].as_mut() {
+                        gr.closed = true;
                     }
                 }
             }
@@ -271,26 +199,31 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
     // Sibling merge: groups of one shape that read a common outside input,
     // neither starting with a matmul. Candidates come from an index of the
     // groups reading each value, so this is not quadratic in the groups.
+    let groups: Vec<usize> = (0..n).filter(|&u| group[u].is_some()).collect();
     let mut readers: std::collections::HashMap<NodeId, Vec<usize>> = Default::default();
-    for (gi, gr) in groups.iter().enumerate() {
-        for a in gr.members.iter().flat_map(|&m| g.args(m)) {
-            if group_of[a.index()] != Some(gi) {
-                let list = readers.entry(a).or_default();
-                if list.last() != Some(&gi) {
-                    list.push(gi);
+    for &gi in &groups {
+        for &m in units.members(gi) {
+            for &a in units.args(m) {
+                if units.unit(a) != gi {
+                    let list = readers.entry(a).or_default();
+                    if list.last() != Some(&gi) {
+                        list.push(gi);
+                    }
                 }
             }
         }
     }
-    for j in 0..groups.len() {
-        if !groups[j].alive || groups[j].matmul {
+    for &j in &groups {
+        let Some(gj) = group[j].clone() else { continue };
+        if gj.matmul {
             continue;
         }
-        let inputs_j: Vec<NodeId> = groups[j]
-            .members
+        let inputs_j: Vec<NodeId> = units
+            .members(j)
             .iter()
-            .flat_map(|&m| g.args(m))
-            .filter(|a| group_of[a.index()] != Some(j))
+            .flat_map(|&m| units.args(m))
+            .copied()
+            .filter(|&a| units.unit(a) != j)
             .collect();
         // The nearest earlier readers of each input (a value read by every
         // group, such as a shared constant, would otherwise make this
@@ -306,47 +239,43 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
         candidates.sort_unstable();
         candidates.dedup();
         for i in candidates {
-            if !groups[i].alive || groups[i].matmul || groups[i].shape != groups[j].shape {
+            let Some(gi) = group[i].as_ref() else { continue };
+            if gi.matmul || gi.shape != gj.shape {
                 continue;
             }
-            if groups[i].members.len() + groups[j].members.len() > MAX_GROUP {
+            if units.members(i).len() + units.members(j).len() > MAX_GROUP {
                 continue;
             }
-            let shares = groups[i]
-                .members
+            let shares = units
+                .members(i)
                 .iter()
-                .flat_map(|&m| g.args(m))
-                .any(|a| inputs_j.contains(&a));
-            let members_i = groups[i].members.clone();
-            let members_j = groups[j].members.clone();
-            // Neither group may reach the other through outside nodes.
-            let independent = shares
-                && inputs_j.iter().all(|&a| !depends_on_group(g, &group_of, &groups, i, a))
-                && members_i
-                    .iter()
-                    .flat_map(|&m| g.args(m))
-                    .filter(|a| group_of[a.index()] != Some(i))
-                    .all(|a| !depends_on_group(g, &group_of, &groups, j, a));
-            if independent {
-                for &m in &members_j {
-                    group_of[m.index()] = Some(i);
+                .flat_map(|&m| units.args(m))
+                .any(|a| inputs_j.contains(a));
+            if shares && units.try_merge(i, j) {
+                let closed = gi.closed || gj.closed;
+                if let Some(gi) = group[i].as_mut() {
+                    gi.closed = closed;
                 }
-                groups[i].members.extend(members_j);
-                groups[i].members.sort();
-                groups[i].closed |= groups[j].closed;
-                groups[j].alive = false;
+                group[j] = None;
                 break;
             }
         }
     }
-    sink_cheap_tails(g, &mut group_of, &mut groups);
+    sink_cheap_tails(g, &mut units, &group);
+    debug_assert!(units.is_topological(), "fusion groups must stay acyclic");
     // Units: each group of two or more nodes, and every other node. Order
-    // them topologically, earliest original position first.
+    // them topologically, earliest original position first (the units are
+    // acyclic by construction; Kahn's order keeps the output close to the
+    // input's order, which the memory plan's liveness follows).
     let unit_of: Vec<usize> = g
         .node_ids()
-        .map(|id| match group_of[id.index()] {
-            Some(gi) if groups[gi].members.len() > 1 => groups[gi].first(),
-            _ => id.index(),
+        .map(|id| {
+            let members = units.members(units.unit(id));
+            if members.len() > 1 {
+                members[0].index()
+            } else {
+                id.index()
+            }
         })
         .collect();
     let mut unit_members: Vec<Vec<NodeId>> = vec![Vec::new(); n];
@@ -356,8 +285,8 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
     // A kernel's leading matmul is emitted first even when a sunk tail
     // has a smaller index (neither depends on the other).
     for members in &mut unit_members {
-        if let Some(pos) = members.iter().position(|&m| kind(g, m) == Kind::MatMul) {
-            if pos > 0 && group_of[members[pos].index()].is_some_and(|gi| groups[gi].matmul) {
+        if let Some(pos) = members.iter().position(|&m| kinds[m.index()] == Kind::MatMul) {
+            if pos > 0 && group[units.unit(members[pos])].as_ref().is_some_and(|gr| gr.matmul) {
                 let m = members.remove(pos);
                 members.insert(0, m);
             }
@@ -367,7 +296,7 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
     let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
     for id in g.node_ids() {
         let u = unit_of[id.index()];
-        for a in g.args(id) {
+        for a in units.args(id) {
             let ua = unit_of[a.index()];
             if ua != u {
                 indegree[u] += 1;
@@ -397,7 +326,7 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
             if map[id.index()].is_some() {
                 continue;
             }
-            let args = g
+            let args = units
                 .args(id)
                 .iter()
                 .map(|a| map[a.index()])
@@ -436,40 +365,35 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
 /// from `G` is stored anyway (read outside `G`, a graph output, or `G`'s
 /// leading matmul). `G` precedes `H` (H reads x), so `H` may read
 /// anything `G` stores, and the tail's other operands were already before
-/// `G`: no cycle can form.
-fn sink_cheap_tails(g: &Graph, group_of: &mut [Option<usize>], groups: &mut [Group]) {
+/// `G`: no cycle can form, and the units' order stays topological.
+fn sink_cheap_tails(g: &Graph, units: &mut Units, group: &[Option<Group>]) {
     let n = g.len();
-    let mut users: Vec<Vec<NodeId>> = vec![Vec::new(); n];
-    for id in g.node_ids() {
-        for a in g.args(id) {
-            users[a.index()].push(id);
-        }
-    }
     let mut is_output = vec![false; n];
     for o in g.outputs() {
         is_output[o.node.index()] = true;
     }
-    for gi in 0..groups.len() {
-        if !groups[gi].alive || groups[gi].members.len() < 2 {
+    for gi in 0..n {
+        if group[gi].is_none() || units.members(gi).len() < 2 {
             continue;
         }
         // Members in reverse order, so a tail's end is met before its body.
-        let mut k = groups[gi].members.len();
+        let mut k = units.members(gi).len();
         while k > 0 {
             k -= 1;
-            let Some(&x) = groups[gi].members.get(k) else { continue };
-            if !cheap(g.op(x)) || is_output[x.index()] || users[x.index()].is_empty() {
-                continue;
-            }
-            let Some(hi) = group_of[users[x.index()][0].index()] else {
+            let Some(&x) = units.members(gi).get(k) else { continue };
+            let Some(&first_user) = units.users(x).first() else {
                 continue;
             };
+            if !cheap(g.op(x)) || is_output[x.index()] {
+                continue;
+            }
+            let hi = units.unit(first_user);
             let target_ok = hi != gi
-                && groups[hi].alive
-                && groups[hi].shape == g.ty(x).shape
-                && users[x.index()]
+                && group[hi].as_ref().is_some_and(|h| h.shape == g.ty(x).shape)
+                && units
+                    .users(x)
                     .iter()
-                    .all(|u| group_of[u.index()] == Some(hi) && kind(g, *u) == Kind::Elementwise);
+                    .all(|u| units.unit(*u) == hi && kind(g, *u) == Kind::Elementwise);
             if !target_ok {
                 continue;
             }
@@ -477,13 +401,9 @@ fn sink_cheap_tails(g: &Graph, group_of: &mut [Option<usize>], groups: &mut [Gro
             let mut tail = vec![x];
             let mut i = 0;
             while i < tail.len() {
-                for a in g.args(tail[i]) {
-                    let only_tail = users[a.index()].iter().all(|u| tail.contains(u));
-                    if group_of[a.index()] == Some(gi)
-                        && !tail.contains(&a)
-                        && cheap(g.op(a))
-                        && !is_output[a.index()]
-                        && only_tail
+                for &a in units.args(tail[i]) {
+                    let only_tail = units.users(a).iter().all(|u| tail.contains(u));
+                    if units.unit(a) == gi && !tail.contains(&a) && cheap(g.op(a)) && !is_output[a.index()] && only_tail
                     {
                         tail.push(a);
                     }
@@ -494,22 +414,17 @@ fn sink_cheap_tails(g: &Graph, group_of: &mut [Option<usize>], groups: &mut [Gro
             let stored = |a: NodeId| {
                 is_output[a.index()]
                     || kind(g, a) == Kind::MatMul
-                    || users[a.index()].iter().any(|u| group_of[u.index()] != Some(gi))
+                    || units.users(a).iter().any(|u| units.unit(*u) != gi)
             };
             let reads_ok = tail
                 .iter()
-                .flat_map(|&t| g.args(t))
-                .all(|a| group_of[a.index()] != Some(gi) || tail.contains(&a) || stored(a));
-            if !reads_ok || groups[hi].members.len() + tail.len() > MAX_GROUP {
+                .flat_map(|&t| units.args(t))
+                .all(|&a| units.unit(a) != gi || tail.contains(&a) || stored(a));
+            if !reads_ok || units.members(hi).len() + tail.len() > MAX_GROUP {
                 continue;
             }
-            groups[gi].members.retain(|m| !tail.contains(m));
-            for &t in &tail {
-                group_of[t.index()] = Some(hi);
-            }
-            groups[hi].members.extend(&tail);
-            groups[hi].members.sort();
-            k = k.min(groups[gi].members.len());
+            units.move_members(&tail, gi, hi);
+            k = k.min(units.members(gi).len());
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod partition;
 pub mod pipeline;
 pub mod revolve;
 pub mod simplify;
+mod units;
 pub mod vjp;
 
 pub use autodiff::{autodiff, GradGraph, Seed};

@@ -70,6 +70,57 @@ pub type EntryFn = unsafe extern "C" fn(*const *mut u8);
 /// inputs packed in one array, the outputs in another.
 pub type PackedFn = unsafe extern "C" fn(*const u8, *mut u8);
 
+/// The largest stack frame of generated code that is called on the
+/// caller's own stack. Larger frames (huge straight-line functions whose
+/// register allocator spilled many values) run on a thread of their own
+/// whose stack is sized from the frame: a caller may be a thread with a
+/// 2 MiB stack, and a 100,000-node graph's function needed more than the
+/// main thread's 8 MiB.
+pub const INLINE_FRAME_LIMIT: usize = 256 << 10;
+
+/// Stack given to a helper thread beyond the function's own frame, for
+/// the runtime functions it calls (GEMM, libm).
+const CALLEE_STACK: usize = 4 << 20;
+
+/// `ptrs` for a helper thread: the buffers they point to stay borrowed by
+/// the caller, which waits for the thread.
+struct SendPtrs(*const *mut u8);
+// SAFETY: the pointers are only used by the helper thread while the
+// calling thread, which owns what they point to, waits for it.
+unsafe impl Send for SendPtrs {}
+
+/// Calls `entry(ptrs)`, on a helper thread with a stack sized from
+/// `frame_bytes` if the frame is too large for the caller's stack.
+///
+/// # Safety
+/// `ptrs` must hold valid buffers of the types `entry` was compiled for,
+/// arena included.
+unsafe fn call_entry(entry: EntryFn, ptrs: &[*mut u8], frame_bytes: usize) -> Result<(), RuntimeError> {
+    if frame_bytes <= INLINE_FRAME_LIMIT {
+        // SAFETY: per the caller.
+        unsafe { entry(ptrs.as_ptr()) };
+        return Ok(());
+    }
+    let p = SendPtrs(ptrs.as_ptr());
+    std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            .name("wengert-large-frame".into())
+            .stack_size(frame_bytes.saturating_add(CALLEE_STACK))
+            .spawn_scoped(scope, move || {
+                let p = p;
+                // SAFETY: per the caller; the scope outlives the call.
+                unsafe { entry(p.0) }
+            })
+            .map_err(|e| RuntimeError::Alloc {
+                what: format!("a thread with a stack for a {frame_bytes}-byte frame ({e})"),
+                bytes: frame_bytes.saturating_add(CALLEE_STACK),
+            })?;
+        handle
+            .join()
+            .map_err(|_| RuntimeError::Other("the generated code's thread failed".into()))
+    })
+}
+
 /// Calls `entry` on `ptrs`, whose last slot receives this thread's arena
 /// (grown to `arena_bytes` if needed; left null when none is needed). The
 /// arena's growth is fallible: an error names the bytes asked for.
@@ -77,21 +128,24 @@ pub type PackedFn = unsafe extern "C" fn(*const u8, *mut u8);
 /// # Safety
 /// `ptrs` must hold valid buffers of the types `entry` was compiled for.
 #[inline]
-unsafe fn run_entry(entry: EntryFn, ptrs: &mut [*mut u8], arena_bytes: usize) -> Result<(), RuntimeError> {
+unsafe fn run_entry(
+    entry: EntryFn,
+    ptrs: &mut [*mut u8],
+    arena_bytes: usize,
+    frame_bytes: usize,
+) -> Result<(), RuntimeError> {
     let last = ptrs.len() - 1;
     if arena_bytes == 0 {
         ptrs[last] = std::ptr::null_mut();
         // SAFETY: per the caller; the code never reads the arena slot.
-        unsafe { entry(ptrs.as_ptr()) };
-        return Ok(());
+        return unsafe { call_entry(entry, ptrs, frame_bytes) };
     }
     ARENA.with(|arena| {
         let mut arena = arena.borrow_mut();
         grow_arena(&mut arena, arena_bytes)?;
         ptrs[last] = arena.as_mut_ptr() as *mut u8;
         // SAFETY: per the caller, and the arena holds `arena_bytes`.
-        unsafe { entry(ptrs.as_ptr()) };
-        Ok(())
+        unsafe { call_entry(entry, ptrs, frame_bytes) }
     })
 }
 
@@ -150,6 +204,8 @@ pub struct Executable {
     entry: EntryFn,
     packed: Option<PackedFn>,
     arena_bytes: usize,
+    /// The native stack frame of `entry`, in bytes.
+    frame_bytes: usize,
     clif: String,
     disasm: String,
     _code: CodeOwner,
@@ -192,10 +248,24 @@ impl Executable {
             entry,
             packed: None,
             arena_bytes,
+            frame_bytes: 0,
             clif,
             disasm,
             _code: code,
         }
+    }
+
+    /// Records the size of `entry`'s stack frame (from the compiler), so
+    /// that frames too large for a caller's stack run on a thread of their
+    /// own ([`INLINE_FRAME_LIMIT`]).
+    pub fn with_frame_bytes(mut self, frame_bytes: usize) -> Executable {
+        self.frame_bytes = frame_bytes;
+        self
+    }
+
+    /// The size of the native stack frame of the compiled function.
+    pub fn frame_bytes(&self) -> usize {
+        self.frame_bytes
     }
 
     /// Adds the packed entry of an all-scalar graph.
@@ -327,7 +397,7 @@ impl Executable {
             bound.ptrs[arena_slot] = arena.as_mut_ptr() as *mut u8;
             // SAFETY: the bound buffers have the declared types, and the
             // arena holds `arena_bytes` bytes, 64-byte aligned.
-            unsafe { (self.entry)(bound.ptrs.as_ptr()) };
+            unsafe { call_entry(self.entry, &bound.ptrs, self.frame_bytes)? };
             // One past the last byte that differs from the pattern.
             let written = arena.iter().rposition(|l| l.0 != [pattern; 64]).map_or(0, |i| {
                 64 * i + arena[i].0.iter().rposition(|&b| b != pattern).map_or(0, |j| j + 1)
@@ -446,7 +516,7 @@ impl Executable {
         }
         // SAFETY: inputs and outputs were checked against the types the code
         // was compiled for; `run_entry` provides an arena of `arena_bytes`.
-        unsafe { run_entry(self.entry, ptrs, self.arena_bytes) }
+        unsafe { run_entry(self.entry, ptrs, self.arena_bytes, self.frame_bytes) }
     }
 }
 
@@ -494,15 +564,17 @@ impl Executable {
 }
 
 impl Bound<'_> {
-    /// Runs the code on the bound inputs, into the bound outputs.
+    /// Runs the code on the bound inputs, into the bound outputs. Fails
+    /// only if the function's stack frame needs a thread of its own
+    /// ([`INLINE_FRAME_LIMIT`]) and none can be started.
     #[inline]
-    pub fn run(&mut self) {
+    pub fn run(&mut self) -> Result<(), RuntimeError> {
         // SAFETY: the buffers were checked against the compiled types when
         // bound and cannot change type since (only their elements are
         // reachable mutably); the arena slot points to `self.arena`, which
         // holds `arena_bytes` and is only reached through this pointer.
         debug_assert!(self.arena.len() * 64 >= self.exe.arena_bytes);
-        unsafe { (self.exe.entry)(self.ptrs.as_ptr()) }
+        unsafe { call_entry(self.exe.entry, &self.ptrs, self.exe.frame_bytes) }
     }
 
     pub fn inputs(&self) -> &[Tensor] {
