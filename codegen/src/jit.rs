@@ -2,8 +2,8 @@
 //! the owner of the generated code.
 
 use crate::error::CodegenError;
-use crate::lower::{lower_graph, Abi, ModuleState};
-use cranelift_codegen::ir::{types, AbiParam};
+use crate::lower::{lower_graph, Abi, ModuleState, Segments};
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
@@ -28,6 +28,11 @@ pub struct CodegenOptions {
     /// against 12 s), while on graphs this large the code it saves is a
     /// small part of the run time, which their memory traffic dominates.
     pub single_pass_regalloc_above: usize,
+    /// Graphs of more nodes than this are compiled as several functions
+    /// of about this many nodes each, which the entry calls in turn (see
+    /// `lower::Segments`): compile time then grows linearly with the
+    /// graph, and no function's stack frame grows with it.
+    pub segment_nodes: usize,
 }
 
 impl Default for CodegenOptions {
@@ -35,7 +40,8 @@ impl Default for CodegenOptions {
         CodegenOptions {
             verify_clif: cfg!(debug_assertions),
             keep_text: false,
-            single_pass_regalloc_above: 10_000,
+            single_pass_regalloc_above: usize::MAX,
+            segment_nodes: crate::lower::SEGMENT_NODES,
         }
     }
 }
@@ -236,16 +242,89 @@ impl JitContext<'_> {
     /// `None` for a packed entry whose lowering needs an arena (lowering
     /// runs before the declaration, so it leaves no function behind).
     fn define(&mut self, g: &Graph, name: &str, abi: Abi) -> Result<Option<Defined>, CodegenError> {
+        let max_nodes = match abi {
+            Abi::PointerArray => std::env::var("WENGERT_SEGMENT").ok().and_then(|s| s.parse().ok()).unwrap_or(self.opts.segment_nodes),
+            Abi::PackedScalars => usize::MAX,
+        };
+        let mut seg = Segments::new(g, max_nodes);
+        let mut parts: Vec<Defined> = Vec::new();
+        loop {
+            let part_name = format!("{name}_part{}", parts.len());
+            let Some((part, done)) = self.define_one(g, &part_name, abi, &mut seg)? else {
+                return Ok(None);
+            };
+            if done && parts.is_empty() {
+                // One segment: it is the entry itself.
+                return Ok(Some(part));
+            }
+            parts.push(part);
+            if done {
+                break;
+            }
+        }
+        // The entry calls the segments in order with its own arguments.
+        let sig = self.signature(abi);
+        self.ctx.func.signature = sig.clone();
+        let frontend_config = self.module.target_config();
+        {
+            let mut fb = FunctionBuilder::new(&mut self.ctx.func, self.fctx);
+            let block = fb.create_block();
+            fb.append_block_params_for_function_params(block);
+            fb.switch_to_block(block);
+            let args = fb.block_params(block).to_vec();
+            for part in &parts {
+                let callee = self.module.declare_func_in_func(part.id, fb.func);
+                fb.ins().call(callee, &args);
+            }
+            fb.ins().return_(&[]);
+            fb.seal_all_blocks();
+            fb.finalize(frontend_config);
+        }
+        let entry = self.finish(name, &sig, g)?;
+        let frame_bytes = entry.frame_bytes + parts.iter().map(|p| p.frame_bytes).max().unwrap_or(0) + 64;
+        let arena_bytes = parts.iter().map(|p| p.arena_bytes).max().unwrap_or(0);
+        let mut clif = entry.clif;
+        let mut disasm = entry.disasm;
+        for (k, p) in parts.iter().enumerate() {
+            if self.opts.keep_text {
+                clif.push_str(&format!("\n; segment {k}\n{}", p.clif));
+                disasm.push_str(&format!("\n; segment {k}\n{}", p.disasm));
+            }
+        }
+        Ok(Some(Defined {
+            id: entry.id,
+            arena_bytes,
+            frame_bytes,
+            clif,
+            disasm,
+        }))
+    }
+
+    fn signature(&self, abi: Abi) -> cranelift_codegen::ir::Signature {
         let mut sig = self.module.make_signature();
         sig.params.push(AbiParam::new(types::I64));
         if abi == Abi::PackedScalars {
             sig.params.push(AbiParam::new(types::I64));
         }
+        sig
+    }
+
+    /// Lowers the next segment of `g` as function `name`; `None` for a
+    /// packed entry whose lowering needs an arena (lowering runs before
+    /// the declaration, so it leaves no function behind).
+    fn define_one(
+        &mut self,
+        g: &Graph,
+        name: &str,
+        abi: Abi,
+        seg: &mut Segments,
+    ) -> Result<Option<(Defined, bool)>, CodegenError> {
+        let sig = self.signature(abi);
         self.ctx.func.signature = sig.clone();
         let frontend_config = self.module.target_config();
         let lowered = {
             let mut fb = FunctionBuilder::new(&mut self.ctx.func, self.fctx);
-            let lowered = lower_graph(self.module, self.state, &mut fb, g, abi);
+            let lowered = lower_graph(self.module, self.state, &mut fb, g, abi, seg);
             if lowered.is_ok() {
                 fb.seal_all_blocks();
                 fb.finalize(frontend_config);
@@ -266,9 +345,16 @@ impl JitContext<'_> {
             self.module.clear_context(self.ctx);
             return Ok(None);
         }
+        let mut defined = self.finish(name, &sig, g)?;
+        defined.arena_bytes = lowered.arena_bytes;
+        Ok(Some((defined, lowered.done)))
+    }
+
+    /// Declares and compiles the function in `self.ctx` as `name`.
+    fn finish(&mut self, name: &str, sig: &cranelift_codegen::ir::Signature, g: &Graph) -> Result<Defined, CodegenError> {
         let id = self
             .module
-            .declare_function(name, Linkage::Local, &sig)
+            .declare_function(name, Linkage::Local, sig)
             .map_err(|e| CodegenError::Cranelift(e.to_string()))?;
         let clif = if self.opts.keep_text {
             self.ctx.func.display().to_string()
@@ -297,13 +383,13 @@ impl JitContext<'_> {
             String::new()
         };
         self.module.clear_context(self.ctx);
-        Ok(Some(Defined {
+        Ok(Defined {
             id,
-            arena_bytes: lowered.arena_bytes,
+            arena_bytes: 0,
             frame_bytes,
             clif,
             disasm,
-        }))
+        })
     }
 }
 

@@ -90,10 +90,11 @@ pub struct Lowerer<'m> {
     /// Where the arena pointer is: the pointer array and the slot's byte
     /// offset in it (`None` for the packed entry, which has no arena).
     arena_slot: Option<(Value, i32)>,
-    /// The arena offset of every pointer made by `arena_at`, so that a
-    /// buffer read long after it was written gets a fresh pointer then
-    /// (see `lower_graph`'s `materialize`).
-    arena_ptrs: HashMap<Value, usize>,
+    /// Where every buffer pointer this function made points (an input, an
+    /// output, an arena offset, a constant's address), so that a buffer
+    /// read long after it was written, or in a later segment, gets a fresh
+    /// pointer then (see `lower_graph`'s `materialize`).
+    bases: HashMap<Value, Base>,
     arena_bytes: usize,
 }
 
@@ -242,7 +243,19 @@ impl<'m> Lowerer<'m> {
             None => fb.ins().iconst(types::I64, 0),
         };
         let ptr = fb.ins().iadd_imm_s(base, off as i64);
-        self.arena_ptrs.insert(ptr, off);
+        self.bases.insert(ptr, Base::Arena(off));
+        ptr
+    }
+
+    /// A fresh pointer to `base` in this function.
+    fn pointer(&mut self, fb: &mut FunctionBuilder, ptrs: &Ptrs, n_in: usize, base: Base) -> Value {
+        let ptr = match base {
+            Base::Input(i) => ptrs.get(fb, i, false, n_in),
+            Base::Output(j) => ptrs.get(fb, j, true, n_in),
+            Base::Arena(off) => return self.arena_at(fb, off),
+            Base::Addr(a) => fb.ins().iconst(types::I64, a),
+        };
+        self.bases.insert(ptr, base);
         ptr
     }
 
@@ -789,31 +802,27 @@ impl<'m> Lowerer<'m> {
                 inv_vector[i] = Some(v);
             }
         }
-        // Accumulators of reductions along the inner axis.
+        // Reductions along the inner axis accumulate in one scalar, in
+        // the order of the elements (vectors are split into their lanes,
+        // added one by one), continuing from the value in memory: the
+        // order of the interpreter, whatever the kernel around the
+        // reduction. Partial sums per lane or per unrolled copy would
+        // depend on the kernel (its width, unroll factor and merged axes
+        // all change with what is fused in), and a recomputed value (a
+        // checkpoint policy) or a reduction fused differently must be
+        // bit-identical to the original.
         let red: Vec<usize> = (0..k.stores.len())
             .filter(|&s| k.stores[s].strides[last] == 0 && k.stores[s].combine != Combine::Store)
             .collect();
-        let init_of = |c: Combine| if c == Combine::Max { f64::NEG_INFINITY } else { 0.0 };
         let mut acc_s: HashMap<usize, Variable> = HashMap::new();
         let mut acc_v: HashMap<usize, Vec<Variable>> = HashMap::new();
         for &s in &red {
             let st = &k.stores[s];
             let var = fb.declare_var(mem_type(st.dtype));
-            let z = self.scalar_const(fb, st.dtype, init_of(st.combine));
-            fb.def_var(var, z);
+            let old = fb.ins().load(mem_type(st.dtype), flags(), st_base[s], 0);
+            fb.def_var(var, old);
             acc_s.insert(s, var);
-            if width > 1 {
-                let vt = vector_type(st.dtype);
-                let vars = (0..UNROLL)
-                    .map(|_| {
-                        let v = fb.declare_var(vt);
-                        let z = self.fconst(fb, vt, init_of(st.combine));
-                        fb.def_var(v, z);
-                        v
-                    })
-                    .collect();
-                acc_v.insert(s, vars);
-            }
+            acc_v.insert(s, vec![var]);
         }
         // Unroll small bodies ×4 (Cranelift does not unroll; it pays off
         // for memory-bound loops) but not large ones, whose copies would
@@ -857,22 +866,6 @@ impl<'m> Lowerer<'m> {
                 self.emit_element(fb, k, &op_base, &st_base, at, width, true, &inv_vector, &acc_v, 0);
                 done += width as i64;
             }
-            // Fold the vector accumulators into the scalar one.
-            for &s in &red {
-                let c = k.stores[s].combine;
-                let vars = acc_v[&s].clone();
-                let mut v = fb.use_var(vars[0]);
-                for var in &vars[1..] {
-                    let w = fb.use_var(*var);
-                    v = self.combine(fb, c, v, w);
-                }
-                let mut acc = fb.use_var(acc_s[&s]);
-                for lane in 0..width as u8 {
-                    let x = fb.ins().extractlane(v, lane);
-                    acc = self.combine(fb, c, acc, x);
-                }
-                fb.def_var(acc_s[&s], acc);
-            }
         }
         // Scalar remainder: straight-line when short, else a loop.
         let rest = len - done;
@@ -887,13 +880,10 @@ impl<'m> Lowerer<'m> {
             self.end_loop(fb, var, j, 1, header, exit);
         }
         self.outline_math = outline_before;
-        // Reductions: combine with memory once per inner loop.
+        // Reductions: back to memory once per inner loop.
         for &s in &red {
-            let st = &k.stores[s];
             let acc = fb.use_var(acc_s[&s]);
-            let old = fb.ins().load(mem_type(st.dtype), flags(), st_base[s], 0);
-            let v = self.combine(fb, st.combine, old, acc);
-            fb.ins().store(flags(), v, st_base[s], 0);
+            fb.ins().store(flags(), acc, st_base[s], 0);
         }
     }
 
@@ -967,10 +957,14 @@ impl<'m> Lowerer<'m> {
         for (s, st) in k.stores.iter().enumerate() {
             let v = vals[st.expr].expect("evaluated");
             if let Some(vars) = acc_v.get(&s) {
-                let var = vars[unroll_slot];
-                let acc = fb.use_var(var);
-                let c = self.combine(fb, st.combine, acc, v);
-                fb.def_var(var, c);
+                // Lane by lane, in element order (see `emit_inner`).
+                let var = vars[unroll_slot.min(vars.len() - 1)];
+                let mut acc = fb.use_var(var);
+                for lane in 0..width as u8 {
+                    let x = fb.ins().extractlane(v, lane);
+                    acc = self.combine(fb, st.combine, acc, x);
+                }
+                fb.def_var(var, acc);
                 continue;
             }
             let size = st.dtype.size_bytes() as i64;
@@ -1121,6 +1115,114 @@ fn elementwise_expr(op: &Op, xs: &[usize]) -> Option<KExpr> {
 /// Result of lowering one graph.
 pub struct Lowered {
     pub arena_bytes: usize,
+    /// Whether the graph's last node was lowered (else the next segment
+    /// starts where this one stopped).
+    pub done: bool,
+}
+
+/// Where a buffer lives, in terms no function owns: how a segment finds a
+/// value that an earlier segment computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Base {
+    Input(usize),
+    Output(usize),
+    /// A byte offset in the arena.
+    Arena(usize),
+    /// A constant's address (owned by the module state).
+    Addr(i64),
+}
+
+/// A `View` of a `Base`, carried from one segment to the next.
+#[derive(Clone, Debug)]
+struct Carried {
+    base: Base,
+    offset: i64,
+    shape: Vec<usize>,
+    strides: Vec<isize>,
+    dtype: DType,
+}
+
+/// What lowering carries from one segment of a graph to the next. A graph
+/// of more than `max_nodes` nodes is lowered as several functions
+/// (segments) that the entry calls in turn: Cranelift's compile time
+/// grows faster than linearly with a function's size (its dominator tree
+/// of one loop after another is as deep as the function is long, and its
+/// register allocators walk the values live into each block), and a huge
+/// function's frame can outgrow a thread's stack. Values cross segments
+/// in memory: buffers by their base, scalars in registers by a store to
+/// the arena.
+pub struct Segments {
+    /// The first node of the next segment.
+    next: usize,
+    /// Per node: where its value is in the current segment.
+    locs: Vec<Option<Loc>>,
+    /// Per node: where its value is, for a later segment.
+    carried: Vec<Option<Carried>>,
+    /// The nodes given a location in the current segment.
+    touched: Vec<NodeId>,
+    /// The arena's bump pointer (after the memory plan's region).
+    arena_bytes: usize,
+    used_outside: Vec<bool>,
+    /// Output buffers that nodes are computed into, and which outputs
+    /// those cover.
+    dest: Vec<Option<usize>>,
+    written: Vec<bool>,
+    /// The last node reading each node (`usize::MAX` for outputs).
+    last_use: Vec<usize>,
+    /// The most nodes one segment lowers.
+    max_nodes: usize,
+}
+
+/// The most nodes in one segment of a large graph (see [`Segments`]).
+pub const SEGMENT_NODES: usize = 1024;
+
+impl Segments {
+    /// Lowering state for `g`, cut into segments of about `max_nodes`
+    /// nodes (never inside a fused kernel).
+    pub fn new(g: &Graph, max_nodes: usize) -> Segments {
+        // Values placed by the memory plan occupy the start of the arena;
+        // temporaries of the lowering itself are bump-allocated after them.
+        let planned_end = g
+            .node_ids()
+            .filter_map(|id| {
+                g.node(id)
+                    .arena
+                    .map(|off| off + wengert_passes::memory::placed_bytes(g, id))
+            })
+            .max()
+            .unwrap_or(0);
+        // Outputs computed in place: the first output naming a node that
+        // computes fresh memory.
+        let mut dest: Vec<Option<usize>> = vec![None; g.len()];
+        let mut written = vec![false; g.outputs().len()];
+        for (j, o) in g.outputs().iter().enumerate() {
+            if dest[o.node.index()].is_none() && computes_fresh_memory(g, o.node) {
+                dest[o.node.index()] = Some(j);
+                written[j] = true;
+            }
+        }
+        let mut last_use = vec![0usize; g.len()];
+        for id in g.node_ids() {
+            for a in g.args(id) {
+                last_use[a.index()] = last_use[a.index()].max(id.index());
+            }
+        }
+        for o in g.outputs() {
+            last_use[o.node.index()] = usize::MAX;
+        }
+        Segments {
+            next: 0,
+            locs: vec![None; g.len()],
+            carried: vec![None; g.len()],
+            touched: Vec::new(),
+            arena_bytes: planned_end.div_ceil(64) * 64,
+            used_outside: wengert_passes::memory::used_outside_kernel(g),
+            dest,
+            written,
+            last_use,
+            max_nodes: max_nodes.max(1),
+        }
+    }
 }
 
 /// Whether a node's result is computed into fresh memory (so that, if it is
@@ -1173,12 +1275,15 @@ impl Ptrs {
     }
 }
 
+/// Lowers the next segment of `g` (all of it, if small) into the function
+/// being built by `fb`, whose parameters are those of `abi`.
 pub fn lower_graph(
     module: &mut JITModule,
     state: &mut ModuleState,
     fb: &mut FunctionBuilder,
     g: &Graph,
     abi: Abi,
+    seg: &mut Segments,
 ) -> Result<Lowered, CodegenError> {
     let entry = fb.create_block();
     fb.append_block_params_for_function_params(entry);
@@ -1207,19 +1312,6 @@ pub fn lower_graph(
             (None, Ptrs::Packed { ins, outs, size })
         }
     };
-    let in_ptr = |fb: &mut FunctionBuilder, i: usize| ptrs.get(fb, i, false, n_in);
-    let out_ptr = |fb: &mut FunctionBuilder, j: usize| ptrs.get(fb, j, true, n_in);
-    // Values placed by the memory plan occupy the start of the arena;
-    // temporaries of the lowering itself are bump-allocated after them.
-    let planned_end = g
-        .node_ids()
-        .filter_map(|id| {
-            g.node(id)
-                .arena
-                .map(|off| off + wengert_passes::memory::placed_bytes(g, id))
-        })
-        .max()
-        .unwrap_or(0);
     let mut lw = Lowerer {
         module,
         state,
@@ -1228,27 +1320,19 @@ pub fn lower_graph(
         sincos_cache: HashMap::new(),
         outline_math: false,
         arena_slot,
-        arena_ptrs: HashMap::new(),
-        arena_bytes: planned_end.div_ceil(64) * 64,
+        bases: HashMap::new(),
+        arena_bytes: seg.arena_bytes,
     };
-    let used_outside = wengert_passes::memory::used_outside_kernel(g);
-    // Outputs computed in place: the first output naming a node that
-    // computes fresh memory.
-    let mut dest: Vec<Option<usize>> = vec![None; g.len()];
-    let mut written = vec![false; n_out];
-    for (j, o) in g.outputs().iter().enumerate() {
-        if dest[o.node.index()].is_none() && computes_fresh_memory(g, o.node) {
-            dest[o.node.index()] = Some(j);
-            written[j] = true;
-        }
-    }
-    let mut locs: Vec<Option<Loc>> = vec![None; g.len()];
+    let used_outside = std::mem::take(&mut seg.used_outside);
+    let dest = std::mem::take(&mut seg.dest);
+    let mut locs = std::mem::take(&mut seg.locs);
+    let carried = std::mem::take(&mut seg.carried);
     // Where a value computed into memory goes: its output buffer, its
     // planned arena slot, or a fresh bump slot.
     let place = |lw: &mut Lowerer, fb: &mut FunctionBuilder, id: NodeId| {
         let ty = g.ty(id);
         let ptr = match (dest[id.index()], g.node(id).arena) {
-            (Some(j), _) => out_ptr(fb, j),
+            (Some(j), _) => lw.pointer(fb, &ptrs, n_in, Base::Output(j)),
             (None, Some(off)) => lw.arena_at(fb, off),
             (None, None) => return lw.alloc(fb, &ty.shape, ty.dtype),
         };
@@ -1260,14 +1344,15 @@ pub fn lower_graph(
             dtype: ty.dtype,
         }
     };
-    // An input's location is made when it is first read (see above). A
-    // buffer in the arena gets a fresh pointer each time it is read: the
-    // forward's activations are read by the backward thousands of
-    // instructions later, and keeping each one's pointer in a register
-    // that long made register allocation superlinear in the graph's size.
+    // An input's location is made when it is first read (see above), and
+    // so is that of a value an earlier segment computed. A buffer in the
+    // arena gets a fresh pointer each time it is read: the forward's
+    // activations are read by the backward thousands of instructions
+    // later, and keeping each one's pointer in a register that long made
+    // register allocation superlinear in the graph's size.
     let materialize = |lw: &mut Lowerer, fb: &mut FunctionBuilder, locs: &mut [Option<Loc>], id: NodeId| {
         if let Some(Loc::Mem(view)) = &mut locs[id.index()] {
-            if let Some(&off) = lw.arena_ptrs.get(&view.ptr) {
+            if let Some(&Base::Arena(off)) = lw.bases.get(&view.ptr) {
                 view.ptr = lw.arena_at(fb, off);
             }
             return;
@@ -1275,10 +1360,21 @@ pub fn lower_graph(
         if locs[id.index()].is_some() {
             return;
         }
+        if let Some(c) = &carried[id.index()] {
+            let ptr = lw.pointer(fb, &ptrs, n_in, c.base);
+            locs[id.index()] = Some(Loc::Mem(View {
+                ptr,
+                offset: c.offset,
+                shape: c.shape.clone(),
+                strides: c.strides.clone(),
+                dtype: c.dtype,
+            }));
+            return;
+        }
         if let Op::Input { index } = g.op(id) {
             let ty = g.ty(id);
             let view = View {
-                ptr: in_ptr(fb, *index),
+                ptr: lw.pointer(fb, &ptrs, n_in, Base::Input(*index)),
                 offset: 0,
                 shape: ty.shape.clone(),
                 strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
@@ -1291,29 +1387,44 @@ pub fn lower_graph(
             });
         }
     };
-    let mut id_iter = g.node_ids().peekable();
-    while let Some(id) = id_iter.next() {
+    let start = seg.next;
+    let mut at = start;
+    let mut lowered_nodes = 0usize;
+    while at < g.len() {
+        // Cut here (between nodes or whole kernels) when this segment is
+        // full; the packed entry is never cut.
+        if lowered_nodes >= seg.max_nodes && abi == Abi::PointerArray {
+            break;
+        }
+        let id = NodeId::new(at);
+        at += 1;
+        lowered_nodes += 1;
         if matches!(g.op(id), Op::Input { .. }) {
             continue;
         }
         if let Some(k) = g.node(id).kernel {
             // A fused kernel: this node and the following ones with the same mark.
             let mut members = vec![id];
-            while let Some(&next) = id_iter.peek() {
-                if g.node(next).kernel == Some(k) {
-                    members.push(next);
-                    id_iter.next();
-                } else {
-                    break;
+            while at < g.len() && g.node(NodeId::new(at)).kernel == Some(k) {
+                members.push(NodeId::new(at));
+                at += 1;
+                lowered_nodes += 1;
+            }
+            for &m in &members {
+                for a in g.args(m) {
+                    seg.touched.push(a);
                 }
             }
+            seg.touched.extend(&members);
             lower_fused(&mut lw, fb, g, &members, &mut locs, &used_outside, &place, &materialize)?;
             continue;
         }
         let args = g.args(id);
         for &a in &args {
             materialize(&mut lw, fb, &mut locs, a);
+            seg.touched.push(a);
         }
+        seg.touched.push(id);
         let arg_locs: Vec<Loc> = args
             .iter()
             .map(|a| locs[a.index()].clone().expect("operands precede"))
@@ -1331,7 +1442,7 @@ pub fn lower_graph(
                     let t = value.clone();
                     let addr = t.as_ptr() as i64;
                     lw.state.consts.push(t);
-                    let ptr = fb.ins().iconst(types::I64, addr);
+                    let ptr = lw.pointer(fb, &ptrs, n_in, Base::Addr(addr));
                     Loc::Mem(View {
                         ptr,
                         offset: 0,
@@ -1501,32 +1612,73 @@ pub fn lower_graph(
         };
         locs[id.index()] = Some(loc);
     }
-    // Outputs not computed in place.
-    for (j, o) in g.outputs().iter().enumerate() {
-        if written[j] && dest[o.node.index()] == Some(j) {
-            continue;
-        }
-        let ty = g.ty(o.node).clone();
-        materialize(&mut lw, fb, &mut locs, o.node);
-        let loc = locs[o.node.index()].clone().expect("computed");
-        let ptr = out_ptr(fb, j);
-        let dst = View {
-            ptr,
-            offset: 0,
-            shape: ty.shape.clone(),
-            strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
-            dtype: ty.dtype,
-        };
-        match loc {
-            Loc::Reg(v) if ty.num_elements() == 1 => {
-                fb.ins().store(flags(), v, ptr, 0);
+    let done = at >= g.len();
+    if done {
+        // Outputs not computed in place.
+        for (j, o) in g.outputs().iter().enumerate() {
+            if seg.written[j] && dest[o.node.index()] == Some(j) {
+                continue;
             }
-            other => lw.copy_into(fb, &other, &dst)?,
+            let ty = g.ty(o.node).clone();
+            materialize(&mut lw, fb, &mut locs, o.node);
+            let loc = locs[o.node.index()].clone().expect("computed");
+            let ptr = lw.pointer(fb, &ptrs, n_in, Base::Output(j));
+            let dst = View {
+                ptr,
+                offset: 0,
+                shape: ty.shape.clone(),
+                strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
+                dtype: ty.dtype,
+            };
+            match loc {
+                Loc::Reg(v) if ty.num_elements() == 1 => {
+                    fb.ins().store(flags(), v, ptr, 0);
+                }
+                other => lw.copy_into(fb, &other, &dst)?,
+            }
         }
     }
+    // Hand what later segments read over in memory, and forget this
+    // function's values.
+    let mut carried = carried;
+    let touched = std::mem::take(&mut seg.touched);
+    for id in touched {
+        let Some(loc) = locs[id.index()].take() else { continue };
+        if done || seg.last_use[id.index()] < at || matches!(g.op(id), Op::Input { .. }) {
+            continue;
+        }
+        let ty = g.ty(id);
+        let spill = |lw: &mut Lowerer, fb: &mut FunctionBuilder, v: Value| {
+            let slot = lw.alloc(fb, &[1], ty.dtype);
+            fb.ins().store(flags(), v, slot.ptr, 0);
+            slot.ptr
+        };
+        let (ptr, offset, strides) = match loc {
+            Loc::Mem(view) => (view.ptr, view.offset, view.strides),
+            Loc::Reg(v) | Loc::Splat(v, _) => (spill(&mut lw, fb, v), 0, vec![0; ty.rank()]),
+        };
+        let base = *lw.bases.get(&ptr).ok_or_else(|| CodegenError::Unsupported {
+            node: g.value_name(id),
+            message: "internal error: a buffer of unknown origin crosses a segment".into(),
+        })?;
+        carried[id.index()] = Some(Carried {
+            base,
+            offset,
+            shape: ty.shape.clone(),
+            strides,
+            dtype: ty.dtype,
+        });
+    }
     fb.ins().return_(&[]);
+    seg.next = at;
+    seg.arena_bytes = lw.arena_bytes;
+    seg.used_outside = used_outside;
+    seg.dest = dest;
+    seg.locs = locs;
+    seg.carried = carried;
     Ok(Lowered {
         arena_bytes: lw.arena_bytes,
+        done,
     })
 }
 

@@ -6,8 +6,10 @@
 //!   `Convert`) of one shape fuse; their operands may be any view
 //!   (broadcast, transpose, slice, reshape) of values computed elsewhere,
 //!   which the kernel reads by index arithmetic;
-//! - a reduction may be the root of a group: its elementwise producers are
-//!   computed inside the reduction loop, and the group closes;
+//! - a reduction may be a root of a group: its elementwise producers are
+//!   computed inside the reduction loop; later elementwise members and
+//!   more reductions may join, but no member may read a reduction of its
+//!   own group (it is complete only after the loop);
 //! - a matmul takes an elementwise epilogue (bias add, ReLU) applied in one
 //!   pass over the GEMM output;
 //! - sibling groups of one shape that read a common input merge into one
@@ -105,8 +107,6 @@ fn cheap(op: &Op) -> bool {
 struct Group {
     /// The iteration shape.
     shape: Vec<usize>,
-    /// Closed by a reduction root.
-    closed: bool,
     /// Starts with a matmul.
     matmul: bool,
 }
@@ -122,10 +122,16 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
         uses[o.node.index()] += 1;
     }
     let kinds: Vec<Kind> = g.node_ids().map(|id| kind(g, id)).collect();
-    let open = |group: &[Option<Group>], units: &Units, u: usize, shape: &[usize]| {
-        group[u]
-            .as_ref()
-            .is_some_and(|gr| !gr.closed && gr.shape == shape && units.members(u).len() < MAX_GROUP)
+    // Whether group `u` can take a node of iteration shape `shape` that
+    // reads `args`: a member may not read a reduction of its own kernel
+    // (the reduction is finished only after the loop that computes the
+    // member), but other elementwise members and more reductions may
+    // follow one.
+    let open = |group: &[Option<Group>], units: &Units, u: usize, shape: &[usize], args: &[NodeId]| {
+        group[u].as_ref().is_some_and(|gr| gr.shape == shape && units.members(u).len() < MAX_GROUP)
+            && args
+                .iter()
+                .all(|&a| kinds[a.index()] != Kind::Reduction || units.unit(a) != u)
     };
     for id in g.node_ids() {
         let args = units.args(id).to_vec();
@@ -137,7 +143,7 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
                 let mut target = None;
                 for &a in &args {
                     let ga = units.unit(a);
-                    if open(&group, &units, ga, &shape) && units.try_merge(ga, me) {
+                    if open(&group, &units, ga, &shape, &args) && units.try_merge(ga, me) {
                         target = Some(ga);
                         break;
                     }
@@ -153,7 +159,6 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
                         if units.try_merge(gm, me) {
                             group[gm] = Some(Group {
                                 shape: shape.clone(),
-                                closed: false,
                                 matmul: true,
                             });
                             target = Some(gm);
@@ -161,11 +166,7 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
                     }
                 }
                 let Some(gi) = target else {
-                    group[me] = Some(Group {
-                        shape,
-                        closed: false,
-                        matmul: false,
-                    });
+                    group[me] = Some(Group { shape, matmul: false });
                     continue;
                 };
                 // Pull in operands that are lone elementwise nodes of the
@@ -178,7 +179,11 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
                         && group[ai].as_ref().is_some_and(|gr| !gr.matmul && gr.shape == shape)
                         && !group[gi].as_ref().is_some_and(|gr| gr.matmul)
                         && uses[a.index()] == 1
-                        && units.members(gi).len() < MAX_GROUP;
+                        && units.members(gi).len() < MAX_GROUP
+                        && units
+                            .args(a)
+                            .iter()
+                            .all(|&b| kinds[b.index()] != Kind::Reduction || units.unit(b) != gi);
                     if lone && units.try_merge(gi, ai) {
                         group[ai] = None;
                     }
@@ -187,10 +192,8 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
             Kind::Reduction => {
                 let x = args[0];
                 let gx = units.unit(x);
-                if open(&group, &units, gx, &g.ty(x).shape) && units.try_merge(gx, units.unit(id)) {
-                    if let Some(gr) = group[gx].as_mut() {
-                        gr.closed = true;
-                    }
+                if open(&group, &units, gx, &g.ty(x).shape, &args) {
+                    units.try_merge(gx, units.unit(id));
                 }
             }
             Kind::MatMul | Kind::Other => {}
@@ -251,11 +254,17 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
                 .iter()
                 .flat_map(|&m| units.args(m))
                 .any(|a| inputs_j.contains(a));
-            if shares && units.try_merge(i, j) {
-                let closed = gi.closed || gj.closed;
-                if let Some(gi) = group[i].as_mut() {
-                    gi.closed = closed;
-                }
+            // Siblings, not producer and consumer: neither reads the other
+            // (a member reading a reduction root of its own kernel would
+            // need the reduction finished inside the loop that computes it).
+            let reads = |units: &Units, a: usize, b: usize| {
+                units
+                    .members(a)
+                    .iter()
+                    .flat_map(|&m| units.args(m))
+                    .any(|&x| units.unit(x) == b)
+            };
+            if shares && !reads(&units, i, j) && !reads(&units, j, i) && units.try_merge(i, j) {
                 group[j] = None;
                 break;
             }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod gen;
+
 use wengert::{Graph, Tensor};
 
 /// A small deterministic generator (xorshift64*), so tests need no RNG crate
