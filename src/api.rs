@@ -189,7 +189,9 @@ pub fn value_and_grad_with_seeds(
     };
     let result = run_pipeline(g, &pipeline)?;
     let (Some(grad), Some(partition)) = (&result.grad, &result.partition) else {
-        unreachable!("autodiff and partition ran");
+        return Err(
+            RuntimeError::Other("internal error: the pipeline did not differentiate and partition".into()).into(),
+        );
     };
     let primal_names: Vec<String> = grad
         .graph
@@ -205,7 +207,7 @@ pub fn value_and_grad_with_seeds(
         .collect::<Option<Vec<usize>>>()
         .ok_or_else(|| RuntimeError::Other("internal error: a backward input is not a primal input".into()))?;
     let Stage::Split { joint, .. } = &result.stage else {
-        unreachable!("partition ran");
+        return Err(RuntimeError::Other("internal error: the pipeline did not partition".into()).into());
     };
     let joint = compile_graphs(&[joint], &options.codegen())?.remove(0);
     dump_code(options, &[&joint])?;
@@ -375,11 +377,15 @@ impl GradFn {
         &self.pipeline
     }
 
+    // `value_and_grad_with_seeds` returns an error unless the pipeline
+    // produced both, and nothing takes them out since.
+    #[allow(clippy::expect_used)]
     pub fn partition(&self) -> &Partition {
         self.pipeline.partition.as_ref().expect("value_and_grad partitions")
     }
 
     /// The differentiated graph (before fusion and memory planning).
+    #[allow(clippy::expect_used)]
     fn grad_graph(&self) -> &GradGraph {
         self.pipeline.grad.as_ref().expect("value_and_grad differentiates")
     }

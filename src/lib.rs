@@ -2,6 +2,11 @@
 //!
 //! This facade re-exports the IR ([`ir`]) and the passes, and holds the
 //! seed case studies ([`cases`]) used by the examples, tests and benchmarks.
+//!
+//! No panics on user input: outside tests, `unwrap`, `expect` and `panic!`
+//! are denied (each exception is an `#[allow]` that says why it cannot
+//! fail), so a malformed file, shape or tensor becomes an error.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod api;
 pub mod cases;
@@ -20,6 +25,7 @@ pub use wengert_ir::{
 };
 pub use wengert_passes as passes;
 pub use wengert_passes::{autodiff, partition, CheckpointPolicy, GradGraph, PassError, Seed};
+pub use wengert_runtime as runtime;
 pub mod cli;
 pub mod npy;
 

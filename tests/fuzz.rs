@@ -25,7 +25,9 @@ use common::Rng;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use wengert::passes::{fuse, memory_plan, simplify};
-use wengert::{compile, interpret, parse, value_and_grad, verify, CheckpointPolicy, DType, Graph, Options, Tensor};
+use wengert::{
+    compile, interpret, parse, value_and_grad, verify, CheckpointPolicy, CodegenOptions, DType, Graph, Options, Tensor,
+};
 
 /// Random inputs in [-2, 2] for every input of `g` (bools: 0/1).
 fn inputs_for(g: &Graph, seed: u64) -> Vec<Tensor> {
@@ -90,7 +92,19 @@ fn check(f64: bool, shapes: &[Vec<usize>], program: &[Instr], outputs: usize, se
     // The JIT agrees with the interpreter.
     let refs: Vec<&Tensor> = inputs.iter().collect();
     let exe = compile(&g, &Options::default()).map_err(|e| TestCaseError::fail(format!("compile: {e}\n{text}")))?;
-    compare("jit", &g, &want, &exe.call(&refs).unwrap(), false)?;
+    let jit = exe.call(&refs).unwrap();
+    compare("jit", &g, &want, &jit, false)?;
+    // Cut into segments of a few nodes (see `codegen::lower::Segments`),
+    // every value crosses functions in memory: the same bits.
+    let tiny = Options {
+        codegen: CodegenOptions {
+            segment_nodes: 1 + (seed % 5) as usize,
+            ..CodegenOptions::default()
+        },
+        ..Options::default()
+    };
+    let cut = compile(&g, &tiny).map_err(|e| TestCaseError::fail(format!("compile in segments: {e}\n{text}")))?;
+    compare("jit in segments", &g, &jit, &cut.call(&refs).unwrap(), true)?;
     // Gradients: the whole pipeline against the interpreter's gradient.
     let wrt = g.differentiable_inputs();
     let grad = wengert::autodiff(&g, &wrt, &[]).map_err(|e| TestCaseError::fail(format!("autodiff: {e}\n{text}")))?;
@@ -140,7 +154,9 @@ fn shapes() -> impl Strategy<Value = Vec<Vec<usize>>> {
 fn config() -> ProptestConfig {
     ProptestConfig {
         cases: cases(),
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("tests/fuzz.proptest-regressions"))),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "tests/fuzz.proptest-regressions",
+        ))),
         ..ProptestConfig::default()
     }
 }
@@ -157,31 +173,4 @@ proptest! {
     fn random_f32_graphs_agree_everywhere(shapes in shapes(), program in program(), outputs in 1usize..3, seed in any::<u64>()) {
         check(false, &shapes, &program, outputs, seed)?;
     }
-}
-
-#[test]
-#[ignore]
-fn scratch_hist() {
-    let mut rng = Rng::new(7);
-    let mut hist = std::collections::BTreeMap::new();
-    let mut nodes = 0;
-    let mut zero = 0;
-    for _ in 0..2000 {
-        let shapes: Vec<Vec<usize>> = (0..1 + rng.next_u64() % 3).map(|_| input_shape(rng.next_u64() as u16)).collect();
-        let prog: Vec<Instr> = (0..1 + rng.next_u64() % 9).map(|_| ((rng.next_u64() % OPS as u64) as u8, rng.next_u64() as u8, rng.next_u64() as u8, rng.next_u64() as u8)).collect();
-        let g = build(true, &shapes, &prog, 2);
-        nodes += g.len();
-        if g.node_ids().any(|id| g.ty(id).num_elements() == 0) { zero += 1; }
-        for id in g.node_ids() { *hist.entry(g.op(id).name().to_string()).or_insert(0) += 1; }
-    }
-    println!("{nodes} nodes, {zero} graphs with zero-size values\n{hist:?}");
-}
-#[test]
-#[ignore]
-fn scratch_show() {
-    let g = build(true, &[vec![2, 4]], &[(17, 0, 0, 0), (0, 0, 0, 0), (0, 0, 0, 0), (8, 1, 0, 44), (1, 129, 2, 0)], 1);
-    println!("{g}");
-    let wrt = g.differentiable_inputs();
-    let r = wengert::passes::run_pipeline(&g, &wengert::passes::PipelineOptions { passes: wengert::passes::Pass::ALL.to_vec(), wrt: wrt.iter().map(|s| s.to_string()).collect(), ..Default::default() }).unwrap();
-    if let wengert::passes::Stage::Split { joint, .. } = &r.stage { println!("{joint}"); }
 }

@@ -53,7 +53,12 @@ fn err(args: &[&str]) -> String {
 fn pad_amounts_that_overflow_are_shape_errors() {
     for file in ["pad_wrap.wg", "pad_shrink.wg"] {
         let f = repro(file);
-        for cmd in [&["print", &f][..], &["eval", &f, "-i", "x=[1,2]"], &["run", &f, "-i", "x=[1,2]"], &["grad", &f]] {
+        for cmd in [
+            &["print", &f][..],
+            &["eval", &f, "-i", "x=[1,2]"],
+            &["run", &f, "-i", "x=[1,2]"],
+            &["grad", &f],
+        ] {
             let e = err(cmd);
             assert!(e.contains("`pad` of axis 0") && e.contains("overflows"), "{e}");
         }
@@ -86,7 +91,10 @@ fn huge_shapes_are_allocation_errors_not_aborts() {
     let e = err(&["eval", &repro("broadcast_1e12.wg"), "-i", "s=0.5"]);
     assert!(e.contains("cannot allocate 4000000000000 bytes"), "{e}");
     // The JIT folds Σ broadcast(s) to s·n and needs no buffer: right answer.
-    assert_eq!(ok(&["run", &repro("broadcast_1e12.wg"), "-i", "s=0.5"]), "y = 500000000000.0\n");
+    assert_eq!(
+        ok(&["run", &repro("broadcast_1e12.wg"), "-i", "s=0.5"]),
+        "y = 500000000000.0\n"
+    );
     let e = err(&["eval", &repro("pad_2pow40.wg"), "-i", "v=[1,2]"]);
     assert!(e.contains("cannot allocate 4398046511104 bytes"), "{e}");
     let e = err(&["run", &repro("pad_2pow40.wg"), "-i", "v=[1,2]"]);
@@ -120,7 +128,13 @@ fn multiplication_by_zero_is_not_folded() {
 #[test]
 fn f32_tanh_keeps_negative_zero() {
     let f = repro("tanh_negzero.wg");
-    let args = ["-i", "x=-0.0", "-i", "v=[-0.0,-0.0,-0.0,-0.0,-0.0,-0.0,-0.0,-0.0,-0.0]", "--json"];
+    let args = [
+        "-i",
+        "x=-0.0",
+        "-i",
+        "v=[-0.0,-0.0,-0.0,-0.0,-0.0,-0.0,-0.0,-0.0,-0.0]",
+        "--json",
+    ];
     let eval = ok(&[&["eval", &f][..], &args].concat());
     assert!(eval.contains("\"s\": -0.0, \"inv\": \"-inf\""), "{eval}");
     assert_eq!(ok(&[&["run", &f][..], &args].concat()), eval);
@@ -151,7 +165,10 @@ fn zero_size_tensors_round_trip_the_text_format() {
 
 #[test]
 fn grad_with_a_checkpoint_policy_alone_prints_the_gradient_graph() {
-    let case = format!("{}/examples/cases/case09_checkpoint_chain.wg", env!("CARGO_MANIFEST_DIR"));
+    let case = format!(
+        "{}/examples/cases/case09_checkpoint_chain.wg",
+        env!("CARGO_MANIFEST_DIR")
+    );
     for policy in ["sqrt", "slots=2"] {
         let out = ok(&["grad", &case, "--checkpoint", policy]);
         assert!(out.contains("graph @case09_checkpoint_chain.grad("), "{out}");
@@ -170,9 +187,21 @@ fn fusion_never_closes_a_cycle() {
     let want = ok(&[&["eval", &f][..], &args].concat());
     assert_eq!(ok(&[&["run", &f][..], &args].concat()), want);
     let f = repro("fuse_cycle_group_prune_grad.wg");
-    let args = ["-i", "x=[1,2]", "-i", "c=[0.5,-0.5]", "-i", "z=[0.3,0.7]", "-i", "w=[2,3]"];
+    let args = [
+        "-i",
+        "x=[1,2]",
+        "-i",
+        "c=[0.5,-0.5]",
+        "-i",
+        "z=[0.3,0.7]",
+        "-i",
+        "w=[2,3]",
+    ];
     let out = ok(&[&["run", "--grad", &f][..], &args].concat());
-    assert!(out.starts_with("l = 5.928571428571429\ngrad_x = [0.5, 0.3333333333333333]\n"), "{out}");
+    assert!(
+        out.starts_with("l = 5.928571428571429\ngrad_x = [0.5, 0.3333333333333333]\n"),
+        "{out}"
+    );
     let f = repro("fuse_cycle_node_prune_grad.wg");
     let out = ok(&["run", "--grad", &f, "--input", "x=0.5"]);
     assert!(out.contains("grad_x = 3.75516512378074"), "{out}");
@@ -205,7 +234,9 @@ fn a_graph_with_many_inputs_compiles_and_runs() {
                 .unwrap()
         })
         .collect();
-    let y = g.add(wengert::Op::Binary(wengert::ir::BinaryOp::Add), &[ids[0], ids[1]]).unwrap();
+    let y = g
+        .add(wengert::Op::Binary(wengert::ir::BinaryOp::Add), &[ids[0], ids[1]])
+        .unwrap();
     g.add_output("y", y).unwrap();
     let exe = wengert::compile(&g, &wengert::Options::default()).unwrap();
     let inputs: Vec<wengert::Tensor> = (0..n).map(|i| wengert::Tensor::scalar_f64(i as f64 + 1.0)).collect();
@@ -213,35 +244,47 @@ fn a_graph_with_many_inputs_compiles_and_runs() {
     assert_eq!(exe.call(&refs).unwrap()[0].scalar_value(), Some(3.0));
     let f = wengert::value_and_grad(&g, &["x0", "x1", "x7"], &wengert::Options::default()).unwrap();
     let out = f.call(&refs).unwrap();
-    assert_eq!(out.iter().map(|t| t.scalar_value().unwrap()).collect::<Vec<_>>(), [3.0, 1.0, 1.0, 0.0]);
+    assert_eq!(
+        out.iter().map(|t| t.scalar_value().unwrap()).collect::<Vec<_>>(),
+        [3.0, 1.0, 1.0, 0.0]
+    );
 }
 
-/// A function whose frame is too large for a small thread stack runs on a
-/// thread of its own (the 100,000-node reproduction needed more than the
-/// main thread's 8 MiB): called from a thread with a 256 KiB stack, a
-/// 30,000-input sum gives the interpreter's answer.
+/// Large graphs compile as segments (functions of about 1,024 nodes the
+/// entry calls in turn), so no frame grows with the graph (the
+/// 100,000-node reproduction's single function needed more than the main
+/// thread's 8 MiB). Called from a thread with a 256 KiB stack, a graph
+/// that keeps 20,000 values alive gives the interpreter's answer. (A frame
+/// too large for the caller's stack runs on a thread of its own: tested in
+/// `runtime/src/executable.rs`.)
 #[test]
-fn huge_frames_run_on_a_stack_sized_from_the_frame() {
-    let n = 30_000;
-    let mut g = wengert::Graph::new("sum");
+fn huge_functions_never_overflow_the_stack() {
+    let n = 20_000;
+    let mut g = wengert::Graph::new("sums");
     let ids: Vec<_> = (0..n)
         .map(|i| {
             g.add_input(&format!("x{i}"), wengert::TensorType::scalar(wengert::DType::F64), true)
                 .unwrap()
         })
         .collect();
-    // Every partial sum is an output, so all of them are alive at once.
-    let mut acc = ids[0];
-    for (i, &x) in ids.iter().enumerate().skip(1) {
-        acc = g.add(wengert::Op::Binary(wengert::ir::BinaryOp::Add), &[acc, x]).unwrap();
-        if i % 3 == 0 {
-            g.add_output(&format!("s{i}"), acc).unwrap();
-        }
+    // Partial sums forward, then summed again backward: every partial sum
+    // is alive at once, so a single function spills them all.
+    let add = wengert::Op::Binary(wengert::ir::BinaryOp::Add);
+    let mut partial = vec![ids[0]];
+    for &x in &ids[1..] {
+        let last = *partial.last().unwrap();
+        partial.push(g.add(add.clone(), &[last, x]).unwrap());
     }
-    let exe = wengert::compile(&g, &wengert::Options::default()).unwrap();
+    let mut acc = partial[n - 1];
+    for &p in partial[..n - 1].iter().rev() {
+        acc = g.add(add.clone(), &[acc, p]).unwrap();
+    }
+    g.add_output("y", acc).unwrap();
     let inputs: Vec<wengert::Tensor> = (0..n).map(|i| wengert::Tensor::scalar_f64((i % 7) as f64)).collect();
     let want = wengert::interpret(&g, &inputs).unwrap();
+    let exe = wengert::compile(&g, &wengert::Options::default()).unwrap();
     let frame = exe.frame_bytes();
+    assert!(frame <= 64 << 10, "frame {frame}");
     let got = std::thread::Builder::new()
         .stack_size(256 << 10)
         .spawn(move || {
@@ -252,5 +295,4 @@ fn huge_frames_run_on_a_stack_sized_from_the_frame() {
         .join()
         .unwrap();
     assert_eq!(got, want);
-    eprintln!("frame: {frame} bytes");
 }

@@ -20,14 +20,6 @@ pub struct CodegenOptions {
     pub verify_clif: bool,
     /// Keep the CLIF text and the disassembly of each function.
     pub keep_text: bool,
-    /// Graphs of more nodes than this are compiled with Cranelift's
-    /// single-pass register allocator instead of the backtracking one.
-    /// The backtracking allocator's time grows faster than linearly with
-    /// a function's size (a 20,000-node mixed elementwise chain's
-    /// value-and-gradient: 2.4 s against 0.85 s; at 100,000 nodes 142 s
-    /// against 12 s), while on graphs this large the code it saves is a
-    /// small part of the run time, which their memory traffic dominates.
-    pub single_pass_regalloc_above: usize,
     /// Graphs of more nodes than this are compiled as several functions
     /// of about this many nodes each, which the entry calls in turn (see
     /// `lower::Segments`): compile time then grows linearly with the
@@ -40,7 +32,6 @@ impl Default for CodegenOptions {
         CodegenOptions {
             verify_clif: cfg!(debug_assertions),
             keep_text: false,
-            single_pass_regalloc_above: usize::MAX,
             segment_nodes: crate::lower::SEGMENT_NODES,
         }
     }
@@ -70,7 +61,7 @@ impl Drop for JitCode {
     }
 }
 
-fn new_module(opts: &CodegenOptions, largest_graph: usize) -> Result<JITModule, CodegenError> {
+fn new_module(opts: &CodegenOptions) -> Result<JITModule, CodegenError> {
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k: &str, v: &str| {
         f.set(k, v)
@@ -87,9 +78,6 @@ fn new_module(opts: &CodegenOptions, largest_graph: usize) -> Result<JITModule, 
     // are `extern "C"`, which abort on panic.
     set(&mut flags, "unwind_info", "false")?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
-    if largest_graph > opts.single_pass_regalloc_above {
-        set(&mut flags, "regalloc_algorithm", "single_pass")?;
-    }
     let isa = cranelift_native::builder()
         .map_err(|e| CodegenError::Cranelift(format!("host ISA: {e}")))?
         .finish(settings::Flags::new(flags))
@@ -104,8 +92,7 @@ fn new_module(opts: &CodegenOptions, largest_graph: usize) -> Result<JITModule, 
 /// Compiles each graph to a native function, all in one JIT module (one
 /// finalization, shared code memory); returns one executable per graph.
 pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Executable>, CodegenError> {
-    let largest = graphs.iter().map(|g| g.len()).max().unwrap_or(0);
-    let mut module = new_module(opts, largest)?;
+    let mut module = new_module(opts)?;
     let mut state = ModuleState {
         imports: Default::default(),
         math_helpers: Default::default(),
@@ -176,7 +163,9 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
             .collect();
         // SAFETY: the code was generated from `g`: it reads inputs and
         // writes outputs of exactly these types, uses `arena` bytes of
-        // arena, and touches only data kept alive by `owner`.
+        // arena, touches only data kept alive by `owner`, and its frame is
+        // what Cranelift reported (the runtime functions it calls need
+        // little stack).
         let mut exe = unsafe {
             Executable::new(
                 g.name.clone(),
@@ -188,8 +177,8 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
                 main.disasm,
                 owner.clone(),
             )
-        }
-        .with_frame_bytes(main.frame_bytes);
+            .with_frame_bytes(main.frame_bytes)
+        };
         if let Some(ptr) = packed_ptr {
             // SAFETY: defined with `fn(*const u8, *mut u8)` under the C
             // calling convention, reading the graph's scalar inputs packed
@@ -243,7 +232,7 @@ impl JitContext<'_> {
     /// runs before the declaration, so it leaves no function behind).
     fn define(&mut self, g: &Graph, name: &str, abi: Abi) -> Result<Option<Defined>, CodegenError> {
         let max_nodes = match abi {
-            Abi::PointerArray => std::env::var("WENGERT_SEGMENT").ok().and_then(|s| s.parse().ok()).unwrap_or(self.opts.segment_nodes),
+            Abi::PointerArray => self.opts.segment_nodes,
             Abi::PackedScalars => usize::MAX,
         };
         let mut seg = Segments::new(g, max_nodes);
@@ -351,7 +340,12 @@ impl JitContext<'_> {
     }
 
     /// Declares and compiles the function in `self.ctx` as `name`.
-    fn finish(&mut self, name: &str, sig: &cranelift_codegen::ir::Signature, g: &Graph) -> Result<Defined, CodegenError> {
+    fn finish(
+        &mut self,
+        name: &str,
+        sig: &cranelift_codegen::ir::Signature,
+        g: &Graph,
+    ) -> Result<Defined, CodegenError> {
         let id = self
             .module
             .declare_function(name, Linkage::Local, sig)

@@ -300,8 +300,16 @@ impl<'m> Lowerer<'m> {
     }
 
     fn load_with(&mut self, fb: &mut FunctionBuilder, v: &View, index: i64, flags: MemFlagsData) -> Value {
-        let off = ((v.offset + index) * v.dtype.size_bytes() as i64) as i32;
-        let x = fb.ins().load(mem_type(v.dtype), flags, v.ptr, off);
+        // An offset beyond ±2 GiB does not fit the load's immediate (a
+        // truncated one would read outside the buffer): add it first.
+        let bytes = (v.offset + index) * v.dtype.size_bytes() as i64;
+        let x = match i32::try_from(bytes) {
+            Ok(off) => fb.ins().load(mem_type(v.dtype), flags, v.ptr, off),
+            Err(_) => {
+                let at = fb.ins().iadd_imm_s(v.ptr, bytes);
+                fb.ins().load(mem_type(v.dtype), flags, at, 0)
+            }
+        };
         if v.dtype == DType::Bool {
             fb.ins().icmp_imm_s(IntCC::NotEqual, x, 0)
         } else {
@@ -1682,9 +1690,15 @@ pub fn lower_graph(
     })
 }
 
+/// Makes a node's location in the current function (an input read for the
+/// first time, a value carried from an earlier segment) or re-points an
+/// arena buffer (see `lower_graph`).
+type Materialize<'a> = dyn Fn(&mut Lowerer, &mut FunctionBuilder, &mut [Option<Loc>], NodeId) + 'a;
+
 /// Lowers a fused kernel: an optional leading matmul (a GEMM call), then
 /// one loop nest computing every elementwise member and reduction root,
 /// storing only the members read outside the kernel.
+#[allow(clippy::too_many_arguments)]
 fn lower_fused(
     lw: &mut Lowerer,
     fb: &mut FunctionBuilder,
@@ -1693,7 +1707,7 @@ fn lower_fused(
     locs: &mut [Option<Loc>],
     used_outside: &[bool],
     place: &dyn Fn(&mut Lowerer, &mut FunctionBuilder, NodeId) -> View,
-    materialize: &dyn Fn(&mut Lowerer, &mut FunctionBuilder, &mut [Option<Loc>], NodeId),
+    materialize: &Materialize,
 ) -> Result<(), CodegenError> {
     let mut rest = members;
     if let Some((&first, tail)) = members.split_first() {

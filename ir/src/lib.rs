@@ -5,6 +5,11 @@
 //! and parsed as a Wengert list ([`print`](mod@print), [`parse()`]), checked by
 //! [`verify()`], exported to Graphviz ([`to_dot`]) and given meaning by the
 //! reference interpreter ([`interpret`]).
+//!
+//! No panics on user input: outside tests, `unwrap`, `expect` and `panic!`
+//! are denied (each exception is an `#[allow]` that says why it cannot
+//! fail), so a malformed file, shape or tensor becomes an error.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod builder;
 pub mod dot;

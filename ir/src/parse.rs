@@ -190,23 +190,23 @@ struct Literal {
 
 impl Literal {
     fn to_tensor(&self, dtype: DType) -> Result<Tensor, IrError> {
-        let mut t = Tensor::zeros(TensorType::new(dtype, self.shape.clone()));
+        let mut t = Tensor::try_zeros(TensorType::new(dtype, self.shape.clone()))?;
         let bad = |s: &str, p: Pos| IrError::parse(p.line, p.col, format!("`{s}` is not a valid {dtype} value"));
         match dtype {
             DType::F32 => {
-                let out = t.as_mut_slice::<f32>().expect("dtype matches");
+                let out = t.data_mut::<f32>();
                 for (o, (s, p)) in out.iter_mut().zip(&self.items) {
                     *o = s.parse::<f32>().map_err(|_| bad(s, *p))?;
                 }
             }
             DType::F64 => {
-                let out = t.as_mut_slice::<f64>().expect("dtype matches");
+                let out = t.data_mut::<f64>();
                 for (o, (s, p)) in out.iter_mut().zip(&self.items) {
                     *o = s.parse::<f64>().map_err(|_| bad(s, *p))?;
                 }
             }
             DType::Bool => {
-                let out = t.as_mut_slice::<u8>().expect("dtype matches");
+                let out = t.data_mut::<u8>();
                 for (o, (s, p)) in out.iter_mut().zip(&self.items) {
                     *o = match s.as_str() {
                         "true" | "1" => 1,

@@ -239,10 +239,7 @@ impl Tensor {
             out.lines.copy_from_slice(&self.lines);
             return;
         }
-        fn elems<T: Element>(t: &Tensor) -> impl Iterator<Item = f64> + '_
-        where
-            T: Into<f64>,
-        {
+        fn elems<T: Element + Into<f64>>(t: &Tensor) -> impl Iterator<Item = f64> + '_ {
             t.data::<T>().iter().map(|&v| v.into())
         }
         let src: Box<dyn Iterator<Item = f64>> = match self.ty.dtype {

@@ -128,7 +128,9 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
     // member), but other elementwise members and more reductions may
     // follow one.
     let open = |group: &[Option<Group>], units: &Units, u: usize, shape: &[usize], args: &[NodeId]| {
-        group[u].as_ref().is_some_and(|gr| gr.shape == shape && units.members(u).len() < MAX_GROUP)
+        group[u]
+            .as_ref()
+            .is_some_and(|gr| gr.shape == shape && units.members(u).len() < MAX_GROUP)
             && args
                 .iter()
                 .all(|&a| kinds[a.index()] != Kind::Reduction || units.unit(a) != u)

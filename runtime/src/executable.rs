@@ -258,7 +258,11 @@ impl Executable {
     /// Records the size of `entry`'s stack frame (from the compiler), so
     /// that frames too large for a caller's stack run on a thread of their
     /// own ([`INLINE_FRAME_LIMIT`]).
-    pub fn with_frame_bytes(mut self, frame_bytes: usize) -> Executable {
+    ///
+    /// # Safety
+    /// `frame_bytes` must be at least the stack the code uses (its frame
+    /// and that of what it calls, beyond a few MiB for runtime callees).
+    pub unsafe fn with_frame_bytes(mut self, frame_bytes: usize) -> Executable {
         self.frame_bytes = frame_bytes;
         self
     }
@@ -632,5 +636,58 @@ impl<T: Element, const N: usize, const M: usize> ScalarFn<'_, T, N, M> {
         // writes M scalars of dtype T; the arrays hold exactly those.
         unsafe { (self.entry)(inputs.as_ptr() as *const u8, out.as_mut_ptr() as *mut u8) };
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A stand-in for generated code with a 4 MiB frame: it fills a local
+    /// array (so the stack really is used) and writes its sum to output 0.
+    unsafe extern "C" fn big_frame(ptrs: *const *mut u8) {
+        let mut local = [0u8; 4 << 20];
+        for (i, b) in local.iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let sum: f64 = std::hint::black_box(&local).iter().map(|&b| b as f64).sum();
+        // SAFETY: slot 0 is the f64[] output (no inputs), per the caller.
+        unsafe { *(*ptrs as *mut f64) = sum };
+    }
+
+    #[test]
+    fn a_frame_too_large_for_the_callers_stack_runs_on_its_own_thread() {
+        let out = TensorType::scalar(wengert_ir::DType::F64);
+        let owner: CodeOwner = Arc::new(());
+        // SAFETY: `big_frame` writes one f64 to its only output and uses
+        // the stack declared below.
+        let exe = unsafe {
+            Executable::new(
+                "big".into(),
+                vec![],
+                vec![("y".into(), out)],
+                big_frame,
+                0,
+                String::new(),
+                String::new(),
+                owner,
+            )
+            .with_frame_bytes(4 << 20)
+        };
+        let want: f64 = (0..4usize << 20).map(|i| (i % 251) as f64).sum();
+        // A 256 KiB caller stack: the call would overflow it inline.
+        let got = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let y = exe.call(&[]).unwrap();
+                let mut bound = exe.bind(vec![]).unwrap();
+                bound.run().unwrap();
+                (y[0].scalar_value(), bound.outputs()[0].scalar_value())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(got, (Some(want), Some(want)));
     }
 }

@@ -23,7 +23,9 @@ const DIMS: [usize; 6] = [1, 2, 3, 5, 7, 4];
 /// zero extent when `p` says so (one shape in 16).
 pub fn input_shape(p: u16) -> Vec<usize> {
     let rank = (p % 4) as usize;
-    let mut shape: Vec<usize> = (0..rank).map(|i| DIMS[(p as usize >> (2 + 3 * i)) % DIMS.len()]).collect();
+    let mut shape: Vec<usize> = (0..rank)
+        .map(|i| DIMS[(p as usize >> (2 + 3 * i)) % DIMS.len()])
+        .collect();
     if p >> 12 == 15 && rank > 0 {
         shape[0] = 0;
     }
@@ -172,7 +174,11 @@ impl Builder {
                 let y = self.adapt(y, &s);
                 let cond = self.add(Op::Compare(c), &[x, y]);
                 self.pool.push(cond);
-                let other = if p & 8 != 0 { y } else { self.add(Op::Unary(UnaryOp::Neg), &[x]) };
+                let other = if p & 8 != 0 {
+                    y
+                } else {
+                    self.add(Op::Unary(UnaryOp::Neg), &[x])
+                };
                 self.add(Op::Select, &[cond, x, other])
             }
             4 => {
@@ -196,7 +202,7 @@ impl Builder {
                 let n = wengert::ir::num_elements(&s);
                 let shape = match p % 3 {
                     0 => vec![n],
-                    1 if n % 2 == 0 && n > 0 => vec![n / 2, 2],
+                    1 if n.is_multiple_of(2) && n > 0 => vec![n / 2, 2],
                     1 => vec![1, n],
                     _ => vec![n, 1],
                 };
@@ -283,7 +289,11 @@ impl Builder {
                 let z = self.view(x, p);
                 let s = self.shape(z);
                 let t = self.adapt(y, &s);
-                let t = if p & 16 != 0 { self.add(Op::Unary(UnaryOp::Abs), &[t]) } else { t };
+                let t = if p & 16 != 0 {
+                    self.add(Op::Unary(UnaryOp::Abs), &[t])
+                } else {
+                    t
+                };
                 self.add(Op::SoftmaxCrossEntropy, &[z, t])
             }
             16 => {
@@ -291,8 +301,12 @@ impl Builder {
                 let s = self.shape(x);
                 let n = wengert::ir::num_elements(&s);
                 let value = if n <= 16 && p & 1 == 0 {
-                    let data: Vec<f64> = (0..n).map(|i| [0.5, -1.25, 2.0, -0.0, 3.0][(i + p as usize) % 5]).collect();
-                    Tensor::from_vec(s, data).expect("shape and data agree").convert(self.dt)
+                    let data: Vec<f64> = (0..n)
+                        .map(|i| [0.5, -1.25, 2.0, -0.0, 3.0][(i + p as usize) % 5])
+                        .collect();
+                    Tensor::from_vec(s, data)
+                        .expect("shape and data agree")
+                        .convert(self.dt)
                 } else {
                     let v = [0.0, -0.0, 1.0, 2.5, -3.0, 1e-3, 1e4][p as usize % 7];
                     Tensor::scalar(self.dt, v)
@@ -305,7 +319,12 @@ impl Builder {
             }
             17 => {
                 // Select on a bool already in the pool, if any.
-                let cond = self.pool.iter().rev().copied().find(|&v| self.g.ty(v).dtype == DType::Bool);
+                let cond = self
+                    .pool
+                    .iter()
+                    .rev()
+                    .copied()
+                    .find(|&v| self.g.ty(v).dtype == DType::Bool);
                 match cond {
                     Some(c) => {
                         let s = self.shape(c);
@@ -344,10 +363,9 @@ pub fn build(f64: bool, shapes: &[Vec<usize>], program: &[Instr], outputs: usize
         dt,
     };
     for (i, s) in shapes.iter().enumerate() {
-        let id = b
-            .g
-            .add_input(&format!("x{i}"), wengert::TensorType::new(dt, s.clone()), true)
-            .expect("fresh input names");
+        let id =
+            b.g.add_input(&format!("x{i}"), wengert::TensorType::new(dt, s.clone()), true)
+                .expect("fresh input names");
         b.pool.push(id);
     }
     for &instr in program {
