@@ -3,8 +3,10 @@
 //! - `elementwise_chain/{unfused,fused}/K`: a chain of K elementwise ops
 //!   over 16M f32, compiled without and with the `fuse` pass; throughput in
 //!   bytes of the one input read and one output written.
-//! - `compile_chain/N`: compile time of value_and_grad of a chain of N
-//!   elementwise ops on a vector of 1024.
+//! - `compile_mixed_chain/N`: compile time of value_and_grad of a mixed
+//!   chain of N nodes (products with a broadcast scalar, unary ops, sums
+//!   with broadcast constants, squares) on f32[64];
+//!   `compile_wide_sum/N`: of a sum of N scalar inputs.
 //! - `checkpoint_chain64/POLICY` (issue: checkpoint scheduling): one
 //!   forward + backward step of 64 tanh layers (512×512, batch 64) under
 //!   each checkpoint policy, with planned and measured peaks on stderr,
@@ -63,24 +65,85 @@ fn elementwise_chain(c: &mut Criterion) {
     group.finish();
 }
 
+/// A mixed elementwise chain of about `n` nodes on f32[64]: products with
+/// a broadcast scalar input, unary ops (sin, tanh, exp, cos, neg, abs),
+/// sums with broadcast constants and squares, then a sum.
+fn mixed_chain(n: usize) -> Graph {
+    let b = GraphBuilder::new("mixed");
+    let x = b.input("x", DType::F32, &[64]);
+    let s = b.input("s", DType::F32, &[]);
+    let mut h = x;
+    let mut nodes = 0;
+    let mut i = 0;
+    while nodes < n {
+        h = match i % 4 {
+            0 => {
+                nodes += 2;
+                h * s
+            }
+            1 => {
+                nodes += 1;
+                match i % 6 {
+                    1 => h.sin(),
+                    3 => h.tanh(),
+                    5 => h.cos(),
+                    _ => h.exp(),
+                }
+            }
+            2 => {
+                nodes += 3;
+                h + 0.5
+            }
+            _ => {
+                nodes += 1;
+                h * h
+            }
+        };
+        i += 1;
+    }
+    b.build(&[("y", h.sum_all())]).unwrap()
+}
+
+/// `y = x_0 + x_1 + … + x_{n−1}` over `n` scalar inputs.
+fn wide_sum(n: usize) -> Graph {
+    let mut g = Graph::new("wide");
+    let xs: Vec<_> = (0..n)
+        .map(|i| {
+            g.add_input(&format!("x{i}"), wengert::TensorType::scalar(DType::F64), true)
+                .unwrap()
+        })
+        .collect();
+    let mut acc = xs[0];
+    for &x in &xs[1..] {
+        acc = g
+            .add(wengert::Op::Binary(wengert::ir::BinaryOp::Add), &[acc, x])
+            .unwrap();
+    }
+    g.add_output("y", acc).unwrap();
+    g
+}
+
+/// Compile time of value_and_grad (the whole pipeline and the joint
+/// function) against size: a mixed chain of N nodes, and a sum of N
+/// scalar inputs.
 fn compile_chain(c: &mut Criterion) {
-    let mut group = c.benchmark_group("compile_chain");
+    let mut group = c.benchmark_group("compile_mixed_chain");
     group.sample_size(10);
-    for n in [10, 100, 1000, 5000] {
-        let b = GraphBuilder::new("chain");
-        let x = b.input("x", DType::F32, &[1024]);
-        let mut h = x;
-        for i in 0..n {
-            h = match i % 4 {
-                0 => h.sin(),
-                1 => h * 0.9,
-                2 => h.tanh(),
-                _ => h + 0.1,
-            };
-        }
-        let g = b.build(&[("y", h.sum_all())]).unwrap();
+    for n in [250, 2000, 10_000, 100_000] {
+        let g = mixed_chain(n);
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |bch, _| {
-            bch.iter(|| value_and_grad(black_box(&g), &["x"], &Options::default()).unwrap())
+            bch.iter(|| value_and_grad(black_box(&g), &["x", "s"], &Options::default()).unwrap())
+        });
+    }
+    group.finish();
+    let mut group = c.benchmark_group("compile_wide_sum");
+    group.sample_size(10);
+    for n in [1000, 10_000, 100_000] {
+        let g = wide_sum(n);
+        let wrt: Vec<String> = (0..n).map(|i| format!("x{i}")).collect();
+        let wrt: Vec<&str> = wrt.iter().map(String::as_str).collect();
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |bch, _| {
+            bch.iter(|| value_and_grad(black_box(&g), &wrt, &Options::default()).unwrap())
         });
     }
     group.finish();

@@ -296,3 +296,39 @@ fn huge_functions_never_overflow_the_stack() {
         .unwrap();
     assert_eq!(got, want);
 }
+
+/// The full reproduction of the binomial schedule on a 100,000-node chain
+/// (`--checkpoint slots=5`, 19,999 blocks, a 1.3M-node rewritten graph):
+/// it crashed after 63 s at 7.3 GB; it now answers (about 46 s and
+/// 2.6 GB in release on the machine of the hardening issue). Slow tier:
+/// `cargo test --release --test repro -- --ignored`.
+#[test]
+#[ignore]
+fn binomial_schedule_on_a_100k_node_chain() {
+    let ops = ["sin", "tanh", "add", "neg", "cos"];
+    let mut text = String::from("graph @chain(%x: f64[4]) -> (L: f64[]) {\n");
+    let mut prev = "%x".to_string();
+    for i in 0..99_999 {
+        let op = ops[i % ops.len()];
+        if op == "add" {
+            text.push_str(&format!("  %v{i}: f64[4] = add {prev}, %x\n"));
+        } else {
+            text.push_str(&format!("  %v{i}: f64[4] = {op} {prev}\n"));
+        }
+        prev = format!("%v{i}");
+    }
+    text.push_str(&format!("  %L: f64[] = reduce_sum[axes=(0)] {prev}\n  return %L\n}}\n"));
+    let file = std::env::temp_dir().join(format!("wengert-chain100k-{}.wg", std::process::id()));
+    std::fs::write(&file, &text).unwrap();
+    let out = ok(&[
+        "grad",
+        file.to_str().unwrap(),
+        "--wrt",
+        "x",
+        "--checkpoint",
+        "slots=5",
+        "--explain",
+    ]);
+    std::fs::remove_file(&file).unwrap();
+    assert!(out.contains("a chain of 19999 blocks, 5 slot(s)"), "{out}");
+}

@@ -435,14 +435,27 @@ impl<'m> Lowerer<'m> {
             n: n as i64,
             k: kk as i64,
             batch: batch as i64,
-            a_rs: a.strides[r - 2] as i64,
-            a_cs: a.strides[r - 1] as i64,
-            b_rs: b.strides[r - 2] as i64,
-            b_cs: b.strides[r - 1] as i64,
+            // The stride of an axis of extent 1 is never used to address
+            // anything, but GEMM may choose its path by the layout: give
+            // such axes their row-major stride, so that the same values
+            // take the same path (and give the same bits, signed zeros
+            // included) however the operands were placed.
+            a_rs: if m == 1 { kk as i64 } else { a.strides[r - 2] as i64 },
+            a_cs: if kk == 1 { 1 } else { a.strides[r - 1] as i64 },
+            b_rs: if kk == 1 { n as i64 } else { b.strides[r - 2] as i64 },
+            b_cs: if n == 1 { 1 } else { b.strides[r - 1] as i64 },
             c_rs: n as i64,
             c_cs: 1,
-            a_bs: if r == 3 { a.strides[0] as i64 } else { 0 },
-            b_bs: if r == 3 { b.strides[0] as i64 } else { 0 },
+            a_bs: if r == 3 && batch > 1 {
+                a.strides[0] as i64
+            } else {
+                (m * kk) as i64
+            },
+            b_bs: if r == 3 && batch > 1 {
+                b.strides[0] as i64
+            } else {
+                (kk * n) as i64
+            },
         });
         let paddr = &*params as *const GemmParams as i64;
         self.state.gemm_params.push(params);
@@ -1854,9 +1867,9 @@ fn lower_softmax_xent(
     // Row maxima, row sums and the loss accumulator: in the scratch the
     // memory plan placed (`memory::softmax_xent_scratch`), else
     // bump-allocated.
-    let (m, s, loss) = match g.node(id).arena {
+    let (m, s, r, loss) = match g.node(id).arena {
         Some(off) => {
-            let ([m_at, s_at, loss_at], _) = wengert_passes::memory::softmax_xent_scratch(rows, dt);
+            let ([m_at, s_at, r_at, loss_at], _) = wengert_passes::memory::softmax_xent_scratch(rows, dt);
             let mut at = |fb: &mut FunctionBuilder, at: usize, n: usize| View {
                 ptr: lw.arena_at(fb, off + at),
                 offset: 0,
@@ -1864,9 +1877,15 @@ fn lower_softmax_xent(
                 strides: vec![1],
                 dtype: dt,
             };
-            (at(fb, m_at, rows), at(fb, s_at, rows), at(fb, loss_at, 1))
+            (
+                at(fb, m_at, rows),
+                at(fb, s_at, rows),
+                at(fb, r_at, rows),
+                at(fb, loss_at, 1),
+            )
         }
         None => (
+            lw.alloc(fb, &[rows], dt),
             lw.alloc(fb, &[rows], dt),
             lw.alloc(fb, &[rows], dt),
             lw.alloc(fb, &[1], dt),
@@ -1879,7 +1898,7 @@ fn lower_softmax_xent(
             ..v.clone()
         })
     };
-    for (buf, init) in [(&m, f64::NEG_INFINITY), (&s, 0.0), (&loss, 0.0)] {
+    for (buf, init) in [(&m, f64::NEG_INFINITY), (&s, 0.0), (&r, 0.0), (&loss, 0.0)] {
         lw.fill(fb, buf, init)?;
     }
     // m = max over the row.
@@ -1895,7 +1914,10 @@ fn lower_softmax_xent(
     let e = k.expr(KExpr::Unary(UnaryOp::Exp, d), dt);
     k.store(s.ptr, 0, row_strides.clone(), dt, e, Combine::Add);
     lw.emit_kernel(fb, k)?;
-    // loss = Σ select(t = 0, 0, t·(log s + m − z)).
+    // r = Σ select(t = 0, 0, t·(log s + m − z)) per row, then loss = Σ r:
+    // the interpreter's association, so that f64 results agree bit for bit
+    // (adding +0 where the interpreter skips a zero target changes no sum
+    // that starts at +0).
     let mut k = Kernel::new(&shape);
     let zi = lw.operand(&mut k, &z, dt);
     let ti = lw.operand(&mut k, &t, dt);
@@ -1908,7 +1930,11 @@ fn lower_softmax_xent(
     let zero = k.expr(KExpr::Const(0.0), dt);
     let is0 = k.expr(KExpr::Cmp(CmpOp::Eq, ti, zero), DType::Bool);
     let v = k.expr(KExpr::Select(is0, zero, prod), dt);
-    k.store(loss.ptr, 0, vec![0; rank], dt, v, Combine::Add);
+    k.store(r.ptr, 0, row_strides.clone(), dt, v, Combine::Add);
+    lw.emit_kernel(fb, k)?;
+    let mut k = Kernel::new(&[rows]);
+    let ri = lw.operand(&mut k, &Loc::Mem(r.clone()), dt);
+    k.store(loss.ptr, 0, vec![0], dt, ri, Combine::Add);
     lw.emit_kernel(fb, k)?;
     let total = lw.load_at(fb, &loss, 0);
     let b = lw.scalar_const(fb, dt, rows.max(1) as f64);

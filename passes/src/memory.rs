@@ -81,11 +81,12 @@ pub fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
 }
 
 /// Softmax cross-entropy's scratch for `rows` rows: the offsets of the row
-/// maxima, the row sums and the loss accumulator, and the total bytes.
-pub fn softmax_xent_scratch(rows: usize, dtype: DType) -> ([usize; 3], usize) {
+/// maxima, the row sums, the row losses and the loss accumulator, and the
+/// total bytes.
+pub fn softmax_xent_scratch(rows: usize, dtype: DType) -> ([usize; 4], usize) {
     let e = dtype.size_bytes();
     let row_bytes = (rows * e).div_ceil(ALIGN) * ALIGN;
-    ([0, row_bytes, 2 * row_bytes], 2 * row_bytes + e)
+    ([0, row_bytes, 2 * row_bytes, 3 * row_bytes], 3 * row_bytes + e)
 }
 
 /// The bytes placed at a node's `arena` offset: its scratch if it has

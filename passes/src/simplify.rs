@@ -7,8 +7,7 @@
 //!
 //! Identities used (each only when the types allow the replacement, and
 //! each exact in IEEE arithmetic for every input, NaN, infinities and
-//! signed zeros included, so the JIT of a simplified graph agrees with the
-//! interpreter of the original bit for bit):
+//! signed zeros included, with the one exception below):
 //! `x·1 = 1·x = x`, `x/1 = x`, `x+(−0) = (−0)+x = x`, `x−(+0) = x`,
 //! `(−0)−x = −x`, `−(−x) = x`, `pow(x, 1) = x`, `select(c, x, x) = x`,
 //! `transpose(transpose(x)) = transpose(x, composed)` (or `x`),
@@ -16,7 +15,12 @@
 //! reshape(x)`, identity broadcasts/reshapes/transposes vanish, a
 //! broadcast of a scalar constant stays symbolic (never folded into a
 //! tensor),
-//! `Σ broadcast(x)` over only broadcast axes `= x·n`. Constants of at most
+//! and `Σ broadcast(x)` over only broadcast axes `= x·n + 0` (`+0` over
+//! none). That last one is exact for NaN, infinities and signed zeros, but
+//! `x·n` is the true sum rounded once where the interpreter's `n` additions
+//! round `n` times, so the two may differ in the last bits; it stays
+//! because the alternative is a loop of `n` additions (`n` can be 10¹²
+//! for a broadcast that is never stored). Constants of at most
 //! [`FOLD_LIMIT`] elements are folded by the interpreter, so folding is
 //! exactly what the program would have computed.
 //!
@@ -198,8 +202,23 @@ impl Rewriter {
                             .map(|a| shape[a])
                             .collect();
                         let xb = self.rewrite(&Op::Broadcast { shape: kept }, &[x])?;
-                        let n = self.full_like(xb, count as f64)?;
-                        return self.rewrite(&Op::Binary(BinaryOp::Mul), &[xb, n]);
+                        // A sum starts at +0: over nothing it is +0 (even
+                        // of inf or NaN), and adding +0 last turns a −0
+                        // product into +0 as the sum would. (x·n is the
+                        // exact sum rounded once; the interpreter's n − 1
+                        // additions may round differently: the one
+                        // rewrite here that is not bit for bit.)
+                        if count == 0 {
+                            return self.full_like(xb, 0.0);
+                        }
+                        let xn = if count == 1 {
+                            xb
+                        } else {
+                            let n = self.full_like(xb, count as f64)?;
+                            self.rewrite(&Op::Binary(BinaryOp::Mul), &[xb, n])?
+                        };
+                        let zero = self.full_like(xb, 0.0)?;
+                        return self.rewrite(&Op::Binary(BinaryOp::Add), &[xn, zero]);
                     }
                 }
             }
