@@ -95,12 +95,25 @@ unsafe impl Send for SendPtrs {}
 /// # Safety
 /// `ptrs` must hold valid buffers of the types `entry` was compiled for,
 /// arena included.
+#[inline]
 unsafe fn call_entry(entry: EntryFn, ptrs: &[*mut u8], frame_bytes: usize) -> Result<(), RuntimeError> {
     if frame_bytes <= INLINE_FRAME_LIMIT {
         // SAFETY: per the caller.
         unsafe { entry(ptrs.as_ptr()) };
         return Ok(());
     }
+    // SAFETY: per the caller.
+    unsafe { call_on_thread(entry, ptrs, frame_bytes) }
+}
+
+/// [`call_entry`]'s path for large frames, kept out of line so that the
+/// common path stays a bare call.
+///
+/// # Safety
+/// As [`call_entry`].
+#[cold]
+#[inline(never)]
+unsafe fn call_on_thread(entry: EntryFn, ptrs: &[*mut u8], frame_bytes: usize) -> Result<(), RuntimeError> {
     let p = SendPtrs(ptrs.as_ptr());
     std::thread::scope(|scope| {
         let handle = std::thread::Builder::new()
