@@ -78,6 +78,13 @@ fn new_module(opts: &CodegenOptions) -> Result<JITModule, CodegenError> {
     // are `extern "C"`, which abort on panic.
     set(&mut flags, "unwind_info", "false")?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
+    // A frame larger than the 4 KiB guard page is probed page by page, so
+    // a stack too short for it faults on the guard page (a reported stack
+    // overflow) instead of the prologue jumping past the guard and the
+    // spills landing in whatever is mapped below. Frames beyond the
+    // runtime's inline limit run on a thread sized for them anyway.
+    set(&mut flags, "enable_probestack", "true")?;
+    set(&mut flags, "probestack_strategy", "inline")?;
     let isa = cranelift_native::builder()
         .map_err(|e| CodegenError::Cranelift(format!("host ISA: {e}")))?
         .finish(settings::Flags::new(flags))

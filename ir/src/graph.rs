@@ -264,6 +264,26 @@ impl Graph {
         Ok(self.add_typed(op, args, ty))
     }
 
+    /// Copies node `id` of `src` into this graph with operands `args` (its
+    /// operands' copies), inferring its type again (an error names the node
+    /// if the copy would not compute the type the original has); the pass
+    /// decides which annotations (kernel, arena, mark) the copy keeps.
+    /// Every pass that rebuilds a graph copies nodes through here.
+    pub fn copy_node(&mut self, src: &Graph, id: NodeId, args: &[NodeId]) -> Result<NodeId, IrError> {
+        let node = src.node(id);
+        let new = self.add(node.op.clone(), args).map_err(|e| IrError::Node {
+            node: src.value_name(id),
+            message: format!("cannot be copied: {e}"),
+        })?;
+        if self.ty(new) != &node.ty {
+            return Err(IrError::Node {
+                node: src.value_name(id),
+                message: format!("is {} but its copy computes {}", node.ty, self.ty(new)),
+            });
+        }
+        Ok(new)
+    }
+
     /// Adds a node with a given type, without inference. The parser uses it
     /// to keep a declared type that inference disagrees with, so that
     /// [`crate::verify()`] can report every such problem at once.
@@ -375,7 +395,7 @@ impl Graph {
                     node: self.value_name(id),
                     message: "kept node has an operand that was not kept".into(),
                 })?;
-            let new = out.add_typed(node.op.clone(), &args, node.ty.clone());
+            let new = out.copy_node(self, id, &args)?;
             out.annotate(new, node.kernel, node.arena);
             out.set_mark(new, node.mark);
             map[id.index()] = Some(new);

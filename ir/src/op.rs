@@ -56,7 +56,12 @@ pub enum CmpOp {
 
 /// A primitive operation. Operands are the node's incoming edges, ordered by
 /// operand position.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Ops are values: equal ops compute equal results from equal operands, so
+/// `Op: Eq + Hash`, with floats compared by their bits (`pow[exponent=0.0]`
+/// and `pow[exponent=-0.0]` differ, a NaN exponent equals itself) and
+/// constants by type and content.
+#[derive(Clone, Debug)]
 pub enum Op {
     /// The graph input with this position in `Graph::inputs`.
     Input {
@@ -128,6 +133,58 @@ pub enum Op {
     /// the mechanical one is not: it stays finite for logits of magnitude
     /// 1e4, and a logit of `-inf` whose target is 0 contributes exactly 0.
     SoftmaxCrossEntropy,
+}
+
+/// What distinguishes one op from another of the same variant, in a form
+/// that compares and hashes exactly (floats as bits).
+#[derive(PartialEq, Eq, Hash)]
+enum Payload<'a> {
+    None,
+    Index(usize),
+    Tensor(&'a Tensor),
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    Compare(CmpOp),
+    Bits(u64),
+    DType(DType),
+    Ints(&'a [usize]),
+    Pair(&'a [usize], &'a [usize]),
+}
+
+impl Op {
+    fn payload(&self) -> Payload<'_> {
+        match self {
+            Op::Input { index } => Payload::Index(*index),
+            Op::Const { value } => Payload::Tensor(value),
+            Op::Unary(u) => Payload::Unary(*u),
+            Op::Binary(b) => Payload::Binary(*b),
+            Op::Pow { exponent } => Payload::Bits(exponent.to_bits()),
+            Op::Compare(c) => Payload::Compare(*c),
+            Op::Convert { to } => Payload::DType(*to),
+            Op::Broadcast { shape } | Op::Reshape { shape } => Payload::Ints(shape),
+            Op::Transpose { perm } => Payload::Ints(perm),
+            Op::ReduceSum { axes } | Op::ReduceMax { axes } => Payload::Ints(axes),
+            Op::Slice { start, end } => Payload::Pair(start, end),
+            Op::Pad { low, high } => Payload::Pair(low, high),
+            Op::Concat { axis } => Payload::Index(*axis),
+            Op::Select | Op::MatMul | Op::SoftmaxCrossEntropy => Payload::None,
+        }
+    }
+}
+
+impl PartialEq for Op {
+    fn eq(&self, other: &Op) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other) && self.payload() == other.payload()
+    }
+}
+
+impl Eq for Op {}
+
+impl std::hash::Hash for Op {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        self.payload().hash(state);
+    }
 }
 
 impl UnaryOp {

@@ -346,8 +346,7 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
                     node: g.value_name(id),
                     message: "fusion ordered a node before its operand".into(),
                 })?;
-            let node = g.node(id);
-            let new = out.add_typed(node.op.clone(), &args, node.ty.clone());
+            let new = out.copy_node(g, id, &args)?;
             out.annotate(new, kernel, None);
             map[id.index()] = Some(new);
         }

@@ -337,8 +337,7 @@ fn copy_node(j: &Graph, out: &mut Graph, map: &mut [Option<NodeId>], id: NodeId)
         .iter()
         .map(|&a| mapped(j, map, a))
         .collect::<Result<Vec<_>, _>>()?;
-    let node = j.node(id);
-    map[id.index()] = Some(out.add_typed(node.op.clone(), &args, node.ty.clone()));
+    map[id.index()] = Some(out.copy_node(j, id, &args)?);
     Ok(())
 }
 
@@ -363,7 +362,7 @@ pub fn rejoin(joint: &Graph, p: &Partition) -> Result<Graph, PassError> {
     // Values computed from constants only are shared by the two halves
     // (each half has its own copies); nothing else is merged, so no
     // recomputation folds back into the forward.
-    let mut constants: std::collections::HashMap<(String, Vec<NodeId>), NodeId> = Default::default();
+    let mut constants: std::collections::HashMap<crate::simplify::CseKey, NodeId> = Default::default();
     let mut constant_node: Vec<bool> = vec![false; out.len()];
     // Copies the nodes of `half` into `out`, its inputs mapped by `input`.
     let mut copy = |half: &Graph, input: &dyn Fn(usize, &str) -> Option<NodeId>| -> Result<Vec<NodeId>, PassError> {
@@ -388,7 +387,7 @@ pub fn rejoin(joint: &Graph, p: &Partition) -> Result<Graph, PassError> {
                 map[id.index()] = Some(shared);
                 continue;
             }
-            let new = out.add_typed(node.op.clone(), &args, node.ty.clone());
+            let new = out.copy_node(half, id, &args)?;
             out.set_mark(new, node.mark);
             constant_node.push(is_constant);
             if let Some(k) = key {

@@ -39,15 +39,25 @@ pub struct Chain {
     pub blocks: Vec<Vec<NodeId>>,
 }
 
-/// A node's op, attributes and type, hashed: equal signatures mark the
-/// same step of a repeated block.
-fn signature(g: &Graph, id: NodeId) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut s = String::new();
-    let _ = wengert_ir::print::write_op_head(&mut s, g.op(id));
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (s, g.ty(id).to_string()).hash(&mut h);
-    h.finish()
+/// Signatures of nodes: equal signatures mark the same step of a repeated
+/// block. A signature stands for a node's op (with its attributes; a
+/// constant's value does not count, each block copies its own) and type,
+/// numbered as first seen, so equal signatures are equal ops, never a hash
+/// collision.
+#[derive(Default)]
+struct Signatures {
+    ids: HashMap<(Option<wengert_ir::Op>, wengert_ir::TensorType), u64>,
+}
+
+impl Signatures {
+    fn of(&mut self, g: &Graph, id: NodeId) -> u64 {
+        let op = match g.op(id) {
+            wengert_ir::Op::Const { .. } => None,
+            op => Some(op.clone()),
+        };
+        let next = self.ids.len() as u64;
+        *self.ids.entry((op, g.ty(id).clone())).or_insert(next)
+    }
 }
 
 /// The longest repeated period of `sigs`: (period, start, repeats), by
@@ -101,6 +111,7 @@ pub fn detect_chain(gg: &GradGraph) -> Option<Chain> {
     outputs.dedup();
     outputs.truncate(8);
     let mut best: Option<(Vec<NodeId>, (usize, usize, usize))> = None;
+    let mut signatures = Signatures::default();
     for o in outputs {
         // The spine, from the output back to where it meets only inputs.
         let mut spine = vec![o];
@@ -116,7 +127,7 @@ pub fn detect_chain(gg: &GradGraph) -> Option<Chain> {
             }
         }
         spine.reverse();
-        let sigs: Vec<u64> = spine.iter().map(|&v| signature(g, v)).collect();
+        let sigs: Vec<u64> = spine.iter().map(|&v| signatures.of(g, v)).collect();
         if let Some(found) = best_period(&sigs) {
             if best.as_ref().is_none_or(|(_, (bp, _, br))| found.0 * found.2 > bp * br) {
                 best = Some((spine, found));
@@ -343,9 +354,8 @@ pub fn revolve_chain(gg: &GradGraph, chain: &Chain, slots: usize) -> Result<(Gra
             .iter()
             .map(|a| map[a.index()].expect("forward operands precede"))
             .collect();
-        let node = g.node(id);
-        let new = out.add_typed(node.op.clone(), &args, node.ty.clone());
-        out.set_mark(new, node.mark);
+        let new = out.copy_node(g, id, &args)?;
+        out.set_mark(new, g.node(id).mark);
         map[id.index()] = Some(new);
     }
     // Block copies are emitted lazily, just before the first adjoint node
@@ -384,8 +394,7 @@ pub fn revolve_chain(gg: &GradGraph, chain: &Chain, slots: usize) -> Result<(Gra
                     node: g.value_name(v),
                     message: "a block reads a value outside the chain that is not available".into(),
                 })?;
-            let node = g.node(v);
-            let copy = out.add_typed(node.op.clone(), &args, node.ty.clone());
+            let copy = out.copy_node(g, v, &args)?;
             local.insert(v, copy);
         }
         if act.turn {
@@ -415,8 +424,7 @@ pub fn revolve_chain(gg: &GradGraph, chain: &Chain, slots: usize) -> Result<(Gra
                 from_block.or(map[a.index()]).expect("operands precede")
             })
             .collect();
-        let node = g.node(id);
-        map[id.index()] = Some(out.add_typed(node.op.clone(), &new_args, node.ty.clone()));
+        map[id.index()] = Some(out.copy_node(g, id, &new_args)?);
     }
     for o in g.outputs() {
         out.add_output(&o.name, map[o.node.index()].expect("mapped"))?;

@@ -16,11 +16,16 @@
 //! broadcast of a scalar constant stays symbolic (never folded into a
 //! tensor),
 //! and `Σ broadcast(x)` over only broadcast axes `= x·n + 0` (`+0` over
-//! none). That last one is exact for NaN, infinities and signed zeros, but
-//! `x·n` is the true sum rounded once where the interpreter's `n` additions
-//! round `n` times, so the two may differ in the last bits; it stays
-//! because the alternative is a loop of `n` additions (`n` can be 10¹²
-//! for a broadcast that is never stored). Constants of at most
+//! none). That last one is the one rewrite that changes results: it keeps
+//! NaN, infinities and signed zeros as the sum does, but `x·n` rounds once
+//! where the interpreter's `n − 1` additions round each time, so they
+//! differ in the last bits, and for large `n` by more: an f32 sum of 2²⁵
+//! ones stops growing at 2²⁴ where `x·n` gives 2²⁵ (and `x·n` overflows to
+//! inf where the stalled sum does not; `n` itself is rounded to f32 beyond
+//! 2²⁴). It stays because the alternative is a loop of `n` additions (`n`
+//! can be 10¹² for a broadcast that is never stored) whose result is less
+//! accurate. The JIT agrees bit for bit with the interpreter of the graph
+//! it compiled, that is after this rewrite. Constants of at most
 //! [`FOLD_LIMIT`] elements are folded by the interpreter, so folding is
 //! exactly what the program would have computed.
 //!
@@ -55,19 +60,17 @@ pub fn simplify(g: &Graph) -> Result<Graph, PassError> {
 /// A value during rewriting: a node of the new graph.
 struct Rewriter {
     out: Graph,
-    /// CSE table: printed op head (with constant bytes) and operands.
-    table: HashMap<(String, Vec<NodeId>), NodeId>,
+    /// CSE table: op and operands.
+    table: HashMap<CseKey, NodeId>,
 }
 
-/// The CSE key of a node: its printed op head (with a constant's type and
-/// bytes) and its operands. Equal keys compute equal values.
-pub(crate) fn cse_key(op: &Op, args: &[NodeId]) -> (String, Vec<NodeId>) {
-    let mut head = String::new();
-    let _ = wengert_ir::print::write_op_head(&mut head, op);
-    if let Op::Const { value } = op {
-        head.push_str(&format!(" {:?} {:?}", value.ty(), value.bytes()));
-    }
-    (head, args.to_vec())
+/// The CSE key of a node: its op (compared exactly: `Op: Eq + Hash`, floats
+/// by bits, constants by type and content) and its operands. Equal keys
+/// compute equal values.
+pub(crate) type CseKey = (Op, Vec<NodeId>);
+
+pub(crate) fn cse_key(op: &Op, args: &[NodeId]) -> CseKey {
+    (op.clone(), args.to_vec())
 }
 
 impl Rewriter {
@@ -204,10 +207,9 @@ impl Rewriter {
                         let xb = self.rewrite(&Op::Broadcast { shape: kept }, &[x])?;
                         // A sum starts at +0: over nothing it is +0 (even
                         // of inf or NaN), and adding +0 last turns a −0
-                        // product into +0 as the sum would. (x·n is the
-                        // exact sum rounded once; the interpreter's n − 1
-                        // additions may round differently: the one
-                        // rewrite here that is not bit for bit.)
+                        // product into +0 as the sum would. (x·n rounds
+                        // once where the interpreter's n − 1 additions
+                        // round each time: see the module documentation.)
                         if count == 0 {
                             return self.full_like(xb, 0.0);
                         }

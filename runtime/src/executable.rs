@@ -402,7 +402,12 @@ impl Executable {
         let zeros = self
             .inputs
             .iter()
-            .map(|(name, t)| alloc_output(name, t))
+            .map(|(name, t)| {
+                Tensor::try_zeros(t.clone()).map_err(|_| RuntimeError::Alloc {
+                    what: format!("input `{name}`"),
+                    bytes: t.size_bytes(),
+                })
+            })
             .collect::<Result<_, _>>()?;
         let mut bound = self.bind(zeros)?;
         let mut arena = Vec::new();
