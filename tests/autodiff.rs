@@ -288,6 +288,9 @@ fn unary_rules_match_finite_differences() {
     check_op("cos", s, -3.0, 3.0, |x| x[0].cos());
     check_op("tanh", s, -2.0, 2.0, |x| x[0].tanh());
     check_op("sqrt", s, 0.3, 3.0, |x| x[0].sqrt());
+    check_op("erf", s, -2.0, 2.0, |x| x[0].erf());
+    check_op("expm1", s, -2.0, 2.0, |x| x[0].expm1());
+    check_op("log1p", s, -0.7, 3.0, |x| x[0].log1p());
     // Away from the kink at 0: |x| ≥ 0.1 on both sides.
     check_op("abs+", s, 0.1, 2.0, |x| x[0].abs());
     check_op("abs-", s, -2.0, -0.1, |x| x[0].abs());

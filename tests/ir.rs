@@ -239,7 +239,10 @@ graph @all(%x: f32[2,3], %y: f32[2,3], %m: f32[3,4], %t: f32[2,3] nodiff) -> (a:
   %6 = sqrt %5
   %7 = abs %6
   %8 = relu %7
-  %9 = add %8, %y
+  %e1 = erf %8
+  %e2 = expm1 %e1
+  %e3 = log1p %e2
+  %9 = add %e3, %y
   %10 = sub %9, %y
   %11 = mul %10, %y
   %12 = div %11, %y

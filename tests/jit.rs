@@ -72,8 +72,15 @@ fn unary_ops_match_the_interpreter_on_every_size() {
             for u in UnaryOp::ALL {
                 let (lo, hi) = match u {
                     UnaryOp::Log | UnaryOp::Sqrt => (0.01, 50.0),
-                    UnaryOp::Exp => (-80.0, 80.0),
-                    _ => (-20.0, 20.0),
+                    UnaryOp::Log1p => (-0.99, 50.0),
+                    UnaryOp::Exp | UnaryOp::Expm1 => (-80.0, 80.0),
+                    UnaryOp::Neg
+                    | UnaryOp::Sin
+                    | UnaryOp::Cos
+                    | UnaryOp::Tanh
+                    | UnaryOp::Abs
+                    | UnaryOp::Relu
+                    | UnaryOp::Erf => (-20.0, 20.0),
                 };
                 check_op(u.name(), d, s, lo, hi, move |x| unary(x[0], u));
             }
@@ -95,6 +102,9 @@ fn unary<'b>(x: Var<'b>, u: UnaryOp) -> Var<'b> {
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Abs => x.abs(),
         UnaryOp::Relu => x.relu(),
+        UnaryOp::Erf => x.erf(),
+        UnaryOp::Expm1 => x.expm1(),
+        UnaryOp::Log1p => x.log1p(),
     }
 }
 

@@ -150,13 +150,12 @@ impl Kernel {
     /// powers), which keeps the kernel scalar.
     pub fn calls_out(e: &KExpr, dtype: DType) -> bool {
         match e {
-            KExpr::Unary(u, _) => {
-                dtype == DType::F64
-                    && match u {
-                        UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tanh => true,
-                        UnaryOp::Neg | UnaryOp::Sqrt | UnaryOp::Abs | UnaryOp::Relu => false,
-                    }
-            }
+            KExpr::Unary(u, _) => match u {
+                UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tanh => dtype == DType::F64,
+                // No inline version in either precision.
+                UnaryOp::Erf | UnaryOp::Expm1 | UnaryOp::Log1p => true,
+                UnaryOp::Neg | UnaryOp::Sqrt | UnaryOp::Abs | UnaryOp::Relu => false,
+            },
             KExpr::Pow(p, _) => wengert_ir::interp::integer_exponent(*p).is_none() && *p != 0.5,
             KExpr::Operand(_)
             | KExpr::Const(_)
@@ -199,7 +198,9 @@ impl Kernel {
                     KExpr::Convert(_) => false,
                     KExpr::Const(_) => *d == dt,
                     KExpr::Cmp(_, a, _) => self.exprs[*a].1 == dt,
-                    _ => true,
+                    KExpr::Operand(_) | KExpr::Unary(..) | KExpr::Binary(..) | KExpr::Pow(..) | KExpr::Select(..) => {
+                        true
+                    }
                 }
         });
         (ok_operands && ok_stores && ok_exprs).then_some(dt)

@@ -76,6 +76,28 @@ pub struct ModuleState {
 }
 
 /// Lowers one graph into the current function.
+/// The functions with an inline f32 version (`math.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum F32Math {
+    Exp,
+    Log,
+    Sin,
+    Cos,
+    Tanh,
+}
+
+impl F32Math {
+    fn name(self) -> &'static str {
+        match self {
+            F32Math::Exp => "exp",
+            F32Math::Log => "log",
+            F32Math::Sin => "sin",
+            F32Math::Cos => "cos",
+            F32Math::Tanh => "tanh",
+        }
+    }
+}
+
 pub struct Lowerer<'m> {
     pub module: &'m mut JITModule,
     pub state: &'m mut ModuleState,
@@ -174,8 +196,62 @@ impl<'m> Lowerer<'m> {
     /// A reference to the out-of-line helper computing `u` on lanes of
     /// type `ty`, defining the helper in the module on first use. Its body
     /// is the same instruction sequence the inline path emits.
-    fn math_helper(&mut self, fb: &mut FunctionBuilder, u: UnaryOp, ty: Type) -> FuncRef {
-        let name = u.name();
+    /// A transcendental function with an inline f32 version: f32 values
+    /// run the inline polynomial (or its out-of-line copy in large
+    /// kernels), f64 values call `f64_name` (scalar kernels only).
+    fn transcendental(
+        &mut self,
+        fb: &mut FunctionBuilder,
+        m: F32Math,
+        f64_name: &'static str,
+        dtype: DType,
+        xt: Type,
+        x: Value,
+    ) -> Value {
+        if dtype == DType::F32 {
+            if self.outline_math {
+                let f = self.math_helper(fb, m, xt);
+                let call = fb.ins().call(f, &[x]);
+                return fb.inst_results(call)[0];
+            }
+            return self.inline_f32(fb, m, xt, x);
+        }
+        let f = self.import(fb, f64_name, &[types::F64], &[types::F64]);
+        let call = fb.ins().call(f, &[x]);
+        fb.inst_results(call)[0]
+    }
+
+    /// An f32 function's inline instruction sequence.
+    fn inline_f32(&mut self, fb: &mut FunctionBuilder, m: F32Math, ty: Type, x: Value) -> Value {
+        match m {
+            F32Math::Exp => self.exp_f32(fb, ty, x),
+            F32Math::Log => self.log_f32(fb, ty, x),
+            F32Math::Sin => self.sincos_f32(fb, ty, x, false),
+            F32Math::Cos => self.sincos_f32(fb, ty, x, true),
+            F32Math::Tanh => self.tanh_f32(fb, ty, x),
+        }
+    }
+
+    /// A scalar through an f64 runtime function: f32 is widened, the result
+    /// rounded once (kernels that call out stay scalar).
+    fn via_f64(&mut self, fb: &mut FunctionBuilder, name: &'static str, dtype: DType, x: Value) -> Value {
+        let f = self.import(fb, name, &[types::F64], &[types::F64]);
+        let wide = if dtype == DType::F32 {
+            fb.ins().fpromote(types::F64, x)
+        } else {
+            x
+        };
+        let call = fb.ins().call(f, &[wide]);
+        let r = fb.inst_results(call)[0];
+        if dtype == DType::F32 {
+            fb.ins().fdemote(types::F32, r)
+        } else {
+            r
+        }
+    }
+
+    fn math_helper(&mut self, fb: &mut FunctionBuilder, m: F32Math, ty: Type) -> FuncRef {
+        let name = m.name();
         if let Some(&f) = self.helper_refs.get(&(name, ty)) {
             return f;
         }
@@ -200,15 +276,7 @@ impl<'m> Lowerer<'m> {
                     hb.append_block_params_for_function_params(block);
                     hb.switch_to_block(block);
                     let x = hb.block_params(block)[0];
-                    let y = match u {
-                        UnaryOp::Exp => self.exp_f32(&mut hb, ty, x),
-                        UnaryOp::Log => self.log_f32(&mut hb, ty, x),
-                        UnaryOp::Sin => self.sincos_f32(&mut hb, ty, x, false),
-                        UnaryOp::Cos => self.sincos_f32(&mut hb, ty, x, true),
-                        UnaryOp::Tanh | UnaryOp::Neg | UnaryOp::Sqrt | UnaryOp::Abs | UnaryOp::Relu => {
-                            self.tanh_f32(&mut hb, ty, x)
-                        }
-                    };
+                    let y = self.inline_f32(&mut hb, m, ty, x);
                     hb.ins().return_(&[y]);
                     hb.seal_all_blocks();
                     hb.finalize(self.module.target_config());
@@ -510,23 +578,12 @@ impl<'m> Lowerer<'m> {
                         let keep = fb.ins().fcmp(FloatCC::UnorderedOrGreaterThan, x, zero);
                         self.sel(fb, keep, x, zero)
                     }
-                    UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tanh
-                        if dtype == DType::F32 && self.outline_math =>
-                    {
-                        let f = self.math_helper(fb, u, xt);
-                        let call = fb.ins().call(f, &[x]);
-                        fb.inst_results(call)[0]
-                    }
-                    UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tanh
-                        if dtype == DType::F32 =>
-                    {
-                        match u {
-                            UnaryOp::Exp => self.exp_f32(fb, xt, x),
-                            UnaryOp::Log => self.log_f32(fb, xt, x),
-                            UnaryOp::Sin => self.sincos_f32(fb, xt, x, false),
-                            UnaryOp::Cos => self.sincos_f32(fb, xt, x, true),
-                            _ => self.tanh_f32(fb, xt, x),
-                        }
+                    UnaryOp::Exp => self.transcendental(fb, F32Math::Exp, "wengert_exp_f64", dtype, xt, x),
+                    UnaryOp::Log => self.transcendental(fb, F32Math::Log, "wengert_log_f64", dtype, xt, x),
+                    UnaryOp::Tanh => self.transcendental(fb, F32Math::Tanh, "wengert_tanh_f64", dtype, xt, x),
+                    UnaryOp::Sin | UnaryOp::Cos if dtype == DType::F32 => {
+                        let m = if u == UnaryOp::Sin { F32Math::Sin } else { F32Math::Cos };
+                        self.transcendental(fb, m, "", dtype, xt, x)
                     }
                     UnaryOp::Sin | UnaryOp::Cos => {
                         // One sincos call serves both (as LLVM does for
@@ -557,18 +614,12 @@ impl<'m> Lowerer<'m> {
                             c
                         }
                     }
-                    UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh => {
-                        let name = match u {
-                            UnaryOp::Exp => "wengert_exp_f64",
-                            UnaryOp::Log => "wengert_log_f64",
-                            UnaryOp::Sin => "wengert_sin_f64",
-                            UnaryOp::Cos => "wengert_cos_f64",
-                            _ => "wengert_tanh_f64",
-                        };
-                        let f = self.import(fb, name, &[types::F64], &[types::F64]);
-                        let call = fb.ins().call(f, &[x]);
-                        fb.inst_results(call)[0]
-                    }
+                    // No inline version in either precision: the f64
+                    // function, f32 values widened and the result rounded
+                    // once (as the interpreter defines them).
+                    UnaryOp::Erf => self.via_f64(fb, "wengert_erf_f64", dtype, x),
+                    UnaryOp::Expm1 => self.via_f64(fb, "wengert_expm1_f64", dtype, x),
+                    UnaryOp::Log1p => self.via_f64(fb, "wengert_log1p_f64", dtype, x),
                 }
             }
             KExpr::Binary(b, _, _) => {
@@ -782,7 +833,7 @@ impl<'m> Lowerer<'m> {
         let width = match vdt {
             Some(DType::F32) => 4,
             Some(DType::F64) => 2,
-            _ => 1,
+            Some(DType::Bool) | None => 1,
         };
         // Per-access base addresses for this inner loop.
         let op_base: Vec<Option<Value>> = k
@@ -852,12 +903,16 @@ impl<'m> Lowerer<'m> {
             .exprs
             .iter()
             .map(|(e, d)| match e {
-                KExpr::Unary(UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tanh, _)
-                    if *d == DType::F32 =>
-                {
-                    40
-                }
-                _ => 1,
+                // Inline f32 math is long; by the op's declared cost.
+                KExpr::Unary(u, _) if *d == DType::F32 => u.cost() as usize,
+                KExpr::Unary(..)
+                | KExpr::Operand(_)
+                | KExpr::Const(_)
+                | KExpr::Binary(..)
+                | KExpr::Pow(..)
+                | KExpr::Cmp(..)
+                | KExpr::Select(..)
+                | KExpr::Convert(..) => 1,
             })
             .sum();
         let unroll = if cost <= 64 {

@@ -303,6 +303,21 @@ impl<'b> Var<'b> {
     pub fn sqrt(self) -> Var<'b> {
         self.unary(UnaryOp::Sqrt)
     }
+    /// The error function.
+    #[track_caller]
+    pub fn erf(self) -> Var<'b> {
+        self.unary(UnaryOp::Erf)
+    }
+    /// `eˣ − 1`, accurate near 0.
+    #[track_caller]
+    pub fn expm1(self) -> Var<'b> {
+        self.unary(UnaryOp::Expm1)
+    }
+    /// `ln(1 + x)`, accurate near 0.
+    #[track_caller]
+    pub fn log1p(self) -> Var<'b> {
+        self.unary(UnaryOp::Log1p)
+    }
     #[track_caller]
     pub fn abs(self) -> Var<'b> {
         self.unary(UnaryOp::Abs)

@@ -184,7 +184,17 @@ pub fn unary_scalar<T: Float>(op: UnaryOp, x: T) -> T {
                 T::zero()
             }
         }
+        // Computed in f64 and rounded once, for f32 too: generated code
+        // calls the same functions, so the two agree bit for bit.
+        UnaryOp::Erf => via_f64(x, libm::erf),
+        UnaryOp::Expm1 => via_f64(x, f64::exp_m1),
+        UnaryOp::Log1p => via_f64(x, f64::ln_1p),
     }
+}
+
+/// `f` applied to `x` in f64, rounded to `T`.
+fn via_f64<T: Float>(x: T, f: fn(f64) -> f64) -> T {
+    x.to_f64().map(f).and_then(T::from).unwrap_or_else(T::nan)
 }
 
 /// The scalar semantics of a binary op.

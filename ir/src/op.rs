@@ -12,20 +12,61 @@
 use crate::tensor::Tensor;
 use crate::types::DType;
 
-/// Elementwise operations of one operand.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum UnaryOp {
-    Neg,
-    Exp,
+/// Declares the elementwise unary ops once: each entry's variant,
+/// mnemonic and cost per element; `UnaryOp`, `UnaryOp::ALL` (the parser's
+/// names and every "each op" test), `name` and `cost` are derived from it.
+macro_rules! unary_ops {
+    ($( $(#[doc = $doc:literal])* $variant:ident = $name:literal, cost $cost:literal; )*) => {
+        /// Elementwise operations of one operand.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum UnaryOp {
+            $( $(#[doc = $doc])* $variant, )*
+        }
+
+        impl UnaryOp {
+            /// Every unary op, in declaration order.
+            pub const ALL: [UnaryOp; [$($name),*].len()] = [$(UnaryOp::$variant),*];
+
+            /// The mnemonic of the text format.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( UnaryOp::$variant => $name, )*
+                }
+            }
+
+            /// Roughly the machine instructions per element (1: one
+            /// instruction, cheap to recompute in a consumer's loop; 40:
+            /// a transcendental function). Fusion, code generation (how
+            /// much to unroll, when to call out of line) and the
+            /// checkpoint cost model read it.
+            pub fn cost(self) -> u32 {
+                match self {
+                    $( UnaryOp::$variant => $cost, )*
+                }
+            }
+        }
+    };
+}
+
+unary_ops! {
+    Neg = "neg", cost 1;
+    Exp = "exp", cost 40;
     /// Natural logarithm; `log(0) = -inf`, `log(x < 0) = NaN`.
-    Log,
-    Sin,
-    Cos,
-    Tanh,
-    Sqrt,
-    Abs,
+    Log = "log", cost 40;
+    Sin = "sin", cost 40;
+    Cos = "cos", cost 40;
+    Tanh = "tanh", cost 40;
+    Sqrt = "sqrt", cost 4;
+    Abs = "abs", cost 1;
     /// `max(x, 0)`, propagating NaN. Its derivative at 0 is 0.
-    Relu,
+    Relu = "relu", cost 1;
+    /// The error function `2/√π ∫₀ˣ e^(−t²) dt`.
+    Erf = "erf", cost 40;
+    /// `eˣ − 1`, accurate where `x` is near 0 (where `exp(x) − 1` loses
+    /// every digit).
+    Expm1 = "expm1", cost 40;
+    /// `ln(1 + x)`, accurate where `x` is near 0; `log1p(−1) = −inf`.
+    Log1p = "log1p", cost 40;
 }
 
 /// Elementwise operations of two operands of the same type.
@@ -184,34 +225,6 @@ impl std::hash::Hash for Op {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         std::mem::discriminant(self).hash(state);
         self.payload().hash(state);
-    }
-}
-
-impl UnaryOp {
-    pub const ALL: [UnaryOp; 9] = [
-        UnaryOp::Neg,
-        UnaryOp::Exp,
-        UnaryOp::Log,
-        UnaryOp::Sin,
-        UnaryOp::Cos,
-        UnaryOp::Tanh,
-        UnaryOp::Sqrt,
-        UnaryOp::Abs,
-        UnaryOp::Relu,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            UnaryOp::Neg => "neg",
-            UnaryOp::Exp => "exp",
-            UnaryOp::Log => "log",
-            UnaryOp::Sin => "sin",
-            UnaryOp::Cos => "cos",
-            UnaryOp::Tanh => "tanh",
-            UnaryOp::Sqrt => "sqrt",
-            UnaryOp::Abs => "abs",
-            UnaryOp::Relu => "relu",
-        }
     }
 }
 

@@ -39,7 +39,7 @@
 
 use crate::error::PassError;
 use crate::units::Units;
-use wengert_ir::{verify, BinaryOp, Graph, NodeId, Op, UnaryOp};
+use wengert_ir::{verify, BinaryOp, Graph, NodeId, Op};
 
 /// Largest number of nodes in one fused kernel.
 pub const MAX_GROUP: usize = 64;
@@ -77,10 +77,8 @@ fn kind(g: &Graph, id: NodeId) -> Kind {
 /// that computing it in its consumer's loop instead of storing it is free.
 fn cheap(op: &Op) -> bool {
     match op {
-        Op::Unary(u) => match u {
-            UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Relu => true,
-            UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tanh | UnaryOp::Sqrt => false,
-        },
+        // One instruction per element, by the op's declaration.
+        Op::Unary(u) => u.cost() == 1,
         Op::Binary(b) => match b {
             BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Max | BinaryOp::Min => true,
             BinaryOp::Div => false,

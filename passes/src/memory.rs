@@ -76,7 +76,23 @@ pub fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
             let rows = z.num_elements().checked_div(kdim).unwrap_or(0);
             softmax_xent_scratch(rows, z.dtype).1
         }
-        _ => 0,
+        Op::Input { .. }
+        | Op::Const { .. }
+        | Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Pow { .. }
+        | Op::Compare(_)
+        | Op::Select
+        | Op::Convert { .. }
+        | Op::Broadcast { .. }
+        | Op::Reshape { .. }
+        | Op::Transpose { .. }
+        | Op::ReduceSum { .. }
+        | Op::ReduceMax { .. }
+        | Op::MatMul
+        | Op::Slice { .. }
+        | Op::Pad { .. }
+        | Op::Concat { .. } => 0,
     }
 }
 

@@ -77,6 +77,28 @@ pub fn vjp(e: &mut Emitter<'_>, y: NodeId, ybar: NodeId, wants: &[bool]) -> Resu
                     let mask = e.cmp(CmpOp::Gt, x, zero)?;
                     e.select(mask, ybar, zero)?
                 }
+                // y = erf x: x̄ = ȳ·(2/√π)·e^(−x²) (at most 2/√π: no guard)
+                UnaryOp::Erf => {
+                    let xx = e.binary(BinaryOp::Mul, x, x)?;
+                    let m = e.neg(xx)?;
+                    let g = e.unary(UnaryOp::Exp, m)?;
+                    let d = e.mul_scalar(std::f64::consts::FRAC_2_SQRT_PI, g)?;
+                    e.mul(ybar, d)?
+                }
+                // y = eˣ − 1: x̄ = ȳ·(y + 1) (guarded: y overflows to inf)
+                UnaryOp::Expm1 => {
+                    let one = e.full_like(y, 1.0)?;
+                    let d = e.add(y, one)?;
+                    let v = e.mul(ybar, d)?;
+                    e.guard(ybar, v)?
+                }
+                // y = ln(1 + x): x̄ = ȳ / (1 + x) (guarded: 1/0 at x = −1)
+                UnaryOp::Log1p => {
+                    let one = e.full_like(x, 1.0)?;
+                    let d = e.add(x, one)?;
+                    let v = e.div(ybar, d)?;
+                    e.guard(ybar, v)?
+                }
             };
             vec![Some(xbar)]
         }

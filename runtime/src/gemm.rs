@@ -85,6 +85,9 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("wengert_tanh_f64", libm_f64::tanh as *const u8),
         ("wengert_pow_f64", libm_f64::pow as *const u8),
         ("wengert_sincos_f64", libm_f64::sincos as *const u8),
+        ("wengert_erf_f64", libm_f64::erf as *const u8),
+        ("wengert_expm1_f64", libm_f64::expm1 as *const u8),
+        ("wengert_log1p_f64", libm_f64::log1p as *const u8),
         ("wengert_sin_f32", libm_f32::sin as *const u8),
         ("wengert_cos_f32", libm_f32::cos as *const u8),
         ("wengert_pow_f32", libm_f32::pow as *const u8),
@@ -114,6 +117,17 @@ pub mod libm_f64 {
     }
     pub extern "C" fn pow(x: f64, p: f64) -> f64 {
         x.powf(p)
+    }
+    /// The `libm` crate's `erf` (Rust's standard library has none); f32
+    /// values come widened, as the interpreter computes them.
+    pub extern "C" fn erf(x: f64) -> f64 {
+        libm::erf(x)
+    }
+    pub extern "C" fn expm1(x: f64) -> f64 {
+        x.exp_m1()
+    }
+    pub extern "C" fn log1p(x: f64) -> f64 {
+        x.ln_1p()
     }
     // glibc's `sincos` (both at the cost of about one; what LLVM calls for
     // Rust's `sin` and `cos` of one value). Called directly: a Rust wrapper
