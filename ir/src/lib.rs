@@ -30,7 +30,7 @@ pub use error::{IrError, ParseError, Problem};
 pub use graph::{is_identifier, Graph, Input, Mark, Node, NodeId, Output};
 pub use infer::infer;
 pub use interp::{interpret, interpret_named};
-pub use op::{Attr, BinaryOp, CmpOp, Op, UnaryOp};
+pub use op::{Attr, BinaryOp, CmpOp, Op, OpClass, UnaryOp};
 pub use parse::{parse, parse_literal};
 pub use tensor::{Element, Tensor};
 pub use types::{num_elements, row_major_strides, DType, Shape, TensorType};

@@ -69,18 +69,47 @@ unary_ops! {
     Log1p = "log1p", cost 40;
 }
 
-/// Elementwise operations of two operands of the same type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
+/// Declares the elementwise binary ops once, as `unary_ops!` does.
+macro_rules! binary_ops {
+    ($( $(#[doc = $doc:literal])* $variant:ident = $name:literal, cost $cost:literal; )*) => {
+        /// Elementwise operations of two operands of the same type.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum BinaryOp {
+            $( $(#[doc = $doc])* $variant, )*
+        }
+
+        impl BinaryOp {
+            /// Every binary op, in declaration order.
+            pub const ALL: [BinaryOp; [$($name),*].len()] = [$(BinaryOp::$variant),*];
+
+            /// The mnemonic of the text format.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( BinaryOp::$variant => $name, )*
+                }
+            }
+
+            /// Roughly the machine instructions per element (see
+            /// [`UnaryOp::cost`]).
+            pub fn cost(self) -> u32 {
+                match self {
+                    $( BinaryOp::$variant => $cost, )*
+                }
+            }
+        }
+    };
+}
+
+binary_ops! {
+    Add = "add", cost 1;
+    Sub = "sub", cost 1;
+    Mul = "mul", cost 1;
+    Div = "div", cost 4;
     /// Larger operand, NaN if either is NaN. At a tie the gradient is split
     /// equally between the operands (as JAX and PyTorch do).
-    Max,
+    Max = "max", cost 1;
     /// Smaller operand, NaN if either is NaN. Ties split like `Max`.
-    Min,
+    Min = "min", cost 1;
 }
 
 /// Elementwise comparisons; they produce `bool`. NaN compares unequal to
@@ -176,6 +205,28 @@ pub enum Op {
     SoftmaxCrossEntropy,
 }
 
+/// What kind of computation an op is: the one place passes learn whether
+/// an op fuses, needs a buffer, may be recomputed, or what it costs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpClass {
+    /// Inputs and constants: no computation.
+    Leaf,
+    /// Each result element from the operands' elements at the same index.
+    Elementwise,
+    /// A new view of the operand's elements: generated code only changes
+    /// how it indexes them.
+    View,
+    /// Combines elements along axes.
+    Reduction,
+    /// A matrix product (a library GEMM).
+    Contraction,
+    /// Moves elements into a new buffer of another layout (pad, concat).
+    Copy,
+    /// A fused composite with a hand-written derivative (softmax
+    /// cross-entropy).
+    Composite,
+}
+
 /// What distinguishes one op from another of the same variant, in a form
 /// that compares and hashes exactly (floats as bits).
 #[derive(PartialEq, Eq, Hash)]
@@ -213,6 +264,60 @@ impl Op {
     }
 }
 
+impl Op {
+    /// The op's class (see [`OpClass`]).
+    pub fn class(&self) -> OpClass {
+        match self {
+            Op::Input { .. } | Op::Const { .. } => OpClass::Leaf,
+            Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. } => {
+                OpClass::Elementwise
+            }
+            Op::Broadcast { .. } | Op::Reshape { .. } | Op::Transpose { .. } | Op::Slice { .. } => OpClass::View,
+            Op::ReduceSum { .. } | Op::ReduceMax { .. } => OpClass::Reduction,
+            Op::MatMul => OpClass::Contraction,
+            Op::Pad { .. } | Op::Concat { .. } => OpClass::Copy,
+            Op::SoftmaxCrossEntropy => OpClass::Composite,
+        }
+    }
+
+    /// Roughly the machine instructions per result element of an
+    /// elementwise op (1: cheap enough to recompute inside a consumer's
+    /// loop); 1 for other ops, whose cost is not per element.
+    pub fn cost(&self) -> u32 {
+        match self {
+            Op::Unary(u) => u.cost(),
+            Op::Binary(b) => b.cost(),
+            // Repeated multiplication or a library call; a conversion or
+            // comparison and the select it feeds.
+            Op::Pow { .. } => 8,
+            Op::Compare(_) | Op::Select | Op::Convert { .. } => 2,
+            Op::Input { .. }
+            | Op::Const { .. }
+            | Op::Broadcast { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::ReduceSum { .. }
+            | Op::ReduceMax { .. }
+            | Op::MatMul
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Concat { .. }
+            | Op::SoftmaxCrossEntropy => 1,
+        }
+    }
+
+    /// Whether the backward may recompute this op's value from its
+    /// operands rather than have it saved: everything but contractions,
+    /// reductions and composites, which cost more than a buffer (as
+    /// PyTorch's partitioner decides).
+    pub fn recomputable(&self) -> bool {
+        match self.class() {
+            OpClass::Leaf | OpClass::Elementwise | OpClass::View | OpClass::Copy => true,
+            OpClass::Reduction | OpClass::Contraction | OpClass::Composite => false,
+        }
+    }
+}
+
 impl PartialEq for Op {
     fn eq(&self, other: &Op) -> bool {
         std::mem::discriminant(self) == std::mem::discriminant(other) && self.payload() == other.payload()
@@ -225,28 +330,6 @@ impl std::hash::Hash for Op {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         std::mem::discriminant(self).hash(state);
         self.payload().hash(state);
-    }
-}
-
-impl BinaryOp {
-    pub const ALL: [BinaryOp; 6] = [
-        BinaryOp::Add,
-        BinaryOp::Sub,
-        BinaryOp::Mul,
-        BinaryOp::Div,
-        BinaryOp::Max,
-        BinaryOp::Min,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            BinaryOp::Add => "add",
-            BinaryOp::Sub => "sub",
-            BinaryOp::Mul => "mul",
-            BinaryOp::Div => "div",
-            BinaryOp::Max => "max",
-            BinaryOp::Min => "min",
-        }
     }
 }
 

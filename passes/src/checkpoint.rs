@@ -42,7 +42,7 @@ use crate::memory::memory_plan_with_stats;
 use crate::partition::{default_saved, partition, Partition};
 use crate::revolve::Binomial;
 use std::fmt::Write;
-use wengert_ir::{Graph, Mark, NodeId, Op};
+use wengert_ir::{Graph, Mark, NodeId, Op, OpClass};
 
 /// A checkpointing policy.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -113,27 +113,15 @@ impl CheckpointPolicy {
 /// element for elementwise work, 2mnk for a matmul).
 pub fn node_flops(g: &Graph, id: NodeId) -> u64 {
     let out = g.ty(id).num_elements() as u64;
-    match g.op(id) {
-        Op::MatMul => {
+    match g.op(id).class() {
+        OpClass::Contraction => {
             let a = g.ty(g.args(id)[0]);
             out * 2 * a.shape[a.rank() - 1] as u64
         }
-        Op::ReduceSum { .. } | Op::ReduceMax { .. } => g.ty(g.args(id)[0]).num_elements() as u64,
-        Op::SoftmaxCrossEntropy => 4 * g.ty(g.args(id)[0]).num_elements() as u64,
-        Op::Input { .. }
-        | Op::Const { .. }
-        | Op::Broadcast { .. }
-        | Op::Reshape { .. }
-        | Op::Transpose { .. }
-        | Op::Slice { .. } => 0,
-        Op::Unary(_)
-        | Op::Binary(_)
-        | Op::Pow { .. }
-        | Op::Compare(_)
-        | Op::Select
-        | Op::Convert { .. }
-        | Op::Pad { .. }
-        | Op::Concat { .. } => out,
+        OpClass::Reduction => g.ty(g.args(id)[0]).num_elements() as u64,
+        OpClass::Composite => 4 * g.ty(g.args(id)[0]).num_elements() as u64,
+        OpClass::Leaf | OpClass::View => 0,
+        OpClass::Elementwise | OpClass::Copy => out,
     }
 }
 
@@ -425,23 +413,7 @@ fn budget_choice(gg: &GradGraph, bytes: usize) -> Result<(Vec<NodeId>, usize), P
 /// Whether the backward may recompute this op rather than have it saved:
 /// never a matmul or a reduction (expensive, and what they save is small).
 fn recomputable(op: &Op) -> bool {
-    match op {
-        Op::MatMul | Op::ReduceSum { .. } | Op::ReduceMax { .. } | Op::SoftmaxCrossEntropy => false,
-        Op::Input { .. }
-        | Op::Const { .. }
-        | Op::Unary(_)
-        | Op::Binary(_)
-        | Op::Pow { .. }
-        | Op::Compare(_)
-        | Op::Select
-        | Op::Convert { .. }
-        | Op::Broadcast { .. }
-        | Op::Reshape { .. }
-        | Op::Transpose { .. }
-        | Op::Slice { .. }
-        | Op::Pad { .. }
-        | Op::Concat { .. } => true,
-    }
+    op.recomputable()
 }
 
 /// The saved set of a minimum cut (as PyTorch's partitioner does): every

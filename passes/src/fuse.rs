@@ -39,7 +39,7 @@
 
 use crate::error::PassError;
 use crate::units::Units;
-use wengert_ir::{verify, BinaryOp, Graph, NodeId, Op};
+use wengert_ir::{verify, Graph, NodeId, Op, OpClass};
 
 /// Largest number of nodes in one fused kernel.
 pub const MAX_GROUP: usize = 64;
@@ -53,50 +53,20 @@ enum Kind {
 }
 
 fn kind(g: &Graph, id: NodeId) -> Kind {
-    match g.op(id) {
-        Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. } => {
-            Kind::Elementwise
-        }
-        Op::ReduceSum { .. } | Op::ReduceMax { .. } if g.ty(g.args(id)[0]).num_elements() > 1 => Kind::Reduction,
-        Op::MatMul => Kind::MatMul,
-        Op::ReduceSum { .. }
-        | Op::ReduceMax { .. }
-        | Op::Input { .. }
-        | Op::Const { .. }
-        | Op::Broadcast { .. }
-        | Op::Reshape { .. }
-        | Op::Transpose { .. }
-        | Op::Slice { .. }
-        | Op::Pad { .. }
-        | Op::Concat { .. }
-        | Op::SoftmaxCrossEntropy => Kind::Other,
+    match g.op(id).class() {
+        OpClass::Elementwise => Kind::Elementwise,
+        // A reduction of one element is a copy: nothing to fuse.
+        OpClass::Reduction if g.ty(g.args(id)[0]).num_elements() > 1 => Kind::Reduction,
+        OpClass::Contraction => Kind::MatMul,
+        OpClass::Reduction | OpClass::Leaf | OpClass::View | OpClass::Copy | OpClass::Composite => Kind::Other,
     }
 }
 
 /// Whether an elementwise op costs about one instruction per element, so
-/// that computing it in its consumer's loop instead of storing it is free.
+/// that computing it in its consumer's loop instead of storing it is free
+/// (by the op's declared cost).
 fn cheap(op: &Op) -> bool {
-    match op {
-        // One instruction per element, by the op's declaration.
-        Op::Unary(u) => u.cost() == 1,
-        Op::Binary(b) => match b {
-            BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Max | BinaryOp::Min => true,
-            BinaryOp::Div => false,
-        },
-        Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. } => false,
-        Op::Input { .. }
-        | Op::Const { .. }
-        | Op::Broadcast { .. }
-        | Op::Reshape { .. }
-        | Op::Transpose { .. }
-        | Op::ReduceSum { .. }
-        | Op::ReduceMax { .. }
-        | Op::MatMul
-        | Op::Slice { .. }
-        | Op::Pad { .. }
-        | Op::Concat { .. }
-        | Op::SoftmaxCrossEntropy => false,
-    }
+    op.class() == OpClass::Elementwise && op.cost() == 1
 }
 
 /// What a unit that is a fusion group is (units of lone nodes that are not

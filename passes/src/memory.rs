@@ -11,7 +11,7 @@
 //! `reshape`) own no memory: they keep the value they view alive.
 
 use crate::error::PassError;
-use wengert_ir::{verify, DType, Graph, NodeId, Op};
+use wengert_ir::{verify, DType, Graph, NodeId, Op, OpClass};
 
 const ALIGN: usize = 64;
 
@@ -27,17 +27,11 @@ pub struct MemoryStats {
 }
 
 fn is_view(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Broadcast { .. } | Op::Transpose { .. } | Op::Slice { .. } | Op::Reshape { .. }
-    )
+    op.class() == OpClass::View
 }
 
 fn is_elementwise(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. }
-    )
+    op.class() == OpClass::Elementwise
 }
 
 /// Whether code generation computes this node into a memory buffer.
@@ -50,16 +44,13 @@ pub fn needs_buffer(g: &Graph, id: NodeId, used_outside_kernel: bool) -> bool {
     if g.node(id).kernel.is_some() && !used_outside_kernel && !matches!(op, Op::MatMul) {
         return false;
     }
-    match op {
-        Op::ReduceSum { .. } | Op::ReduceMax { .. } | Op::MatMul | Op::Pad { .. } | Op::Concat { .. } => true,
-        Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. } => big,
-        Op::Input { .. }
-        | Op::Const { .. }
-        | Op::Broadcast { .. }
-        | Op::Reshape { .. }
-        | Op::Transpose { .. }
-        | Op::Slice { .. }
-        | Op::SoftmaxCrossEntropy => false,
+    match op.class() {
+        OpClass::Reduction | OpClass::Contraction | OpClass::Copy => true,
+        // One-element results live in registers.
+        OpClass::Elementwise => big,
+        // Views index their operand; softmax cross-entropy's scalar is a
+        // register (its scratch is placed separately).
+        OpClass::Leaf | OpClass::View | OpClass::Composite => false,
     }
 }
 
