@@ -360,3 +360,67 @@ fn the_whole_pipeline_handles_a_100k_node_graph() {
     };
     assert!(kernel_count(joint) > 0 && kernel_count(backward) > 0);
 }
+
+/// Checkpointing is a graph → graph pass: its decision is written into
+/// the graph as `save`/`recompute` marks, which partition reads, so a pass
+/// between the two keeps it; in an order where it cannot apply it is an
+/// error, not a silent no-op.
+#[test]
+fn the_checkpoint_decision_lives_in_the_graph() {
+    let g = cases::case09_checkpoint_chain().unwrap();
+    let wrt: Vec<String> = (1..=8).map(|i| format!("W{i}")).collect();
+    let run = |passes: Vec<Pass>| {
+        run_pipeline(
+            &g,
+            &PipelineOptions {
+                passes,
+                wrt: wrt.clone(),
+                checkpoint: wengert::CheckpointPolicy::parse("sqrt").unwrap(),
+                ..PipelineOptions::default()
+            },
+        )
+    };
+    let direct = run(vec![Pass::Autodiff, Pass::Simplify, Pass::Checkpoint, Pass::Partition]).unwrap();
+    let between = run(vec![
+        Pass::Autodiff,
+        Pass::Simplify,
+        Pass::Checkpoint,
+        Pass::Simplify,
+        Pass::Partition,
+    ])
+    .unwrap();
+    let names = |r: &wengert::passes::PipelineResult| -> Vec<String> {
+        r.partition
+            .as_ref()
+            .unwrap()
+            .residuals
+            .iter()
+            .map(|r| r.ty.to_string())
+            .collect()
+    };
+    let all = run(vec![Pass::Autodiff, Pass::Simplify, Pass::Partition]).unwrap();
+    assert!(
+        direct.partition.as_ref().unwrap().saved_bytes() < all.partition.as_ref().unwrap().saved_bytes(),
+        "√n saves less than save-all"
+    );
+    assert_eq!(names(&direct), names(&between));
+    assert_eq!(
+        direct.partition.as_ref().unwrap().saved_bytes(),
+        between.partition.as_ref().unwrap().saved_bytes()
+    );
+    // The marks print: the decision can be read (and edited) as text.
+    let Stage::One(marked) = &run(vec![Pass::Autodiff, Pass::Simplify, Pass::Checkpoint])
+        .unwrap()
+        .stage
+    else {
+        panic!("one graph before partition")
+    };
+    let text = marked.to_string();
+    assert!(text.contains(" save = ") && text.contains(" recompute = "), "{text}");
+    let e = run(vec![Pass::Simplify, Pass::Checkpoint]).unwrap_err().to_string();
+    assert!(e.contains("`checkpoint` needs `autodiff` before it"), "{e}");
+    let e = run(vec![Pass::Autodiff, Pass::Partition, Pass::Checkpoint])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`checkpoint` must run before `partition`"), "{e}");
+}

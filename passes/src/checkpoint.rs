@@ -265,6 +265,42 @@ fn binomial_within(gg: &GradGraph, peak: usize, bytes: usize) -> Result<Option<(
 /// The user's marks applied to `saved`: a value marked `save` that the
 /// backward reads is saved, a value marked `recompute` is not; every input
 /// is available to recomputation.
+/// What partition saves for a graph as its marks say: the default saved
+/// set, plus values marked `save`, minus values marked `recompute` (and
+/// every input, which the backward reads in place). The checkpoint pass
+/// writes its decision as marks, so this is what it chose, whatever ran
+/// in between.
+pub fn saved_by_marks(gg: &GradGraph) -> Vec<NodeId> {
+    apply_marks(gg, default_saved(gg))
+}
+
+/// `g` with the decision to save exactly `chosen` written as marks: `save`
+/// on each chosen value, `recompute` on every other value the default
+/// would save or that was marked `save` (so that [`saved_by_marks`] gives
+/// `chosen`, with the inputs).
+pub fn mark_decision(gg: &GradGraph, chosen: &[NodeId]) -> Graph {
+    let mut g = gg.graph.clone();
+    let mut is_chosen = vec![false; g.len()];
+    for &c in chosen {
+        is_chosen[c.index()] = true;
+    }
+    let candidates = default_saved(gg)
+        .into_iter()
+        .chain(g.node_ids().filter(|&id| g.node(id).mark == Some(Mark::Save)))
+        .collect::<Vec<_>>();
+    for id in candidates {
+        if !is_chosen[id.index()] && !matches!(g.op(id), Op::Input { .. }) {
+            g.set_mark(id, Some(Mark::Recompute));
+        }
+    }
+    for &c in chosen {
+        if !matches!(g.op(c), Op::Input { .. }) {
+            g.set_mark(c, Some(Mark::Save));
+        }
+    }
+    g
+}
+
 fn apply_marks(gg: &GradGraph, saved: Vec<NodeId>) -> Vec<NodeId> {
     let g = &gg.graph;
     let marked: Vec<(NodeId, Mark)> = g.node_ids().filter_map(|id| g.node(id).mark.map(|m| (id, m))).collect();

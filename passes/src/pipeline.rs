@@ -203,13 +203,8 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
         Ok(())
     };
     dump(&result.stage, 0, "input")?;
-    let mut saved: Option<Vec<wengert_ir::NodeId>> = None;
     let mut save_all_before: Option<usize> = None;
     for (i, &pass) in options.passes.iter().enumerate() {
-        // Only a checkpoint immediately before partition applies.
-        if pass != Pass::Partition && pass != Pass::Checkpoint {
-            saved = None;
-        }
         if options.print_before_all {
             header(&mut result.printed, "before", pass, &result.stage);
         }
@@ -234,29 +229,34 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
             }
             (Pass::Simplify, stage) => stage.map(simplify)?,
             (Pass::Checkpoint, Stage::One(joint)) => {
-                let mut joint = joint;
-                if let Some(grad) = result.grad.as_mut() {
-                    grad.graph = joint.clone();
-                    // Either a saved set, or a graph rewritten to follow
-                    // the binomial schedule (its slots and recomputed
-                    // block count), which then saves nothing.
-                    let (chosen, binomial) = match plan(grad, &options.checkpoint)? {
-                        Plan::Saved(chosen) => (chosen, None),
-                        Plan::Binomial(rewritten, schedule) => (Vec::new(), Some((*rewritten, schedule))),
-                    };
-                    if let Some((rewritten, schedule)) = binomial {
-                        // The rewritten graph's own save-all saves nothing:
-                        // compare with the graph as it was.
-                        save_all_before = Some(crate::checkpoint::save_all_activation_bytes(grad));
-                        *grad = rewritten;
-                        joint = grad.graph.clone();
-                        result.binomial = Some(schedule);
-                    }
-                    saved = Some(chosen);
+                let grad = result
+                    .grad
+                    .as_mut()
+                    .ok_or_else(|| PassError::Pipeline("`checkpoint` needs `autodiff` before it".into()))?;
+                grad.graph = joint;
+                // Either a saved set, or a graph rewritten to follow the
+                // binomial schedule (its slots and recomputed block
+                // count), which then saves nothing. The decision is
+                // written into the graph as `save`/`recompute` marks,
+                // which `partition` reads (and every pass between keeps).
+                let (chosen, binomial) = match plan(grad, &options.checkpoint)? {
+                    Plan::Saved(chosen) => (chosen, None),
+                    Plan::Binomial(rewritten, schedule) => (Vec::new(), Some((*rewritten, schedule))),
+                };
+                if let Some((rewritten, schedule)) = binomial {
+                    // The rewritten graph's own save-all saves nothing:
+                    // compare with the graph as it was.
+                    save_all_before = Some(crate::checkpoint::save_all_activation_bytes(grad));
+                    *grad = rewritten;
+                    result.binomial = Some(schedule);
                 }
-                Stage::One(joint)
+                let marked = crate::checkpoint::mark_decision(grad, &chosen);
+                grad.graph = marked.clone();
+                Stage::One(marked)
             }
-            (Pass::Checkpoint, stage) => stage,
+            (Pass::Checkpoint, Stage::Split { .. }) => {
+                return Err(PassError::Pipeline("`checkpoint` must run before `partition`".into()))
+            }
             (Pass::Partition, Stage::One(joint)) => {
                 let grad = result
                     .grad
@@ -269,12 +269,11 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                             .into(),
                     ));
                 }
-                // Partition the graph as the earlier passes left it.
+                // Partition the graph as the earlier passes left it, saving
+                // what its marks say (the checkpoint pass's decision).
                 grad.graph = joint.clone();
-                // A saved set chosen for an earlier version of the graph
-                // would name the wrong nodes: it holds only if nothing ran
-                // between checkpoint and partition.
-                let p = partition(grad, saved.as_deref())?;
+                let saved = crate::checkpoint::saved_by_marks(grad);
+                let p = partition(grad, Some(&saved))?;
                 let mut explanation = explain(grad, &p);
                 if let Some(b) = result.binomial {
                     // Under the binomial rewrite the recomputation is the
