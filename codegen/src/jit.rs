@@ -90,7 +90,7 @@ fn new_module(opts: &CodegenOptions) -> Result<JITModule, CodegenError> {
         .finish(settings::Flags::new(flags))
         .map_err(|e| CodegenError::Cranelift(format!("host ISA: {e}")))?;
     let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
-    for (name, ptr) in wengert_runtime::gemm::symbols() {
+    for (name, ptr) in wengert_runtime::functions::symbols() {
         jb.symbol(name, ptr);
     }
     Ok(JITModule::new(jb))

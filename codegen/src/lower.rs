@@ -28,6 +28,7 @@ use cranelift_module::{FuncId, Linkage, Module};
 use std::collections::HashMap;
 use wengert_ir::interp::integer_exponent;
 use wengert_ir::{row_major_strides, BinaryOp, CmpOp, DType, Graph, NodeId, Op, Tensor, UnaryOp};
+use wengert_runtime::functions::{ArgType, RuntimeFn};
 use wengert_runtime::gemm::GemmParams;
 
 /// How many vectors the main loop of a kernel processes per iteration.
@@ -168,18 +169,26 @@ impl<'m> Lowerer<'m> {
         MemFlagsData::new().with_endianness(Endianness::Little)
     }
 
-    fn import(&mut self, fb: &mut FunctionBuilder, name: &'static str, params: &[Type], rets: &[Type]) -> FuncRef {
+    /// A reference to runtime function `rf` in the current function,
+    /// declared (with the table's signature) on first use.
+    fn import(&mut self, fb: &mut FunctionBuilder, rf: RuntimeFn) -> FuncRef {
+        let name = rf.name();
         if let Some(&f) = self.func_imports.get(name) {
             return f;
         }
         let id = match self.state.imports.get(name) {
             Some(&id) => id,
             None => {
+                let clif = |a: &ArgType| match a {
+                    ArgType::I64 => types::I64,
+                    ArgType::F32 => types::F32,
+                    ArgType::F64 => types::F64,
+                };
                 let mut sig = self.module.make_signature();
-                sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
-                sig.returns.extend(rets.iter().map(|&t| AbiParam::new(t)));
-                // The runtime registers every name in `gemm::symbols`, so
-                // the declaration always resolves.
+                sig.params.extend(rf.params().iter().map(|a| AbiParam::new(clif(a))));
+                sig.returns.extend(rf.returns().iter().map(|a| AbiParam::new(clif(a))));
+                // The JIT registers every `RuntimeFn`, so the declaration
+                // always resolves.
                 let id = self
                     .module
                     .declare_function(name, Linkage::Import, &sig)
@@ -203,22 +212,28 @@ impl<'m> Lowerer<'m> {
         &mut self,
         fb: &mut FunctionBuilder,
         m: F32Math,
-        f64_name: &'static str,
+        f64_fn: RuntimeFn,
         dtype: DType,
         xt: Type,
         x: Value,
     ) -> Value {
         if dtype == DType::F32 {
-            if self.outline_math {
-                let f = self.math_helper(fb, m, xt);
-                let call = fb.ins().call(f, &[x]);
-                return fb.inst_results(call)[0];
-            }
-            return self.inline_f32(fb, m, xt, x);
+            return self.inline_or_outline_f32(fb, m, xt, x);
         }
-        let f = self.import(fb, f64_name, &[types::F64], &[types::F64]);
+        let f = self.import(fb, f64_fn);
         let call = fb.ins().call(f, &[x]);
         fb.inst_results(call)[0]
+    }
+
+    /// An f32 function inline, or through its out-of-line copy in a
+    /// kernel too large to inline it (`outline_math`).
+    fn inline_or_outline_f32(&mut self, fb: &mut FunctionBuilder, m: F32Math, xt: Type, x: Value) -> Value {
+        if self.outline_math {
+            let f = self.math_helper(fb, m, xt);
+            let call = fb.ins().call(f, &[x]);
+            return fb.inst_results(call)[0];
+        }
+        self.inline_f32(fb, m, xt, x)
     }
 
     /// An f32 function's inline instruction sequence.
@@ -234,8 +249,8 @@ impl<'m> Lowerer<'m> {
 
     /// A scalar through an f64 runtime function: f32 is widened, the result
     /// rounded once (kernels that call out stay scalar).
-    fn via_f64(&mut self, fb: &mut FunctionBuilder, name: &'static str, dtype: DType, x: Value) -> Value {
-        let f = self.import(fb, name, &[types::F64], &[types::F64]);
+    fn via_f64(&mut self, fb: &mut FunctionBuilder, rf: RuntimeFn, dtype: DType, x: Value) -> Value {
+        let f = self.import(fb, rf);
         let wide = if dtype == DType::F32 {
             fb.ins().fpromote(types::F64, x)
         } else {
@@ -294,8 +309,8 @@ impl<'m> Lowerer<'m> {
         f
     }
 
-    pub fn import_f32_unary(&mut self, fb: &mut FunctionBuilder, name: &'static str) -> FuncRef {
-        self.import(fb, name, &[types::F32], &[types::F32])
+    pub fn import_runtime(&mut self, fb: &mut FunctionBuilder, rf: RuntimeFn) -> FuncRef {
+        self.import(fb, rf)
     }
 
     /// A pointer `off` bytes into the arena. Each call loads the arena
@@ -527,12 +542,12 @@ impl<'m> Lowerer<'m> {
         });
         let paddr = &*params as *const GemmParams as i64;
         self.state.gemm_params.push(params);
-        let name = if dtype == DType::F32 {
-            "wengert_gemm_f32"
+        let rf = if dtype == DType::F32 {
+            RuntimeFn::GemmF32
         } else {
-            "wengert_gemm_f64"
+            RuntimeFn::GemmF64
         };
-        let f = self.import(fb, name, &[types::I64; 4], &[]);
+        let f = self.import(fb, rf);
         let size = dtype.size_bytes() as i64;
         let pv = fb.ins().iconst(types::I64, paddr);
         let ap = fb.ins().iadd_imm_s(a.ptr, a.offset * size);
@@ -578,12 +593,12 @@ impl<'m> Lowerer<'m> {
                         let keep = fb.ins().fcmp(FloatCC::UnorderedOrGreaterThan, x, zero);
                         self.sel(fb, keep, x, zero)
                     }
-                    UnaryOp::Exp => self.transcendental(fb, F32Math::Exp, "wengert_exp_f64", dtype, xt, x),
-                    UnaryOp::Log => self.transcendental(fb, F32Math::Log, "wengert_log_f64", dtype, xt, x),
-                    UnaryOp::Tanh => self.transcendental(fb, F32Math::Tanh, "wengert_tanh_f64", dtype, xt, x),
+                    UnaryOp::Exp => self.transcendental(fb, F32Math::Exp, RuntimeFn::ExpF64, dtype, xt, x),
+                    UnaryOp::Log => self.transcendental(fb, F32Math::Log, RuntimeFn::LogF64, dtype, xt, x),
+                    UnaryOp::Tanh => self.transcendental(fb, F32Math::Tanh, RuntimeFn::TanhF64, dtype, xt, x),
                     UnaryOp::Sin | UnaryOp::Cos if dtype == DType::F32 => {
                         let m = if u == UnaryOp::Sin { F32Math::Sin } else { F32Math::Cos };
-                        self.transcendental(fb, m, "", dtype, xt, x)
+                        self.inline_or_outline_f32(fb, m, xt, x)
                     }
                     UnaryOp::Sin | UnaryOp::Cos => {
                         // One sincos call serves both (as LLVM does for
@@ -599,8 +614,7 @@ impl<'m> Lowerer<'m> {
                                 ));
                                 let ps = fb.ins().stack_addr(types::I64, slot, 0);
                                 let pc = fb.ins().stack_addr(types::I64, slot, 8);
-                                let f =
-                                    self.import(fb, "wengert_sincos_f64", &[types::F64, types::I64, types::I64], &[]);
+                                let f = self.import(fb, RuntimeFn::SincosF64);
                                 fb.ins().call(f, &[x, ps, pc]);
                                 let s = fb.ins().load(types::F64, MemFlagsData::trusted(), ps, 0);
                                 let c = fb.ins().load(types::F64, MemFlagsData::trusted(), pc, 0);
@@ -617,9 +631,9 @@ impl<'m> Lowerer<'m> {
                     // No inline version in either precision: the f64
                     // function, f32 values widened and the result rounded
                     // once (as the interpreter defines them).
-                    UnaryOp::Erf => self.via_f64(fb, "wengert_erf_f64", dtype, x),
-                    UnaryOp::Expm1 => self.via_f64(fb, "wengert_expm1_f64", dtype, x),
-                    UnaryOp::Log1p => self.via_f64(fb, "wengert_log1p_f64", dtype, x),
+                    UnaryOp::Erf => self.via_f64(fb, RuntimeFn::ErfF64, dtype, x),
+                    UnaryOp::Expm1 => self.via_f64(fb, RuntimeFn::Expm1F64, dtype, x),
+                    UnaryOp::Log1p => self.via_f64(fb, RuntimeFn::Log1pF64, dtype, x),
                 }
             }
             KExpr::Binary(b, _, _) => {
@@ -673,12 +687,12 @@ impl<'m> Lowerer<'m> {
                 } else if p == 0.5 {
                     fb.ins().sqrt(x)
                 } else {
-                    let (name, t) = if dtype == DType::F32 {
-                        ("wengert_pow_f32", types::F32)
+                    let rf = if dtype == DType::F32 {
+                        RuntimeFn::PowF32
                     } else {
-                        ("wengert_pow_f64", types::F64)
+                        RuntimeFn::PowF64
                     };
-                    let f = self.import(fb, name, &[t, t], &[t]);
+                    let f = self.import(fb, rf);
                     let pv = self.scalar_const(fb, dtype, p);
                     let call = fb.ins().call(f, &[x, pv]);
                     fb.inst_results(call)[0]

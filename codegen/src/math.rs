@@ -15,6 +15,7 @@ use crate::lower::Lowerer;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, InstBuilder, Type, Value};
 use cranelift_frontend::FunctionBuilder;
+use wengert_runtime::functions::RuntimeFn;
 
 /// The integer type with the lanes of a float type.
 pub fn int_type(ty: Type) -> Type {
@@ -360,7 +361,7 @@ impl Lowerer<'_> {
         fb.ins()
             .brif(any_big, cold, &[], join, &[cranelift_codegen::ir::BlockArg::Value(v)]);
         fb.switch_to_block(cold);
-        let f = self.import_f32_unary(fb, if cos { "wengert_cos_f32" } else { "wengert_sin_f32" });
+        let f = self.import_runtime(fb, if cos { RuntimeFn::CosF32 } else { RuntimeFn::SinF32 });
         let fixed = if ty.is_vector() {
             let mut acc = v;
             for lane in 0..4u8 {

@@ -3,11 +3,13 @@
 //! - [`Tensor`]: the IR's owned, 64-byte aligned host tensor.
 //! - [`Executable`]: compiled code with input validation, per-thread arenas
 //!   and caller-provided outputs.
-//! - [`gemm`]: the matrix-multiplication kernels generated code calls, and
-//!   the other symbols it may import.
+//! - [`gemm`]: the matrix-multiplication kernels generated code calls.
+//! - [`functions`]: every runtime function generated code may call, as
+//!   one table of names, signatures and addresses.
 
 pub mod error;
 pub mod executable;
+pub mod functions;
 pub mod gemm;
 
 pub use error::RuntimeError;
