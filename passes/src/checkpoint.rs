@@ -36,13 +36,15 @@
 //! it (policy `Slots(c)`).
 
 use crate::autodiff::GradGraph;
+pub use crate::binomial::{revolve_extra_steps, revolve_min_extra_steps};
+pub use crate::cost::node_flops;
 use crate::error::PassError;
 use crate::fuse::fuse;
 use crate::memory::memory_plan_with_stats;
 use crate::partition::{default_saved, partition, Partition};
 use crate::revolve::Binomial;
 use std::fmt::Write;
-use wengert_ir::{Graph, Mark, NodeId, Op, OpClass};
+use wengert_ir::{Graph, Mark, NodeId, Op};
 
 /// A checkpointing policy.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -106,22 +108,6 @@ impl CheckpointPolicy {
                 .ok_or_else(bad);
         }
         Err(bad())
-    }
-}
-
-/// Floating-point operations to compute one node (an estimate: one per
-/// element for elementwise work, 2mnk for a matmul).
-pub fn node_flops(g: &Graph, id: NodeId) -> u64 {
-    let out = g.ty(id).num_elements() as u64;
-    match g.op(id).class() {
-        OpClass::Contraction => {
-            let a = g.ty(g.args(id)[0]);
-            out * 2 * a.shape[a.rank() - 1] as u64
-        }
-        OpClass::Reduction => g.ty(g.args(id)[0]).num_elements() as u64,
-        OpClass::Composite => 4 * g.ty(g.args(id)[0]).num_elements() as u64,
-        OpClass::Leaf | OpClass::View => 0,
-        OpClass::Elementwise | OpClass::Copy => out,
     }
 }
 
@@ -664,49 +650,4 @@ impl std::fmt::Display for Explanation {
         );
         f.write_str(&out)
     }
-}
-
-/// Binomial coefficient C(n, k), saturating.
-fn binomial(n: u64, k: u64) -> u64 {
-    let k = k.min(n - k.min(n));
-    let mut r: u64 = 1;
-    for i in 0..k {
-        r = r.saturating_mul(n - i) / (i + 1);
-    }
-    r
-}
-
-/// The minimum number of extra forward steps to reverse a chain of `l`
-/// steps with `c` checkpoint slots (Griewank–Walther): with `r` the least
-/// integer such that C(c+r, c) ≥ l, it is `r·l − C(c+r, c+1)`.
-pub fn revolve_min_extra_steps(l: u64, c: u64) -> u64 {
-    if l <= 1 {
-        return 0;
-    }
-    let c = c.max(1);
-    let mut r = 0;
-    while binomial(c + r, c) < l {
-        r += 1;
-    }
-    r * l - binomial(c + r, c + 1)
-}
-
-/// The same number by the dynamic program F(l, c) = min over j of
-/// [j + F(l−j, c−1) + F(j, c)], F(l, 1) = l(l−1)/2, F(1, c) = 0, which also
-/// yields the split points of the schedule.
-pub fn revolve_extra_steps(l: usize, c: usize) -> u64 {
-    let c = c.max(1);
-    let mut f = vec![vec![0u64; c + 1]; l + 1];
-    for (n, row) in f.iter_mut().enumerate().skip(1) {
-        row[1] = (n as u64) * (n as u64 - 1) / 2;
-    }
-    for slots in 2..=c {
-        for n in 2..=l {
-            f[n][slots] = (1..n)
-                .map(|j| j as u64 + f[n - j][slots - 1] + f[j][slots])
-                .min()
-                .unwrap_or(0);
-        }
-    }
-    f[l][c]
 }

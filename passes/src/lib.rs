@@ -6,7 +6,9 @@
 //!   and backward graphs around a chosen set of saved values.
 
 pub mod autodiff;
+pub mod binomial;
 pub mod checkpoint;
+pub mod cost;
 pub mod emit;
 pub mod error;
 pub mod fuse;

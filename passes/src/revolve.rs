@@ -25,7 +25,7 @@
 //! nodes is refused with the number of slots that would do.
 
 use crate::autodiff::GradGraph;
-use crate::checkpoint::revolve_min_extra_steps;
+use crate::binomial::{revolve_min_extra_steps, split};
 use crate::error::PassError;
 use std::collections::HashMap;
 use wengert_ir::{Graph, NodeId, Op};
@@ -173,29 +173,6 @@ pub fn detect_chain(gg: &GradGraph) -> Option<Chain> {
         }
     }
     Some(Chain { states, blocks })
-}
-
-/// The optimal first advance when reversing `n` steps with `c ≥ 2` slots:
-/// the first j in 1..n minimizing g(j) = j + F(n − j, c − 1) + F(j, c), F
-/// the optimal extra-step count ([`revolve_min_extra_steps`], the dynamic
-/// program's closed form). F(·, c) is convex (piecewise linear, its slope
-/// the repetition number, which only grows), so g is convex and a binary
-/// search on g(j + 1) − g(j) finds that j in O(log n) evaluations, where
-/// the dynamic program's table took O(c·l²) time and O(c·l) memory. The
-/// first minimizer is also what the table chose.
-fn split(n: usize, c: usize) -> usize {
-    let f = |n: usize, c: usize| revolve_min_extra_steps(n as u64, c as u64);
-    let g = |j: usize| j as u64 + f(n - j, c - 1) + f(j, c);
-    let (mut lo, mut hi) = (1, n.saturating_sub(1).max(1));
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        if g(mid + 1) >= g(mid) {
-            hi = mid;
-        } else {
-            lo = mid + 1;
-        }
-    }
-    lo
 }
 
 /// Where a block copy starts: `s_0` itself, or the state produced by an
@@ -366,7 +343,7 @@ pub fn revolve_chain(gg: &GradGraph, chain: &Chain, slots: usize) -> Result<(Gra
     let block_flops: Vec<u64> = chain
         .blocks
         .iter()
-        .map(|b| b.iter().map(|&v| crate::checkpoint::node_flops(g, v)).sum())
+        .map(|b| b.iter().map(|&v| crate::cost::node_flops(g, v)).sum())
         .collect();
     let copied_flops: u64 = schedule.actions.iter().map(|a| block_flops[a.block - 1]).sum();
     let mut made: Vec<HashMap<NodeId, NodeId>> = Vec::with_capacity(schedule.actions.len());

@@ -1,0 +1,20 @@
+//! The cost model of the checkpoint policies and the binomial rewrite:
+//! the floating-point operations of a node, by its op's class.
+
+use wengert_ir::{Graph, NodeId, OpClass};
+
+/// Floating-point operations to compute one node (an estimate: one per
+/// element for elementwise work, 2mnk for a matmul).
+pub fn node_flops(g: &Graph, id: NodeId) -> u64 {
+    let out = g.ty(id).num_elements() as u64;
+    match g.op(id).class() {
+        OpClass::Contraction => {
+            let a = g.ty(g.args(id)[0]);
+            out * 2 * a.shape[a.rank() - 1] as u64
+        }
+        OpClass::Reduction => g.ty(g.args(id)[0]).num_elements() as u64,
+        OpClass::Composite => 4 * g.ty(g.args(id)[0]).num_elements() as u64,
+        OpClass::Leaf | OpClass::View => 0,
+        OpClass::Elementwise | OpClass::Copy => out,
+    }
+}
