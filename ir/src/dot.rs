@@ -21,6 +21,8 @@ pub fn to_dot(g: &Graph) -> String {
         let node = g.node(id);
         let mut head = String::new();
         let _ = write_op_head(&mut head, &node.op);
+        // Inputs and one-element constants get their own look; every other
+        // node is its op head.
         let (label, style) = match &node.op {
             Op::Input { .. } => (
                 format!("{}\\n{}", names[id.index()], node.ty),
@@ -30,7 +32,23 @@ pub fn to_dot(g: &Graph) -> String {
                 format!("{} = const {}\\n{}", names[id.index()], value, node.ty),
                 ", style=filled, fillcolor=\"#eeeeee\"",
             ),
-            _ => (format!("{} = {}\\n{}", names[id.index()], head, node.ty), ""),
+            Op::Const { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Pow { .. }
+            | Op::Compare(_)
+            | Op::Select
+            | Op::Convert { .. }
+            | Op::Broadcast { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::ReduceSum { .. }
+            | Op::ReduceMax { .. }
+            | Op::MatMul
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Concat { .. }
+            | Op::SoftmaxCrossEntropy => (format!("{} = {}\\n{}", names[id.index()], head, node.ty), ""),
         };
         let _ = writeln!(
             out,

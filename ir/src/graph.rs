@@ -11,7 +11,7 @@
 
 use crate::error::IrError;
 use crate::infer::infer;
-use crate::op::Op;
+use crate::op::{Op, OpClass};
 use crate::tensor::Tensor;
 use crate::types::TensorType;
 use petgraph::visit::EdgeRef;
@@ -339,15 +339,15 @@ impl Graph {
     pub fn value_names(&self) -> Vec<String> {
         let mut counter = 0;
         self.node_ids()
-            .map(|id| match &self.dag[id].op {
-                Op::Input { index } => match self.inputs.get(*index) {
-                    Some(input) => format!("%{}", input.name),
-                    None => format!("%<input {index}>"),
-                },
-                _ => {
-                    counter += 1;
-                    format!("%{}", counter - 1)
+            .map(|id| {
+                if let Op::Input { index } = &self.dag[id].op {
+                    return match self.inputs.get(*index) {
+                        Some(input) => format!("%{}", input.name),
+                        None => format!("%<input {index}>"),
+                    };
                 }
+                counter += 1;
+                format!("%{}", counter - 1)
             })
             .collect()
     }
@@ -430,10 +430,17 @@ impl Graph {
     pub fn constant_nodes(&self) -> Vec<bool> {
         let mut constant = vec![false; self.len()];
         for id in self.node_ids() {
-            constant[id.index()] = match self.op(id) {
-                Op::Const { .. } => true,
-                Op::Input { .. } => false,
-                _ => self.args(id).iter().all(|a| constant[a.index()]),
+            // A constant, or an op all of whose operands are constants (no
+            // op of the IR is random or stateful; one that were would have
+            // to say so here).
+            constant[id.index()] = match self.op(id).class() {
+                OpClass::Leaf => matches!(self.op(id), Op::Const { .. }),
+                OpClass::Elementwise
+                | OpClass::View
+                | OpClass::Reduction
+                | OpClass::Contraction
+                | OpClass::Copy
+                | OpClass::Composite => self.args(id).iter().all(|a| constant[a.index()]),
             };
         }
         constant

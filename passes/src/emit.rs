@@ -49,15 +49,16 @@ impl Emitter<'_> {
     /// through broadcasts and reshapes.
     pub fn uniform_const(&self, mut x: NodeId) -> Option<f64> {
         loop {
-            match self.g.op(x) {
-                Op::Const { value } => {
-                    let v = value.to_f64_vec();
-                    let first = *v.first()?;
-                    return v.iter().all(|&e| e.to_bits() == first.to_bits()).then_some(first);
-                }
-                Op::Broadcast { .. } | Op::Reshape { .. } => x = self.g.args(x)[0],
-                _ => return None,
+            let op = self.g.op(x);
+            if let Op::Const { value } = op {
+                let v = value.to_f64_vec();
+                let first = *v.first()?;
+                return v.iter().all(|&e| e.to_bits() == first.to_bits()).then_some(first);
             }
+            if !matches!(op, Op::Broadcast { .. } | Op::Reshape { .. }) {
+                return None;
+            }
+            x = self.g.args(x)[0];
         }
     }
 

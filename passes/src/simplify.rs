@@ -86,9 +86,10 @@ impl Rewriter {
     }
 
     fn constant(&self, id: NodeId) -> Option<&Tensor> {
-        match self.out.op(id) {
-            Op::Const { value } => Some(value),
-            _ => None,
+        if let Op::Const { value } = self.out.op(id) {
+            Some(value)
+        } else {
+            None
         }
     }
 
@@ -96,15 +97,16 @@ impl Rewriter {
     /// through broadcasts and reshapes.
     fn uniform(&self, mut id: NodeId) -> Option<f64> {
         loop {
-            match self.out.op(id) {
-                Op::Const { value } => {
-                    let v = value.to_f64_vec();
-                    let first = *v.first()?;
-                    return v.iter().all(|e| e.to_bits() == first.to_bits()).then_some(first);
-                }
-                Op::Broadcast { .. } | Op::Reshape { .. } => id = self.out.args(id)[0],
-                _ => return None,
+            let op = self.out.op(id);
+            if let Op::Const { value } = op {
+                let v = value.to_f64_vec();
+                let first = *v.first()?;
+                return v.iter().all(|e| e.to_bits() == first.to_bits()).then_some(first);
             }
+            if !matches!(op, Op::Broadcast { .. } | Op::Reshape { .. }) {
+                return None;
+            }
+            id = self.out.args(id)[0];
         }
     }
 
@@ -224,7 +226,22 @@ impl Rewriter {
                     }
                 }
             }
-            _ => {}
+            // No identity rewrites these (an op added to the IR lands here
+            // only by being listed).
+            Op::Input { .. }
+            | Op::Const { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Pow { .. }
+            | Op::Compare(_)
+            | Op::Select
+            | Op::Convert { .. }
+            | Op::ReduceMax { .. }
+            | Op::MatMul
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Concat { .. }
+            | Op::SoftmaxCrossEntropy => {}
         }
         // Constant folding of small results. A broadcast of a constant stays
         // a broadcast: it is free in generated code and reads better.
