@@ -689,3 +689,51 @@ fn a_binomial_rewrite_too_large_to_compile_is_refused_and_budgets_stay_bounded()
     assert!(b.recomputed_blocks <= 16 * l, "{b:?}");
     assert!(b.slots >= 2, "{b:?}");
 }
+
+/// The checkpoint decisions as golden files (`tests/filetests/checkpoint/`,
+/// `UPDATE_EXPECT=1` rewrites them): the table `explain` prints — saved and
+/// recomputed values, bytes, extra FLOPs, the binomial schedule, planned
+/// and measured arenas — for the seed's case 9 and a 64-layer tanh chain
+/// (f32[8,16], so that the suite stays fast) under every policy. A change
+/// of decision shows as a diff.
+#[test]
+fn checkpoint_decisions_match_golden_files() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filetests/checkpoint");
+    let update = std::env::var_os("UPDATE_EXPECT").is_some();
+    std::fs::create_dir_all(&root).unwrap();
+    let chain = models::tanh_chain(64, 8, 16, DType::F32).unwrap();
+    let chain_wrt: Vec<String> = (1..=64).map(|i| format!("W{i}")).collect();
+    let chain_wrt: Vec<&str> = chain_wrt.iter().map(String::as_str).collect();
+    let graphs = [
+        ("case09", cases::case09_checkpoint_chain().unwrap(), WRT9.to_vec()),
+        ("chain64", chain, chain_wrt),
+    ];
+    let mut failures = Vec::new();
+    for (name, g, wrt) in &graphs {
+        for policy in ["all", "sqrt", "segments=4", "mincut", "slots=2", "budget=4KiB"] {
+            let options = Options {
+                checkpoint: CheckpointPolicy::parse(policy).unwrap(),
+                ..Options::default()
+            };
+            let f = value_and_grad(g, wrt, &options).unwrap();
+            let actual = f.explain().unwrap();
+            let file = root.join(format!("{name}.{}.expected", policy.replace('=', "-")));
+            if update {
+                std::fs::write(&file, &actual).unwrap();
+            } else {
+                let expected = std::fs::read_to_string(&file).unwrap_or_default();
+                if expected != actual {
+                    failures.push(format!(
+                        "{}:\n--- expected\n{expected}--- actual\n{actual}",
+                        file.display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "run with UPDATE_EXPECT=1 to accept:\n{}",
+        failures.join("\n")
+    );
+}
