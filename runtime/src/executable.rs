@@ -409,18 +409,14 @@ impl Executable {
                 })
             })
             .collect::<Result<_, _>>()?;
+        // The bound call's own arena (its slot already points to it).
         let mut bound = self.bind(zeros)?;
-        let mut arena = Vec::new();
-        grow_arena(&mut arena, self.arena_bytes)?;
-        let arena_slot = bound.ptrs.len() - 1;
         let mut high = 0;
         for pattern in [0xA5u8, 0x5A] {
-            arena.iter_mut().for_each(|l| l.0 = [pattern; 64]);
-            bound.ptrs[arena_slot] = arena.as_mut_ptr() as *mut u8;
-            // SAFETY: the bound buffers have the declared types, and the
-            // arena holds `arena_bytes` bytes, 64-byte aligned.
-            unsafe { call_entry(self.entry, &bound.ptrs, self.frame_bytes)? };
+            bound.arena.iter_mut().for_each(|l| l.0 = [pattern; 64]);
+            bound.run()?;
             // One past the last byte that differs from the pattern.
+            let arena = &bound.arena;
             let written = arena.iter().rposition(|l| l.0 != [pattern; 64]).map_or(0, |i| {
                 64 * i + arena[i].0.iter().rposition(|&b| b != pattern).map_or(0, |j| j + 1)
             });
