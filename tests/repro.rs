@@ -299,8 +299,9 @@ fn huge_functions_never_overflow_the_stack() {
 
 /// The full reproduction of the binomial schedule on a 100,000-node chain
 /// (`--checkpoint slots=5`, 19,999 blocks, a 1.3M-node rewritten graph):
-/// it crashed after 63 s at 7.3 GB; it now answers (about 46 s and
-/// 2.6 GB in release on the machine of the hardening issue). Slow tier:
+/// it crashed after 63 s at 7.3 GB (the issue's measurement); it now
+/// answers (46 s and 2.6 GB in release, measured in the fourth session on
+/// an AMD EPYC while another build ran). Slow tier:
 /// `cargo test --release --test repro -- --ignored`.
 #[test]
 #[ignore]

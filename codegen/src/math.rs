@@ -361,7 +361,7 @@ impl Lowerer<'_> {
         fb.ins()
             .brif(any_big, cold, &[], join, &[cranelift_codegen::ir::BlockArg::Value(v)]);
         fb.switch_to_block(cold);
-        let f = self.import_runtime(fb, if cos { RuntimeFn::CosF32 } else { RuntimeFn::SinF32 });
+        let f = self.import(fb, if cos { RuntimeFn::CosF32 } else { RuntimeFn::SinF32 });
         let fixed = if ty.is_vector() {
             let mut acc = v;
             for lane in 0..4u8 {

@@ -23,32 +23,20 @@ pub fn to_dot(g: &Graph) -> String {
         let _ = write_op_head(&mut head, &node.op);
         // Inputs and one-element constants get their own look; every other
         // node is its op head.
-        let (label, style) = match &node.op {
-            Op::Input { .. } => (
-                format!("{}\\n{}", names[id.index()], node.ty),
-                ", style=filled, fillcolor=\"#dde8f7\"",
-            ),
-            Op::Const { value } if value.len() == 1 => (
-                format!("{} = const {}\\n{}", names[id.index()], value, node.ty),
-                ", style=filled, fillcolor=\"#eeeeee\"",
-            ),
-            Op::Const { .. }
-            | Op::Unary(_)
-            | Op::Binary(_)
-            | Op::Pow { .. }
-            | Op::Compare(_)
-            | Op::Select
-            | Op::Convert { .. }
-            | Op::Broadcast { .. }
-            | Op::Reshape { .. }
-            | Op::Transpose { .. }
-            | Op::ReduceSum { .. }
-            | Op::ReduceMax { .. }
-            | Op::MatMul
-            | Op::Slice { .. }
-            | Op::Pad { .. }
-            | Op::Concat { .. }
-            | Op::SoftmaxCrossEntropy => (format!("{} = {}\\n{}", names[id.index()], head, node.ty), ""),
+        let name = &names[id.index()];
+        let (label, style) = if let Op::Input { .. } = &node.op {
+            (format!("{name}\\n{}", node.ty), ", style=filled, fillcolor=\"#dde8f7\"")
+        } else if let Op::Const { value } = &node.op {
+            if value.len() == 1 {
+                (
+                    format!("{name} = const {value}\\n{}", node.ty),
+                    ", style=filled, fillcolor=\"#eeeeee\"",
+                )
+            } else {
+                (format!("{name} = {head}\\n{}", node.ty), "")
+            }
+        } else {
+            (format!("{name} = {head}\\n{}", node.ty), "")
         };
         let _ = writeln!(
             out,

@@ -432,12 +432,6 @@ fn budget_choice(gg: &GradGraph, bytes: usize) -> Result<(Vec<NodeId>, usize), P
     Ok(best.map(|(_, _, peak, saved)| (saved, peak)).unwrap_or_default())
 }
 
-/// Whether the backward may recompute this op rather than have it saved:
-/// never a matmul or a reduction (expensive, and what they save is small).
-fn recomputable(op: &Op) -> bool {
-    op.recomputable()
-}
-
 /// The saved set of a minimum cut (as PyTorch's partitioner does): every
 /// forward value `v` becomes an edge `v_in → v_out` whose capacity is its
 /// size in bytes (the cost of saving it; 0 for inputs, which exist
@@ -480,7 +474,7 @@ pub fn min_cut_saved(gg: &GradGraph) -> Vec<NodeId> {
         let is_input = matches!(g.op(id), Op::Input { .. });
         let cost = if is_input { 0 } else { g.ty(id).size_bytes() as u64 };
         cut_edge.push((id, net.add_edge(vin, vout, cost)));
-        if is_input || !recomputable(g.op(id)) {
+        if is_input || !g.op(id).recomputable() {
             net.add_edge(source, vin, INF);
         }
         for a in g.args(id) {

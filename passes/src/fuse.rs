@@ -240,7 +240,7 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
             }
         }
     }
-    sink_cheap_tails(g, &mut units, &group);
+    sink_cheap_tails(g, &mut units, &group, &kinds);
     debug_assert!(units.is_topological(), "fusion groups must stay acyclic");
     // Units: each group of two or more nodes, and every other node. Order
     // them topologically, earliest original position first (the units are
@@ -344,7 +344,7 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
 /// leading matmul). `G` precedes `H` (H reads x), so `H` may read
 /// anything `G` stores, and the tail's other operands were already before
 /// `G`: no cycle can form, and the units' order stays topological.
-fn sink_cheap_tails(g: &Graph, units: &mut Units, group: &[Option<Group>]) {
+fn sink_cheap_tails(g: &Graph, units: &mut Units, group: &[Option<Group>], kinds: &[Kind]) {
     let n = g.len();
     let mut is_output = vec![false; n];
     for o in g.outputs() {
@@ -371,7 +371,7 @@ fn sink_cheap_tails(g: &Graph, units: &mut Units, group: &[Option<Group>]) {
                 && units
                     .users(x)
                     .iter()
-                    .all(|u| units.unit(*u) == hi && kind(g, *u) == Kind::Elementwise);
+                    .all(|u| units.unit(*u) == hi && kinds[u.index()] == Kind::Elementwise);
             if !target_ok {
                 continue;
             }
@@ -391,7 +391,7 @@ fn sink_cheap_tails(g: &Graph, units: &mut Units, group: &[Option<Group>]) {
             // Everything else the tail reads from G must be stored anyway.
             let stored = |a: NodeId| {
                 is_output[a.index()]
-                    || kind(g, a) == Kind::MatMul
+                    || kinds[a.index()] == Kind::MatMul
                     || units.users(a).iter().any(|u| units.unit(*u) != gi)
             };
             let reads_ok = tail

@@ -149,10 +149,11 @@ impl Units {
                         if su == u || su == hi {
                             continue;
                         }
-                        if self.mark[su] == back {
-                            // lo reaches a unit that reaches hi.
-                            return false;
-                        }
+                        // A unit lo reaches that reaches hi would have been
+                        // found by the backward search (it is ordered
+                        // between them and reaches hi), which refused the
+                        // merge.
+                        debug_assert!(self.mark[su] != back, "a cycle the backward search missed");
                         if self.ord[su] < ohi && self.mark[su] != fwd {
                             self.mark[su] = fwd;
                             delta_f.push(su);
