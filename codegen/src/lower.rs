@@ -1194,7 +1194,9 @@ fn elementwise_expr(op: &Op, xs: &[usize]) -> Option<KExpr> {
         | Op::Slice { .. }
         | Op::Pad { .. }
         | Op::Concat { .. }
-        | Op::SoftmaxCrossEntropy => None,
+        | Op::SoftmaxCrossEntropy
+        | Op::Scan(_)
+        | Op::Get { .. } => None,
     }
 }
 
@@ -1715,6 +1717,12 @@ pub fn lower_graph(
                 Loc::Mem(out)
             }
             Op::SoftmaxCrossEntropy => lower_softmax_xent(&mut lw, fb, g, id, &arg_locs)?,
+            Op::Scan(_) | Op::Get { .. } => {
+                return Err(CodegenError::Unsupported {
+                    node: g.value_name(id),
+                    message: "loops are not compiled yet".into(),
+                })
+            }
         };
         locs[id.index()] = Some(loc);
     }

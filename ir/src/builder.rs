@@ -34,6 +34,9 @@ use std::panic::Location;
 struct State {
     graph: Option<Graph>,
     error: Option<IrError>,
+    /// Whether this builder builds a loop's body (for the message when a
+    /// value from outside is used in it).
+    is_body: bool,
 }
 
 /// Builds a [`Graph`] through [`Var`] handles.
@@ -83,6 +86,7 @@ impl GraphBuilder {
             state: RefCell::new(State {
                 graph: Some(Graph::new(name)),
                 error: None,
+                is_body: false,
             }),
         }
     }
@@ -114,6 +118,10 @@ impl GraphBuilder {
         let mut ids = Vec::with_capacity(args.len());
         for a in args {
             if !std::ptr::eq(a.b, self) {
+                if self.state.borrow().is_body {
+                    return self
+                        .fail("a value from outside this loop body was used here; pass it to `scan` among its consts");
+                }
                 return self.fail("a value from another builder was used here");
             }
             match a.id {
@@ -203,6 +211,161 @@ impl GraphBuilder {
     #[track_caller]
     pub fn concat(&self, values: &[Var<'_>], axis: usize) -> Var<'_> {
         self.node(Op::Concat { axis }, values)
+    }
+
+    /// A loop: `(carry_final, ys) = scan(length, consts, init, xs, body)`
+    /// runs `body(consts, carry, x_t) -> (carry', y_t)` for `t` in
+    /// `0..length`, where `x_t` is row `t` of each of `xs` (each
+    /// `[length, …]`), starting from `init`; it returns the last carry and
+    /// each `y` stacked into `[length, …]`. The body is built with its own
+    /// builder (the closure's first argument) from the handles it is given;
+    /// using a value of the enclosing graph in it is an error naming the
+    /// line (pass such values among `consts`, as loop invariants).
+    ///
+    /// ```
+    /// use wengert_ir::{DType, GraphBuilder};
+    /// let b = GraphBuilder::new("rnn");
+    /// let a = b.input("a", DType::F64, &[]);
+    /// let h0 = b.input("h0", DType::F64, &[]);
+    /// let xs = b.input("xs", DType::F64, &[5]);
+    /// let (h, ys) = b.scan(5, &[a], &[h0], &[xs], |_, c, h, x| {
+    ///     let next = (c[0] * h[0] + x[0]).tanh();
+    ///     (vec![next], vec![next])
+    /// });
+    /// let g = b.build(&[("h", h[0]), ("ys", ys[0])]).unwrap();
+    /// assert_eq!(g.ty(g.outputs()[1].node).shape, vec![5]);
+    /// ```
+    ///
+    /// The body's handles live only as long as the body, so a value of the
+    /// enclosing graph used in it is a compile-time error, not a silently
+    /// captured constant (pass it among `consts`):
+    ///
+    /// ```compile_fail
+    /// use wengert_ir::{DType, GraphBuilder};
+    /// let b = GraphBuilder::new("captured");
+    /// let w = b.input("w", DType::F64, &[]);
+    /// let h0 = b.input("h0", DType::F64, &[]);
+    /// let h = b.fori_loop(3, &[], &[h0], |_, _, h| vec![h[0] * w]);
+    /// ```
+    #[track_caller]
+    pub fn scan<'s, F>(
+        &'s self,
+        length: usize,
+        consts: &[Var<'s>],
+        init: &[Var<'s>],
+        xs: &[Var<'s>],
+        body: F,
+    ) -> (Vec<Var<'s>>, Vec<Var<'s>>)
+    where
+        F: for<'c> FnOnce(&'c GraphBuilder, &[Var<'c>], &[Var<'c>], &[Var<'c>]) -> (Vec<Var<'c>>, Vec<Var<'c>>),
+    {
+        self.scan_with(length, false, consts, init, xs, body)
+    }
+
+    /// [`GraphBuilder::scan`] with the steps run from `length − 1` down to 0
+    /// (`reverse = true`; row `t` of `xs` and `ys` still belongs to step `t`).
+    #[track_caller]
+    pub fn scan_with<'s, F>(
+        &'s self,
+        length: usize,
+        reverse: bool,
+        consts: &[Var<'s>],
+        init: &[Var<'s>],
+        xs: &[Var<'s>],
+        body: F,
+    ) -> (Vec<Var<'s>>, Vec<Var<'s>>)
+    where
+        F: for<'c> FnOnce(&'c GraphBuilder, &[Var<'c>], &[Var<'c>], &[Var<'c>]) -> (Vec<Var<'c>>, Vec<Var<'c>>),
+    {
+        let poisoned = |n_carry: usize| (vec![self.poisoned(); n_carry], Vec::new());
+        let mut types = Vec::new();
+        for (role, vars) in [("const", consts), ("initial carry", init), ("xs", xs)] {
+            for (k, v) in vars.iter().enumerate() {
+                if !std::ptr::eq(v.b, self) {
+                    self.fail(format!("scan: {role} {k} comes from another builder"));
+                    return poisoned(init.len());
+                }
+                let Some(ty) = v.ty() else {
+                    return poisoned(init.len());
+                };
+                types.push((role, k, ty));
+            }
+        }
+        let inner = GraphBuilder::new("body");
+        inner.state.borrow_mut().is_body = true;
+        let mut body_args: [Vec<Var<'_>>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for (role, k, ty) in &types {
+            let (slot, name, ty) = match *role {
+                "const" => (0, format!("c{k}"), ty.clone()),
+                "initial carry" => (1, format!("carry{k}"), ty.clone()),
+                _ => {
+                    if ty.shape.first() != Some(&length) {
+                        self.fail(format!(
+                            "scan: xs {k} is {ty}, but a stacked input needs a leading axis of length {length}"
+                        ));
+                        return poisoned(init.len());
+                    }
+                    (2, format!("x{k}"), TensorType::new(ty.dtype, ty.shape[1..].to_vec()))
+                }
+            };
+            body_args[slot].push(inner.input(&name, ty.dtype, &ty.shape));
+        }
+        let (next, ys) = body(&inner, &body_args[0], &body_args[1], &body_args[2]);
+        if next.len() != init.len() {
+            self.fail(format!(
+                "scan: the body returns {} carries for an initial carry of {}",
+                next.len(),
+                init.len()
+            ));
+            return poisoned(init.len());
+        }
+        let outputs: Vec<(String, Var<'_>)> = next
+            .iter()
+            .enumerate()
+            .map(|(k, v)| (format!("next{k}"), *v))
+            .chain(ys.iter().enumerate().map(|(k, v)| (format!("y{k}"), *v)))
+            .collect();
+        let named: Vec<(&str, Var<'_>)> = outputs.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+        let graph = match inner.build(&named) {
+            Ok(g) => g,
+            Err(e) => {
+                // The body's first error carries the user's line already.
+                let mut st = self.state.borrow_mut();
+                if st.error.is_none() {
+                    st.error = Some(e);
+                }
+                return poisoned(init.len());
+            }
+        };
+        let scan = crate::scan::Scan {
+            body: graph,
+            length,
+            reverse,
+            n_consts: consts.len(),
+            n_carry: init.len(),
+        };
+        let results = scan.result_types();
+        let operands: Vec<Var<'s>> = consts.iter().chain(init).chain(xs).copied().collect();
+        let node = self.node(Op::Scan(std::sync::Arc::new(scan)), &operands);
+        let mut gets: Vec<Var<'s>> = results
+            .into_iter()
+            .enumerate()
+            .map(|(index, ty)| self.node(Op::Get { index, ty }, &[node]))
+            .collect();
+        let ys = gets.split_off(init.len());
+        (gets, ys)
+    }
+
+    /// A loop without stacked inputs or outputs: `n` times
+    /// `carry = body(consts, carry)`, starting from `init`; returns the
+    /// last carry (like `jax.lax.fori_loop` with static bounds).
+    #[track_caller]
+    pub fn fori_loop<'s, F>(&'s self, n: usize, consts: &[Var<'s>], init: &[Var<'s>], body: F) -> Vec<Var<'s>>
+    where
+        F: for<'c> FnOnce(&'c GraphBuilder, &[Var<'c>], &[Var<'c>]) -> Vec<Var<'c>>,
+    {
+        self.scan(n, consts, init, &[], |s, c, h, _| (body(s, c, h), Vec::new()))
+            .0
     }
 
     /// The first error recorded, if any.

@@ -440,10 +440,57 @@ impl Graph {
                 | OpClass::Reduction
                 | OpClass::Contraction
                 | OpClass::Copy
-                | OpClass::Composite => self.args(id).iter().all(|a| constant[a.index()]),
+                | OpClass::Composite
+                | OpClass::Region => self.args(id).iter().all(|a| constant[a.index()]),
             };
         }
         constant
+    }
+
+    /// A copy of this graph (same nodes, same ids) in which the body of
+    /// every region op is replaced by `f` of it: how a pass that works on
+    /// whole graphs (fusion, the memory plan) reaches loop bodies. `f`
+    /// must keep a body's inputs and output types; the copy is checked.
+    pub fn map_bodies<E: From<IrError>>(&self, mut f: impl FnMut(&Graph) -> Result<Graph, E>) -> Result<Graph, E> {
+        let mut out = self.clone();
+        for id in self.node_ids() {
+            if let Op::Scan(scan) = self.op(id) {
+                let body = f(&scan.body)?;
+                let new = crate::scan::Scan {
+                    body,
+                    ..(**scan).clone()
+                };
+                if new.result_types() != scan.result_types() || new.body.inputs().len() != scan.body.inputs().len() {
+                    return Err(IrError::Node {
+                        node: self.value_name(id),
+                        message: "a pass changed the types of a loop body's results".into(),
+                    }
+                    .into());
+                }
+                out.dag[id].op = Op::Scan(std::sync::Arc::new(new));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the op of node `id`, inferring its type again from the same
+    /// operands. Used to give a loop more results (its users, `get`s of
+    /// the old results, stay valid); `verify` checks the rest.
+    pub fn replace_op(&mut self, id: NodeId, op: Op) -> Result<(), IrError> {
+        let tys: Vec<&TensorType> = self.args(id).into_iter().map(|a| &self.dag[a].ty).collect();
+        let ty = infer(&op, &tys).map_err(|message| IrError::Node {
+            node: self.value_name(id),
+            message,
+        })?;
+        let node = &mut self.dag[id];
+        node.op = op;
+        node.ty = ty;
+        Ok(())
+    }
+
+    /// Whether any node holds a region (a loop body).
+    pub fn has_regions(&self) -> bool {
+        self.node_ids().any(|id| matches!(self.op(id), Op::Scan(_)))
     }
 
     /// Marks every node that some output depends on.

@@ -220,5 +220,21 @@ fn infer_unchecked(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> 
             }
             Ok(TensorType::scalar(z.dtype))
         }
+        Op::Scan(scan) => {
+            scan.check(args)?;
+            scan.value_type()
+                .ok_or_else(|| "`scan` results are larger than memory".to_string())
+        }
+        // The operand is a scan's result buffer; which result, and whether
+        // `ty` is its type, `verify` checks with the operand's op in hand.
+        Op::Get { ty, .. } => {
+            if args[0].dtype != DType::Bool || args[0].rank() != 1 {
+                return Err(format!(
+                    "`get` reads the results of a `scan`, not a value of type {}",
+                    args[0]
+                ));
+            }
+            Ok(ty.clone())
+        }
     }
 }

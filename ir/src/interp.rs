@@ -13,6 +13,7 @@
 use crate::error::IrError;
 use crate::graph::Graph;
 use crate::op::{BinaryOp, Op, UnaryOp};
+use crate::scan::Scan;
 use crate::tensor::{Element, Tensor};
 use crate::types::{num_elements, row_major_strides, DType, TensorType};
 use crate::verify::verify;
@@ -53,6 +54,12 @@ pub fn check_inputs(g: &Graph, inputs: &[Tensor]) -> Result<(), IrError> {
 pub fn interpret(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
     verify(g)?;
     check_inputs(g, inputs)?;
+    run(g, inputs)
+}
+
+/// Evaluates a verified graph on inputs of its declared types (a scan
+/// runs its body through here once per step, verified once).
+fn run(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
     let mut remaining = g.use_counts();
     for o in g.outputs() {
         remaining[o.node.index()] += 1;
@@ -63,6 +70,38 @@ pub fn interpret(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
         let args = g.args(id);
         let value = match &node.op {
             Op::Input { index } => inputs[*index].try_clone()?,
+            Op::Scan(scan) => {
+                let arg_values: Vec<&Tensor> = args
+                    .iter()
+                    .map(|a| {
+                        values[a.index()]
+                            .as_ref()
+                            .ok_or_else(|| internal(g, id, "operand freed too early"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                run_scan(scan, &arg_values).map_err(|e| IrError::Node {
+                    node: g.value_name(id),
+                    message: format!("in the body of `scan`: {e}"),
+                })?
+            }
+            Op::Get { index, ty } => {
+                let Some(&scan_id) = args.first() else {
+                    return Err(internal(g, id, "`get` without operand"));
+                };
+                let (Op::Scan(scan), Some(buffer)) = (g.op(scan_id), values[scan_id.index()].as_ref()) else {
+                    return Err(internal(g, id, "`get` of a value that is not a computed scan"));
+                };
+                let offsets = scan.layout().ok_or_else(|| internal(g, id, "scan layout overflows"))?.0;
+                let at = offsets
+                    .get(*index)
+                    .copied()
+                    .ok_or_else(|| internal(g, id, "no such result"))?;
+                let bytes = buffer
+                    .bytes()
+                    .get(at..at + ty.size_bytes())
+                    .ok_or_else(|| internal(g, id, "result outside the scan's buffer"))?;
+                Tensor::try_from_bytes(ty.clone(), bytes)?
+            }
             op => {
                 let arg_values: Vec<&Tensor> = args
                     .iter()
@@ -95,6 +134,54 @@ pub fn interpret(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
                 .ok_or_else(|| internal(g, o.node, "output missing"))
         })
         .collect()
+}
+
+/// Runs a scan: the body once per step, carrying the carry, reading row
+/// `t` of each `xs` and writing row `t` of each `ys` into the scan's buffer
+/// of results (see [`crate::scan`]).
+fn run_scan(scan: &Scan, args: &[&Tensor]) -> Result<Tensor, IrError> {
+    let body = &scan.body;
+    let (nc, nk) = (scan.n_consts, scan.n_carry);
+    let (offsets, total) = scan
+        .layout()
+        .ok_or_else(|| IrError::Tensor("`scan` results are larger than memory".into()))?;
+    let mut out = Tensor::try_zeros(TensorType::new(DType::Bool, vec![total]))?;
+    let mut inputs: Vec<Tensor> = Vec::with_capacity(args.len());
+    for a in args.iter().take(nc + nk) {
+        inputs.push(a.try_clone()?);
+    }
+    // Placeholders for this step's rows, replaced each step.
+    for input in &body.inputs()[nc + nk..] {
+        inputs.push(Tensor::try_zeros(input.ty.clone())?);
+    }
+    for step in 0..scan.length {
+        let t = if scan.reverse { scan.length - 1 - step } else { step };
+        for (k, input) in body.inputs().iter().enumerate().skip(nc + nk) {
+            let row = input.ty.size_bytes();
+            let bytes = args[k]
+                .bytes()
+                .get(t * row..(t + 1) * row)
+                .ok_or_else(|| IrError::Tensor(format!("stacked operand {k} has no row {t}")))?;
+            inputs[k] = Tensor::try_from_bytes(input.ty.clone(), bytes)?;
+        }
+        let results = run(body, &inputs)?;
+        let mut results = results.into_iter();
+        for k in 0..nk {
+            if let Some(next) = results.next() {
+                inputs[nc + k] = next;
+            }
+        }
+        for (j, y) in results.enumerate() {
+            let row = y.bytes().len();
+            let at = offsets[nk + j] + t * row;
+            out.bytes_mut()[at..at + row].copy_from_slice(y.bytes());
+        }
+    }
+    for k in 0..nk {
+        let carry = inputs[nc + k].bytes();
+        out.bytes_mut()[offsets[k]..offsets[k] + carry.len()].copy_from_slice(carry);
+    }
+    Ok(out)
 }
 
 /// Evaluates `g` with inputs given by name; returns `(output name, value)`.
@@ -509,5 +596,9 @@ pub fn eval_op(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Tensor, Str
             out.data_mut::<T>()[0] = softmax_cross_entropy(args[0].data::<T>(), args[1].data::<T>(), k);
             out
         }),
+        Op::Scan(scan) => run_scan(scan, args).map_err(|e| e.to_string())?,
+        // A result's place in the buffer is the scan's to say; `interpret`
+        // reads it with the scan in hand.
+        Op::Get { .. } => return Err("`get` is evaluated with its scan, by `interpret`".into()),
     })
 }

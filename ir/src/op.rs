@@ -6,11 +6,13 @@
 //! compiler list every place to touch. Composite operations (square, mean,
 //! sigmoid, softmax, linear layer) live in the builder and need no rules.
 //!
-//! A loop op with a body graph (`scan`, for recurrences) is planned; it will
-//! be a variant holding a `Graph`, which this enum has room for.
+//! The loop op `scan` holds its body graph (a region, see [`crate::scan`]);
+//! its several results are read through `get` nodes.
 
+use crate::scan::Scan;
 use crate::tensor::Tensor;
-use crate::types::DType;
+use crate::types::{DType, TensorType};
+use std::sync::Arc;
 
 /// Declares the elementwise unary ops once: each entry's variant,
 /// mnemonic and cost per element; `UnaryOp`, `UnaryOp::ALL` (the parser's
@@ -203,6 +205,16 @@ pub enum Op {
     /// the mechanical one is not: it stays finite for logits of magnitude
     /// 1e4, and a logit of `-inf` whose target is 0 contributes exactly 0.
     SoftmaxCrossEntropy,
+    /// A loop over a body graph (see [`crate::scan`]); its value is the
+    /// buffer of all its results, read through `get`.
+    Scan(Arc<Scan>),
+    /// Result `index` of the multi-result op that is its operand, of type
+    /// `ty` (carried in the op so that inference needs only operand types;
+    /// `verify` checks it against the operand).
+    Get {
+        index: usize,
+        ty: TensorType,
+    },
 }
 
 /// What kind of computation an op is: the one place passes learn whether
@@ -225,6 +237,8 @@ pub enum OpClass {
     /// A fused composite with a hand-written derivative (softmax
     /// cross-entropy).
     Composite,
+    /// An op with a body graph (a loop): a unit of its own for every pass.
+    Region,
 }
 
 /// What distinguishes one op from another of the same variant, in a form
@@ -241,6 +255,9 @@ enum Payload<'a> {
     DType(DType),
     Ints(&'a [usize]),
     Pair(&'a [usize], &'a [usize]),
+    /// A body, by address (see [`Scan`]).
+    Body(usize),
+    Get(usize, &'a TensorType),
 }
 
 impl Op {
@@ -260,6 +277,8 @@ impl Op {
             Op::Pad { low, high } => Payload::Pair(low, high),
             Op::Concat { axis } => Payload::Index(*axis),
             Op::Select | Op::MatMul | Op::SoftmaxCrossEntropy => Payload::None,
+            Op::Scan(scan) => Payload::Body(Arc::as_ptr(scan) as usize),
+            Op::Get { index, ty } => Payload::Get(*index, ty),
         }
     }
 }
@@ -272,11 +291,14 @@ impl Op {
             Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. } => {
                 OpClass::Elementwise
             }
-            Op::Broadcast { .. } | Op::Reshape { .. } | Op::Transpose { .. } | Op::Slice { .. } => OpClass::View,
+            Op::Broadcast { .. } | Op::Reshape { .. } | Op::Transpose { .. } | Op::Slice { .. } | Op::Get { .. } => {
+                OpClass::View
+            }
             Op::ReduceSum { .. } | Op::ReduceMax { .. } => OpClass::Reduction,
             Op::MatMul => OpClass::Contraction,
             Op::Pad { .. } | Op::Concat { .. } => OpClass::Copy,
             Op::SoftmaxCrossEntropy => OpClass::Composite,
+            Op::Scan(_) => OpClass::Region,
         }
     }
 
@@ -302,7 +324,9 @@ impl Op {
             | Op::Slice { .. }
             | Op::Pad { .. }
             | Op::Concat { .. }
-            | Op::SoftmaxCrossEntropy => 1,
+            | Op::SoftmaxCrossEntropy
+            | Op::Scan(_)
+            | Op::Get { .. } => 1,
         }
     }
 
@@ -311,9 +335,14 @@ impl Op {
     /// reductions and composites, which cost more than a buffer (as
     /// PyTorch's partitioner decides).
     pub fn recomputable(&self) -> bool {
+        // A `get` is a view, but of a loop's result buffer, which is never
+        // a value of its own to save: the `get` itself is what is saved.
+        if let Op::Get { .. } = self {
+            return false;
+        }
         match self.class() {
             OpClass::Leaf | OpClass::Elementwise | OpClass::View | OpClass::Copy => true,
-            OpClass::Reduction | OpClass::Contraction | OpClass::Composite => false,
+            OpClass::Reduction | OpClass::Contraction | OpClass::Composite | OpClass::Region => false,
         }
     }
 }
@@ -391,6 +420,8 @@ impl Op {
             Op::Pad { .. } => "pad",
             Op::Concat { .. } => "concat",
             Op::SoftmaxCrossEntropy => "softmax_cross_entropy",
+            Op::Scan(_) => "scan",
+            Op::Get { .. } => "get",
         }
     }
 
@@ -414,6 +445,18 @@ impl Op {
             Op::Slice { start, end } => vec![("end", Attr::Ints(end.clone())), ("start", Attr::Ints(start.clone()))],
             Op::Pad { low, high } => vec![("high", Attr::Ints(high.clone())), ("low", Attr::Ints(low.clone()))],
             Op::Concat { axis } => vec![("axis", Attr::Int(*axis))],
+            Op::Scan(scan) => {
+                let mut attrs = vec![
+                    ("carry", Attr::Int(scan.n_carry)),
+                    ("consts", Attr::Int(scan.n_consts)),
+                    ("length", Attr::Int(scan.length)),
+                ];
+                if scan.reverse {
+                    attrs.push(("reverse", Attr::Int(1)));
+                }
+                attrs
+            }
+            Op::Get { index, .. } => vec![("index", Attr::Int(*index))],
         }
     }
 
@@ -430,10 +473,11 @@ impl Op {
             | Op::ReduceSum { .. }
             | Op::ReduceMax { .. }
             | Op::Slice { .. }
-            | Op::Pad { .. } => Some(1),
+            | Op::Pad { .. }
+            | Op::Get { .. } => Some(1),
             Op::Binary(_) | Op::Compare(_) | Op::MatMul | Op::SoftmaxCrossEntropy => Some(2),
             Op::Select => Some(3),
-            Op::Concat { .. } => None,
+            Op::Concat { .. } | Op::Scan(_) => None,
         }
     }
 
@@ -486,6 +530,8 @@ impl Op {
                     _ => return Err("`concat` needs an integer attribute `axis`".into()),
                 },
                 "softmax_cross_entropy" => Op::SoftmaxCrossEntropy,
+                "scan" => return Err("`scan` needs a body: `scan[…] %operands { graph … }`".into()),
+                "get" => return Err("`get` is built by the parser from its declared type".into()),
                 "input" => return Err("inputs are declared in the graph header, not with `input`".into()),
                 "const" => return Err("`const` takes a literal, not operands".into()),
                 _ => return Err(format!("unknown op `{name}`")),

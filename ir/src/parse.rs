@@ -235,11 +235,22 @@ struct Stmt {
     attrs: Vec<(String, Attr)>,
     literal: Option<Literal>,
     operands: Vec<(String, Pos)>,
+    /// A tuple type (`(f32[], f32[4])`), declared for an op of several
+    /// results (`scan`).
+    declared_tuple: Option<(Vec<TensorType>, Pos)>,
+    /// The body of a region op (`scan … { graph … }`), parsed.
+    body: Option<Graph>,
 }
+
+/// How deeply regions may nest in a file (each level is a recursion of
+/// the parser; the limit keeps a hostile file from overflowing the stack).
+const MAX_NESTING: usize = 64;
 
 struct Parser {
     toks: Vec<(Tok, Pos)>,
     at: usize,
+    /// How many region bodies enclose the graph being parsed.
+    depth: usize,
 }
 
 type PResult<T> = Result<T, IrError>;
@@ -485,9 +496,25 @@ impl Parser {
 
     fn stmt(&mut self) -> PResult<Stmt> {
         let (name, pos) = self.value("a value name")?;
+        let mut declared_tuple = None;
         let declared = if self.eat(&Tok::Colon) {
             let p = self.pos();
-            Some((self.ty()?, p))
+            if self.eat(&Tok::LParen) {
+                let mut tys = Vec::new();
+                if !self.eat(&Tok::RParen) {
+                    loop {
+                        tys.push(self.ty()?);
+                        if self.eat(&Tok::RParen) {
+                            break;
+                        }
+                        self.expect(Tok::Comma)?;
+                    }
+                }
+                declared_tuple = Some((tys, p));
+                None
+            } else {
+                Some((self.ty()?, p))
+            }
         } else {
             None
         };
@@ -543,6 +570,19 @@ impl Parser {
                 }
             }
         }
+        let body = if op_name == "scan" {
+            self.expect(Tok::LBrace)?;
+            if self.depth >= MAX_NESTING {
+                return self.error(format!("regions nest more than {MAX_NESTING} deep"));
+            }
+            self.depth += 1;
+            let body = self.graph()?;
+            self.depth -= 1;
+            self.expect(Tok::RBrace)?;
+            Some(body)
+        } else {
+            None
+        };
         Ok(Stmt {
             name,
             pos,
@@ -555,6 +595,8 @@ impl Parser {
             attrs,
             literal,
             operands,
+            declared_tuple,
+            body,
         })
     }
 }
@@ -564,104 +606,115 @@ pub fn parse(text: &str) -> Result<Graph, IrError> {
     let mut p = Parser {
         toks: lex(text)?,
         at: 0,
+        depth: 0,
     };
-    // Header.
-    let (kw, _) = p.ident("`graph`")?;
-    if kw != "graph" {
-        return Err(IrError::parse(1, 1, format!("expected `graph`, found `{kw}`")));
-    }
-    let name = match p.bump() {
-        (Tok::Global(s), _) => s,
-        (t, pos) => {
-            return Err(IrError::parse(
-                pos.line,
-                pos.col,
-                format!("expected the graph name like `@f`, found {}", t.describe()),
-            ))
-        }
-    };
-    p.expect(Tok::LParen)?;
-    let mut params = Vec::new();
-    if !p.eat(&Tok::RParen) {
-        loop {
-            let (n, pos) = p.value("an input name")?;
-            p.expect(Tok::Colon)?;
-            let ty = p.ty()?;
-            let mut differentiable = true;
-            if let Tok::Ident(s) = p.peek() {
-                if s == "nodiff" {
-                    p.bump();
-                    differentiable = false;
-                }
-            }
-            params.push((n, pos, ty, differentiable));
-            if p.eat(&Tok::RParen) {
-                break;
-            }
-            p.expect(Tok::Comma)?;
-        }
-    }
-    p.expect(Tok::Arrow)?;
-    p.expect(Tok::LParen)?;
-    let mut results = Vec::new();
-    if !p.eat(&Tok::RParen) {
-        loop {
-            let (n, pos) = p.ident("an output name")?;
-            p.expect(Tok::Colon)?;
-            let ty = p.ty()?;
-            results.push((n, pos, ty));
-            if p.eat(&Tok::RParen) {
-                break;
-            }
-            p.expect(Tok::Comma)?;
-        }
-    }
-    p.expect(Tok::LBrace)?;
-    // Body.
-    let mut stmts: Vec<Stmt> = Vec::new();
-    let mut kernel: Option<u32> = None;
-    loop {
-        match p.peek() {
-            Tok::Value(_) => {
-                let mut s = p.stmt()?;
-                s.kernel = kernel;
-                stmts.push(s);
-            }
-            Tok::Ident(s) if s == "kernel" && kernel.is_none() => {
-                p.bump();
-                let k = p.usize()?;
-                p.expect(Tok::LBrace)?;
-                kernel = Some(k as u32);
-            }
-            Tok::RBrace if kernel.is_some() => {
-                p.bump();
-                kernel = None;
-            }
-            Tok::Ident(s) if s == "return" && kernel.is_none() => break,
-            t => {
-                let t = t.describe();
-                return p.error(format!(
-                    "expected a statement like `%v = op ...` or `return`, found {t}"
-                ));
-            }
-        }
-    }
-    let return_pos = p.bump().1;
-    let mut returned = Vec::new();
-    if let Tok::Value(_) = p.peek() {
-        returned.push(p.value("a returned value")?);
-        while p.eat(&Tok::Comma) {
-            returned.push(p.value("a returned value")?);
-        }
-    }
-    p.expect(Tok::RBrace)?;
+    let g = p.graph()?;
     if *p.peek() != Tok::Eof {
         return p.error(format!(
             "expected the end of the input after `}}`, found {}",
             p.peek().describe()
         ));
     }
-    build(name, params, results, stmts, returned, return_pos)
+    Ok(g)
+}
+
+impl Parser {
+    /// Parses one `graph @name(…) -> (…) { … }` (a file's graph, or a
+    /// region's body).
+    fn graph(&mut self) -> Result<Graph, IrError> {
+        let p = self;
+        // Header.
+        let (kw, _) = p.ident("`graph`")?;
+        if kw != "graph" {
+            return Err(IrError::parse(1, 1, format!("expected `graph`, found `{kw}`")));
+        }
+        let name = match p.bump() {
+            (Tok::Global(s), _) => s,
+            (t, pos) => {
+                return Err(IrError::parse(
+                    pos.line,
+                    pos.col,
+                    format!("expected the graph name like `@f`, found {}", t.describe()),
+                ))
+            }
+        };
+        p.expect(Tok::LParen)?;
+        let mut params = Vec::new();
+        if !p.eat(&Tok::RParen) {
+            loop {
+                let (n, pos) = p.value("an input name")?;
+                p.expect(Tok::Colon)?;
+                let ty = p.ty()?;
+                let mut differentiable = true;
+                if let Tok::Ident(s) = p.peek() {
+                    if s == "nodiff" {
+                        p.bump();
+                        differentiable = false;
+                    }
+                }
+                params.push((n, pos, ty, differentiable));
+                if p.eat(&Tok::RParen) {
+                    break;
+                }
+                p.expect(Tok::Comma)?;
+            }
+        }
+        p.expect(Tok::Arrow)?;
+        p.expect(Tok::LParen)?;
+        let mut results = Vec::new();
+        if !p.eat(&Tok::RParen) {
+            loop {
+                let (n, pos) = p.ident("an output name")?;
+                p.expect(Tok::Colon)?;
+                let ty = p.ty()?;
+                results.push((n, pos, ty));
+                if p.eat(&Tok::RParen) {
+                    break;
+                }
+                p.expect(Tok::Comma)?;
+            }
+        }
+        p.expect(Tok::LBrace)?;
+        // Body.
+        let mut stmts: Vec<Stmt> = Vec::new();
+        let mut kernel: Option<u32> = None;
+        loop {
+            match p.peek() {
+                Tok::Value(_) => {
+                    let mut s = p.stmt()?;
+                    s.kernel = kernel;
+                    stmts.push(s);
+                }
+                Tok::Ident(s) if s == "kernel" && kernel.is_none() => {
+                    p.bump();
+                    let k = p.usize()?;
+                    p.expect(Tok::LBrace)?;
+                    kernel = Some(k as u32);
+                }
+                Tok::RBrace if kernel.is_some() => {
+                    p.bump();
+                    kernel = None;
+                }
+                Tok::Ident(s) if s == "return" && kernel.is_none() => break,
+                t => {
+                    let t = t.describe();
+                    return p.error(format!(
+                        "expected a statement like `%v = op ...` or `return`, found {t}"
+                    ));
+                }
+            }
+        }
+        let return_pos = p.bump().1;
+        let mut returned = Vec::new();
+        if let Tok::Value(_) = p.peek() {
+            returned.push(p.value("a returned value")?);
+            while p.eat(&Tok::Comma) {
+                returned.push(p.value("a returned value")?);
+            }
+        }
+        p.expect(Tok::RBrace)?;
+        build(name, params, results, stmts, returned, return_pos)
+    }
 }
 
 fn perr(errors: &mut Vec<ParseError>, pos: Pos, message: impl Into<String>) {
@@ -673,6 +726,34 @@ fn perr(errors: &mut Vec<ParseError>, pos: Pos, message: impl Into<String>) {
 }
 
 type Param = (String, Pos, TensorType, bool);
+
+/// Builds a `scan` op from its attributes and parsed body.
+fn scan_op(s: &Stmt, body: &Graph) -> Result<Op, String> {
+    let mut consts = None;
+    let mut carry = None;
+    let mut length = None;
+    let mut reverse = false;
+    for (k, v) in &s.attrs {
+        let Attr::Int(v) = v else {
+            return Err(format!("attribute `{k}` of `scan` must be an integer"));
+        };
+        match k.as_str() {
+            "consts" => consts = Some(*v),
+            "carry" => carry = Some(*v),
+            "length" => length = Some(*v),
+            "reverse" => reverse = *v != 0,
+            other => return Err(format!("`scan` has no attribute `{other}`")),
+        }
+    }
+    let need = |v: Option<usize>, k: &str| v.ok_or_else(|| format!("`scan` needs the attribute `{k}`"));
+    Ok(Op::Scan(std::sync::Arc::new(crate::scan::Scan {
+        body: body.clone(),
+        length: need(length, "length")?,
+        reverse,
+        n_consts: need(consts, "consts")?,
+        n_carry: need(carry, "carry")?,
+    })))
+}
 
 fn build(
     name: String,
@@ -814,6 +895,35 @@ fn build(
                     continue;
                 }
             }
+        } else if let Some(body) = &s.body {
+            match scan_op(s, body) {
+                Ok(op) => op,
+                Err(message) => {
+                    perr(&mut errors, s.op_pos, message);
+                    continue;
+                }
+            }
+        } else if s.op_name == "get" {
+            let index = match s.attrs.as_slice() {
+                [(k, Attr::Int(i))] if k == "index" => *i,
+                _ => {
+                    perr(
+                        &mut errors,
+                        s.op_pos,
+                        "`get` takes exactly the attribute `index`, like `get[index=0]`",
+                    );
+                    continue;
+                }
+            };
+            let Some((ty, _)) = &s.declared else {
+                perr(
+                    &mut errors,
+                    s.op_pos,
+                    format!("`%{}`: a `get` needs its type, like `: f32[4]`", s.name),
+                );
+                continue;
+            };
+            Op::Get { index, ty: ty.clone() }
         } else {
             match Op::from_parts(&s.op_name, &s.attrs) {
                 Ok(op) => op,
@@ -824,6 +934,47 @@ fn build(
             }
         };
         let tys: Vec<&TensorType> = args.iter().map(|&a| g.ty(a)).collect();
+        // A loop whose body does not fit is reported by inference below,
+        // not as a mismatch of its declared results.
+        let fits = !matches!(&op, Op::Scan(scan) if scan.check(&tys).is_err());
+        if let (Some((tys, tpos)), true) = (&s.declared_tuple, fits) {
+            let results = match &op {
+                Op::Scan(scan) => scan.result_types(),
+                other => {
+                    perr(
+                        &mut errors,
+                        *tpos,
+                        format!("`%{}`: `{}` has one result, not a tuple", s.name, other.name()),
+                    );
+                    continue;
+                }
+            };
+            if *tys != results {
+                let show = |v: &[TensorType]| v.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+                perr(
+                    &mut errors,
+                    *tpos,
+                    format!(
+                        "`%{}` is declared ({}) but the scan computes ({})",
+                        s.name,
+                        show(tys),
+                        show(&results)
+                    ),
+                );
+                continue;
+            }
+        }
+        if let (Op::Scan(_), Some((_, dpos))) = (&op, &s.declared) {
+            perr(
+                &mut errors,
+                *dpos,
+                format!(
+                    "`%{}`: a `scan`'s type is the tuple of its results, like `(f32[4], f32[10,4])`",
+                    s.name
+                ),
+            );
+            continue;
+        }
         match infer(&op, &tys) {
             Ok(ty) => {
                 if let Some((declared, dpos)) = &s.declared {
@@ -891,6 +1042,7 @@ pub fn parse_literal(text: &str, dtype: DType) -> Result<Tensor, IrError> {
     let mut p = Parser {
         toks: lex(text)?,
         at: 0,
+        depth: 0,
     };
     let lit = p.literal()?;
     if *p.peek() != Tok::Eof {

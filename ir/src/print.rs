@@ -63,68 +63,94 @@ pub fn write_op_head(f: &mut impl fmt::Write, op: &Op) -> fmt::Result {
 
 impl fmt::Display for Graph {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names = self.value_names();
-        write!(f, "graph @{}(", self.name)?;
-        for (i, input) in self.inputs().iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "%{}: {}", input.name, input.ty)?;
-            if !input.differentiable {
-                f.write_str(" nodiff")?;
-            }
-        }
-        f.write_str(") -> (")?;
-        for (i, output) in self.outputs().iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{}: {}", output.name, self.ty(output.node))?;
-        }
-        f.write_str(") {\n")?;
-        // Members of a fused kernel are contiguous; print them as a block.
-        let mut open_kernel: Option<u32> = None;
-        for id in self.node_ids() {
-            let node = self.node(id);
-            if let Op::Input { .. } = node.op {
-                continue;
-            }
-            if open_kernel.is_some() && open_kernel != node.kernel {
-                f.write_str("  }\n")?;
-                open_kernel = None;
-            }
-            if let (None, Some(k)) = (open_kernel, node.kernel) {
-                writeln!(f, "  kernel {k} {{")?;
-                open_kernel = Some(k);
-            }
-            let indent = if open_kernel.is_some() { "    " } else { "  " };
-            write!(f, "{indent}{}: {}", names[id.index()], node.ty)?;
-            if let Some(offset) = node.arena {
-                write!(f, " @{offset}")?;
-            }
-            if let Some(mark) = node.mark {
-                write!(f, " {}", mark.name())?;
-            }
-            f.write_str(" = ")?;
-            write_op_head(f, &node.op)?;
-            if let Op::Const { value } = &node.op {
-                f.write_str(" ")?;
-                value.write_nested(f)?;
-            }
-            for (i, a) in self.args(id).iter().enumerate() {
-                f.write_str(if i == 0 { " " } else { ", " })?;
-                f.write_str(&names[a.index()])?;
-            }
-            f.write_str("\n")?;
-        }
-        if open_kernel.is_some() {
-            f.write_str("  }\n")?;
-        }
-        f.write_str("  return")?;
-        for (i, output) in self.outputs().iter().enumerate() {
-            f.write_str(if i == 0 { " " } else { ", " })?;
-            f.write_str(&names[output.node.index()])?;
-        }
-        f.write_str("\n}\n")
+        write_graph(f, self, "")
     }
+}
+
+/// Writes `g` with every line indented by `pad` (a region's body is
+/// written inside its op, one level deeper).
+fn write_graph(f: &mut impl fmt::Write, g: &Graph, pad: &str) -> fmt::Result {
+    let names = g.value_names();
+    write!(f, "graph @{}(", g.name)?;
+    for (i, input) in g.inputs().iter().enumerate() {
+        if i > 0 {
+            f.write_str(", ")?;
+        }
+        write!(f, "%{}: {}", input.name, input.ty)?;
+        if !input.differentiable {
+            f.write_str(" nodiff")?;
+        }
+    }
+    f.write_str(") -> (")?;
+    for (i, output) in g.outputs().iter().enumerate() {
+        if i > 0 {
+            f.write_str(", ")?;
+        }
+        write!(f, "{}: {}", output.name, g.ty(output.node))?;
+    }
+    f.write_str(") {\n")?;
+    // Members of a fused kernel are contiguous; print them as a block.
+    let mut open_kernel: Option<u32> = None;
+    for id in g.node_ids() {
+        let node = g.node(id);
+        if let Op::Input { .. } = node.op {
+            continue;
+        }
+        if open_kernel.is_some() && open_kernel != node.kernel {
+            writeln!(f, "{pad}  }}")?;
+            open_kernel = None;
+        }
+        if let (None, Some(k)) = (open_kernel, node.kernel) {
+            writeln!(f, "{pad}  kernel {k} {{")?;
+            open_kernel = Some(k);
+        }
+        let indent = if open_kernel.is_some() { "    " } else { "  " };
+        write!(f, "{pad}{indent}{}: ", names[id.index()])?;
+        if let Op::Scan(scan) = &node.op {
+            // The scan's own value is the buffer of its results; its type
+            // is written as the tuple of those.
+            f.write_str("(")?;
+            for (i, t) in scan.result_types().iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "{t}")?;
+            }
+            f.write_str(")")?;
+        } else {
+            write!(f, "{}", node.ty)?;
+        }
+        if let Some(offset) = node.arena {
+            write!(f, " @{offset}")?;
+        }
+        if let Some(mark) = node.mark {
+            write!(f, " {}", mark.name())?;
+        }
+        f.write_str(" = ")?;
+        write_op_head(f, &node.op)?;
+        if let Op::Const { value } = &node.op {
+            f.write_str(" ")?;
+            value.write_nested(f)?;
+        }
+        for (i, a) in g.args(id).iter().enumerate() {
+            f.write_str(if i == 0 { " " } else { ", " })?;
+            f.write_str(&names[a.index()])?;
+        }
+        if let Op::Scan(scan) = &node.op {
+            let inner = format!("{pad}{indent}  ");
+            write!(f, " {{\n{inner}")?;
+            write_graph(f, &scan.body, &inner)?;
+            write!(f, "{pad}{indent}}}")?;
+        }
+        f.write_str("\n")?;
+    }
+    if open_kernel.is_some() {
+        writeln!(f, "{pad}  }}")?;
+    }
+    write!(f, "{pad}  return")?;
+    for (i, output) in g.outputs().iter().enumerate() {
+        f.write_str(if i == 0 { " " } else { ", " })?;
+        f.write_str(&names[output.node.index()])?;
+    }
+    writeln!(f, "\n{pad}}}")
 }

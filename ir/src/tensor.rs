@@ -97,6 +97,30 @@ impl Tensor {
         Ok(t)
     }
 
+    /// A tensor of type `ty` whose bytes are `bytes` (row-major elements in
+    /// native byte order), or an error if the lengths differ.
+    pub fn try_from_bytes(ty: TensorType, bytes: &[u8]) -> Result<Tensor, IrError> {
+        let mut t = Tensor::try_zeros(ty)?;
+        if t.bytes().len() != bytes.len() {
+            return Err(IrError::Tensor(format!(
+                "{} holds {} bytes but {} were given",
+                t.ty,
+                t.bytes().len(),
+                bytes.len()
+            )));
+        }
+        t.bytes_mut().copy_from_slice(bytes);
+        Ok(t)
+    }
+
+    /// The tensor's bytes, to write.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        let n = self.ty.size_bytes();
+        // SAFETY: the lines hold at least `size_bytes` bytes, and any bytes
+        // are valid for every element type (see `Element`).
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut u8, n) }
+    }
+
     /// A tensor from a shape and a vector of elements in row-major order.
     pub fn from_vec<T: Element>(shape: impl Into<Vec<usize>>, data: Vec<T>) -> Result<Tensor, IrError> {
         Tensor::from_slice(shape, &data)

@@ -66,6 +66,53 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
             }
         }
     }
+    // Regions: a scan's body is a graph of its own, and a scan's value (the
+    // buffer of its results) is read only through `get`.
+    for id in g.node_ids() {
+        let name = &names[id.index()];
+        if let Op::Scan(scan) = g.op(id) {
+            {
+                if let Err(e) = verify(&scan.body) {
+                    problem(name, format!("`scan` body @{} is malformed: {e}", scan.body.name));
+                }
+                if let Some(u) = g.users(id).into_iter().find(|&u| !matches!(g.op(u), Op::Get { .. })) {
+                    problem(
+                        name,
+                        format!(
+                            "the results of `scan` are read through `get`, but {} reads them directly",
+                            names[u.index()]
+                        ),
+                    );
+                }
+            }
+        }
+        if let Op::Get { index, ty } = g.op(id) {
+            {
+                let Some(&a) = g.args(id).first() else { continue };
+                match g.op(a) {
+                    Op::Scan(scan) => match scan.result_types().get(*index) {
+                        Some(t) if t == ty => {}
+                        Some(t) => problem(
+                            name,
+                            format!(
+                                "`get[index={index}]` is declared {ty} but result {index} of {} is {t}",
+                                names[a.index()]
+                            ),
+                        ),
+                        None => problem(
+                            name,
+                            format!(
+                                "`get[index={index}]` of {}, which has {} results",
+                                names[a.index()],
+                                scan.n_results()
+                            ),
+                        ),
+                    },
+                    other => problem(name, format!("`get` reads a `scan`, not `{}`", other.name())),
+                }
+            }
+        }
+    }
     // Members of a fused kernel are contiguous in node order.
     let mut closed = HashSet::new();
     let mut current: Option<u32> = None;
@@ -102,6 +149,14 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
         }
         if !g.contains(output.node) {
             problem("graph", format!("output `{}` refers to a missing node", output.name));
+        } else if let Op::Scan(_) = g.op(output.node) {
+            problem(
+                "graph",
+                format!(
+                    "output `{}` names a `scan`'s result buffer; name a `get` of it",
+                    output.name
+                ),
+            );
         }
     }
     if g.outputs().is_empty() {

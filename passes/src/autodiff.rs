@@ -118,10 +118,27 @@ pub fn autodiff(g: &Graph, wrt: &[&str], seeds: &[(&str, Seed)]) -> Result<GradG
         requires[w.index()] = true;
     }
     for id in g.node_ids() {
-        if !requires[id.index()] && differentiable_dtype(g.ty(id).dtype) {
+        // A loop's own value is the buffer of its results (not a float),
+        // but it carries adjoints to its operands through its `get`s.
+        let carries = differentiable_dtype(g.ty(id).dtype) || matches!(g.op(id), Op::Scan(_));
+        if !requires[id.index()] && carries {
             requires[id.index()] = g.args(id).iter().any(|a| requires[a.index()]);
         }
     }
+
+    // Loops that need adjoints also keep their trajectory (the carry at the
+    // start of each step) for the backward loop to read; their old results
+    // keep their indices, so the forward computes what it did.
+    let mut traj_start: std::collections::HashMap<NodeId, usize> = Default::default();
+    for id in g.node_ids() {
+        if let (Op::Scan(scan), true) = (g.op(id), requires[id.index()]) {
+            let extended = crate::scan_vjp::with_trajectory(scan)?;
+            joint.replace_op(id, Op::Scan(std::sync::Arc::new(extended)))?;
+            traj_start.insert(id, scan.n_results());
+        }
+    }
+    // The adjoints of each loop's results, gathered from its `get`s.
+    let mut result_adj: std::collections::HashMap<NodeId, Vec<Option<NodeId>>> = Default::default();
 
     let mut adj: Vec<Option<NodeId>> = vec![None; n];
     let mut seed_inputs = Vec::new();
@@ -173,7 +190,29 @@ pub fn autodiff(g: &Graph, wrt: &[&str], seeds: &[(&str, Seed)]) -> Result<GradG
         if !wants.iter().any(|&w| w) {
             continue;
         }
-        let contributions = vjp(&mut Emitter { g: &mut joint, at: id }, id, ybar, &wants)?;
+        // A `get` hands its adjoint to its loop's result; the loop runs
+        // its rule once, with the adjoints of all its results.
+        if let Op::Get { index, .. } = g.op(id) {
+            let scan = args[0];
+            let n = traj_start.get(&scan).copied().unwrap_or(0);
+            let slots = result_adj.entry(scan).or_insert_with(|| vec![None; n]);
+            if let Some(slot) = slots.get_mut(*index) {
+                *slot = Some(match *slot {
+                    None => ybar,
+                    Some(prev) => Emitter { g: &mut joint, at: id }.add(prev, ybar)?,
+                });
+            }
+            // The loop's own "adjoint" only marks it as reached.
+            adj[scan.index()] = Some(scan);
+            continue;
+        }
+        let contributions = if let Op::Scan(_) = g.op(id) {
+            let start = traj_start.get(&id).copied().unwrap_or(0);
+            let cotangents = result_adj.remove(&id).unwrap_or_default();
+            crate::scan_vjp::scan_vjp(&mut Emitter { g: &mut joint, at: id }, id, start, &cotangents, &wants)?
+        } else {
+            vjp(&mut Emitter { g: &mut joint, at: id }, id, ybar, &wants)?
+        };
         for ((&arg, want), contribution) in args.iter().zip(wants).zip(contributions) {
             if let (true, Some(c)) = (want, contribution) {
                 if joint.ty(c) != joint.ty(arg) {

@@ -16,5 +16,14 @@ pub fn node_flops(g: &Graph, id: NodeId) -> u64 {
         OpClass::Composite => 4 * g.ty(g.args(id)[0]).num_elements() as u64,
         OpClass::Leaf | OpClass::View => 0,
         OpClass::Elementwise | OpClass::Copy => out,
+        // A loop: its body's work, once per step.
+        OpClass::Region => {
+            if let wengert_ir::Op::Scan(scan) = g.op(id) {
+                let body: u64 = scan.body.node_ids().map(|b| node_flops(&scan.body, b)).sum();
+                body.saturating_mul(scan.length as u64)
+            } else {
+                0
+            }
+        }
     }
 }

@@ -58,7 +58,9 @@ fn kind(g: &Graph, id: NodeId) -> Kind {
         // A reduction of one element is a copy: nothing to fuse.
         OpClass::Reduction if g.ty(g.args(id)[0]).num_elements() > 1 => Kind::Reduction,
         OpClass::Contraction => Kind::MatMul,
-        OpClass::Reduction | OpClass::Leaf | OpClass::View | OpClass::Copy | OpClass::Composite => Kind::Other,
+        OpClass::Reduction | OpClass::Leaf | OpClass::View | OpClass::Copy | OpClass::Composite | OpClass::Region => {
+            Kind::Other
+        }
     }
 }
 

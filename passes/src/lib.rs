@@ -16,6 +16,7 @@ pub mod memory;
 pub mod partition;
 pub mod pipeline;
 pub mod revolve;
+pub mod scan_vjp;
 pub mod simplify;
 mod units;
 pub mod vjp;

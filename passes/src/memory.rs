@@ -45,7 +45,9 @@ pub fn needs_buffer(g: &Graph, id: NodeId, used_outside_kernel: bool) -> bool {
         return false;
     }
     match op.class() {
-        OpClass::Reduction | OpClass::Contraction | OpClass::Copy => true,
+        // A loop's results are written into one buffer (see
+        // `wengert_ir::scan`); `get` views it.
+        OpClass::Reduction | OpClass::Contraction | OpClass::Copy | OpClass::Region => true,
         // One-element results live in registers.
         OpClass::Elementwise => big,
         // Views index their operand; softmax cross-entropy's scalar is a
@@ -83,7 +85,9 @@ pub fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
         | Op::MatMul
         | Op::Slice { .. }
         | Op::Pad { .. }
-        | Op::Concat { .. } => 0,
+        | Op::Concat { .. }
+        | Op::Scan(_)
+        | Op::Get { .. } => 0,
     }
 }
 

@@ -241,11 +241,18 @@ impl Rewriter {
             | Op::Slice { .. }
             | Op::Pad { .. }
             | Op::Concat { .. }
-            | Op::SoftmaxCrossEntropy => {}
+            | Op::SoftmaxCrossEntropy
+            | Op::Scan(_)
+            | Op::Get { .. } => {}
         }
         // Constant folding of small results. A broadcast of a constant stays
         // a broadcast: it is free in generated code and reads better.
-        if !matches!(op, Op::Const { .. } | Op::Input { .. } | Op::Broadcast { .. }) && !args.is_empty() {
+        // Loops are not folded: a `get` reads a scan, never a constant.
+        let foldable = !matches!(
+            op,
+            Op::Const { .. } | Op::Input { .. } | Op::Broadcast { .. } | Op::Scan(_) | Op::Get { .. }
+        );
+        if foldable && !args.is_empty() {
             let consts: Option<Vec<&Tensor>> = args.iter().map(|&a| self.constant(a)).collect();
             if let Some(values) = consts {
                 let tys: Vec<&wengert_ir::TensorType> = args.iter().map(|&a| self.out.ty(a)).collect();

@@ -357,6 +357,17 @@ pub fn vjp(e: &mut Emitter<'_>, y: NodeId, ybar: NodeId, wants: &[bool]) -> Resu
             };
             vec![zbar, tbar]
         }
+
+        // A loop's rule needs the adjoints of all its results at once:
+        // autodiff gathers them from the `get`s and calls
+        // `scan_vjp::scan_vjp` (a loop's VJP is a loop running the other
+        // way over the body's VJP).
+        Op::Scan(_) | Op::Get { .. } => {
+            return Err(crate::error::PassError::Internal {
+                node: e.g.value_name(y),
+                message: "loops are differentiated by `scan_vjp`, through autodiff".into(),
+            })
+        }
     })
 }
 

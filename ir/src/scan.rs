@@ -1,0 +1,169 @@
+//! The loop op's region: a body graph and how the loop runs it.
+//!
+//! `scan` takes operands `consts…, carry_init…, xs…` and runs its body
+//! `(consts, carry, x_t) → (carry', y_t)` once per step `t` of `length`
+//! (from `length − 1` down to 0 when `reverse`), where `x_t` is row `t` of
+//! each `xs` (stacked on a leading axis of `length`). Its results are
+//! `carry_final…, ys…`, each `ys` stacking the steps' `y_t` at row `t`.
+//! With `length = 0` the results are the initial carry and empty stacks.
+//!
+//! A graph node produces one value, and a scan produces several: the scan
+//! node's value is one byte buffer (typed `bool[n]`, `n` its size in bytes)
+//! holding every result at a 64-byte aligned offset ([`Scan::layout`]), and
+//! `get[index=i]` nodes are views of result `i` in it. Printing shows the
+//! scan's type as the tuple of its results, never the buffer.
+
+use crate::graph::Graph;
+use crate::types::{DType, TensorType};
+
+/// Results are packed at offsets of this alignment (a cache line, and
+/// every SIMD width).
+pub const RESULT_ALIGN: usize = 64;
+
+/// A loop: its body and its trip count. Held by `Op::Scan` behind an `Arc`,
+/// so copying a node copies a pointer, and two scan ops are the same op
+/// exactly when they share a body (pointer identity is sound for common
+/// subexpressions: equal pointers run equal loops).
+#[derive(Clone, Debug)]
+pub struct Scan {
+    /// `(consts…, carry…, x_t…) → (carry'…, y_t…)`.
+    pub body: Graph,
+    /// The number of steps `T`.
+    pub length: usize,
+    /// Run the steps from `T − 1` down to 0 (row `t` of the `xs` and `ys`
+    /// still belongs to step `t`).
+    pub reverse: bool,
+    /// How many of the body's leading inputs are loop-invariant operands.
+    pub n_consts: usize,
+    /// How many inputs after the consts are the carry (and how many of the
+    /// body's leading outputs are the next carry).
+    pub n_carry: usize,
+}
+
+impl Scan {
+    /// How many stacked inputs (`xs`) the loop reads.
+    pub fn n_xs(&self) -> usize {
+        self.body.inputs().len().saturating_sub(self.n_consts + self.n_carry)
+    }
+
+    /// How many stacked results (`ys`) the loop writes.
+    pub fn n_ys(&self) -> usize {
+        self.body.outputs().len().saturating_sub(self.n_carry)
+    }
+
+    /// The number of operands: consts, initial carry, xs.
+    pub fn n_operands(&self) -> usize {
+        self.body.inputs().len()
+    }
+
+    /// The number of results: final carry, then ys.
+    pub fn n_results(&self) -> usize {
+        self.body.outputs().len()
+    }
+
+    /// The type of each result: the carry's types, then each `y_t`'s type
+    /// stacked on a leading axis of `length`.
+    pub fn result_types(&self) -> Vec<TensorType> {
+        let outs = self.body.outputs();
+        outs.iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let ty = self.body.ty(o.node);
+                if i < self.n_carry {
+                    ty.clone()
+                } else {
+                    let mut shape = vec![self.length];
+                    shape.extend_from_slice(&ty.shape);
+                    TensorType::new(ty.dtype, shape)
+                }
+            })
+            .collect()
+    }
+
+    /// The byte offset of each result in the scan's value and the value's
+    /// size in bytes, or `None` if it overflows.
+    pub fn layout(&self) -> Option<(Vec<usize>, usize)> {
+        let mut offsets = Vec::new();
+        let mut end = 0usize;
+        for ty in self.result_types() {
+            offsets.push(end);
+            let bytes = crate::types::checked_elements(&ty.shape)?.checked_mul(ty.dtype.size_bytes())?;
+            end = end.checked_add(bytes.checked_next_multiple_of(RESULT_ALIGN)?)?;
+        }
+        Some((offsets, end))
+    }
+
+    /// The type of the scan node's own value: the byte buffer holding
+    /// every result (see the module documentation).
+    pub fn value_type(&self) -> Option<TensorType> {
+        Some(TensorType::new(DType::Bool, vec![self.layout()?.1]))
+    }
+
+    /// Checks the body against the operand types `args` and itself: the
+    /// counts add up, consts and carry have the body's input types, each
+    /// `xs` is `[length, …x_t]`, and the next carry has exactly the carry's
+    /// types (the message names the mismatching entry).
+    pub fn check(&self, args: &[&TensorType]) -> Result<(), String> {
+        let ins = self.body.inputs();
+        let outs = self.body.outputs();
+        if self.n_consts + self.n_carry > ins.len() {
+            return Err(format!(
+                "`scan` declares {} consts and {} carries but its body has {} inputs",
+                self.n_consts,
+                self.n_carry,
+                ins.len()
+            ));
+        }
+        if self.n_carry > outs.len() {
+            return Err(format!(
+                "`scan` declares {} carries but its body has {} outputs",
+                self.n_carry,
+                outs.len()
+            ));
+        }
+        if args.len() != ins.len() {
+            return Err(format!(
+                "`scan` takes {} operands (consts, initial carry, xs: the body's inputs), got {}",
+                ins.len(),
+                args.len()
+            ));
+        }
+        for (k, (input, arg)) in ins.iter().zip(args).enumerate() {
+            let expected = if k < self.n_consts + self.n_carry {
+                input.ty.clone()
+            } else {
+                let mut shape = vec![self.length];
+                shape.extend_from_slice(&input.ty.shape);
+                TensorType::new(input.ty.dtype, shape)
+            };
+            if **arg != expected {
+                let role = if k < self.n_consts {
+                    "const"
+                } else if k < self.n_consts + self.n_carry {
+                    "initial carry"
+                } else {
+                    "stacked xs"
+                };
+                return Err(format!(
+                    "`scan` operand {k} ({role} for body input %{}) is {arg}, expected {expected}",
+                    input.name
+                ));
+            }
+        }
+        for k in 0..self.n_carry {
+            let carry = &ins[self.n_consts + k];
+            let next = &outs[k];
+            let next_ty = self.body.ty(next.node);
+            if *next_ty != carry.ty {
+                return Err(format!(
+                    "`scan` body's next carry {k} (output `{}`) is {next_ty}, but carry %{} is {}",
+                    next.name, carry.name, carry.ty
+                ));
+            }
+        }
+        if self.layout().is_none() {
+            return Err("`scan` results are larger than memory".into());
+        }
+        Ok(())
+    }
+}

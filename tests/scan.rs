@@ -1,0 +1,256 @@
+//! The loop op `scan`: its text form, builder, interpreter semantics,
+//! derivatives and compiled code, each checked against the same loop
+//! unrolled into a straight-line graph.
+
+mod common;
+
+use common::{assert_close, case_path, check_gradients, Rng};
+use wengert::{interpret, parse, DType, Graph, GraphBuilder, Tensor, Var};
+
+/// The vector RNN step `h' = tanh(W h + b + x)`, `y = h'` (or `h' · 2`
+/// when `scaled`), built as a scan of `t` steps and unrolled.
+fn rnn(t: usize, h: usize, dtype: DType, reverse: bool, as_scan: bool) -> Graph {
+    let b = GraphBuilder::new(if as_scan { "rnn_scan" } else { "rnn_unrolled" });
+    let w = b.input("W", dtype, &[h, h]);
+    let bias = b.input("b", dtype, &[h]);
+    let h0 = b.input("h0", dtype, &[h]);
+    let xs = b.input("xs", dtype, &[t, h]);
+    fn step<'a>(h: usize, w: Var<'a>, bias: Var<'a>, hh: Var<'a>, x: Var<'a>) -> (Var<'a>, Var<'a>) {
+        let wh = w.matmul(hh.reshape(&[h, 1])).reshape(&[h]);
+        let next = (wh + bias + x).tanh();
+        (next, (next * next).sum_all())
+    }
+    let (h_t, ys) = if as_scan {
+        let (carry, ys) = b.scan_with(t, reverse, &[w, bias], &[h0], &[xs], |_, c, carry, x| {
+            let (next, y) = step(h, c[0], c[1], carry[0], x[0]);
+            (vec![next], vec![y])
+        });
+        (carry[0], ys[0])
+    } else {
+        let mut hh = h0;
+        let mut ys = vec![None; t];
+        let order: Vec<usize> = if reverse {
+            (0..t).rev().collect()
+        } else {
+            (0..t).collect()
+        };
+        for s in order {
+            let x = xs.slice(&[s, 0], &[s + 1, h]).reshape(&[h]);
+            let (next, y) = step(h, w, bias, hh, x);
+            hh = next;
+            ys[s] = Some(y.reshape(&[1]));
+        }
+        let ys: Vec<Var<'_>> = ys.into_iter().map(|y| y.unwrap()).collect();
+        let stacked = if ys.is_empty() {
+            b.constant(Tensor::try_zeros(wengert::TensorType::new(dtype, vec![0])).unwrap())
+        } else {
+            b.concat(&ys, 0)
+        };
+        (hh, stacked)
+    };
+    // A scalar loss of both results, for gradients.
+    let loss = h_t.sum_all() + (ys * ys).sum_all() * 0.5;
+    b.build(&[("loss", loss), ("h", h_t), ("ys", ys)]).unwrap()
+}
+
+/// The same graph with only its first output (the loss).
+fn loss_only(g: &Graph) -> Graph {
+    let mut g = g.clone();
+    let loss = g.outputs()[0].node;
+    g.clear_outputs();
+    g.add_output("loss", loss).unwrap();
+    g
+}
+
+fn inputs_for(g: &Graph, seed: u64) -> Vec<Tensor> {
+    let mut rng = Rng::new(seed);
+    common::random_inputs(g, &mut rng, -0.5, 0.5)
+}
+
+#[test]
+fn scan_matches_the_unrolled_graph_in_the_interpreter() {
+    for dtype in [DType::F64, DType::F32] {
+        for reverse in [false, true] {
+            for t in [0, 1, 2, 7] {
+                let looped = rnn(t, 3, dtype, reverse, true);
+                let unrolled = rnn(t, 3, dtype, reverse, false);
+                let inputs = inputs_for(&looped, 7 + t as u64);
+                let a = interpret(&looped, &inputs).unwrap();
+                let b = interpret(&unrolled, &inputs).unwrap();
+                for (x, y) in a.iter().zip(&b) {
+                    assert_eq!(x.to_f64_vec(), y.to_f64_vec(), "{dtype} reverse={reverse} T={t}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn scan_gradients_match_the_unrolled_graph_and_finite_differences() {
+    for reverse in [false, true] {
+        for t in [0, 1, 2, 7] {
+            let looped = loss_only(&rnn(t, 3, DType::F64, reverse, true));
+            let unrolled = loss_only(&rnn(t, 3, DType::F64, reverse, false));
+            let inputs = inputs_for(&looped, 11 + t as u64);
+            let wrt = ["W", "b", "h0", "xs"];
+            let a = common::autodiff_gradients(&looped, &inputs, &wrt);
+            let b = common::autodiff_gradients(&unrolled, &inputs, &wrt);
+            for ((x, y), name) in a.iter().zip(&b).zip(wrt) {
+                assert_close(x, y, 1e-12, &format!("grad_{name} reverse={reverse} T={t}"));
+            }
+            check_gradients(&looped, &inputs, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn seed_case_8_as_a_loop_agrees_with_the_unrolled_file_and_the_formulas() {
+    let looped = parse(&std::fs::read_to_string(case_path("case08_recurrence_scan.wg")).unwrap()).unwrap();
+    let unrolled = parse(&std::fs::read_to_string(case_path("case08_recurrence.wg")).unwrap()).unwrap();
+    let (a, b, x) = (0.7, -0.2, 0.4);
+    let inputs = vec![Tensor::scalar_f64(a), Tensor::scalar_f64(b), Tensor::scalar_f64(x)];
+    assert_eq!(
+        interpret(&looped, &inputs).unwrap()[0].to_f64_vec(),
+        interpret(&unrolled, &inputs).unwrap()[0].to_f64_vec()
+    );
+    // The seed's backward through time: z̄_t = h̄_{t+1}(1 − h_{t+1}²),
+    // ā = Σ z̄_t h_t, b̄ = Σ z̄_t, h̄_t = z̄_t a, x̄ = h̄_0.
+    let mut h = vec![x];
+    for t in 0..4 {
+        h.push((a * h[t] + b).tanh());
+    }
+    let (mut abar, mut bbar, mut hbar) = (0.0, 0.0, 1.0);
+    for t in (0..4).rev() {
+        let zbar = hbar * (1.0 - h[t + 1] * h[t + 1]);
+        abar += zbar * h[t];
+        bbar += zbar;
+        hbar = zbar * a;
+    }
+    let grads = common::autodiff_gradients(&looped, &inputs, &["a", "b", "x"]);
+    assert_close(&grads[0], &[abar], 1e-14, "ā");
+    assert_close(&grads[1], &[bbar], 1e-14, "b̄");
+    assert_close(&grads[2], &[hbar], 1e-14, "x̄");
+}
+
+#[test]
+fn scan_prints_and_parses_back_identically() {
+    let g = rnn(5, 2, DType::F32, true, true);
+    let text = g.to_string();
+    assert!(text.contains("scan[carry=1, consts=2, length=5, reverse=1]"), "{text}");
+    let back = parse(&text).unwrap();
+    assert_eq!(back.to_string(), text);
+    let inputs = inputs_for(&g, 3);
+    assert_eq!(
+        interpret(&g, &inputs).unwrap()[1].to_f64_vec(),
+        interpret(&back, &inputs).unwrap()[1].to_f64_vec()
+    );
+    // The gradient graph (a forward loop and a backward loop) too.
+    let grad = wengert::autodiff(&loss_only(&g), &["W", "b"], &[]).unwrap().graph;
+    let text = grad.to_string();
+    assert_eq!(parse(&text).unwrap().to_string(), text);
+    let dot = wengert::ir::to_dot(&grad);
+    assert!(dot.contains("subgraph cluster_"), "{dot}");
+}
+
+#[test]
+fn nested_scans_agree_with_the_unrolled_loops() {
+    // An outer loop of 3 steps whose body runs an inner loop of 4 steps:
+    // h ← tanh(a·h + x_t) four times per outer step, then h ← h·c.
+    let build = |nested: bool| {
+        let b = GraphBuilder::new("nested");
+        let a = b.input("a", DType::F64, &[]);
+        let c = b.input("c", DType::F64, &[]);
+        let h0 = b.input("h0", DType::F64, &[]);
+        let xs = b.input("xs", DType::F64, &[3, 4]);
+        let h = if nested {
+            let (h, _) = b.scan(3, &[a, c], &[h0], &[xs], |s, k, h, x| {
+                let (inner, _) = s.scan(4, &[k[0]], &[h[0]], &[x[0]], |_, k, h, x| {
+                    (vec![(k[0] * h[0] + x[0]).tanh()], vec![])
+                });
+                (vec![inner[0] * k[1]], vec![])
+            });
+            h[0]
+        } else {
+            let mut h = h0;
+            for i in 0..3 {
+                for j in 0..4 {
+                    let x = xs.slice(&[i, j], &[i + 1, j + 1]).reshape(&[]);
+                    h = (a * h + x).tanh();
+                }
+                h = h * c;
+            }
+            h
+        };
+        b.build(&[("h", h)]).unwrap()
+    };
+    let (looped, unrolled) = (build(true), build(false));
+    let inputs = inputs_for(&looped, 5);
+    assert_eq!(
+        interpret(&looped, &inputs).unwrap()[0].to_f64_vec(),
+        interpret(&unrolled, &inputs).unwrap()[0].to_f64_vec()
+    );
+    let wrt = ["a", "c", "h0", "xs"];
+    let ga = common::autodiff_gradients(&looped, &inputs, &wrt);
+    let gb = common::autodiff_gradients(&unrolled, &inputs, &wrt);
+    for ((x, y), name) in ga.iter().zip(&gb).zip(wrt) {
+        assert_close(x, y, 1e-12, &format!("grad_{name}"));
+    }
+    let text = looped.to_string();
+    assert_eq!(parse(&text).unwrap().to_string(), text);
+}
+
+#[test]
+fn grad_of_grad_through_a_loop_is_a_hessian_vector_product() {
+    // f(a) = h_T of case 8 with T = 6; d/da of (df/da · v) against central
+    // differences of df/da.
+    let g = {
+        let b = GraphBuilder::new("f");
+        let a = b.input("a", DType::F64, &[]);
+        let bias = b.input("b", DType::F64, &[]);
+        let x = b.input("x", DType::F64, &[]);
+        let h = b.fori_loop(6, &[a, bias], &[x], |_, c, h| vec![(c[0] * h[0] + c[1]).tanh()]);
+        b.build(&[("L", h[0])]).unwrap()
+    };
+    let gg = wengert::autodiff(&g, &["a"], &[]).unwrap();
+    // Keep only the gradient as the output to differentiate again.
+    let mut first = gg.graph.clone();
+    let grad_node = first.output("grad_a").unwrap().node;
+    first.clear_outputs();
+    first.add_output("da", grad_node).unwrap();
+    let second = wengert::autodiff(&first, &["a"], &[]).unwrap();
+    let at = |a: f64| vec![Tensor::scalar_f64(a), Tensor::scalar_f64(0.1), Tensor::scalar_f64(0.3)];
+    let hess = interpret(&second.graph, &at(0.8)).unwrap()[1].to_f64_vec()[0];
+    let d = 1e-5;
+    let ga = |a: f64| interpret(&first, &at(a)).unwrap()[0].to_f64_vec()[0];
+    let fd = (ga(0.8 + d) - ga(0.8 - d)) / (2.0 * d);
+    assert_close(&[hess], &[fd], 1e-7, "d²L/da²");
+}
+
+#[test]
+fn loop_errors_name_the_place() {
+    // A body whose next carry has the wrong type: the builder's error names
+    // this file and line.
+    let b = GraphBuilder::new("bad");
+    let h0 = b.input("h0", DType::F32, &[3]);
+    let line = line!() + 1;
+    let _ = b.fori_loop(4, &[], &[h0], |_, _, h| vec![h[0].sum_all()]);
+    let err = b.build(&[("h", h0)]).unwrap_err().to_string();
+    assert!(err.contains(&format!("scan.rs:{line}")), "{err}");
+    assert!(err.contains("next carry 0"), "{err}");
+
+    // (A value of the enclosing graph used inside the body does not
+    // compile: see the `compile_fail` example on `GraphBuilder::scan`.)
+
+    // Text: a malformed body is reported at its line.
+    let text = "graph @f(%h: f32[]) -> (y: f32[]) {\n  %l: (f32[]) = scan[carry=1, consts=0, length=3] %h {\n    graph @b(%h: f32[]) -> (n: f32[4]) {\n      %n: f32[4] = broadcast[shape=(4)] %h\n      return %n\n    }\n  }\n  %y: f32[] = get[index=0] %l\n  return %y\n}\n";
+    let err = parse(text).unwrap_err().to_string();
+    assert!(err.contains("line 2") || err.contains("2:"), "{err}");
+    assert!(err.contains("next carry 0"), "{err}");
+    // A `get` out of range, and a loop read without `get`.
+    let text = "graph @f(%h: f32[]) -> (y: f32[]) {\n  %l: (f32[]) = scan[carry=1, consts=0, length=3] %h {\n    graph @b(%h: f32[]) -> (n: f32[]) {\n      %n: f32[] = neg %h\n      return %n\n    }\n  }\n  %y: f32[] = get[index=1] %l\n  return %y\n}\n";
+    let err = parse(text)
+        .and_then(|g| wengert::ir::verify(&g).map(|_| g))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1 results") || err.contains("index=1"), "{err}");
+}
