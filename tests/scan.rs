@@ -254,3 +254,119 @@ fn loop_errors_name_the_place() {
         .to_string();
     assert!(err.contains("1 results") || err.contains("index=1"), "{err}");
 }
+
+/// Compiles `g` (all passes) and runs it.
+fn jit(g: &Graph, inputs: &[Tensor]) -> Vec<Tensor> {
+    let exe = wengert::compile(g, &wengert::Options::default()).unwrap();
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    exe.call(&refs).unwrap()
+}
+
+#[test]
+fn compiled_loops_match_the_interpreter() {
+    for dtype in [DType::F64, DType::F32] {
+        for reverse in [false, true] {
+            for t in [0, 1, 2, 7, 1000] {
+                let g = rnn(t, 3, dtype, reverse, true);
+                let inputs = inputs_for(&g, 21 + t as u64);
+                let want = interpret(&g, &inputs).unwrap();
+                let got = jit(&g, &inputs);
+                for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+                    // The matrix-vector product is a library GEMM (its own
+                    // summation order); everything else is exact.
+                    assert_close(
+                        &a.to_f64_vec(),
+                        &b.to_f64_vec(),
+                        1e-5,
+                        &format!("{dtype} reverse={reverse} T={t} output {k}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn compiled_loop_gradients_match_the_interpreter() {
+    for dtype in [DType::F64, DType::F32] {
+        for reverse in [false, true] {
+            for t in [0, 1, 2, 7, 1000] {
+                let g = loss_only(&rnn(t, 4, dtype, reverse, true));
+                let inputs = inputs_for(&g, 31 + t as u64);
+                let wrt = ["W", "b", "h0", "xs"];
+                let want = common::autodiff_gradients(&g, &inputs, &wrt);
+                let f = wengert::value_and_grad(&g, &wrt, &wengert::Options::default()).unwrap();
+                let refs: Vec<&Tensor> = inputs.iter().collect();
+                let got = f.call(&refs).unwrap();
+                let tol = if dtype == DType::F32 { 1e-4 } else { 1e-10 };
+                for (k, name) in wrt.iter().enumerate() {
+                    assert_close(
+                        &got[1 + k].to_f64_vec(),
+                        &want[k],
+                        tol,
+                        &format!("{dtype} reverse={reverse} T={t} grad_{name}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn compiled_scalar_recurrence_is_bit_exact() {
+    // Case 8 with T = 1000 in f64: no GEMM, so the compiled loop computes
+    // exactly what the interpreter does, forward and backward.
+    let b = GraphBuilder::new("case8");
+    let a = b.input("a", DType::F64, &[]);
+    let bias = b.input("b", DType::F64, &[]);
+    let x = b.input("x", DType::F64, &[]);
+    let h = b.fori_loop(1000, &[a, bias], &[x], |_, c, h| vec![(c[0] * h[0] + c[1]).tanh()]);
+    let g = b.build(&[("L", h[0])]).unwrap();
+    let inputs = vec![
+        Tensor::scalar_f64(0.9),
+        Tensor::scalar_f64(0.05),
+        Tensor::scalar_f64(0.3),
+    ];
+    assert_eq!(
+        jit(&g, &inputs)[0].to_f64_vec(),
+        interpret(&g, &inputs).unwrap()[0].to_f64_vec()
+    );
+    let wrt = ["a", "b", "x"];
+    let want = common::autodiff_gradients(&g, &inputs, &wrt);
+    let f = wengert::value_and_grad(&g, &wrt, &wengert::Options::default()).unwrap();
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let got = f.call(&refs).unwrap();
+    for (k, name) in wrt.iter().enumerate() {
+        assert_eq!(got[1 + k].to_f64_vec(), want[k], "grad_{name}");
+    }
+}
+
+#[test]
+fn compiled_nested_loops_match_the_interpreter() {
+    let b = GraphBuilder::new("nested");
+    let a = b.input("a", DType::F64, &[]);
+    let h0 = b.input("h0", DType::F64, &[2]);
+    let xs = b.input("xs", DType::F64, &[3, 5, 2]);
+    let (h, ys) = b.scan(3, &[a], &[h0], &[xs], |s, k, h, x| {
+        let (inner, ys) = s.scan(5, &[k[0]], &[h[0]], &[x[0]], |_, k, h, x| {
+            let n = (h[0] * k[0] + x[0]).tanh();
+            (vec![n], vec![n.sum_all()])
+        });
+        (vec![inner[0]], vec![ys[0]])
+    });
+    let loss = h[0].sum_all() + ys[0].sum_all();
+    let g = b.build(&[("loss", loss)]).unwrap();
+    let inputs = inputs_for(&g, 9);
+    assert_eq!(
+        jit(&g, &inputs)[0].to_f64_vec(),
+        interpret(&g, &inputs).unwrap()[0].to_f64_vec()
+    );
+    let wrt = ["a", "h0", "xs"];
+    let want = common::autodiff_gradients(&g, &inputs, &wrt);
+    let f = wengert::value_and_grad(&g, &wrt, &wengert::Options::default()).unwrap();
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let got = f.call(&refs).unwrap();
+    for (k, name) in wrt.iter().enumerate() {
+        assert_close(&got[1 + k].to_f64_vec(), &want[k], 1e-13, &format!("grad_{name}"));
+    }
+}

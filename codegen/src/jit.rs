@@ -105,6 +105,7 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
         math_helpers: Default::default(),
         consts: Vec::new(),
         gemm_params: Vec::new(),
+        bodies: Default::default(),
     };
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = module.make_context();
@@ -119,9 +120,18 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
             fctx: &mut fctx,
             opts,
         };
+        // Loop bodies first: the loops that call them need their ids.
+        let mut bodies = Bodies::default();
+        jc.define_bodies(g, &name, &mut bodies)?;
         let Some(mut main) = jc.define(g, &name, Abi::PointerArray)? else {
             unreachable!("the pointer-array entry serves every graph");
         };
+        // A loop's frame holds its body's frame below it.
+        main.frame_bytes += bodies.frame_bytes;
+        if opts.keep_text {
+            main.clif.push_str(&bodies.clif);
+            main.disasm.push_str(&bodies.disasm);
+        }
         // All-scalar graphs also get the packed entry (a few more
         // instructions to compile); a graph it cannot serve (one that
         // needs an arena) simply has none.
@@ -214,6 +224,15 @@ fn is_all_scalar(g: &Graph) -> bool {
         && types.all(|t| t.rank() == 0 && t.dtype == first.dtype)
 }
 
+/// What compiling a graph's loop bodies leaves for the graph's entry.
+#[derive(Default)]
+struct Bodies {
+    /// The largest frame of a body (with its own bodies' frames).
+    frame_bytes: usize,
+    clif: String,
+    disasm: String,
+}
+
 /// One compiled (not yet finalized) function.
 struct Defined {
     id: FuncId,
@@ -294,6 +313,43 @@ impl JitContext<'_> {
             clif,
             disasm,
         }))
+    }
+
+    /// Compiles the body of every loop of `g` (innermost first) as a
+    /// function of its own, recorded in the module state for the loops'
+    /// lowering to call.
+    fn define_bodies(&mut self, g: &Graph, name: &str, acc: &mut Bodies) -> Result<(), CodegenError> {
+        for id in g.node_ids() {
+            let wengert_ir::Op::Scan(scan) = g.op(id) else { continue };
+            let key = crate::lower::body_key(scan);
+            if self.state.bodies.contains_key(&key) {
+                continue;
+            }
+            let mut inner = Bodies::default();
+            self.define_bodies(&scan.body, name, &mut inner)?;
+            // Numbered across the module (inner bodies are defined first).
+            let body_name = format!("{name}_loop{}", self.state.bodies.len());
+            let Some(defined) = self.define(&scan.body, &body_name, Abi::PointerArray)? else {
+                unreachable!("the pointer-array entry serves every graph");
+            };
+            acc.frame_bytes = acc.frame_bytes.max(defined.frame_bytes + inner.frame_bytes + 64);
+            if self.opts.keep_text {
+                acc.clif
+                    .push_str(&format!("\n; loop body {body_name}\n{}{}", defined.clif, inner.clif));
+                acc.disasm.push_str(&format!(
+                    "\n; loop body {body_name}\n{}{}",
+                    defined.disasm, inner.disasm
+                ));
+            }
+            self.state.bodies.insert(
+                key,
+                crate::lower::BodyFn {
+                    id: defined.id,
+                    arena_bytes: defined.arena_bytes,
+                },
+            );
+        }
+        Ok(())
     }
 
     fn signature(&self, abi: Abi) -> cranelift_codegen::ir::Signature {

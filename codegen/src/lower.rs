@@ -31,6 +31,9 @@ use wengert_ir::{row_major_strides, BinaryOp, CmpOp, DType, Graph, NodeId, Op, T
 use wengert_runtime::functions::{ArgType, RuntimeFn};
 use wengert_runtime::gemm::GemmParams;
 
+mod scan;
+pub use scan::{body_key, BodyFn};
+
 /// How many vectors the main loop of a kernel processes per iteration.
 /// Cranelift does not unroll loops; unrolling in the emitted CLIF matched
 /// LLVM's speed in measurements on this machine (DESIGN.md).
@@ -74,6 +77,8 @@ pub struct ModuleState {
     pub math_helpers: HashMap<(&'static str, Type), FuncId>,
     pub consts: Vec<Tensor>,
     pub gemm_params: Vec<Box<GemmParams>>,
+    /// Compiled loop bodies, by [`body_key`].
+    pub bodies: HashMap<usize, BodyFn>,
 }
 
 /// Lowers one graph into the current function.
@@ -1717,10 +1722,30 @@ pub fn lower_graph(
                 Loc::Mem(out)
             }
             Op::SoftmaxCrossEntropy => lower_softmax_xent(&mut lw, fb, g, id, &arg_locs)?,
-            Op::Scan(_) | Op::Get { .. } => {
-                return Err(CodegenError::Unsupported {
-                    node: g.value_name(id),
-                    message: "loops are not compiled yet".into(),
+            Op::Scan(scan) => {
+                let out = fresh(&mut lw, fb);
+                lw.lower_scan(fb, scan, &arg_locs, &out, &g.value_name(id))?;
+                Loc::Mem(out)
+            }
+            // A view of one result in its loop's buffer.
+            Op::Get { index, ty } => {
+                let (Loc::Mem(buffer), Op::Scan(scan)) = (&arg_locs[0], g.op(args[0])) else {
+                    return Err(CodegenError::Unsupported {
+                        node: g.value_name(id),
+                        message: "internal error: `get` of a value that is not a loop's buffer".into(),
+                    });
+                };
+                let at = scan
+                    .layout()
+                    .and_then(|(offsets, _)| offsets.get(*index).copied())
+                    .unwrap_or(0);
+                let bytes = buffer.offset + at as i64;
+                Loc::Mem(View {
+                    ptr: buffer.ptr,
+                    offset: bytes / ty.dtype.size_bytes() as i64,
+                    shape: ty.shape.clone(),
+                    strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
+                    dtype: ty.dtype,
                 })
             }
         };

@@ -266,9 +266,19 @@ pub fn autodiff(g: &Graph, wrt: &[&str], seeds: &[(&str, Seed)]) -> Result<GradG
 impl GradGraph {
     /// The forward nodes: those the original (primal) outputs depend on,
     /// indexed by node. This holds however later passes renumber the graph.
+    ///
+    /// A `get` of a forward loop's result is a forward node too, even when
+    /// only the backward reads it (a loop's trajectory): it is a view of
+    /// what the forward computed, and saving it saves that result.
     pub fn primal_mask(&self) -> Vec<bool> {
-        self.graph
-            .ancestors(self.graph.outputs()[..self.primal_outputs].iter().map(|o| o.node))
+        let g = &self.graph;
+        let mut primal = g.ancestors(g.outputs()[..self.primal_outputs].iter().map(|o| o.node));
+        for id in g.node_ids() {
+            if let (Op::Get { .. }, Some(&scan)) = (g.op(id), g.args(id).first()) {
+                primal[id.index()] |= primal[scan.index()];
+            }
+        }
+        primal
     }
 }
 

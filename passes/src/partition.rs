@@ -94,6 +94,8 @@ fn classify(gg: &GradGraph) -> Classes {
         c.mask[i] = !c.primal[i]
             && !c.constant[i]
             && j.ty(id).dtype == DType::Bool
+            // (A loop's buffer of results is typed bool but is no mask.)
+            && !matches!(j.op(id), Op::Scan(_))
             && args.iter().all(|a| c.primal[a.index()] || c.constant[a.index()]);
     }
     c
