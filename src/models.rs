@@ -1,7 +1,7 @@
 //! Small models built with the builder, shared by examples, tests and
 //! benchmarks.
 
-use wengert_ir::{DType, Graph, GraphBuilder, IrError};
+use wengert_ir::{DType, Graph, GraphBuilder, IrError, Var};
 
 /// A two-layer perceptron `x → ReLU(x W1 + b1) W2 + b2 → softmax
 /// cross-entropy against one-hot targets t`, averaged over the batch.
@@ -47,4 +47,62 @@ pub fn tanh_chain(layers: usize, batch: usize, width: usize, dtype: DType) -> Re
         h = h.matmul(w).tanh();
     }
     b.build(&[("loss", h.sum_all())])
+}
+
+/// The recurrent network `h_{t+1} = tanh(W h_t + b + x_t)` over `t` steps
+/// from `h0`, with loss `Σ h_T` (inputs `W: [h,h]`, `b`, `h0: [h]`, data
+/// `xs: [t, h]`), as one `scan` (`looped`) or unrolled into `t` copies of
+/// the step.
+pub fn rnn(t: usize, h: usize, dtype: DType, looped: bool) -> Result<Graph, IrError> {
+    let b = GraphBuilder::new(if looped { "rnn_scan" } else { "rnn_unrolled" });
+    let w = b.input("W", dtype, &[h, h]);
+    let bias = b.input("b", dtype, &[h]);
+    let h0 = b.input("h0", dtype, &[h]);
+    let xs = b.data("xs", dtype, &[t, h]);
+    fn step<'a>(h: usize, w: Var<'a>, bias: Var<'a>, hh: Var<'a>, x: Var<'a>) -> Var<'a> {
+        (w.matmul(hh.reshape(&[h, 1])).reshape(&[h]) + bias + x).tanh()
+    }
+    let last = if looped {
+        b.scan(t, &[w, bias], &[h0], &[xs], |_, c, carry, x| {
+            (vec![step(h, c[0], c[1], carry[0], x[0])], vec![])
+        })
+        .0[0]
+    } else {
+        let mut hh = h0;
+        for s in 0..t {
+            let x = xs.slice(&[s, 0], &[s + 1, h]).reshape(&[h]);
+            hh = step(h, w, bias, hh, x);
+        }
+        hh
+    };
+    b.build(&[("loss", last.sum_all())])
+}
+
+/// Seed case 8 over `t` steps: `h_0 = x`, `h_{t+1} = tanh(a h_t + b)`,
+/// `L = h_T` (f64 scalars `a`, `b`, `x`), looped or unrolled.
+pub fn scalar_recurrence(t: usize, looped: bool) -> Result<Graph, IrError> {
+    let b = GraphBuilder::new(if looped { "case8_scan" } else { "case8_unrolled" });
+    let a = b.input("a", DType::F64, &[]);
+    let bias = b.input("b", DType::F64, &[]);
+    let x = b.input("x", DType::F64, &[]);
+    let last = if looped {
+        b.fori_loop(t, &[a, bias], &[x], |_, c, h| vec![(c[0] * h[0] + c[1]).tanh()])[0]
+    } else {
+        let mut h = x;
+        for _ in 0..t {
+            h = (a * h + bias).tanh();
+        }
+        h
+    };
+    b.build(&[("L", last)])
+}
+
+/// [`tanh_chain`] as a loop over stacked weights `W: [layers, width,
+/// width]` (scanning over layers, as deep networks do).
+pub fn tanh_chain_scan(layers: usize, batch: usize, width: usize, dtype: DType) -> Result<Graph, IrError> {
+    let b = GraphBuilder::new("tanh_chain_scan");
+    let x = b.data("x", dtype, &[batch, width]);
+    let ws = b.input("W", dtype, &[layers, width, width]);
+    let (h, _) = b.scan(layers, &[], &[x], &[ws], |_, _, h, w| (vec![h[0].matmul(w[0]).tanh()], vec![]));
+    b.build(&[("loss", h[0].sum_all())])
 }

@@ -83,6 +83,14 @@ struct Group {
 
 /// Groups nodes into kernels (see the module documentation).
 pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
+    // Loop bodies are fused as graphs of their own.
+    let with_bodies;
+    let g = if g.has_regions() {
+        with_bodies = g.map_bodies(fuse)?;
+        &with_bodies
+    } else {
+        g
+    };
     let n = g.len();
     let mut units = Units::new(g);
     // The group of each unit, by unit id (a merge keeps the first unit's id).

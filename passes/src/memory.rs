@@ -128,6 +128,15 @@ pub fn used_outside_kernel(g: &Graph) -> Vec<bool> {
 
 /// Plans the arena of `g`; returns the annotated graph and its statistics.
 pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassError> {
+    // A loop body gets a plan of its own: the loop gives it its own
+    // region of the arena.
+    let with_bodies;
+    let g = if g.has_regions() {
+        with_bodies = g.map_bodies(memory_plan)?;
+        &with_bodies
+    } else {
+        g
+    };
     let n = g.len();
     // Schedule position: a kernel member is at its kernel's first member.
     let mut pos = vec![0usize; n];

@@ -45,7 +45,8 @@ pub const FOLD_LIMIT: usize = 64;
 
 /// Runs the simplifications until nothing changes (at most 8 rounds).
 pub fn simplify(g: &Graph) -> Result<Graph, PassError> {
-    let mut current = g.clone();
+    // Loop bodies are simplified as graphs of their own.
+    let mut current = if g.has_regions() { g.map_bodies(simplify)? } else { g.clone() };
     for _ in 0..8 {
         let (next, changed) = simplify_once(&current)?;
         current = next;
