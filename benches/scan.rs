@@ -22,7 +22,11 @@ fn inputs(g: &Graph) -> Vec<Tensor> {
         .iter()
         .map(|i| {
             let n = i.ty.num_elements();
-            let scale = if i.ty.rank() >= 2 { 1.0 / (i.ty.shape[i.ty.rank() - 1] as f64).sqrt() } else { 1.0 };
+            let scale = if i.ty.rank() >= 2 {
+                1.0 / (i.ty.shape[i.ty.rank() - 1] as f64).sqrt()
+            } else {
+                1.0
+            };
             let v: Vec<f64> = (0..n)
                 .map(|_| {
                     state ^= state << 13;
@@ -54,13 +58,43 @@ fn bench_step(c: &mut Criterion, group: &str, name: &str, g: &Graph) {
 
 fn loops(c: &mut Criterion) {
     for t in [100, 1000] {
-        bench_step(c, "rnn", &format!("scan_T{t}"), &models::rnn(t, 64, DType::F32, true).unwrap());
-        bench_step(c, "rnn", &format!("unrolled_T{t}"), &models::rnn(t, 64, DType::F32, false).unwrap());
+        bench_step(
+            c,
+            "rnn",
+            &format!("scan_T{t}"),
+            &models::rnn(t, 64, DType::F32, true).unwrap(),
+        );
+        bench_step(
+            c,
+            "rnn",
+            &format!("unrolled_T{t}"),
+            &models::rnn(t, 64, DType::F32, false).unwrap(),
+        );
     }
-    bench_step(c, "case8", "scan_T1000", &models::scalar_recurrence(1000, true).unwrap());
-    bench_step(c, "case8", "unrolled_T1000", &models::scalar_recurrence(1000, false).unwrap());
-    bench_step(c, "chain", "scan_64x512", &models::tanh_chain_scan(64, 64, 512, DType::F32).unwrap());
-    bench_step(c, "chain", "unrolled_64x512", &models::tanh_chain(64, 64, 512, DType::F32).unwrap());
+    bench_step(
+        c,
+        "case8",
+        "scan_T1000",
+        &models::scalar_recurrence(1000, true).unwrap(),
+    );
+    bench_step(
+        c,
+        "case8",
+        "unrolled_T1000",
+        &models::scalar_recurrence(1000, false).unwrap(),
+    );
+    bench_step(
+        c,
+        "chain",
+        "scan_64x512",
+        &models::tanh_chain_scan(64, 64, 512, DType::F32).unwrap(),
+    );
+    bench_step(
+        c,
+        "chain",
+        "unrolled_64x512",
+        &models::tanh_chain(64, 64, 512, DType::F32).unwrap(),
+    );
 }
 
 fn compile(c: &mut Criterion) {
@@ -74,7 +108,12 @@ fn compile(c: &mut Criterion) {
                 (format!("case8_scan_T{t}"), models::scalar_recurrence(t, true).unwrap()),
             ]
         })
-        .chain([100, 1000].iter().map(|&t| (format!("rnn_unrolled_T{t}"), models::rnn(t, 64, DType::F32, false).unwrap())))
+        .chain([100, 1000].iter().map(|&t| {
+            (
+                format!("rnn_unrolled_T{t}"),
+                models::rnn(t, 64, DType::F32, false).unwrap(),
+            )
+        }))
         .collect();
     for (name, g) in &cases {
         let names = wrt(g);

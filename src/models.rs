@@ -103,6 +103,8 @@ pub fn tanh_chain_scan(layers: usize, batch: usize, width: usize, dtype: DType) 
     let b = GraphBuilder::new("tanh_chain_scan");
     let x = b.data("x", dtype, &[batch, width]);
     let ws = b.input("W", dtype, &[layers, width, width]);
-    let (h, _) = b.scan(layers, &[], &[x], &[ws], |_, _, h, w| (vec![h[0].matmul(w[0]).tanh()], vec![]));
+    let (h, _) = b.scan(layers, &[], &[x], &[ws], |_, _, h, w| {
+        (vec![h[0].matmul(w[0]).tanh()], vec![])
+    });
     b.build(&[("loss", h[0].sum_all())])
 }

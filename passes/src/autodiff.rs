@@ -129,12 +129,13 @@ pub fn autodiff(g: &Graph, wrt: &[&str], seeds: &[(&str, Seed)]) -> Result<GradG
     // Loops that need adjoints also keep their trajectory (the carry at the
     // start of each step) for the backward loop to read; their old results
     // keep their indices, so the forward computes what it did.
-    let mut traj_start: std::collections::HashMap<NodeId, usize> = Default::default();
+    let mut plans: std::collections::HashMap<NodeId, crate::scan_vjp::LoopPlan> = Default::default();
     for id in g.node_ids() {
         if let (Op::Scan(scan), true) = (g.op(id), requires[id.index()]) {
-            let extended = crate::scan_vjp::with_trajectory(scan)?;
-            joint.replace_op(id, Op::Scan(std::sync::Arc::new(extended)))?;
-            traj_start.insert(id, scan.n_results());
+            let wants: Vec<bool> = g.args(id).iter().map(|a| requires[a.index()]).collect();
+            let plan = crate::scan_vjp::plan(scan, &wants, crate::scan_vjp::LoopPolicy::default())?;
+            joint.replace_op(id, Op::Scan(std::sync::Arc::new(plan.forward.clone())))?;
+            plans.insert(id, plan);
         }
     }
     // The adjoints of each loop's results, gathered from its `get`s.
@@ -194,7 +195,7 @@ pub fn autodiff(g: &Graph, wrt: &[&str], seeds: &[(&str, Seed)]) -> Result<GradG
         // its rule once, with the adjoints of all its results.
         if let Op::Get { index, .. } = g.op(id) {
             let scan = args[0];
-            let n = traj_start.get(&scan).copied().unwrap_or(0);
+            let n = if let Op::Scan(s) = g.op(scan) { s.n_results() } else { 0 };
             let slots = result_adj.entry(scan).or_insert_with(|| vec![None; n]);
             if let Some(slot) = slots.get_mut(*index) {
                 *slot = Some(match *slot {
@@ -206,10 +207,9 @@ pub fn autodiff(g: &Graph, wrt: &[&str], seeds: &[(&str, Seed)]) -> Result<GradG
             adj[scan.index()] = Some(scan);
             continue;
         }
-        let contributions = if let Op::Scan(_) = g.op(id) {
-            let start = traj_start.get(&id).copied().unwrap_or(0);
+        let contributions = if let Some(plan) = plans.get(&id) {
             let cotangents = result_adj.remove(&id).unwrap_or_default();
-            crate::scan_vjp::scan_vjp(&mut Emitter { g: &mut joint, at: id }, id, start, &cotangents, &wants)?
+            crate::scan_vjp::emit_backward(&mut Emitter { g: &mut joint, at: id }, id, plan, &cotangents)?
         } else {
             vjp(&mut Emitter { g: &mut joint, at: id }, id, ybar, &wants)?
         };

@@ -11,47 +11,110 @@
 //! ```
 //!
 //! which is itself a `scan` running the other way, whose carry is
-//! `(h̄, c̄)`, whose stacked inputs are `(h_t, x_t, ȳ_t)` and whose stacked
-//! outputs are `x̄_t`. Its body is the body's own reverse-mode derivative
-//! (autodiff of the body graph), so nested loops and grad of grad work by
-//! the same rule.
+//! `(h̄, c̄)` and whose stacked inputs are the forward's values at step
+//! `t` and `ȳ_t`. Its body is built from the body's own reverse-mode
+//! derivative (autodiff of the body graph, split by `partition` into the
+//! body's forward and backward halves), so nested loops and grad of grad
+//! work by the same rule.
 //!
-//! The carries `h_t` the backward loop reads are the forward loop's
-//! trajectory: before differentiating, autodiff replaces each loop that
-//! needs adjoints by one with extra stacked results, the carry at the start
-//! of each step ([`with_trajectory`]). This is the "save the carries"
-//! schedule: memory `T × carry`, and each step's other residuals are
-//! recomputed from its carry inside the backward body (one extra forward
-//! evaluation of the body per step).
+//! What the backward loop reads of step `t` ([`LoopPolicy`]):
+//! - the carry `h_t`: before differentiating, autodiff replaces the loop by
+//!   one with more stacked results ([`plan`]), the first of which is the
+//!   trajectory `h_0 … h_{T−1}` (stored once);
+//! - under [`LoopPolicy::SaveAll`], the residuals the body's backward half
+//!   needs, stacked. A residual that *is* the next carry `h_{t+1}` is not
+//!   stacked a second time: the backward loop carries it, starting from
+//!   the final carry and stepping to `h_t` from the trajectory (JAX stores
+//!   both `h_t` and `y_t = h_{t+1}`). A residual computed from consts
+//!   alone is computed once, outside both loops (hoisted).
+//! - under [`LoopPolicy::SaveCarries`], nothing more: the backward body
+//!   recomputes the step from `h_t` (one extra forward evaluation per
+//!   step, memory `T × carry`).
+//!
+//! **Split transpose.** A const's per-step adjoint that is one matrix
+//! product `A_t · B_t` (the weight gradient `ḡ_t h_tᵀ` of `W h`) is not
+//! accumulated by `T` small products in the serial loop: the loop stacks
+//! `A_t` (and `B_t`, unless it is a view of what the loop already reads
+//! stacked), and one GEMM after the loop computes
+//! `Σ_t A_t B_t = [A_0 … A_{T−1}] · [B_0; …; B_{T−1}]`.
 
 use crate::autodiff::{autodiff, Seed};
 use crate::emit::Emitter;
 use crate::error::PassError;
+use crate::partition::partition;
 use std::sync::Arc;
-use wengert_ir::{Graph, NodeId, Op, Scan};
+use wengert_ir::{Graph, NodeId, Op, Scan, TensorType};
 
-/// The loop with one more stacked result per carry: the carry at the start
-/// of each step (results `n_results()..` of the new loop; the old results
-/// keep their indices).
-pub fn with_trajectory(scan: &Scan) -> Result<Scan, PassError> {
-    let mut body = scan.body.clone();
-    for k in 0..scan.n_carry {
-        let input = body.inputs()[scan.n_consts + k].clone();
-        let name = unique_output(&body, &format!("traj{k}"));
-        body.add_output(&name, input.node)?;
-    }
-    Ok(Scan { body, ..scan.clone() })
+/// What the forward loop stores for the backward loop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LoopPolicy {
+    /// The trajectory and each step's residuals (no recomputation).
+    #[default]
+    SaveAll,
+    /// The trajectory only; the backward recomputes each step from it.
+    SaveCarries,
 }
 
-fn unique_output(g: &Graph, base: &str) -> String {
-    let mut name = base.to_string();
-    while g.output(&name).is_some() || g.input(&name).is_some() {
-        name.push('_');
-    }
-    name
+/// Where a value the backward loop reads comes from.
+#[derive(Clone, Debug)]
+enum Source {
+    /// Operand `i` of the forward loop (a const, or stacked xs).
+    Operand(usize),
+    /// Result `i` of the (extended) forward loop.
+    Result(usize),
+    /// A residual computed from consts alone: node of the body's forward
+    /// half, copied out of the loop.
+    Hoisted(NodeId),
+    /// The adjoint of the forward loop's result `i` (zeros if none).
+    Cotangent(usize),
+    /// Zeros of a type (a fresh accumulator).
+    Zeros(TensorType),
 }
 
-fn unique_input(g: &Graph, base: &str) -> String {
+/// What the backward loop's stacked results are.
+#[derive(Clone, Debug)]
+enum Stacked {
+    /// The adjoint of xs operand `i`.
+    XsAdjoint(usize),
+    /// Factor `A_t` of const `i`'s split transpose.
+    SplitA(usize),
+    /// Factor `B_t` of const `i`'s split transpose.
+    SplitB(usize),
+}
+
+/// A const's adjoint assembled after the loop: `Σ_t A_t B_t`, with `B`
+/// stacked by the loop or a view of a stacked operand.
+#[derive(Clone, Debug)]
+struct Split {
+    /// The const's operand index.
+    operand: usize,
+    /// Ops turning a stacked operand (by source) into `[T, k, n]`, when
+    /// `B_t` is a view of a value the loop reads stacked.
+    b_view: Option<(Source, Vec<Op>)>,
+}
+
+/// How to differentiate one loop: decided before the reverse sweep (the
+/// forward loop is replaced by [`LoopPlan::forward`]), carried out by
+/// [`emit_backward`].
+#[derive(Clone, Debug)]
+pub struct LoopPlan {
+    /// The forward loop with its extra stacked results.
+    pub forward: Scan,
+    /// The backward loop's body, with its operands' sources.
+    body: Graph,
+    /// The body's forward half, from which hoisted residuals are copied.
+    hoist_from: Graph,
+    n_consts: usize,
+    n_carry: usize,
+    sources: Vec<Source>,
+    /// Per backward carry: the operand it gives the adjoint of (the
+    /// initial carry's or a const's), if any.
+    carry_adjoint: Vec<Option<usize>>,
+    stacked: Vec<Stacked>,
+    splits: Vec<Split>,
+}
+
+fn unique(g: &Graph, base: &str) -> String {
     let mut name = base.to_string();
     while g.input(&name).is_some() || g.output(&name).is_some() {
         name.push('_');
@@ -67,78 +130,71 @@ fn all_differentiable(g: &Graph) -> Result<Graph, PassError> {
     for input in g.inputs() {
         map[input.node.index()] = Some(out.add_input(&input.name, input.ty.clone(), true)?);
     }
-    for id in g.node_ids() {
-        if map[id.index()].is_some() {
-            continue;
-        }
-        let args: Vec<NodeId> = g.args(id).iter().filter_map(|a| map[a.index()]).collect();
-        let new = out.copy_node(g, id, &args)?;
-        out.set_mark(new, g.node(id).mark);
-        map[id.index()] = Some(new);
-    }
+    copy_into(g, &mut out, &mut map, |_| true)?;
     for o in g.outputs() {
-        let node = map[o.node.index()].ok_or_else(|| PassError::Internal {
-            node: o.name.clone(),
-            message: "a body output was not copied".into(),
-        })?;
-        out.add_output(&o.name, node)?;
+        out.add_output(&o.name, mapped(&map, o.node)?)?;
     }
     Ok(out)
 }
 
-/// The adjoints of a loop's operands. `y` is the loop in the joint graph
-/// (already carrying its trajectory: results from `traj_start` on),
-/// `cotangents` the adjoints of its first `traj_start` results (`None`: a
-/// zero), `wants` which operands need one.
-pub fn scan_vjp(
-    e: &mut Emitter<'_>,
-    y: NodeId,
-    traj_start: usize,
-    cotangents: &[Option<NodeId>],
-    wants: &[bool],
-) -> Result<Vec<Option<NodeId>>, PassError> {
-    let Op::Scan(scan) = e.g.op(y).clone() else {
-        return Err(PassError::Internal {
-            node: e.g.value_name(y),
-            message: "the loop rule was applied to a node that is not a loop".into(),
-        });
-    };
+fn mapped(map: &[Option<NodeId>], id: NodeId) -> Result<NodeId, PassError> {
+    map[id.index()].ok_or_else(|| PassError::Internal {
+        node: format!("#{}", id.index()),
+        message: "a loop body's node was used before it was copied".into(),
+    })
+}
+
+/// Copies every node of `src` selected by `keep` that is not mapped yet
+/// (inputs must be mapped by the caller), in order.
+fn copy_into(
+    src: &Graph,
+    out: &mut Graph,
+    map: &mut [Option<NodeId>],
+    keep: impl Fn(NodeId) -> bool,
+) -> Result<(), PassError> {
+    for id in src.node_ids() {
+        if map[id.index()].is_some() || matches!(src.op(id), Op::Input { .. }) || !keep(id) {
+            continue;
+        }
+        let args: Vec<NodeId> = src.args(id).iter().map(|&a| mapped(map, a)).collect::<Result<_, _>>()?;
+        let new = out.copy_node(src, id, &args)?;
+        out.set_mark(new, src.node(id).mark);
+        map[id.index()] = Some(new);
+    }
+    Ok(())
+}
+
+/// Plans the VJP of `scan` for operands of which `wants` need adjoints.
+pub fn plan(scan: &Scan, wants: &[bool], policy: LoopPolicy) -> Result<LoopPlan, PassError> {
     let internal = |message: String| PassError::Internal {
-        node: format!("scan body @{}", scan.body.name),
+        node: format!("loop body @{}", scan.body.name),
         message,
     };
-    let (nc, nk, nx) = (scan.n_consts, scan.n_carry, scan.n_xs());
-    let ny = traj_start.saturating_sub(nk);
-    let args = e.g.args(y);
+    let (nc, nk, nx, ny) = (scan.n_consts, scan.n_carry, scan.n_xs(), scan.n_ys());
     let body = all_differentiable(&scan.body)?;
     let ins = body.inputs().to_vec();
     let outs = body.outputs().to_vec();
-    let is_float = |k: usize| ins[k].ty.dtype.is_float();
-    let want = |k: usize| wants.get(k).copied().unwrap_or(false) && is_float(k);
-    // Carries that carry adjoints; consts and xs whose adjoints are wanted;
-    // ys whose adjoints are given.
-    let float_carry: Vec<usize> = (0..nk).filter(|&k| is_float(nc + k)).collect();
+    let float_in = |k: usize| ins[k].ty.dtype.is_float();
+    let want = |k: usize| wants.get(k).copied().unwrap_or(false) && float_in(k);
+    let float_carry: Vec<usize> = (0..nk).filter(|&k| float_in(nc + k)).collect();
     let want_c: Vec<usize> = (0..nc).filter(|&i| want(i)).collect();
     let want_x: Vec<usize> = (0..nx).filter(|&j| want(nc + nk + j)).collect();
-    let given_y: Vec<usize> = (0..ny)
-        .filter(|&j| cotangents.get(nk + j).copied().flatten().is_some())
+    let float_y: Vec<usize> = (0..ny)
+        .filter(|&j| body.ty(outs[nk + j].node).dtype.is_float())
         .collect();
 
-    // The body's VJP: seeds for the next carry and the given ys.
+    // The body's derivative, seeded at the next carry and every float y.
     let mut seeds: Vec<(String, Seed)> = Vec::new();
-    let mut seed_names: Vec<Option<String>> = vec![None; outs.len()];
-    // (The trajectory results, after the ys, get no seed.)
+    let mut seed_of: Vec<Option<String>> = vec![None; outs.len()];
     for (o, out) in outs.iter().enumerate() {
-        let has = if o < nk {
+        let seeded = if o < nk {
             float_carry.contains(&o)
-        } else if o < nk + ny {
-            given_y.contains(&(o - nk))
         } else {
-            false
+            float_y.contains(&(o - nk))
         };
-        let seed = if has {
-            let name = unique_input(&body, &format!("ct_{}", out.name));
-            seed_names[o] = Some(name.clone());
+        let seed = if seeded {
+            let name = unique(&body, &format!("ct_{}", out.name));
+            seed_of[o] = Some(name.clone());
             Seed::Input(name)
         } else {
             Seed::Zero
@@ -153,117 +209,339 @@ pub fn scan_vjp(
         .collect();
     let wrt_refs: Vec<&str> = wrt.iter().map(String::as_str).collect();
     let seed_refs: Vec<(&str, Seed)> = seeds.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
-    let joint = autodiff(&body, &wrt_refs, &seed_refs)?.graph;
-
-    // The backward body: consts c; carry (h̄, c̄); xs (h_t, x_t, ȳ_t).
-    let mut w = Graph::new(format!("{}.vjp", body.name));
-    let mut map: Vec<Option<NodeId>> = vec![None; joint.len()];
-    let joint_input = |name: &str| {
-        joint
-            .input(name)
-            .map(|i| i.node)
-            .ok_or_else(|| internal(format!("the body's derivative has no input `{name}`")))
+    let gg = autodiff(&body, &wrt_refs, &seed_refs)?;
+    let saved = match policy {
+        LoopPolicy::SaveAll => None,
+        LoopPolicy::SaveCarries => Some(Vec::new()),
     };
-    for input in &ins[..nc] {
-        let id = w.add_input(&input.name, input.ty.clone(), true)?;
-        map[joint_input(&input.name)?.index()] = Some(id);
+    let part = partition(&gg, saved.as_deref())?;
+    let (fwd, bwd) = (&part.forward, &part.backward);
+
+    // Classify the residuals: the next carry itself, consts-only, stacked.
+    let joint = &gg.graph;
+    let const_inputs: Vec<NodeId> = ins[..nc].iter().map(|i| i.node).collect();
+    let mut depends_on_step = vec![false; joint.len()];
+    for id in joint.node_ids() {
+        let is_step_input = joint.inputs().iter().any(|i| i.node == id) && !const_inputs.contains(&id);
+        depends_on_step[id.index()] = is_step_input || joint.args(id).iter().any(|a| depends_on_step[a.index()]);
     }
-    let mut hbar_in = Vec::new();
+    enum ResKind {
+        NextCarry(usize),
+        Hoisted,
+        Stacked,
+    }
+    let kinds: Vec<ResKind> = part
+        .residuals
+        .iter()
+        .map(|r| {
+            if let Some(k) = (0..nk).find(|&k| joint.outputs()[k].node == r.node) {
+                ResKind::NextCarry(k)
+            } else if !depends_on_step[r.node.index()] {
+                ResKind::Hoisted
+            } else {
+                ResKind::Stacked
+            }
+        })
+        .collect();
+
+    // The forward loop's body: the primal results, the trajectory, the
+    // stacked residuals.
+    let mut fbody = fwd.clone();
+    fbody.clear_outputs();
+    for o in &outs {
+        let node = fwd
+            .output(&o.name)
+            .ok_or_else(|| internal(format!("the forward half lost output `{}`", o.name)))?;
+        fbody.add_output(&o.name, node.node)?;
+    }
+    let n_results = outs.len();
+    let mut next_result = n_results;
+    let mut traj_result = vec![0usize; nk];
+    for (k, slot) in traj_result.iter_mut().enumerate() {
+        let input = fbody.inputs()[nc + k].clone();
+        fbody.add_output(&unique(&fbody, &format!("traj{k}")), input.node)?;
+        *slot = next_result;
+        next_result += 1;
+    }
+    let mut residual_source: Vec<Option<Source>> = Vec::new();
+    for (r, kind) in part.residuals.iter().zip(&kinds) {
+        residual_source.push(match kind {
+            ResKind::Stacked => {
+                let node = fwd
+                    .output(&r.name)
+                    .ok_or_else(|| internal(format!("no residual `{}`", r.name)))?
+                    .node;
+                fbody.add_output(&unique(&fbody, &format!("res_{}", r.name)), node)?;
+                next_result += 1;
+                Some(Source::Result(next_result - 1))
+            }
+            ResKind::Hoisted => {
+                let node = fwd
+                    .output(&r.name)
+                    .ok_or_else(|| internal(format!("no residual `{}`", r.name)))?
+                    .node;
+                Some(Source::Hoisted(node))
+            }
+            ResKind::NextCarry(_) => None,
+        });
+    }
+    let live = fbody.live_nodes();
+    let (fbody, _) = fbody.retain(&live)?;
+    let forward = Scan {
+        body: fbody,
+        ..scan.clone()
+    };
+
+    // The backward loop's body.
+    let mut w = Graph::new(format!("{}.vjp", body.name));
+    let mut wmap: Vec<Option<NodeId>> = vec![None; bwd.len()];
+    let mut sources: Vec<Source> = Vec::new();
+    let bwd_input = |name: &str| bwd.input(name).map(|i| i.node);
+    // Consts: those the backward half reads, then hoisted residuals.
+    for (i, input) in ins[..nc].iter().enumerate() {
+        if let Some(node) = bwd_input(&input.name) {
+            wmap[node.index()] = Some(w.add_input(&input.name, input.ty.clone(), true)?);
+            sources.push(Source::Operand(i));
+        }
+    }
+    for ((r, kind), src) in part.residuals.iter().zip(&kinds).zip(&residual_source) {
+        if let (ResKind::Hoisted, Some(src)) = (kind, src) {
+            let node = bwd_input(&r.name).ok_or_else(|| internal(format!("no residual input `{}`", r.name)))?;
+            wmap[node.index()] = Some(w.add_input(&r.name, r.ty.clone(), true)?);
+            sources.push(src.clone());
+        }
+    }
+    let n_consts_w = sources.len();
+    // Carry: h̄ per float carry, the next carry where it is a residual,
+    // and an accumulator per wanted const (unless split).
+    let mut carry_adjoint = Vec::new();
     for &k in &float_carry {
-        let name = seed_names[k]
+        let name = seed_of[k]
             .clone()
             .ok_or_else(|| internal("a carry has no seed".into()))?;
         let id = w.add_input(&name, ins[nc + k].ty.clone(), true)?;
-        map[joint_input(&name)?.index()] = Some(id);
-        hbar_in.push(id);
+        if let Some(node) = bwd_input(&name) {
+            wmap[node.index()] = Some(id);
+        }
+        sources.push(Source::Cotangent(k));
+        carry_adjoint.push(Some(nc + k));
     }
-    let mut cacc_in = Vec::new();
+    let mut next_carry_in: Vec<(usize, NodeId)> = Vec::new();
+    for (r, kind) in part.residuals.iter().zip(&kinds) {
+        if let &ResKind::NextCarry(k) = kind {
+            let node = bwd_input(&r.name).ok_or_else(|| internal(format!("no residual input `{}`", r.name)))?;
+            let id = w.add_input(&unique(&w, &format!("next{k}")), r.ty.clone(), true)?;
+            wmap[node.index()] = Some(id);
+            next_carry_in.push((k, id));
+            sources.push(Source::Result(k));
+            carry_adjoint.push(None);
+        }
+    }
+    // Which const gradients split: one matmul of step values.
+    let grad_node = |name: &str| -> Result<NodeId, PassError> {
+        bwd.output(&format!("grad_{name}"))
+            .map(|o| o.node)
+            .ok_or_else(|| internal(format!("the body's derivative has no gradient for `{name}`")))
+    };
+    let mut split_c: Vec<usize> = Vec::new();
     for &i in &want_c {
-        let id = w.add_input(
-            &unique_input(&joint, &format!("acc_{}", ins[i].name)),
-            ins[i].ty.clone(),
-            true,
-        )?;
-        cacc_in.push(id);
+        let g = grad_node(&ins[i].name)?;
+        if let (Op::MatMul, 2) = (bwd.op(g), bwd.ty(g).rank()) {
+            split_c.push(i);
+        }
     }
-    for input in &ins[nc..] {
-        let id = w.add_input(&input.name, input.ty.clone(), true)?;
-        map[joint_input(&input.name)?.index()] = Some(id);
+    let accumulated: Vec<usize> = want_c.iter().copied().filter(|i| !split_c.contains(i)).collect();
+    let mut acc_in = Vec::new();
+    for &i in &accumulated {
+        let id = w.add_input(&unique(&w, &format!("acc_{}", ins[i].name)), ins[i].ty.clone(), true)?;
+        acc_in.push(id);
+        sources.push(Source::Zeros(ins[i].ty.clone()));
+        carry_adjoint.push(Some(i));
     }
-    for &j in &given_y {
-        let name = seed_names[nk + j]
+    let n_carry_w = sources.len() - n_consts_w;
+    // Stacked inputs: the trajectory, the xs read, stacked residuals, ȳ.
+    let mut traj_in: Vec<Option<NodeId>> = vec![None; nk];
+    for k in 0..nk {
+        let needed = bwd_input(&ins[nc + k].name).is_some() || next_carry_in.iter().any(|&(kk, _)| kk == k);
+        if needed {
+            let id = w.add_input(&ins[nc + k].name, ins[nc + k].ty.clone(), true)?;
+            if let Some(node) = bwd_input(&ins[nc + k].name) {
+                wmap[node.index()] = Some(id);
+            }
+            traj_in[k] = Some(id);
+            sources.push(Source::Result(traj_result[k]));
+        }
+    }
+    for j in 0..nx {
+        let input = &ins[nc + nk + j];
+        if let Some(node) = bwd_input(&input.name) {
+            wmap[node.index()] = Some(w.add_input(&input.name, input.ty.clone(), true)?);
+            sources.push(Source::Operand(nc + nk + j));
+        }
+    }
+    for ((r, kind), src) in part.residuals.iter().zip(&kinds).zip(&residual_source) {
+        if let (ResKind::Stacked, Some(src)) = (kind, src) {
+            let node = bwd_input(&r.name).ok_or_else(|| internal(format!("no residual input `{}`", r.name)))?;
+            wmap[node.index()] = Some(w.add_input(&r.name, r.ty.clone(), true)?);
+            sources.push(src.clone());
+        }
+    }
+    for &j in &float_y {
+        let name = seed_of[nk + j]
             .clone()
             .ok_or_else(|| internal("a y has no seed".into()))?;
-        let ty = body.ty(outs[nk + j].node).clone();
-        let id = w.add_input(&name, ty, true)?;
-        map[joint_input(&name)?.index()] = Some(id);
-    }
-    for id in joint.node_ids() {
-        if map[id.index()].is_some() || matches!(joint.op(id), Op::Input { .. }) {
-            continue;
+        if let Some(node) = bwd_input(&name) {
+            wmap[node.index()] = Some(w.add_input(&name, body.ty(outs[nk + j].node).clone(), true)?);
+            sources.push(Source::Cotangent(nk + j));
         }
-        let args: Vec<NodeId> = joint
-            .args(id)
-            .iter()
-            .map(|a| map[a.index()].ok_or_else(|| internal("an operand was not copied".into())))
-            .collect::<Result<_, _>>()?;
-        let new = w.copy_node(&joint, id, &args)?;
-        map[id.index()] = Some(new);
     }
-    let grad = |name: &str| -> Result<NodeId, PassError> {
-        let o = joint
-            .output(&format!("grad_{name}"))
-            .ok_or_else(|| internal(format!("the body's derivative has no gradient for `{name}`")))?;
-        map[o.node.index()].ok_or_else(|| internal("a gradient was not copied".into()))
-    };
+    // Seeds the backward half does not read (a carry whose adjoint nothing
+    // needs) still have their carry inputs above; inputs never read are
+    // simply unused.
+    copy_into(bwd, &mut w, &mut wmap, |_| true)?;
+
+    // Outputs: the next carry (h̄, the carried residuals, accumulators),
+    // then the stacked results.
     for &k in &float_carry {
-        let g = grad(&ins[nc + k].name)?;
+        let g = mapped(&wmap, grad_node(&ins[nc + k].name)?)?;
         w.add_output(&format!("hbar{k}"), g)?;
     }
-    for (n, &i) in want_c.iter().enumerate() {
-        let g = grad(&ins[i].name)?;
-        let sum = Emitter { g: &mut w, at: g }.add(cacc_in[n], g)?;
+    for &(k, _) in &next_carry_in {
+        let h = traj_in[k].ok_or_else(|| internal("the trajectory of a carried residual is not read".into()))?;
+        w.add_output(&format!("prev{k}"), h)?;
+    }
+    for (n, &i) in accumulated.iter().enumerate() {
+        let g = mapped(&wmap, grad_node(&ins[i].name)?)?;
+        let sum = Emitter { g: &mut w, at: g }.add(acc_in[n], g)?;
         w.add_output(&format!("cbar{i}"), sum)?;
     }
+    let mut stacked = Vec::new();
     for &j in &want_x {
-        let g = grad(&ins[nc + nk + j].name)?;
+        let g = mapped(&wmap, grad_node(&ins[nc + nk + j].name)?)?;
         w.add_output(&format!("xbar{j}"), g)?;
+        stacked.push(Stacked::XsAdjoint(nc + nk + j));
     }
-    // Only what the adjoints need (the body's own results are dead here
-    // unless its derivative reads them).
+    let mut splits = Vec::new();
+    for &i in &split_c {
+        let g = grad_node(&ins[i].name)?;
+        let (a, b) = (bwd.args(g)[0], bwd.args(g)[1]);
+        w.add_output(&format!("splitA{i}"), mapped(&wmap, a)?)?;
+        stacked.push(Stacked::SplitA(i));
+        // B_t as a view of a stacked input, when it is one.
+        let mut ops = Vec::new();
+        let mut v = b;
+        while let Op::Reshape { .. } | Op::Transpose { .. } = bwd.op(v) {
+            ops.push(bwd.op(v).clone());
+            v = bwd.args(v)[0];
+        }
+        ops.reverse();
+        let stacked_source = w_source_of_stacked(&w, &wmap, v, &sources, n_consts_w + n_carry_w);
+        let b_view = match stacked_source {
+            Some(src) => Some((src, ops)),
+            None => {
+                w.add_output(&format!("splitB{i}"), mapped(&wmap, b)?)?;
+                stacked.push(Stacked::SplitB(i));
+                None
+            }
+        };
+        splits.push(Split { operand: i, b_view });
+    }
     let live = w.live_nodes();
     let (w, _) = w.retain(&live)?;
+    Ok(LoopPlan {
+        forward,
+        body: w,
+        hoist_from: fwd.clone(),
+        n_consts: n_consts_w,
+        n_carry: n_carry_w,
+        sources,
+        carry_adjoint,
+        stacked,
+        splits,
+    })
+}
 
-    // The backward loop's operands in the joint graph.
-    let results = scan.result_types();
-    let mut operands: Vec<NodeId> = args[..nc].to_vec();
-    for &k in &float_carry {
-        operands.push(match cotangents.get(k).copied().flatten() {
-            Some(ct) => ct,
-            None => e.full_like(args[nc + k], 0.0)?,
+/// If `v` (a node of the backward half) was mapped to a stacked input of
+/// the backward body, that input's source.
+fn w_source_of_stacked(
+    w: &Graph,
+    wmap: &[Option<NodeId>],
+    v: NodeId,
+    sources: &[Source],
+    first_stacked: usize,
+) -> Option<Source> {
+    let node = wmap[v.index()]?;
+    let k = w.inputs().iter().position(|i| i.node == node)?;
+    if k < first_stacked {
+        return None;
+    }
+    sources.get(k).cloned()
+}
+
+/// Emits the backward loop planned by `plan` for the (already extended)
+/// forward loop `y`, whose first results have the adjoints `cotangents`
+/// (`None`: zero); returns the adjoints of `y`'s operands.
+pub fn emit_backward(
+    e: &mut Emitter<'_>,
+    y: NodeId,
+    plan: &LoopPlan,
+    cotangents: &[Option<NodeId>],
+) -> Result<Vec<Option<NodeId>>, PassError> {
+    let Op::Scan(forward) = e.g.op(y).clone() else {
+        return Err(PassError::Internal {
+            node: e.g.value_name(y),
+            message: "the loop rule was applied to a node that is not a loop".into(),
         });
-    }
-    for &i in &want_c {
-        operands.push(e.full_like(args[i], 0.0)?);
-    }
-    for k in 0..nk {
-        let index = traj_start + k;
+    };
+    let internal = |message: String| PassError::Internal {
+        node: format!("loop body @{}", forward.body.name),
+        message,
+    };
+    let args = e.g.args(y);
+    let results = forward.result_types();
+    let n_operands = forward.n_operands();
+    let result = |e: &mut Emitter<'_>, index: usize| -> Result<NodeId, PassError> {
         let ty = results
             .get(index)
             .cloned()
-            .ok_or_else(|| internal(format!("the loop has no trajectory result {index}")))?;
-        operands.push(e.op(Op::Get { index, ty }, &[y])?);
+            .ok_or_else(|| internal(format!("no result {index}")))?;
+        e.op(Op::Get { index, ty }, &[y])
+    };
+    // Hoisted residuals: the consts-only part of the forward half, once.
+    let fbody = &plan.hoist_from;
+    let mut hoist_map: Vec<Option<NodeId>> = vec![None; fbody.len()];
+    for (i, input) in fbody.inputs().iter().enumerate().take(forward.n_consts) {
+        hoist_map[input.node.index()] = Some(args[i]);
     }
-    operands.extend_from_slice(&args[nc + nk..nc + nk + nx]);
-    for &j in &given_y {
-        operands.push(cotangents[nk + j].ok_or_else(|| internal("a given cotangent disappeared".into()))?);
+    let mut operands = Vec::with_capacity(plan.sources.len());
+    for src in &plan.sources {
+        operands.push(match src {
+            Source::Operand(i) => args[*i],
+            Source::Result(i) => result(e, *i)?,
+            Source::Hoisted(node) => {
+                let roots = fbody.ancestors([*node]);
+                copy_into(fbody, e.g, &mut hoist_map, |id| roots[id.index()])?;
+                mapped(&hoist_map, *node)?
+            }
+            Source::Cotangent(i) => match cotangents.get(*i).copied().flatten() {
+                Some(ct) => ct,
+                None => {
+                    let like = result(e, *i)?;
+                    e.full_like(like, 0.0)?
+                }
+            },
+            Source::Zeros(t) => {
+                let c = e.scalar(t.dtype, 0.0);
+                e.broadcast(c, &t.shape)?
+            }
+        });
     }
     let back = Scan {
-        body: w,
-        length: scan.length,
-        reverse: !scan.reverse,
-        n_consts: nc,
-        n_carry: float_carry.len() + want_c.len(),
+        body: plan.body.clone(),
+        length: forward.length,
+        reverse: !forward.reverse,
+        n_consts: plan.n_consts,
+        n_carry: plan.n_carry,
     };
     let back_results = back.result_types();
     let node = e.op(Op::Scan(Arc::new(back)), &operands)?;
@@ -274,18 +552,58 @@ pub fn scan_vjp(
             .ok_or_else(|| internal(format!("the backward loop has no result {index}")))?;
         e.op(Op::Get { index, ty }, &[node])
     };
-    let mut adjoints: Vec<Option<NodeId>> = vec![None; nc + nk + nx];
-    for (n, &k) in float_carry.iter().enumerate() {
-        if want(nc + k) {
-            adjoints[nc + k] = Some(get(e, n)?);
+    let mut adjoints: Vec<Option<NodeId>> = vec![None; n_operands];
+    for (k, of) in plan.carry_adjoint.iter().enumerate() {
+        if let Some(i) = *of {
+            adjoints[i] = Some(get(e, k)?);
         }
     }
-    for (n, &i) in want_c.iter().enumerate() {
-        adjoints[i] = Some(get(e, float_carry.len() + n)?);
+    let mut split_a: Vec<Option<NodeId>> = vec![None; n_operands];
+    let mut split_b: Vec<Option<NodeId>> = vec![None; n_operands];
+    for (n, s) in plan.stacked.iter().enumerate() {
+        let v = get(e, plan.n_carry + n)?;
+        match *s {
+            Stacked::XsAdjoint(i) => adjoints[i] = Some(v),
+            Stacked::SplitA(i) => split_a[i] = Some(v),
+            Stacked::SplitB(i) => split_b[i] = Some(v),
+        }
     }
-    let n_carry_back = float_carry.len() + want_c.len();
-    for (n, &j) in want_x.iter().enumerate() {
-        adjoints[nc + nk + j] = Some(get(e, n_carry_back + n)?);
+    // Σ_t A_t B_t as one product: [m, T·k] · [T·k, n].
+    let t = forward.length;
+    for s in &plan.splits {
+        let a = split_a[s.operand].ok_or_else(|| internal("a split has no A".into()))?;
+        let b = match (&s.b_view, split_b[s.operand]) {
+            (_, Some(b)) => b,
+            (Some((src, ops)), None) => {
+                let mut v = match src {
+                    Source::Operand(i) => args[*i],
+                    Source::Result(i) => result(e, *i)?,
+                    Source::Hoisted(_) | Source::Cotangent(_) | Source::Zeros(_) => {
+                        return Err(internal("a split's B is not stacked".into()))
+                    }
+                };
+                for op in ops {
+                    let lifted = match op {
+                        Op::Reshape { shape } => Op::Reshape {
+                            shape: std::iter::once(t).chain(shape.iter().copied()).collect(),
+                        },
+                        Op::Transpose { perm } => Op::Transpose {
+                            perm: std::iter::once(0).chain(perm.iter().map(|p| p + 1)).collect(),
+                        },
+                        other => return Err(internal(format!("cannot lift `{}` over the steps", other.name()))),
+                    };
+                    v = e.op(lifted, &[v])?;
+                }
+                v
+            }
+            (None, None) => return Err(internal("a split has no B".into())),
+        };
+        let (a_shape, b_shape) = (e.shape(a), e.shape(b));
+        let (m, k, n) = (a_shape[1], a_shape[2], b_shape[2]);
+        let at = e.op(Op::Transpose { perm: vec![1, 0, 2] }, &[a])?;
+        let a2 = e.reshape(at, &[m, t * k])?;
+        let b2 = e.reshape(b, &[t * k, n])?;
+        adjoints[s.operand] = Some(e.op(Op::MatMul, &[a2, b2])?);
     }
     Ok(adjoints)
 }

@@ -46,7 +46,11 @@ pub const FOLD_LIMIT: usize = 64;
 /// Runs the simplifications until nothing changes (at most 8 rounds).
 pub fn simplify(g: &Graph) -> Result<Graph, PassError> {
     // Loop bodies are simplified as graphs of their own.
-    let mut current = if g.has_regions() { g.map_bodies(simplify)? } else { g.clone() };
+    let mut current = if g.has_regions() {
+        g.map_bodies(simplify)?
+    } else {
+        g.clone()
+    };
     for _ in 0..8 {
         let (next, changed) = simplify_once(&current)?;
         current = next;
