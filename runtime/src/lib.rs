@@ -11,6 +11,7 @@ pub mod error;
 pub mod executable;
 pub mod functions;
 pub mod gemm;
+pub mod revolve;
 
 pub use error::RuntimeError;
 pub use executable::{Bound, CodeOwner, EntryFn, Executable, MemoryReport, PackedFn, ScalarFn};
