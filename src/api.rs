@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use wengert_codegen::{compile_graphs, CodegenError, CodegenOptions};
 use wengert_ir::{Graph, IrError, Tensor};
+use wengert_passes::autodiff::LoopPolicy;
 use wengert_passes::{
     run_pipeline, CheckpointPolicy, GradGraph, Partition, Pass, PassError, PipelineOptions, PipelineResult, Seed, Stage,
 };
@@ -37,6 +38,9 @@ pub struct Options {
     pub dump_dir: Option<PathBuf>,
     /// What the backward gets saved and what it recomputes.
     pub checkpoint: CheckpointPolicy,
+    /// What loops store for their backward loops (default: the trajectory
+    /// and each step's residuals).
+    pub loops: LoopPolicy,
 }
 
 impl Default for Options {
@@ -46,6 +50,7 @@ impl Default for Options {
             passes: Pass::ALL.to_vec(),
             dump_dir: None,
             checkpoint: CheckpointPolicy::SaveAll,
+            loops: LoopPolicy::default(),
         }
     }
 }
@@ -184,6 +189,7 @@ pub fn value_and_grad_with_seeds(
         wrt: wrt.iter().map(|s| s.to_string()).collect(),
         seeds: seeds.iter().map(|(n, s)| (n.to_string(), s.clone())).collect(),
         checkpoint: options.checkpoint.clone(),
+        loops: options.loops,
         dump_dir: options.dump_dir.clone(),
         ..PipelineOptions::default()
     };

@@ -13,7 +13,8 @@ use std::path::Path;
 use wengert_codegen::CodegenOptions;
 use wengert_ir::tensor::write_nested_list;
 use wengert_ir::{interpret, parse, parse_literal, to_dot, verify, Graph, IrError, Tensor};
-use wengert_passes::{autodiff, run_pipeline, CheckpointPolicy, GradGraph, Pass, PipelineOptions, Seed, Stage};
+use wengert_passes::autodiff::LoopPolicy;
+use wengert_passes::{run_pipeline, CheckpointPolicy, GradGraph, Pass, PipelineOptions, Seed, Stage};
 
 /// An error of the command line, already formatted for the user.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,11 @@ pub enum Command {
         /// Print what is saved and what is recomputed, with bytes and FLOPs.
         #[arg(long)]
         explain: bool,
+        /// What loops store for their backward: all (trajectory and
+        /// residuals), carries (trajectory; steps recomputed) or
+        /// binomial=C (C saved states, Revolve schedule).
+        #[arg(long, default_value = "all")]
+        loops: String,
     },
     /// Run passes over a graph and print the IR (by default the final IR;
     /// MLIR/LLVM-style `--print-after-all` and friends show each step).
@@ -110,6 +116,9 @@ pub enum Command {
         /// Checkpoint policy: all, sqrt, segments=K, budget=BYTES (e.g. 2MiB).
         #[arg(long, default_value = "all")]
         checkpoint: String,
+        /// What loops store for their backward: all, carries, binomial=C.
+        #[arg(long, default_value = "all")]
+        loops: String,
     },
     /// Compile a graph with the JIT and run it (optionally its gradient).
     Run {
@@ -168,9 +177,30 @@ fn parse_seeds(seeds: &[String]) -> Result<Vec<(&str, Seed)>, CliError> {
 }
 
 /// Differentiates `g` as the `grad` command does.
-pub fn grad_graph(file: &str, g: &Graph, wrt: &[String], seeds: &[String]) -> Result<GradGraph, CliError> {
+pub fn grad_graph(
+    file: &str,
+    g: &Graph,
+    wrt: &[String],
+    seeds: &[String],
+    loops: LoopPolicy,
+) -> Result<GradGraph, CliError> {
     let specs = parse_seeds(seeds)?;
-    autodiff(g, &wrt_names(g, wrt), &specs).map_err(|e| CliError(format!("{file}: {e}")))
+    wengert_passes::autodiff::autodiff_with(g, &wrt_names(g, wrt), &specs, loops)
+        .map_err(|e| CliError(format!("{file}: {e}")))
+}
+
+/// Parses a loop policy: `all`, `carries` or `binomial=C`.
+pub fn parse_loop_policy(s: &str) -> Result<LoopPolicy, CliError> {
+    match s.trim() {
+        "all" => Ok(LoopPolicy::SaveAll),
+        "carries" => Ok(LoopPolicy::SaveCarries),
+        other => match other.strip_prefix("binomial=").map(|c| c.trim().parse::<usize>()) {
+            Some(Ok(c)) if c >= 1 => Ok(LoopPolicy::Binomial(c)),
+            _ => Err(CliError(format!(
+                "unknown loop policy `{other}` (expected all, carries or binomial=C with C >= 1)"
+            ))),
+        },
+    }
 }
 
 /// Reads the text of `file` (`-` is standard input).
@@ -317,10 +347,12 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
             split,
             checkpoint,
             explain,
+            loops,
         } => {
             let g = load_graph(&file)?;
+            let loops = parse_loop_policy(&loops)?;
             if !split && !explain && checkpoint == "all" {
-                return Ok(grad_graph(&file, &g, &wrt, &seeds)?.graph.to_string());
+                return Ok(grad_graph(&file, &g, &wrt, &seeds, loops)?.graph.to_string());
             }
             let wrt_list = wrt_names(&g, &wrt);
             let seed_list = parse_seeds(&seeds)?;
@@ -415,6 +447,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
             print_after,
             dump,
             checkpoint,
+            loops,
         } => {
             let g = load_graph(&file)?;
             let fail = |e: wengert_passes::PassError| CliError(format!("{file}: {e}"));
@@ -446,6 +479,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                 print_after_all,
                 print_after,
                 checkpoint: CheckpointPolicy::parse(&checkpoint).map_err(|e| CliError(e.to_string()))?,
+                loops: parse_loop_policy(&loops)?,
             };
             let quiet = !options.print_before_all && !options.print_after_all && options.print_after.is_empty();
             let result = run_pipeline(&g, &options).map_err(fail)?;

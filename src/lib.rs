@@ -24,6 +24,7 @@ pub use wengert_ir::{
     interpret, interpret_named, parse, to_dot, verify, DType, Graph, GraphBuilder, IrError, Op, Tensor, TensorType, Var,
 };
 pub use wengert_passes as passes;
+pub use wengert_passes::autodiff::LoopPolicy;
 pub use wengert_passes::{autodiff, partition, CheckpointPolicy, GradGraph, PassError, Seed};
 pub use wengert_runtime as runtime;
 pub mod cli;

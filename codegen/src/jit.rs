@@ -327,6 +327,33 @@ impl JitContext<'_> {
             }
             let mut inner = Bodies::default();
             self.define_bodies(&scan.body, name, &mut inner)?;
+            // A loop that recomputes another's states calls that one's body.
+            if let Some(regen) = &scan.regen {
+                let forward = crate::lower::body_key(&regen.forward);
+                if !self.state.bodies.contains_key(&forward) {
+                    self.define_bodies(&regen.forward.body, name, &mut inner)?;
+                    let body_name = format!("{name}_loop{}", self.state.bodies.len());
+                    let Some(defined) = self.define(&regen.forward.body, &body_name, Abi::PointerArray)? else {
+                        unreachable!("the pointer-array entry serves every graph");
+                    };
+                    inner.frame_bytes = inner.frame_bytes.max(defined.frame_bytes + 64);
+                    if self.opts.keep_text {
+                        inner
+                            .clif
+                            .push_str(&format!("\n; loop body {body_name}\n{}", defined.clif));
+                        inner
+                            .disasm
+                            .push_str(&format!("\n; loop body {body_name}\n{}", defined.disasm));
+                    }
+                    self.state.bodies.insert(
+                        forward,
+                        crate::lower::BodyFn {
+                            id: defined.id,
+                            arena_bytes: defined.arena_bytes,
+                        },
+                    );
+                }
+            }
             // Numbered across the module (inner bodies are defined first).
             let body_name = format!("{name}_loop{}", self.state.bodies.len());
             let Some(defined) = self.define(&scan.body, &body_name, Abi::PointerArray)? else {

@@ -343,6 +343,7 @@ impl GraphBuilder {
             reverse,
             n_consts: consts.len(),
             n_carry: init.len(),
+            regen: None,
         };
         let results = scan.result_types();
         let operands: Vec<Var<'s>> = consts.iter().chain(init).chain(xs).copied().collect();

@@ -456,8 +456,19 @@ impl Graph {
         for id in self.node_ids() {
             if let Op::Scan(scan) = self.op(id) {
                 let body = f(&scan.body)?;
+                let regen = match &scan.regen {
+                    Some(r) => Some(crate::scan::Regen {
+                        forward: std::sync::Arc::new(crate::scan::Scan {
+                            body: f(&r.forward.body)?,
+                            ..(*r.forward).clone()
+                        }),
+                        slots: r.slots,
+                    }),
+                    None => None,
+                };
                 let new = crate::scan::Scan {
                     body,
+                    regen,
                     ..(**scan).clone()
                 };
                 if new.result_types() != scan.result_types() || new.body.inputs().len() != scan.body.inputs().len() {

@@ -140,6 +140,53 @@ fn run(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
 /// `t` of each `xs` and writing row `t` of each `ys` into the scan's buffer
 /// of results (see [`crate::scan`]).
 fn run_scan(scan: &Scan, args: &[&Tensor]) -> Result<Tensor, IrError> {
+    if let Some(regen) = &scan.regen {
+        // Recomputed states mean the same as stored ones: run the forward
+        // loop recording its carries, then this loop over them.
+        let f = &regen.forward;
+        let own = args.len().saturating_sub(f.n_operands());
+        let mut recording = (**f).clone();
+        for k in 0..f.n_carry {
+            let node = recording.body.inputs()[f.n_consts + k].node;
+            let mut name = format!("state{k}");
+            while recording.body.output(&name).is_some() {
+                name.push('_');
+            }
+            recording.body.add_output(&name, node)?;
+        }
+        let buffer = run_scan(&recording, &args[own..])?;
+        let (offsets, _) = recording
+            .layout()
+            .ok_or_else(|| IrError::Tensor("`scan` results are larger than memory".into()))?;
+        let types = recording.result_types();
+        let mut states = Vec::new();
+        for k in 0..f.n_carry {
+            let index = f.n_results() + k;
+            let ty = types[index].clone();
+            let at = offsets[index];
+            states.push(Tensor::try_from_bytes(
+                ty.clone(),
+                &buffer.bytes()[at..at + ty.size_bytes()],
+            )?);
+        }
+        let mut full: Vec<&Tensor> = Vec::with_capacity(scan.body.inputs().len());
+        let mut next_state = states.iter();
+        for operand in scan.operand_of_input() {
+            match operand {
+                Some(i) => full.push(args[i]),
+                None => full.push(
+                    next_state
+                        .next()
+                        .ok_or_else(|| IrError::Tensor("missing state".into()))?,
+                ),
+            }
+        }
+        let plain = Scan {
+            regen: None,
+            ..scan.clone()
+        };
+        return run_scan(&plain, &full);
+    }
     let body = &scan.body;
     let (nc, nk) = (scan.n_consts, scan.n_carry);
     let (offsets, total) = scan

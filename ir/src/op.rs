@@ -454,6 +454,9 @@ impl Op {
                 if scan.reverse {
                     attrs.push(("reverse", Attr::Int(1)));
                 }
+                if let Some(regen) = &scan.regen {
+                    attrs.push(("slots", Attr::Int(regen.slots)));
+                }
                 attrs
             }
             Op::Get { index, .. } => vec![("index", Attr::Int(*index))],

@@ -240,6 +240,9 @@ struct Stmt {
     declared_tuple: Option<(Vec<TensorType>, Pos)>,
     /// The body of a region op (`scan … { graph … }`), parsed.
     body: Option<Graph>,
+    /// The loop whose states a scan recomputes (`… from scan[…] { … }`):
+    /// its attributes and body.
+    from: Option<(Vec<(String, Attr)>, Graph)>,
 }
 
 /// How deeply regions may nest in a file (each level is a recursion of
@@ -541,16 +544,8 @@ impl Parser {
         let mut attrs = Vec::new();
         // A constant's literal may itself start with `[`, so constants take
         // no attribute list.
-        if op_name != "const" && self.eat(&Tok::LBracket) {
-            loop {
-                let (key, _) = self.ident("an attribute name")?;
-                self.expect(Tok::Equals)?;
-                attrs.push((key, self.attr_value()?));
-                if self.eat(&Tok::RBracket) {
-                    break;
-                }
-                self.expect(Tok::Comma)?;
-            }
+        if op_name != "const" {
+            attrs = self.attrs()?;
         }
         let literal = if op_name == "const" {
             Some(self.literal()?)
@@ -570,18 +565,18 @@ impl Parser {
                 }
             }
         }
-        let body = if op_name == "scan" {
-            self.expect(Tok::LBrace)?;
-            if self.depth >= MAX_NESTING {
-                return self.error(format!("regions nest more than {MAX_NESTING} deep"));
+        let body = if op_name == "scan" { Some(self.region()?) } else { None };
+        let from = match self.peek() {
+            Tok::Ident(s) if s == "from" && body.is_some() => {
+                self.bump();
+                let (kw, _) = self.ident("`scan`")?;
+                if kw != "scan" {
+                    return self.error(format!("expected `scan` after `from`, found `{kw}`"));
+                }
+                let attrs = self.attrs()?;
+                Some((attrs, self.region()?))
             }
-            self.depth += 1;
-            let body = self.graph()?;
-            self.depth -= 1;
-            self.expect(Tok::RBrace)?;
-            Some(body)
-        } else {
-            None
+            _ => None,
         };
         Ok(Stmt {
             name,
@@ -597,7 +592,38 @@ impl Parser {
             operands,
             declared_tuple,
             body,
+            from,
         })
+    }
+
+    /// An optional attribute list `[key=value, …]`.
+    fn attrs(&mut self) -> PResult<Vec<(String, Attr)>> {
+        let mut attrs = Vec::new();
+        if self.eat(&Tok::LBracket) {
+            loop {
+                let (key, _) = self.ident("an attribute name")?;
+                self.expect(Tok::Equals)?;
+                attrs.push((key, self.attr_value()?));
+                if self.eat(&Tok::RBracket) {
+                    break;
+                }
+                self.expect(Tok::Comma)?;
+            }
+        }
+        Ok(attrs)
+    }
+
+    /// A region's body: `{ graph … }`.
+    fn region(&mut self) -> PResult<Graph> {
+        self.expect(Tok::LBrace)?;
+        if self.depth >= MAX_NESTING {
+            return self.error(format!("regions nest more than {MAX_NESTING} deep"));
+        }
+        self.depth += 1;
+        let body = self.graph()?;
+        self.depth -= 1;
+        self.expect(Tok::RBrace)?;
+        Ok(body)
     }
 }
 
@@ -727,13 +753,15 @@ fn perr(errors: &mut Vec<ParseError>, pos: Pos, message: impl Into<String>) {
 
 type Param = (String, Pos, TensorType, bool);
 
-/// Builds a `scan` op from its attributes and parsed body.
-fn scan_op(s: &Stmt, body: &Graph) -> Result<Op, String> {
+/// Builds a `scan` op from its attributes and parsed body (and the loop
+/// whose states it recomputes, if any).
+fn scan_op(attrs: &[(String, Attr)], body: &Graph, from: Option<&(Vec<(String, Attr)>, Graph)>) -> Result<Op, String> {
     let mut consts = None;
     let mut carry = None;
     let mut length = None;
     let mut reverse = false;
-    for (k, v) in &s.attrs {
+    let mut slots = None;
+    for (k, v) in attrs {
         let Attr::Int(v) = v else {
             return Err(format!("attribute `{k}` of `scan` must be an integer"));
         };
@@ -742,9 +770,23 @@ fn scan_op(s: &Stmt, body: &Graph) -> Result<Op, String> {
             "carry" => carry = Some(*v),
             "length" => length = Some(*v),
             "reverse" => reverse = *v != 0,
+            "slots" => slots = Some(*v),
             other => return Err(format!("`scan` has no attribute `{other}`")),
         }
     }
+    let regen = match (from, slots) {
+        (Some((fattrs, fbody)), Some(slots)) => {
+            let Op::Scan(forward) = scan_op(fattrs, fbody, None)? else {
+                return Err("internal error: a loop parsed as another op".into());
+            };
+            Some(crate::scan::Regen { forward, slots })
+        }
+        (None, None) => None,
+        (Some(_), None) => return Err("a `scan` that recomputes states (`from …`) needs the attribute `slots`".into()),
+        (None, Some(_)) => {
+            return Err("`slots` is for a `scan` that recomputes states: add `from scan[…] { … }`".into())
+        }
+    };
     let need = |v: Option<usize>, k: &str| v.ok_or_else(|| format!("`scan` needs the attribute `{k}`"));
     Ok(Op::Scan(std::sync::Arc::new(crate::scan::Scan {
         body: body.clone(),
@@ -752,6 +794,7 @@ fn scan_op(s: &Stmt, body: &Graph) -> Result<Op, String> {
         reverse,
         n_consts: need(consts, "consts")?,
         n_carry: need(carry, "carry")?,
+        regen,
     })))
 }
 
@@ -896,7 +939,7 @@ fn build(
                 }
             }
         } else if let Some(body) = &s.body {
-            match scan_op(s, body) {
+            match scan_op(&s.attrs, body, s.from.as_ref()) {
                 Ok(op) => op,
                 Err(message) => {
                     perr(&mut errors, s.op_pos, message);

@@ -141,6 +141,14 @@ fn write_graph(f: &mut impl fmt::Write, g: &Graph, pad: &str) -> fmt::Result {
             write!(f, " {{\n{inner}")?;
             write_graph(f, &scan.body, &inner)?;
             write!(f, "{pad}{indent}}}")?;
+            // The loop whose states this one recomputes.
+            if let Some(regen) = &scan.regen {
+                f.write_str(" from ")?;
+                write_op_head(f, &Op::Scan(regen.forward.clone()))?;
+                write!(f, " {{\n{inner}")?;
+                write_graph(f, &regen.forward.body, &inner)?;
+                write!(f, "{pad}{indent}}}")?;
+            }
         }
         f.write_str("\n")?;
     }

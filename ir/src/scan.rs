@@ -15,6 +15,7 @@
 
 use crate::graph::Graph;
 use crate::types::{DType, TensorType};
+use std::sync::Arc;
 
 /// Results are packed at offsets of this alignment (a cache line, and
 /// every SIMD width).
@@ -38,12 +39,37 @@ pub struct Scan {
     /// How many inputs after the consts are the carry (and how many of the
     /// body's leading outputs are the next carry).
     pub n_carry: usize,
+    /// For the backward loop of a binomially checkpointed loop: the body's
+    /// first stacked inputs are the carries of `forward` at each step,
+    /// recomputed from checkpoints rather than stored (see [`Regen`]).
+    pub regen: Option<Regen>,
+}
+
+/// States a loop reads that another loop computes again on demand: the
+/// body's first `forward.n_carry` stacked inputs are `forward`'s carry
+/// at the start of each step, not operands; `forward`'s operands
+/// (consts, initial carry, xs) follow this loop's own. The loop runs in
+/// the other direction from `forward`. The compiled loop keeps `slots`
+/// states and recomputes the rest under the binomial schedule
+/// (`wengert_runtime::revolve`); its results are those of the loop that
+/// reads a stored trajectory, bit for bit.
+#[derive(Clone, Debug)]
+pub struct Regen {
+    pub forward: Arc<Scan>,
+    /// Saved states, counting the initial one (at least 1).
+    pub slots: usize,
 }
 
 impl Scan {
-    /// How many stacked inputs (`xs`) the loop reads.
+    /// How many stacked inputs the body reads (including recomputed
+    /// states, see [`Regen`]).
     pub fn n_xs(&self) -> usize {
         self.body.inputs().len().saturating_sub(self.n_consts + self.n_carry)
+    }
+
+    /// How many of the body's stacked inputs are recomputed states.
+    pub fn n_regen(&self) -> usize {
+        self.regen.as_ref().map_or(0, |r| r.forward.n_carry)
     }
 
     /// How many stacked results (`ys`) the loop writes.
@@ -51,9 +77,29 @@ impl Scan {
         self.body.outputs().len().saturating_sub(self.n_carry)
     }
 
-    /// The number of operands: consts, initial carry, xs.
+    /// The number of operands: consts, initial carry, xs (then, with
+    /// [`Regen`], the forward loop's operands).
     pub fn n_operands(&self) -> usize {
-        self.body.inputs().len()
+        self.body.inputs().len() - self.n_regen().min(self.body.inputs().len())
+            + self.regen.as_ref().map_or(0, |r| r.forward.n_operands())
+    }
+
+    /// For each body input, the operand that feeds it (`None` for a
+    /// recomputed state).
+    pub fn operand_of_input(&self) -> Vec<Option<usize>> {
+        let first_regen = self.n_consts + self.n_carry;
+        let n = self.n_regen();
+        (0..self.body.inputs().len())
+            .map(|k| {
+                if k < first_regen {
+                    Some(k)
+                } else if k < first_regen + n {
+                    None
+                } else {
+                    Some(k - n)
+                }
+            })
+            .collect()
     }
 
     /// The number of results: final carry, then ys.
@@ -121,14 +167,47 @@ impl Scan {
                 outs.len()
             ));
         }
-        if args.len() != ins.len() {
+        let own = ins.len() - self.n_regen().min(ins.len());
+        if args.len() != self.n_operands() {
             return Err(format!(
-                "`scan` takes {} operands (consts, initial carry, xs: the body's inputs), got {}",
-                ins.len(),
+                "`scan` takes {} operands (consts, initial carry, xs: the body's inputs{}), got {}",
+                self.n_operands(),
+                if self.regen.is_some() {
+                    ", then the recomputed loop's operands"
+                } else {
+                    ""
+                },
                 args.len()
             ));
         }
-        for (k, (input, arg)) in ins.iter().zip(args).enumerate() {
+        if let Some(regen) = &self.regen {
+            let f = &regen.forward;
+            if f.length != self.length || f.reverse == self.reverse {
+                return Err("`scan` recomputes the states of a loop of another length or the same direction".into());
+            }
+            if regen.slots == 0 {
+                return Err("`scan` recomputing states needs at least one slot".into());
+            }
+            if self.n_consts + self.n_carry + f.n_carry > ins.len() {
+                return Err("`scan` body has fewer stacked inputs than recomputed states".into());
+            }
+            f.check(&args[own..])?;
+            for k in 0..f.n_carry {
+                let (state, input) = (
+                    &f.body.inputs()[f.n_consts + k].ty,
+                    &ins[self.n_consts + self.n_carry + k],
+                );
+                if *state != input.ty {
+                    return Err(format!(
+                        "`scan` body input %{} ({}) reads recomputed carry {k} of type {state}",
+                        input.name, input.ty
+                    ));
+                }
+            }
+        }
+        for (k, (input, operand)) in ins.iter().zip(self.operand_of_input()).enumerate() {
+            let Some(operand) = operand else { continue };
+            let arg = args[operand];
             let expected = if k < self.n_consts + self.n_carry {
                 input.ty.clone()
             } else {
@@ -136,7 +215,7 @@ impl Scan {
                 shape.extend_from_slice(&input.ty.shape);
                 TensorType::new(input.ty.dtype, shape)
             };
-            if **arg != expected {
+            if *arg != expected {
                 let role = if k < self.n_consts {
                     "const"
                 } else if k < self.n_consts + self.n_carry {
@@ -145,7 +224,7 @@ impl Scan {
                     "stacked xs"
                 };
                 return Err(format!(
-                    "`scan` operand {k} ({role} for body input %{}) is {arg}, expected {expected}",
+                    "`scan` operand {operand} ({role} for body input %{}) is {arg}, expected {expected}",
                     input.name
                 ));
             }

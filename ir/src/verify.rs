@@ -75,6 +75,14 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
                 if let Err(e) = verify(&scan.body) {
                     problem(name, format!("`scan` body @{} is malformed: {e}", scan.body.name));
                 }
+                if let Some(regen) = &scan.regen {
+                    if let Err(e) = verify(&regen.forward.body) {
+                        problem(
+                            name,
+                            format!("`scan` recomputed body @{} is malformed: {e}", regen.forward.body.name),
+                        );
+                    }
+                }
                 if let Some(u) = g.users(id).into_iter().find(|&u| !matches!(g.op(u), Op::Get { .. })) {
                     problem(
                         name,

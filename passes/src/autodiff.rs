@@ -11,6 +11,7 @@
 
 use crate::emit::Emitter;
 use crate::error::PassError;
+pub use crate::scan_vjp::LoopPolicy;
 use crate::vjp::{differentiable_dtype, vjp};
 use wengert_ir::{verify, Graph, NodeId, Op, Tensor};
 
@@ -51,6 +52,17 @@ pub struct GradGraph {
 /// sets the seed of some outputs; the others get [`Seed::One`] if scalar,
 /// else a seed input named `seed_<output>` (bool outputs get none).
 pub fn autodiff(g: &Graph, wrt: &[&str], seeds: &[(&str, Seed)]) -> Result<GradGraph, PassError> {
+    autodiff_with(g, wrt, seeds, LoopPolicy::default())
+}
+
+/// [`autodiff`] with a choice of what loops store for their backward
+/// loops (see [`LoopPolicy`]).
+pub fn autodiff_with(
+    g: &Graph,
+    wrt: &[&str],
+    seeds: &[(&str, Seed)],
+    loops: LoopPolicy,
+) -> Result<GradGraph, PassError> {
     verify(g)?;
     // Check what was asked for before building anything.
     let mut wrt_nodes = Vec::with_capacity(wrt.len());
@@ -132,8 +144,15 @@ pub fn autodiff(g: &Graph, wrt: &[&str], seeds: &[(&str, Seed)]) -> Result<GradG
     let mut plans: std::collections::HashMap<NodeId, crate::scan_vjp::LoopPlan> = Default::default();
     for id in g.node_ids() {
         if let (Op::Scan(scan), true) = (g.op(id), requires[id.index()]) {
+            if scan.regen.is_some() {
+                return Err(PassError::Pipeline(format!(
+                    "{} recomputes its states under the binomial schedule and cannot be differentiated again; \
+                     take higher derivatives with the SaveAll or SaveCarries loop policy",
+                    g.value_name(id)
+                )));
+            }
             let wants: Vec<bool> = g.args(id).iter().map(|a| requires[a.index()]).collect();
-            let plan = crate::scan_vjp::plan(scan, &wants, crate::scan_vjp::LoopPolicy::default())?;
+            let plan = crate::scan_vjp::plan(scan, &wants, loops)?;
             joint.replace_op(id, Op::Scan(std::sync::Arc::new(plan.forward.clone())))?;
             plans.insert(id, plan);
         }

@@ -136,12 +136,20 @@ pub fn default_saved(gg: &GradGraph) -> Vec<NodeId> {
     for m in redundant {
         saved.remove(&m);
     }
-    // Save the operand of a broadcast rather than the broadcast (looking
-    // through chains of broadcasts), in one pass.
+    // Save the operand of a broadcast, reshape or transpose rather than
+    // the view (looking through chains of them), in one pass: the view
+    // costs nothing to recompute, and its operand is no larger (a loop
+    // body's `reshape` of its carry is then read from the trajectory, not
+    // stored a second time). Slices are saved as they are (their operand
+    // is larger).
     let mut out = BTreeSet::new();
     for s in saved {
         let mut v = s;
-        while matches!(j.op(v), Op::Broadcast { .. }) && c.primal[v.index()] {
+        while matches!(
+            j.op(v),
+            Op::Broadcast { .. } | Op::Reshape { .. } | Op::Transpose { .. }
+        ) && c.primal[v.index()]
+        {
             v = j.args(v)[0];
         }
         if !c.constant[v.index()] {

@@ -12,7 +12,7 @@
 //! with each pass's wall time and node counts before and after; and
 //! `checkpoint.txt`, what the partition saves and recomputes.
 
-use crate::autodiff::{autodiff, GradGraph, Seed};
+use crate::autodiff::{autodiff_with, GradGraph, Seed};
 use crate::checkpoint::{explain, plan, CheckpointPolicy, Explanation, Plan};
 use crate::error::PassError;
 use crate::fuse::fuse;
@@ -76,6 +76,8 @@ pub struct PipelineOptions {
     pub seeds: Vec<(String, Seed)>,
     /// What the `checkpoint` pass saves for the backward.
     pub checkpoint: CheckpointPolicy,
+    /// What loops store for their backward loops (autodiff).
+    pub loops: crate::scan_vjp::LoopPolicy,
     pub dump_dir: Option<PathBuf>,
     pub print_before_all: bool,
     pub print_after_all: bool,
@@ -89,6 +91,7 @@ impl Default for PipelineOptions {
             wrt: Vec::new(),
             seeds: Vec::new(),
             checkpoint: CheckpointPolicy::SaveAll,
+            loops: Default::default(),
             dump_dir: None,
             print_before_all: false,
             print_after_all: false,
@@ -219,7 +222,7 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                     options.wrt.iter().map(String::as_str).collect()
                 };
                 let seeds: Vec<(&str, Seed)> = options.seeds.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
-                let gg = autodiff(&g, &wrt, &seeds)?;
+                let gg = autodiff_with(&g, &wrt, &seeds, options.loops)?;
                 let out = gg.graph.clone();
                 result.grad = Some(gg);
                 Stage::One(out)

@@ -53,6 +53,12 @@ pub enum LoopPolicy {
     SaveAll,
     /// The trajectory only; the backward recomputes each step from it.
     SaveCarries,
+    /// No trajectory: the backward loop recomputes the states it needs
+    /// from this many saved states (the initial one counted) under the
+    /// binomial schedule (Revolve), `r·T − C(c+r, c+1)` extra steps for
+    /// memory `c × carry`; each step is then recomputed as under
+    /// `SaveCarries`.
+    Binomial(usize),
 }
 
 /// Where a value the backward loop reads comes from.
@@ -69,6 +75,8 @@ enum Source {
     Cotangent(usize),
     /// Zeros of a type (a fresh accumulator).
     Zeros(TensorType),
+    /// A state the backward loop recomputes (not an operand).
+    Regen,
 }
 
 /// What the backward loop's stacked results are.
@@ -112,6 +120,8 @@ pub struct LoopPlan {
     carry_adjoint: Vec<Option<usize>>,
     stacked: Vec<Stacked>,
     splits: Vec<Split>,
+    /// Slots of the binomial schedule, when the states are recomputed.
+    slots: Option<usize>,
 }
 
 fn unique(g: &Graph, base: &str) -> String {
@@ -212,7 +222,11 @@ pub fn plan(scan: &Scan, wants: &[bool], policy: LoopPolicy) -> Result<LoopPlan,
     let gg = autodiff(&body, &wrt_refs, &seed_refs)?;
     let saved = match policy {
         LoopPolicy::SaveAll => None,
-        LoopPolicy::SaveCarries => Some(Vec::new()),
+        LoopPolicy::SaveCarries | LoopPolicy::Binomial(_) => Some(Vec::new()),
+    };
+    let slots = match policy {
+        LoopPolicy::Binomial(c) => Some(c.max(1)),
+        LoopPolicy::SaveAll | LoopPolicy::SaveCarries => None,
     };
     let part = partition(&gg, saved.as_deref())?;
     let (fwd, bwd) = (&part.forward, &part.backward);
@@ -287,9 +301,14 @@ pub fn plan(scan: &Scan, wants: &[bool], policy: LoopPolicy) -> Result<LoopPlan,
     }
     let live = fbody.live_nodes();
     let (fbody, _) = fbody.retain(&live)?;
-    let forward = Scan {
-        body: fbody,
-        ..scan.clone()
+    // Under the binomial schedule the forward loop stays as it was: the
+    // backward recomputes the states.
+    let forward = match slots {
+        Some(_) => scan.clone(),
+        None => Scan {
+            body: fbody,
+            ..scan.clone()
+        },
     };
 
     // The backward loop's body.
@@ -343,8 +362,10 @@ pub fn plan(scan: &Scan, wants: &[bool], policy: LoopPolicy) -> Result<LoopPlan,
             .map(|o| o.node)
             .ok_or_else(|| internal(format!("the body's derivative has no gradient for `{name}`")))
     };
+    // (Not under the binomial schedule: its point is memory independent
+    // of T, and the stacked factors are O(T).)
     let mut split_c: Vec<usize> = Vec::new();
-    for &i in &want_c {
+    for &i in want_c.iter().filter(|_| slots.is_none()) {
         let g = grad_node(&ins[i].name)?;
         if let (Op::MatMul, 2) = (bwd.op(g), bwd.ty(g).rank()) {
             split_c.push(i);
@@ -362,14 +383,19 @@ pub fn plan(scan: &Scan, wants: &[bool], policy: LoopPolicy) -> Result<LoopPlan,
     // Stacked inputs: the trajectory, the xs read, stacked residuals, ȳ.
     let mut traj_in: Vec<Option<NodeId>> = vec![None; nk];
     for k in 0..nk {
-        let needed = bwd_input(&ins[nc + k].name).is_some() || next_carry_in.iter().any(|&(kk, _)| kk == k);
+        // (Recomputed states are all the forward's carries, in order.)
+        let needed =
+            slots.is_some() || bwd_input(&ins[nc + k].name).is_some() || next_carry_in.iter().any(|&(kk, _)| kk == k);
         if needed {
             let id = w.add_input(&ins[nc + k].name, ins[nc + k].ty.clone(), true)?;
             if let Some(node) = bwd_input(&ins[nc + k].name) {
                 wmap[node.index()] = Some(id);
             }
             traj_in[k] = Some(id);
-            sources.push(Source::Result(traj_result[k]));
+            sources.push(match slots {
+                Some(_) => Source::Regen,
+                None => Source::Result(traj_result[k]),
+            });
         }
     }
     for j in 0..nx {
@@ -435,7 +461,9 @@ pub fn plan(scan: &Scan, wants: &[bool], policy: LoopPolicy) -> Result<LoopPlan,
             v = bwd.args(v)[0];
         }
         ops.reverse();
-        let stacked_source = w_source_of_stacked(&w, &wmap, v, &sources, n_consts_w + n_carry_w);
+        // (A recomputed state is not stored: stack B then.)
+        let stacked_source =
+            w_source_of_stacked(&w, &wmap, v, &sources, n_consts_w + n_carry_w).filter(|s| !matches!(s, Source::Regen));
         let b_view = match stacked_source {
             Some(src) => Some((src, ops)),
             None => {
@@ -458,6 +486,7 @@ pub fn plan(scan: &Scan, wants: &[bool], policy: LoopPolicy) -> Result<LoopPlan,
         carry_adjoint,
         stacked,
         splits,
+        slots,
     })
 }
 
@@ -534,14 +563,24 @@ pub fn emit_backward(
                 let c = e.scalar(t.dtype, 0.0);
                 e.broadcast(c, &t.shape)?
             }
+            Source::Regen => continue,
         });
     }
+    // Recomputed states: the forward loop's operands follow.
+    let regen = if let (Some(slots), Op::Scan(f)) = (plan.slots, e.g.op(y)) {
+        let forward = f.clone();
+        operands.extend_from_slice(&args);
+        Some(wengert_ir::scan::Regen { forward, slots })
+    } else {
+        None
+    };
     let back = Scan {
         body: plan.body.clone(),
         length: forward.length,
         reverse: !forward.reverse,
         n_consts: plan.n_consts,
         n_carry: plan.n_carry,
+        regen,
     };
     let back_results = back.result_types();
     let node = e.op(Op::Scan(Arc::new(back)), &operands)?;
@@ -578,7 +617,7 @@ pub fn emit_backward(
                 let mut v = match src {
                     Source::Operand(i) => args[*i],
                     Source::Result(i) => result(e, *i)?,
-                    Source::Hoisted(_) | Source::Cotangent(_) | Source::Zeros(_) => {
+                    Source::Hoisted(_) | Source::Cotangent(_) | Source::Zeros(_) | Source::Regen => {
                         return Err(internal("a split's B is not stacked".into()))
                     }
                 };
@@ -600,8 +639,15 @@ pub fn emit_backward(
         };
         let (a_shape, b_shape) = (e.shape(a), e.shape(b));
         let (m, k, n) = (a_shape[1], a_shape[2], b_shape[2]);
-        let at = e.op(Op::Transpose { perm: vec![1, 0, 2] }, &[a])?;
-        let a2 = e.reshape(at, &[m, t * k])?;
+        // [T, m, k] → [m, T·k]: for k = 1 (outer products, the common
+        // case) a transposed view the GEMM reads in place; else a copy.
+        let a2 = if k == 1 {
+            let flat = e.reshape(a, &[t, m])?;
+            e.op(Op::Transpose { perm: vec![1, 0] }, &[flat])?
+        } else {
+            let at = e.op(Op::Transpose { perm: vec![1, 0, 2] }, &[a])?;
+            e.reshape(at, &[m, t * k])?
+        };
         let b2 = e.reshape(b, &[t * k, n])?;
         adjoints[s.operand] = Some(e.op(Op::MatMul, &[a2, b2])?);
     }

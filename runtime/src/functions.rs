@@ -75,6 +75,8 @@ runtime_fns! {
     SinF32 = "wengert_sin_f32", (F32) -> (F32), libm_f32::sin;
     CosF32 = "wengert_cos_f32", (F32) -> (F32), libm_f32::cos;
     PowF32 = "wengert_pow_f32", (F32, F32) -> (F32), libm_f32::pow;
+    /// A loop's adjoint under the binomial schedule (`revolve`).
+    Revolve = "wengert_revolve", (I64) -> (), crate::revolve::wengert_revolve;
 }
 
 /// `(name, address)` of every runtime function, for the JIT to register.

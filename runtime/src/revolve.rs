@@ -56,9 +56,7 @@ pub fn split(l: u64, c: u64) -> u64 {
     if r < 2 || c < 2 {
         return 1;
     }
-    let lo = l
-        .saturating_sub(binomial(c + r - 1, c - 1))
-        .max(binomial(c + r - 2, c));
+    let lo = l.saturating_sub(binomial(c + r - 1, c - 1)).max(binomial(c + r - 2, c));
     lo.clamp(1, l - 1)
 }
 
@@ -106,6 +104,154 @@ pub fn reverse<E>(
     Ok(())
 }
 
+/// A compiled loop body, called as every graph is: one pointer to its
+/// array `[inputs…, outputs…, arena]`.
+type BodyFn = unsafe extern "C" fn(*const *mut u8);
+
+/// Reads the descriptor generated code writes for a binomially
+/// checkpointed backward loop (all words `i64`):
+///
+/// ```text
+/// 0 T   1 slots   2 forward runs reversed (0/1)   3 state bytes
+/// 4 slots base    5 work A    6 work B
+/// 7 forward body  8 its pointer array   9 backward body  10 its array
+/// 11 forward carries nf   12 forward rows   13 backward carries nb   14 backward rows
+/// nf × [offset in the state, forward carry-in slot, carry-out slot, backward state slot]
+/// forward rows × [array slot, base address, row bytes]
+/// nb × [carry-in slot, carry-out slot, buffer A, buffer B, result address, bytes]
+/// backward rows × [array slot, base address, row bytes]
+/// ```
+///
+/// A "slot" of an array is an index into that body's pointer array; the
+/// row of step `t` of a stacked input or output is at `base + t·bytes`
+/// (a row of 0 bytes is a scratch row every step overwrites).
+struct Desc<'a> {
+    w: &'a [i64],
+}
+
+impl Desc<'_> {
+    fn at(&self, i: usize) -> usize {
+        self.w[i] as usize
+    }
+    fn ptr(&self, i: usize) -> *mut u8 {
+        self.w[i] as usize as *mut u8
+    }
+}
+
+/// Runs a loop's adjoint under the binomial schedule: slot 0 of the
+/// slots holds the forward's initial state (generated code put it
+/// there), and each backward carry's buffer A its initial value. Calls the
+/// forward body to advance and the backward body for each step's adjoint
+/// (steps in reverse order), then copies the backward carries to their
+/// results.
+///
+/// # Safety
+/// `desc` is a descriptor as documented above, written by generated code
+/// for bodies with exactly these pointer arrays; every address covers what
+/// the strides and counts say.
+pub unsafe extern "C" fn wengert_revolve(desc: *const i64) {
+    // The header says how long the descriptor is.
+    let head = unsafe { std::slice::from_raw_parts(desc, 15) };
+    let (nf, nfr, nb, nbr) = (
+        head[11] as usize,
+        head[12] as usize,
+        head[13] as usize,
+        head[14] as usize,
+    );
+    let len = 15 + 4 * nf + 3 * nfr + 6 * nb + 3 * nbr;
+    let d = Desc {
+        w: unsafe { std::slice::from_raw_parts(desc, len) },
+    };
+    let t_len = d.at(0);
+    let slots = d.at(1).max(1);
+    let fwd_reversed = d.at(2) != 0;
+    let state_bytes = d.at(3);
+    let slot_base = d.ptr(4);
+    let work = [d.ptr(5), d.ptr(6)];
+    // SAFETY: generated code wrote the addresses of two compiled bodies.
+    let (fwd, bwd) = unsafe {
+        (
+            std::mem::transmute::<*mut u8, BodyFn>(d.ptr(7)),
+            std::mem::transmute::<*mut u8, BodyFn>(d.ptr(9)),
+        )
+    };
+    let (fwd_array, bwd_array) = (d.ptr(8) as *mut *mut u8, d.ptr(10) as *mut *mut u8);
+    let fc = 15;
+    let fr = fc + 4 * nf;
+    let bc = fr + 3 * nfr;
+    let br = bc + 6 * nb;
+    let slot_ptr = |s: usize| unsafe { slot_base.add(s * state_bytes) };
+    // Step order `i` (0 first) to row index `t`.
+    let row = |i: usize| if fwd_reversed { t_len - 1 - i } else { i };
+    let set = |array: *mut *mut u8, slot: usize, p: *mut u8| unsafe { *array.add(slot) = p };
+    // One forward step `i` from state `src` into state `dst`.
+    let step = |i: usize, src: *mut u8, dst: *mut u8| {
+        let t = row(i);
+        for k in 0..nf {
+            let off = d.at(fc + 4 * k);
+            set(fwd_array, d.at(fc + 4 * k + 1), unsafe { src.add(off) });
+            set(fwd_array, d.at(fc + 4 * k + 2), unsafe { dst.add(off) });
+        }
+        for r in 0..nfr {
+            let (slot, base, bytes) = (d.at(fr + 3 * r), d.ptr(fr + 3 * r + 1), d.at(fr + 3 * r + 2));
+            set(fwd_array, slot, unsafe { base.add(t * bytes) });
+        }
+        unsafe { fwd(fwd_array as *const *mut u8) };
+    };
+    let state_at = |at: At| match at {
+        At::Slot(s) => slot_ptr(s),
+        At::Work => work[0],
+    };
+    let mut adjoints_done = 0usize;
+    let _ = reverse::<()>(
+        t_len,
+        slots,
+        |from, t0, m, to| {
+            // Advance m steps from slot `from` through the two work
+            // buffers, then keep the state where it is wanted.
+            unsafe { std::ptr::copy_nonoverlapping(slot_ptr(from), work[0], state_bytes) };
+            for i in 0..m {
+                step(t0 + i, work[0], work[1]);
+                unsafe { std::ptr::copy_nonoverlapping(work[1], work[0], state_bytes) };
+            }
+            if let At::Slot(s) = to {
+                unsafe { std::ptr::copy_nonoverlapping(work[0], slot_ptr(s), state_bytes) };
+            }
+            Ok(())
+        },
+        |i, at| {
+            let t = row(i);
+            let state = state_at(at);
+            for k in 0..nf {
+                set(bwd_array, d.at(fc + 4 * k + 3), unsafe { state.add(d.at(fc + 4 * k)) });
+            }
+            // The backward carries alternate between their two buffers.
+            let (cur, next) = if adjoints_done.is_multiple_of(2) {
+                (2, 3)
+            } else {
+                (3, 2)
+            };
+            for k in 0..nb {
+                let w = bc + 6 * k;
+                set(bwd_array, d.at(w), d.ptr(w + cur));
+                set(bwd_array, d.at(w + 1), d.ptr(w + next));
+            }
+            for r in 0..nbr {
+                let (slot, base, bytes) = (d.at(br + 3 * r), d.ptr(br + 3 * r + 1), d.at(br + 3 * r + 2));
+                set(bwd_array, slot, unsafe { base.add(t * bytes) });
+            }
+            unsafe { bwd(bwd_array as *const *mut u8) };
+            adjoints_done += 1;
+            Ok(())
+        },
+    );
+    let last = if adjoints_done.is_multiple_of(2) { 2 } else { 3 };
+    for k in 0..nb {
+        let w = bc + 6 * k;
+        unsafe { std::ptr::copy_nonoverlapping(d.ptr(w + last), d.ptr(w + 4), d.at(w + 5)) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,7 +268,11 @@ mod tests {
             l,
             c,
             |from, t0, m, to| {
-                assert_eq!(slots.borrow()[from], Some(t0), "advance from a slot that does not hold step {t0}");
+                assert_eq!(
+                    slots.borrow()[from],
+                    Some(t0),
+                    "advance from a slot that does not hold step {t0}"
+                );
                 advanced += m as u64;
                 match to {
                     At::Slot(s) => slots.borrow_mut()[s] = Some(t0 + m),
@@ -148,7 +298,16 @@ mod tests {
 
     #[test]
     fn the_schedule_advances_exactly_the_closed_form() {
-        for (l, c, expect) in [(1000, 10, 3636), (1000, 31, 2439), (1000, 44, 1954), (10, 2, 20), (7, 1, 21), (5, 5, 4), (1, 1, 0), (0, 3, 0)] {
+        for (l, c, expect) in [
+            (1000, 10, 3636),
+            (1000, 31, 2439),
+            (1000, 44, 1954),
+            (10, 2, 20),
+            (7, 1, 21),
+            (5, 5, 4),
+            (1, 1, 0),
+            (0, 3, 0),
+        ] {
             assert_eq!(run(l, c), expect, "l={l} c={c}");
             assert_eq!(min_advances(l as u64, c as u64), expect, "closed form l={l} c={c}");
         }

@@ -71,6 +71,9 @@ impl Lowerer<'_> {
         out: &View,
         node: &str,
     ) -> Result<(), CodegenError> {
+        if scan.regen.is_some() {
+            return self.lower_scan_revolve(fb, scan, args, out, node);
+        }
         let body = self
             .state
             .bodies
@@ -211,6 +214,220 @@ impl Lowerer<'_> {
             };
             self.copy_into(fb, &Loc::Mem(src), &dst)?;
         }
+        Ok(())
+    }
+
+    /// Emits a backward loop that recomputes the forward's states under
+    /// the binomial schedule: it lays out the slots, the work states, both
+    /// bodies' pointer arrays and a descriptor in the arena, and calls
+    /// `wengert_revolve` (`wengert_runtime::revolve`), which runs the
+    /// schedule by calling the two compiled bodies.
+    fn lower_scan_revolve(
+        &mut self,
+        fb: &mut FunctionBuilder,
+        scan: &std::sync::Arc<Scan>,
+        args: &[Loc],
+        out: &View,
+        node: &str,
+    ) -> Result<(), CodegenError> {
+        let unsupported = |message: &str| CodegenError::Unsupported {
+            node: node.to_string(),
+            message: message.to_string(),
+        };
+        let regen = scan
+            .regen
+            .as_ref()
+            .ok_or_else(|| unsupported("internal error: no recomputed loop"))?;
+        let f = &regen.forward;
+        let bwd = self.state.bodies.get(&body_key(scan)).copied();
+        let fwd = self.state.bodies.get(&body_key(f)).copied();
+        let (Some(bwd), Some(fwd)) = (bwd, fwd) else {
+            return Err(unsupported("internal error: the loop's bodies were not compiled"));
+        };
+        let (layout, _) = scan
+            .layout()
+            .ok_or_else(|| unsupported("the loop's results are larger than memory"))?;
+        let results = scan.result_types();
+        let fresults = f.result_types();
+        let out_base = self.address(fb, out);
+        let fins = f.body.inputs();
+        let bins = scan.body.inputs();
+        let (nfc, nfk) = (f.n_consts, f.n_carry);
+        let (nbc, nbk) = (scan.n_consts, scan.n_carry);
+        let own = scan.n_operands() - f.n_operands();
+        let fargs = &args[own..];
+        let t_len = scan.length;
+        let word = |fb: &mut FunctionBuilder, desc: Value, i: usize, v: Value| {
+            fb.ins().store(MemFlagsData::trusted(), v, desc, (i * 8) as i32);
+        };
+        let imm = |fb: &mut FunctionBuilder, v: i64| fb.ins().iconst(types::I64, v);
+
+        // The packed state: each forward carry at a 64-byte aligned offset.
+        let mut offsets = Vec::with_capacity(nfk);
+        let mut state_bytes = 0usize;
+        for k in 0..nfk {
+            offsets.push(state_bytes);
+            state_bytes += fins[nfc + k].ty.size_bytes().div_ceil(64) * 64;
+        }
+        let state_bytes = state_bytes.max(64);
+        let slots = regen.slots.max(1);
+        let slot_base = self.alloc(fb, &[slots * state_bytes], DType::Bool).ptr;
+        let work_a = self.alloc(fb, &[state_bytes], DType::Bool).ptr;
+        let work_b = self.alloc(fb, &[state_bytes], DType::Bool).ptr;
+
+        // The forward body's array: consts, arena; carries and rows per step.
+        let fn_in = fins.len();
+        let fn_out = f.n_results();
+        let farray = self.alloc(fb, &[fn_in + fn_out + 1], DType::F64).ptr;
+        let farena = if fwd.arena_bytes > 0 {
+            self.alloc(fb, &[fwd.arena_bytes], DType::Bool).ptr
+        } else {
+            imm(fb, 0)
+        };
+        fb.ins()
+            .store(MemFlagsData::trusted(), farena, farray, ((fn_in + fn_out) * 8) as i32);
+        for k in 0..nfc {
+            let v = self.contiguous(fb, &fargs[k], &fins[k].ty.shape, fins[k].ty.dtype)?;
+            let p = self.address(fb, &v);
+            fb.ins().store(MemFlagsData::trusted(), p, farray, (k * 8) as i32);
+        }
+        // The initial state into slot 0.
+        for k in 0..nfk {
+            let ty = &fins[nfc + k].ty;
+            let p = fb.ins().iadd_imm_s(slot_base, offsets[k] as i64);
+            let dst = View {
+                ptr: p,
+                offset: 0,
+                shape: ty.shape.clone(),
+                strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
+                dtype: ty.dtype,
+            };
+            self.copy_into(fb, &fargs[nfc + k], &dst)?;
+        }
+        // Forward rows: its xs, and scratch rows for its ys (not needed).
+        let mut frows: Vec<(usize, Value, usize)> = Vec::new();
+        for (k, input) in fins.iter().enumerate().skip(nfc + nfk) {
+            let mut shape = vec![t_len];
+            shape.extend_from_slice(&input.ty.shape);
+            let v = self.contiguous(fb, &fargs[k], &shape, input.ty.dtype)?;
+            let p = self.address(fb, &v);
+            frows.push((k, p, input.ty.size_bytes()));
+        }
+        for (j, ty) in fresults.iter().enumerate().skip(nfk) {
+            let row = ty.size_bytes().checked_div(t_len).unwrap_or(0);
+            let scratch = self.alloc(fb, &[row.max(1)], DType::Bool).ptr;
+            frows.push((fn_in + j, scratch, 0));
+        }
+
+        // The backward body's array: consts, arena; the rest per step.
+        let bn_in = bins.len();
+        let bn_out = scan.n_results();
+        let barray = self.alloc(fb, &[bn_in + bn_out + 1], DType::F64).ptr;
+        let barena = if bwd.arena_bytes > 0 {
+            self.alloc(fb, &[bwd.arena_bytes], DType::Bool).ptr
+        } else {
+            imm(fb, 0)
+        };
+        fb.ins()
+            .store(MemFlagsData::trusted(), barena, barray, ((bn_in + bn_out) * 8) as i32);
+        for k in 0..nbc {
+            let v = self.contiguous(fb, &args[k], &bins[k].ty.shape, bins[k].ty.dtype)?;
+            let p = self.address(fb, &v);
+            fb.ins().store(MemFlagsData::trusted(), p, barray, (k * 8) as i32);
+        }
+        // Backward carries: buffer A holds the initial value.
+        let mut bcarries = Vec::with_capacity(nbk);
+        for k in 0..nbk {
+            let ty = &bins[nbc + k].ty;
+            let a = self.alloc(fb, &ty.shape, ty.dtype);
+            self.copy_into(fb, &args[nbc + k], &a)?;
+            let b = self.alloc(fb, &ty.shape, ty.dtype);
+            let result = fb.ins().iadd_imm_s(out_base, layout[k] as i64);
+            bcarries.push((nbc + k, bn_in + k, a.ptr, b.ptr, result, ty.size_bytes()));
+        }
+        // Backward rows: its own xs (after the recomputed states) and ys.
+        let first_state = nbc + nbk;
+        let n_states = nfk;
+        let mut brows: Vec<(usize, Value, usize)> = Vec::new();
+        for (k, input) in bins.iter().enumerate().skip(first_state + n_states) {
+            let operand = k - n_states;
+            let mut shape = vec![t_len];
+            shape.extend_from_slice(&input.ty.shape);
+            let v = self.contiguous(fb, &args[operand], &shape, input.ty.dtype)?;
+            let p = self.address(fb, &v);
+            brows.push((k, p, input.ty.size_bytes()));
+        }
+        for (j, ty) in results.iter().enumerate().skip(nbk) {
+            let p = fb.ins().iadd_imm_s(out_base, layout[j] as i64);
+            let row = ty.size_bytes().checked_div(t_len).unwrap_or(0);
+            brows.push((bn_in + j, p, row));
+        }
+
+        // The descriptor (see `wengert_runtime::revolve::wengert_revolve`).
+        let words = 15 + 4 * nfk + 3 * frows.len() + 6 * nbk + 3 * brows.len();
+        let desc = self.alloc(fb, &[words], DType::F64).ptr;
+        let fref = self.module.declare_func_in_func(fwd.id, fb.func);
+        let bref = self.module.declare_func_in_func(bwd.id, fb.func);
+        let faddr = fb.ins().func_addr(types::I64, fref);
+        let baddr = fb.ins().func_addr(types::I64, bref);
+        let header: [Value; 15] = [
+            imm(fb, t_len as i64),
+            imm(fb, slots as i64),
+            imm(fb, f.reverse as i64),
+            imm(fb, state_bytes as i64),
+            slot_base,
+            work_a,
+            work_b,
+            faddr,
+            farray,
+            baddr,
+            barray,
+            imm(fb, nfk as i64),
+            imm(fb, frows.len() as i64),
+            imm(fb, nbk as i64),
+            imm(fb, brows.len() as i64),
+        ];
+        for (i, v) in header.into_iter().enumerate() {
+            word(fb, desc, i, v);
+        }
+        let mut w = 15;
+        for (k, &offset) in offsets.iter().enumerate() {
+            for v in [
+                offset as i64,
+                (nfc + k) as i64,
+                (fn_in + k) as i64,
+                (first_state + k) as i64,
+            ] {
+                let v = imm(fb, v);
+                word(fb, desc, w, v);
+                w += 1;
+            }
+        }
+        for &(slot, base, bytes) in &frows {
+            let s = imm(fb, slot as i64);
+            word(fb, desc, w, s);
+            word(fb, desc, w + 1, base);
+            let b = imm(fb, bytes as i64);
+            word(fb, desc, w + 2, b);
+            w += 3;
+        }
+        for &(cin, cout, a, b, result, bytes) in &bcarries {
+            let (cin, cout, bytes) = (imm(fb, cin as i64), imm(fb, cout as i64), imm(fb, bytes as i64));
+            for v in [cin, cout, a, b, result, bytes] {
+                word(fb, desc, w, v);
+                w += 1;
+            }
+        }
+        for &(slot, base, bytes) in &brows {
+            let s = imm(fb, slot as i64);
+            word(fb, desc, w, s);
+            word(fb, desc, w + 1, base);
+            let b = imm(fb, bytes as i64);
+            word(fb, desc, w + 2, b);
+            w += 3;
+        }
+        let revolve = self.import(fb, wengert_runtime::functions::RuntimeFn::Revolve);
+        fb.ins().call(revolve, &[desc]);
         Ok(())
     }
 }
