@@ -325,6 +325,24 @@ impl GradFn {
                 wengert_passes::checkpoint::revolve_min_extra_steps(l as u64, c as u64)
             );
         }
+        for l in wengert_passes::scan_vjp::loop_report(self.graph()) {
+            match l.slots {
+                Some(c) => {
+                    let _ = writeln!(
+                        out,
+                        "loop {} (T = {}): binomial schedule, {c} slot(s) of {} bytes ({} bytes), {} extra step evaluations (r·T − C(c+r, c+1)), each step then recomputed once in its adjoint",
+                        l.node, l.length, l.state_bytes, c * l.state_bytes, l.extra_steps
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "loop {} (T = {}): reads {} stored bytes of the forward loop (trajectory and residuals); no state recomputed",
+                        l.node, l.length, l.stored_bytes
+                    );
+                }
+            }
+        }
         let m = self.measure_memory()?;
         let _ = writeln!(
             out,

@@ -367,6 +367,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                     wrt: wrt_list.iter().map(|s| s.to_string()).collect(),
                     seeds: seed_list.into_iter().map(|(o, s)| (o.to_string(), s)).collect(),
                     checkpoint: policy,
+                    loops,
                     ..PipelineOptions::default()
                 };
                 let result = run_pipeline(&g, &options).map_err(|e| located(&e))?;
@@ -384,6 +385,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
             let compiled = if explain {
                 let options = Options {
                     checkpoint: policy.clone(),
+                    loops,
                     ..Options::default()
                 };
                 Some(value_and_grad_with_seeds(&g, &wrt_list, &seed_list, &options).map_err(|e| located(&e))?)
@@ -399,6 +401,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                         wrt: wrt_list.iter().map(|s| s.to_string()).collect(),
                         seeds: seed_list.into_iter().map(|(o, s)| (o.to_string(), s)).collect(),
                         checkpoint: policy.clone(),
+                        loops,
                         ..PipelineOptions::default()
                     };
                     owned = run_pipeline(&g, &options).map_err(|e| located(&e))?;

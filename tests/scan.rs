@@ -439,3 +439,39 @@ fn every_loop_policy_gives_the_same_gradients_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn seed_case_9_as_a_loop_over_stacked_weights_agrees_with_the_chain() {
+    let looped = parse(&std::fs::read_to_string(case_path("case09_chain_scan.wg")).unwrap()).unwrap();
+    let chain = parse(&std::fs::read_to_string(case_path("case09_checkpoint_chain.wg")).unwrap()).unwrap();
+    let mut rng = Rng::new(99);
+    let x = Tensor::from_vec(vec![2, 4], rng.vec(8, -1.0, 1.0)).unwrap();
+    let ws: Vec<Vec<f64>> = (0..8).map(|_| rng.vec(16, -0.6, 0.6)).collect();
+    let stacked = Tensor::from_vec(vec![8, 4, 4], ws.concat()).unwrap();
+    let mut chain_inputs = vec![x.clone()];
+    chain_inputs.extend(ws.iter().map(|w| Tensor::from_vec(vec![4, 4], w.clone()).unwrap()));
+    let loop_inputs = vec![x, stacked];
+    let want = interpret(&chain, &chain_inputs).unwrap()[0].to_f64_vec();
+    assert_eq!(interpret(&looped, &loop_inputs).unwrap()[0].to_f64_vec(), want);
+    // Gradients: the stacked weights' gradient is the chain's eight.
+    let names: Vec<String> = (1..=8).map(|i| format!("W{i}")).collect();
+    let mut wrt: Vec<&str> = vec!["x"];
+    wrt.extend(names.iter().map(String::as_str));
+    let chain_grads = common::autodiff_gradients(&chain, &chain_inputs, &wrt);
+    for loops in [wengert::LoopPolicy::SaveAll, wengert::LoopPolicy::Binomial(3)] {
+        let f = wengert::value_and_grad(
+            &looped,
+            &["x", "W"],
+            &wengert::Options {
+                loops,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let refs: Vec<&Tensor> = loop_inputs.iter().collect();
+        let got = f.call(&refs).unwrap();
+        assert_close(&got[0].to_f64_vec(), &want, 1e-14, "L");
+        assert_close(&got[1].to_f64_vec(), &chain_grads[0], 1e-13, "grad_x");
+        assert_close(&got[2].to_f64_vec(), &chain_grads[1..].concat(), 1e-13, "grad_W");
+    }
+}

@@ -167,7 +167,33 @@ pub fn partition(gg: &GradGraph, saved: Option<&[NodeId]>) -> Result<Partition, 
     let c = classify(gg);
     let saved: Vec<NodeId> = match saved {
         Some(s) => {
-            let mut s = s.to_vec();
+            // A loop's buffer of results is not a value to save: a policy
+            // that picks it saves the loop's `get`s instead.
+            let mut s: Vec<NodeId> = s
+                .iter()
+                .flat_map(|&v| match j.op(v) {
+                    Op::Scan(_) => j.users(v),
+                    Op::Input { .. }
+                    | Op::Const { .. }
+                    | Op::Unary(_)
+                    | Op::Binary(_)
+                    | Op::Pow { .. }
+                    | Op::Compare(_)
+                    | Op::Select
+                    | Op::Convert { .. }
+                    | Op::Broadcast { .. }
+                    | Op::Reshape { .. }
+                    | Op::Transpose { .. }
+                    | Op::ReduceSum { .. }
+                    | Op::ReduceMax { .. }
+                    | Op::MatMul
+                    | Op::Slice { .. }
+                    | Op::Pad { .. }
+                    | Op::Concat { .. }
+                    | Op::SoftmaxCrossEntropy
+                    | Op::Get { .. } => vec![v],
+                })
+                .collect();
             s.sort();
             s.dedup();
             s

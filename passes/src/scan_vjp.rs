@@ -653,3 +653,71 @@ pub fn emit_backward(
     }
     Ok(adjoints)
 }
+
+/// What one backward loop of a gradient graph keeps and recomputes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoopReport {
+    /// The backward loop's value name.
+    pub node: String,
+    pub length: usize,
+    /// Bytes of the forward's stacked results the backward loop reads
+    /// (trajectory and residuals), 0 when it recomputes the states.
+    pub stored_bytes: usize,
+    /// Saved states of the binomial schedule (`None`: all stored).
+    pub slots: Option<usize>,
+    /// Bytes of one state (the forward's carries).
+    pub state_bytes: usize,
+    /// Forward steps the binomial schedule advances beyond the forward
+    /// loop itself (`r·T − C(c+r, c+1)`); 0 when states are stored.
+    pub extra_steps: u64,
+}
+
+/// The backward loops of `g` (top level), with their memory and
+/// recomputation: what `--explain` prints for loops.
+pub fn loop_report(g: &Graph) -> Vec<LoopReport> {
+    let mut out = Vec::new();
+    for id in g.node_ids() {
+        let Op::Scan(scan) = g.op(id) else { continue };
+        let reads_forward_results: Vec<NodeId> = g
+            .args(id)
+            .into_iter()
+            .filter(|&a| matches!(g.op(a), Op::Get { .. }) && scan.length > 0)
+            .filter(|&a| {
+                g.args(a)
+                    .first()
+                    .is_some_and(|&s| matches!(g.op(s), Op::Scan(f) if f.reverse != scan.reverse))
+            })
+            .collect();
+        let stacked: usize = reads_forward_results
+            .iter()
+            .filter(|&&a| g.ty(a).shape.first() == Some(&scan.length))
+            .map(|&a| g.ty(a).size_bytes())
+            .sum();
+        let (slots, state_bytes, extra) = match &scan.regen {
+            Some(r) => {
+                let state: usize = r.forward.body.inputs()[r.forward.n_consts..r.forward.n_consts + r.forward.n_carry]
+                    .iter()
+                    .map(|i| i.ty.size_bytes())
+                    .sum();
+                (
+                    Some(r.slots),
+                    state,
+                    crate::binomial::revolve_min_extra_steps(scan.length as u64, r.slots as u64),
+                )
+            }
+            None => (None, 0, 0),
+        };
+        if stacked == 0 && slots.is_none() {
+            continue; // a forward loop, or a loop that is no backward
+        }
+        out.push(LoopReport {
+            node: g.value_name(id),
+            length: scan.length,
+            stored_bytes: stacked,
+            slots,
+            state_bytes,
+            extra_steps: extra,
+        });
+    }
+    out
+}

@@ -14,7 +14,7 @@ use wengert::{DType, Graph, Op, Tensor};
 pub type Instr = (u8, u8, u8, u8);
 
 /// The number of op families `build` knows (instruction `k` uses `k % OPS`).
-pub const OPS: u8 = 20;
+pub const OPS: u8 = 21;
 
 /// Extents drawn for input shapes; 0 is rare (see `input_shape`).
 const DIMS: [usize; 6] = [1, 2, 3, 5, 7, 4];
@@ -345,6 +345,57 @@ impl Builder {
                 let s = self.shape(v);
                 let y = self.adapt(y, &s);
                 self.add(Op::Binary(BinaryOp::ALL[p as usize % BinaryOp::ALL.len()]), &[v, y])
+            }
+            20 => {
+                // A loop of 0, 1 or 3 steps, forward or reversed:
+                // h' = u(h·c + x_t), y_t = Σ h' (u a unary op), carry and
+                // const of x's shape, xs stacked.
+                let length = [0usize, 1, 3][p as usize % 3];
+                let reverse = p & 4 != 0;
+                let h = self.float(x);
+                let hs = self.shape(h);
+                let c = self.adapt(y, &hs);
+                let mut stacked = vec![length];
+                stacked.extend_from_slice(&hs);
+                let xs = self.adapt(x, &stacked);
+                let ty = wengert::TensorType::new(self.dt, hs.clone());
+                let mut body = Graph::new("step");
+                let bc = body.add_input("c", ty.clone(), true).expect("fresh names");
+                let bh = body.add_input("h", ty.clone(), true).expect("fresh names");
+                let bx = body.add_input("x", ty.clone(), true).expect("fresh names");
+                let u = UnaryOp::ALL[(p as usize >> 3) % UnaryOp::ALL.len()];
+                let m = body.add(Op::Binary(BinaryOp::Mul), &[bh, bc]).expect("valid");
+                let s2 = body.add(Op::Binary(BinaryOp::Add), &[m, bx]).expect("valid");
+                let n = body.add(Op::Unary(u), &[s2]).expect("valid");
+                let axes: Vec<usize> = (0..hs.len()).collect();
+                let yt = body.add(Op::ReduceSum { axes }, &[n]).expect("valid");
+                body.add_output("next", n).expect("fresh names");
+                body.add_output("y", yt).expect("fresh names");
+                let scan = wengert::ir::Scan {
+                    body,
+                    length,
+                    reverse,
+                    n_consts: 1,
+                    n_carry: 1,
+                    regen: None,
+                };
+                let results = scan.result_types();
+                let node = self.add(Op::Scan(std::sync::Arc::new(scan)), &[c, h, xs]);
+                let last = self.add(
+                    Op::Get {
+                        index: 0,
+                        ty: results[0].clone(),
+                    },
+                    &[node],
+                );
+                self.pool.push(last);
+                self.add(
+                    Op::Get {
+                        index: 1,
+                        ty: results[1].clone(),
+                    },
+                    &[node],
+                )
             }
             _ => unreachable!("kind % OPS < OPS"),
         };
