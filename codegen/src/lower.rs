@@ -1293,7 +1293,7 @@ impl Segments {
         let mut dest: Vec<Option<usize>> = vec![None; g.len()];
         let mut written = vec![false; g.outputs().len()];
         for (j, o) in g.outputs().iter().enumerate() {
-            if dest[o.node.index()].is_none() && computes_fresh_memory(g, o.node) {
+            if dest[o.node.index()].is_none() && (computes_fresh_memory(g, o.node) || is_loop_result(g, o.node)) {
                 dest[o.node.index()] = Some(j);
                 written[j] = true;
             }
@@ -1327,6 +1327,42 @@ impl Segments {
 /// memory plan's own rule, for a value read outside any kernel.
 fn computes_fresh_memory(g: &Graph, id: NodeId) -> bool {
     wengert_passes::memory::needs_buffer(g, id, true)
+}
+
+/// Whether `id` is a `get` of a loop's result: the loop writes that result
+/// straight into the output buffer when the `get` is an output (a stacked
+/// gradient of 64 MiB was otherwise written to the arena and copied).
+fn is_loop_result(g: &Graph, id: NodeId) -> bool {
+    matches!(g.op(id), Op::Get { .. }) && g.args(id).first().is_some_and(|&s| matches!(g.op(s), Op::Scan(_)))
+}
+
+/// The output buffer result `index` of loop `scan` is written to, if a
+/// `get` of it is computed into one.
+fn loop_result_dest(g: &Graph, dest: &[Option<usize>], scan: NodeId, index: usize) -> Option<usize> {
+    g.users(scan).into_iter().find_map(|u| match g.op(u) {
+        Op::Get { index: i, .. } if *i == index => dest[u.index()],
+        Op::Get { .. } => None,
+        // `verify` allows only `get`s to read a loop.
+        Op::Input { .. }
+        | Op::Const { .. }
+        | Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Pow { .. }
+        | Op::Compare(_)
+        | Op::Select
+        | Op::Convert { .. }
+        | Op::Broadcast { .. }
+        | Op::Reshape { .. }
+        | Op::Transpose { .. }
+        | Op::ReduceSum { .. }
+        | Op::ReduceMax { .. }
+        | Op::MatMul
+        | Op::Slice { .. }
+        | Op::Pad { .. }
+        | Op::Concat { .. }
+        | Op::SoftmaxCrossEntropy
+        | Op::Scan(_) => None,
+    })
 }
 
 /// How a compiled function receives its buffers.
@@ -1724,7 +1760,11 @@ pub fn lower_graph(
             Op::SoftmaxCrossEntropy => lower_softmax_xent(&mut lw, fb, g, id, &arg_locs)?,
             Op::Scan(scan) => {
                 let out = fresh(&mut lw, fb);
-                lw.lower_scan(fb, scan, &arg_locs, &out, &g.value_name(id))?;
+                // Results that are outputs go straight to their buffers.
+                let direct: Vec<Option<Value>> = (0..scan.n_results())
+                    .map(|r| loop_result_dest(g, &dest, id, r).map(|j| lw.pointer(fb, &ptrs, n_in, Base::Output(j))))
+                    .collect();
+                lw.lower_scan(fb, scan, &arg_locs, &out, &direct, &g.value_name(id))?;
                 Loc::Mem(out)
             }
             // A view of one result in its loop's buffer.
@@ -1735,18 +1775,31 @@ pub fn lower_graph(
                         message: "internal error: `get` of a value that is not a loop's buffer".into(),
                     });
                 };
-                let at = scan
-                    .layout()
-                    .and_then(|(offsets, _)| offsets.get(*index).copied())
-                    .unwrap_or(0);
-                let bytes = buffer.offset + at as i64;
-                Loc::Mem(View {
-                    ptr: buffer.ptr,
-                    offset: bytes / ty.dtype.size_bytes() as i64,
-                    shape: ty.shape.clone(),
-                    strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
-                    dtype: ty.dtype,
-                })
+                let strides: Vec<isize> = row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect();
+                match loop_result_dest(g, &dest, args[0], *index) {
+                    // The loop wrote this result into an output buffer.
+                    Some(j) => Loc::Mem(View {
+                        ptr: lw.pointer(fb, &ptrs, n_in, Base::Output(j)),
+                        offset: 0,
+                        shape: ty.shape.clone(),
+                        strides,
+                        dtype: ty.dtype,
+                    }),
+                    None => {
+                        let at = scan
+                            .layout()
+                            .and_then(|(offsets, _)| offsets.get(*index).copied())
+                            .unwrap_or(0);
+                        let bytes = buffer.offset + at as i64;
+                        Loc::Mem(View {
+                            ptr: buffer.ptr,
+                            offset: bytes / ty.dtype.size_bytes() as i64,
+                            shape: ty.shape.clone(),
+                            strides,
+                            dtype: ty.dtype,
+                        })
+                    }
+                }
             }
         };
         locs[id.index()] = Some(loc);

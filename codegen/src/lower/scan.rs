@@ -69,10 +69,11 @@ impl Lowerer<'_> {
         scan: &std::sync::Arc<Scan>,
         args: &[Loc],
         out: &View,
+        direct: &[Option<Value>],
         node: &str,
     ) -> Result<(), CodegenError> {
         if scan.regen.is_some() {
-            return self.lower_scan_revolve(fb, scan, args, out, node);
+            return self.lower_scan_revolve(fb, scan, args, out, direct, node);
         }
         let body = self
             .state
@@ -130,9 +131,14 @@ impl Lowerer<'_> {
             let p = self.address(fb, &v);
             xs.push((k, p, input.ty.size_bytes() as i64));
         }
+        // Where result `j` goes: its output buffer, or its place in `out`.
+        let result_at = |fb: &mut FunctionBuilder, j: usize| match direct.get(j).copied().flatten() {
+            Some(p) => p,
+            None => fb.ins().iadd_imm_s(out_base, offsets[j] as i64),
+        };
         let mut ys = Vec::new();
         for (j, ty) in result_types.iter().enumerate().skip(nk) {
-            let p = fb.ins().iadd_imm_s(out_base, offsets[j] as i64);
+            let p = result_at(fb, j);
             let row = ty.size_bytes().checked_div(scan.length).unwrap_or(0) as i64;
             ys.push((n_in + j, p, row));
         }
@@ -204,7 +210,7 @@ impl Lowerer<'_> {
                 strides: strides.clone(),
                 dtype: ty.dtype,
             };
-            let dst_ptr = fb.ins().iadd_imm_s(out_base, offsets[k] as i64);
+            let dst_ptr = result_at(fb, k);
             let dst = View {
                 ptr: dst_ptr,
                 offset: 0,
@@ -228,6 +234,7 @@ impl Lowerer<'_> {
         scan: &std::sync::Arc<Scan>,
         args: &[Loc],
         out: &View,
+        direct: &[Option<Value>],
         node: &str,
     ) -> Result<(), CodegenError> {
         let unsupported = |message: &str| CodegenError::Unsupported {
@@ -342,7 +349,10 @@ impl Lowerer<'_> {
             let a = self.alloc(fb, &ty.shape, ty.dtype);
             self.copy_into(fb, &args[nbc + k], &a)?;
             let b = self.alloc(fb, &ty.shape, ty.dtype);
-            let result = fb.ins().iadd_imm_s(out_base, layout[k] as i64);
+            let result = match direct.get(k).copied().flatten() {
+                Some(p) => p,
+                None => fb.ins().iadd_imm_s(out_base, layout[k] as i64),
+            };
             bcarries.push((nbc + k, bn_in + k, a.ptr, b.ptr, result, ty.size_bytes()));
         }
         // Backward rows: its own xs (after the recomputed states) and ys.
@@ -358,7 +368,10 @@ impl Lowerer<'_> {
             brows.push((k, p, input.ty.size_bytes()));
         }
         for (j, ty) in results.iter().enumerate().skip(nbk) {
-            let p = fb.ins().iadd_imm_s(out_base, layout[j] as i64);
+            let p = match direct.get(j).copied().flatten() {
+                Some(p) => p,
+                None => fb.ins().iadd_imm_s(out_base, layout[j] as i64),
+            };
             let row = ty.size_bytes().checked_div(t_len).unwrap_or(0);
             brows.push((bn_in + j, p, row));
         }
