@@ -81,7 +81,8 @@ pub enum Command {
         explain: bool,
         /// What loops store for their backward: all (trajectory and
         /// residuals), carries (trajectory; steps recomputed) or
-        /// binomial=C (C saved states, Revolve schedule).
+        /// binomial=C (C saved states, Revolve schedule), budget=BYTES (the
+        /// first that fits).
         #[arg(long, default_value = "all")]
         loops: String,
     },
@@ -116,7 +117,8 @@ pub enum Command {
         /// Checkpoint policy: all, sqrt, segments=K, budget=BYTES (e.g. 2MiB).
         #[arg(long, default_value = "all")]
         checkpoint: String,
-        /// What loops store for their backward: all, carries, binomial=C.
+        /// What loops store for their backward: all, carries, binomial=C,
+        /// budget=BYTES.
         #[arg(long, default_value = "all")]
         loops: String,
     },
@@ -194,12 +196,22 @@ pub fn parse_loop_policy(s: &str) -> Result<LoopPolicy, CliError> {
     match s.trim() {
         "all" => Ok(LoopPolicy::SaveAll),
         "carries" => Ok(LoopPolicy::SaveCarries),
-        other => match other.strip_prefix("binomial=").map(|c| c.trim().parse::<usize>()) {
-            Some(Ok(c)) if c >= 1 => Ok(LoopPolicy::Binomial(c)),
-            _ => Err(CliError(format!(
-                "unknown loop policy `{other}` (expected all, carries or binomial=C with C >= 1)"
-            ))),
-        },
+        other => {
+            if let Some(b) = other.strip_prefix("budget=") {
+                return match CheckpointPolicy::parse(&format!("budget={b}")) {
+                    Ok(CheckpointPolicy::Budget(bytes)) => Ok(LoopPolicy::Budget(bytes)),
+                    _ => Err(CliError(format!(
+                        "loop policy `{other}`: expected a byte count like budget=2MiB"
+                    ))),
+                };
+            }
+            match other.strip_prefix("binomial=").map(|c| c.trim().parse::<usize>()) {
+                Some(Ok(c)) if c >= 1 => Ok(LoopPolicy::Binomial(c)),
+                _ => Err(CliError(format!(
+                    "unknown loop policy `{other}` (expected all, carries, binomial=C with C >= 1, or budget=BYTES)"
+                ))),
+            }
+        }
     }
 }
 

@@ -475,3 +475,21 @@ fn seed_case_9_as_a_loop_over_stacked_weights_agrees_with_the_chain() {
         assert_close(&got[2].to_f64_vec(), &chain_grads[1..].concat(), 1e-13, "grad_W");
     }
 }
+
+#[test]
+fn a_byte_budget_picks_the_loop_policy_and_the_slots() {
+    use wengert::LoopPolicy;
+    let g = wengert::models::scalar_recurrence(100, true).unwrap();
+    let grad = |loops| {
+        wengert::passes::autodiff::autodiff_with(&g, &["a", "b", "x"], &[], loops)
+            .unwrap()
+            .graph
+            .to_string()
+    };
+    // Plenty: SaveAll (the trajectory of 100 f64 is 800 bytes).
+    assert_eq!(grad(LoopPolicy::Budget(1 << 20)), grad(LoopPolicy::SaveAll));
+    // Too little for the trajectory: the binomial schedule with as many
+    // 64-byte states as fit, at least one.
+    assert!(grad(LoopPolicy::Budget(200)).contains("slots=3"));
+    assert!(grad(LoopPolicy::Budget(1)).contains("slots=1"));
+}

@@ -59,6 +59,10 @@ pub enum LoopPolicy {
     /// memory `c × carry`; each step is then recomputed as under
     /// `SaveCarries`.
     Binomial(usize),
+    /// The first of SaveAll, SaveCarries, Binomial(c) whose stored bytes
+    /// (stacked results the backward reads, or c saved states) fit in this
+    /// many bytes, with the most slots that fit (at least one).
+    Budget(usize),
 }
 
 /// Where a value the backward loop reads comes from.
@@ -176,6 +180,9 @@ fn copy_into(
 
 /// Plans the VJP of `scan` for operands of which `wants` need adjoints.
 pub fn plan(scan: &Scan, wants: &[bool], policy: LoopPolicy) -> Result<LoopPlan, PassError> {
+    if let LoopPolicy::Budget(bytes) = policy {
+        return plan_within(scan, wants, bytes);
+    }
     let internal = |message: String| PassError::Internal {
         node: format!("loop body @{}", scan.body.name),
         message,
@@ -221,12 +228,12 @@ pub fn plan(scan: &Scan, wants: &[bool], policy: LoopPolicy) -> Result<LoopPlan,
     let seed_refs: Vec<(&str, Seed)> = seeds.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
     let gg = autodiff(&body, &wrt_refs, &seed_refs)?;
     let saved = match policy {
-        LoopPolicy::SaveAll => None,
+        LoopPolicy::SaveAll | LoopPolicy::Budget(_) => None,
         LoopPolicy::SaveCarries | LoopPolicy::Binomial(_) => Some(Vec::new()),
     };
     let slots = match policy {
         LoopPolicy::Binomial(c) => Some(c.max(1)),
-        LoopPolicy::SaveAll | LoopPolicy::SaveCarries => None,
+        LoopPolicy::SaveAll | LoopPolicy::SaveCarries | LoopPolicy::Budget(_) => None,
     };
     let part = partition(&gg, saved.as_deref())?;
     let (fwd, bwd) = (&part.forward, &part.backward);
@@ -488,6 +495,29 @@ pub fn plan(scan: &Scan, wants: &[bool], policy: LoopPolicy) -> Result<LoopPlan,
         splits,
         slots,
     })
+}
+
+/// The plan under [`LoopPolicy::Budget`]: the stored bytes of SaveAll and
+/// SaveCarries are those of the forward loop's extra stacked results; the
+/// binomial schedule stores `c` states.
+fn plan_within(scan: &Scan, wants: &[bool], budget: usize) -> Result<LoopPlan, PassError> {
+    let stored = |p: &LoopPlan| -> usize {
+        p.forward.result_types()[scan.n_results()..]
+            .iter()
+            .map(|t| t.size_bytes())
+            .sum()
+    };
+    for policy in [LoopPolicy::SaveAll, LoopPolicy::SaveCarries] {
+        let p = plan(scan, wants, policy)?;
+        if stored(&p) <= budget {
+            return Ok(p);
+        }
+    }
+    let state: usize = scan.body.inputs()[scan.n_consts..scan.n_consts + scan.n_carry]
+        .iter()
+        .map(|i| i.ty.size_bytes().div_ceil(64) * 64)
+        .sum();
+    plan(scan, wants, LoopPolicy::Binomial((budget / state.max(1)).max(1)))
 }
 
 /// If `v` (a node of the backward half) was mapped to a stacked input of
