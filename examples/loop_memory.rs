@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         LoopPolicy::Binomial(4),
         LoopPolicy::Binomial(10),
         LoopPolicy::Binomial(40),
+        LoopPolicy::Every(316),
     ] {
         let start = std::time::Instant::now();
         let f = value_and_grad(

@@ -328,9 +328,14 @@ impl GradFn {
         for l in wengert_passes::scan_vjp::loop_report(self.graph()) {
             match l.slots {
                 Some(c) => {
+                    let schedule = if l.every > 0 {
+                        format!("every-{} schedule", l.every)
+                    } else {
+                        "binomial schedule (r·T − C(c+r, c+1) extra steps)".to_string()
+                    };
                     let _ = writeln!(
                         out,
-                        "loop {} (T = {}): binomial schedule, {c} slot(s) of {} bytes ({} bytes), {} extra step evaluations (r·T − C(c+r, c+1)), each step then recomputed once in its adjoint",
+                        "loop {} (T = {}): {schedule}, {c} slot(s) of {} bytes ({} bytes), {} extra step evaluations, each step then recomputed once in its adjoint",
                         l.node, l.length, l.state_bytes, c * l.state_bytes, l.extra_steps
                     );
                 }

@@ -81,7 +81,8 @@ pub enum Command {
         explain: bool,
         /// What loops store for their backward: all (trajectory and
         /// residuals), carries (trajectory; steps recomputed) or
-        /// binomial=C (C saved states, Revolve schedule), budget=BYTES (the
+        /// binomial=C (C saved states, Revolve schedule), every=K (the state
+        /// before every K-th step, segments recomputed), budget=BYTES (the
         /// first that fits).
         #[arg(long, default_value = "all")]
         loops: String,
@@ -117,7 +118,7 @@ pub enum Command {
         /// Checkpoint policy: all, sqrt, segments=K, budget=BYTES (e.g. 2MiB).
         #[arg(long, default_value = "all")]
         checkpoint: String,
-        /// What loops store for their backward: all, carries, binomial=C,
+        /// What loops store for their backward: all, carries, binomial=C, every=K,
         /// budget=BYTES.
         #[arg(long, default_value = "all")]
         loops: String,
@@ -191,7 +192,8 @@ pub fn grad_graph(
         .map_err(|e| CliError(format!("{file}: {e}")))
 }
 
-/// Parses a loop policy: `all`, `carries` or `binomial=C`.
+/// Parses a loop policy: `all`, `carries`, `binomial=C`, `every=K` or
+/// `budget=BYTES`.
 pub fn parse_loop_policy(s: &str) -> Result<LoopPolicy, CliError> {
     match s.trim() {
         "all" => Ok(LoopPolicy::SaveAll),
@@ -205,10 +207,16 @@ pub fn parse_loop_policy(s: &str) -> Result<LoopPolicy, CliError> {
                     ))),
                 };
             }
+            if let Some(k) = other.strip_prefix("every=") {
+                return match k.trim().parse::<usize>() {
+                    Ok(k) if k >= 1 => Ok(LoopPolicy::Every(k)),
+                    _ => Err(CliError(format!("loop policy `{other}`: expected every=K with K >= 1"))),
+                };
+            }
             match other.strip_prefix("binomial=").map(|c| c.trim().parse::<usize>()) {
                 Some(Ok(c)) if c >= 1 => Ok(LoopPolicy::Binomial(c)),
                 _ => Err(CliError(format!(
-                    "unknown loop policy `{other}` (expected all, carries, binomial=C with C >= 1, or budget=BYTES)"
+                    "unknown loop policy `{other}` (expected all, carries, binomial=C with C >= 1, every=K, or budget=BYTES)"
                 ))),
             }
         }

@@ -375,7 +375,7 @@ fn compiled_nested_loops_match_the_interpreter() {
 fn every_loop_policy_gives_the_same_gradients_bit_for_bit() {
     // The RNN (with a GEMM) and case 8 in f64, T = 0, 1, 7, 100, compiled
     // and interpreted. SaveAll and SaveCarries agree exactly, and so do
-    // Binomial(c) for every c. Across the two families only a weight
+    // Binomial(c) for every c and Every(k) for every k. Across the two families only a weight
     // gradient that SaveAll sums with one GEMM after the loop (the split
     // transpose; the binomial schedule accumulates it step by step, in
     // O(1) memory) may differ, by summation order: compared to 1e-12.
@@ -427,6 +427,9 @@ fn every_loop_policy_gives_the_same_gradients_bit_for_bit() {
         let binomial = run(LoopPolicy::Binomial(1));
         for c in [2, 3, 10] {
             assert_eq!(run(LoopPolicy::Binomial(c)), binomial, "{}: Binomial({c})", g.name);
+        }
+        for k in [1, 2, 3, 10] {
+            assert_eq!(run(LoopPolicy::Every(k)), binomial, "{}: Every({k})", g.name);
         }
         for (k, name) in std::iter::once("value").chain(wrt.iter().copied()).enumerate() {
             for (a, b) in [(&binomial.0, &save_all.0), (&binomial.1, &save_all.1)] {

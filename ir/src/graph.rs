@@ -463,6 +463,7 @@ impl Graph {
                             ..(*r.forward).clone()
                         }),
                         slots: r.slots,
+                        every: r.every,
                     }),
                     None => None,
                 };

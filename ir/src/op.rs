@@ -455,7 +455,11 @@ impl Op {
                     attrs.push(("reverse", Attr::Int(1)));
                 }
                 if let Some(regen) = &scan.regen {
-                    attrs.push(("slots", Attr::Int(regen.slots)));
+                    if regen.every > 0 {
+                        attrs.push(("every", Attr::Int(regen.every)));
+                    } else {
+                        attrs.push(("slots", Attr::Int(regen.slots)));
+                    }
                 }
                 attrs
             }

@@ -761,6 +761,7 @@ fn scan_op(attrs: &[(String, Attr)], body: &Graph, from: Option<&(Vec<(String, A
     let mut length = None;
     let mut reverse = false;
     let mut slots = None;
+    let mut every = None;
     for (k, v) in attrs {
         let Attr::Int(v) = v else {
             return Err(format!("attribute `{k}` of `scan` must be an integer"));
@@ -771,18 +772,28 @@ fn scan_op(attrs: &[(String, Attr)], body: &Graph, from: Option<&(Vec<(String, A
             "length" => length = Some(*v),
             "reverse" => reverse = *v != 0,
             "slots" => slots = Some(*v),
+            "every" => every = Some(*v),
             other => return Err(format!("`scan` has no attribute `{other}`")),
         }
     }
-    let regen = match (from, slots) {
-        (Some((fattrs, fbody)), Some(slots)) => {
+    let schedule = match (slots, every) {
+        (Some(s), None) => Some((s, 0)),
+        (None, Some(k)) if k > 0 => Some((0, k)),
+        (None, Some(_)) => return Err("`every` must be at least 1".into()),
+        (Some(_), Some(_)) => return Err("a `scan` takes `slots` (binomial) or `every`, not both".into()),
+        (None, None) => None,
+    };
+    let regen = match (from, schedule) {
+        (Some((fattrs, fbody)), Some((slots, every))) => {
             let Op::Scan(forward) = scan_op(fattrs, fbody, None)? else {
                 return Err("internal error: a loop parsed as another op".into());
             };
-            Some(crate::scan::Regen { forward, slots })
+            Some(crate::scan::Regen { forward, slots, every })
         }
         (None, None) => None,
-        (Some(_), None) => return Err("a `scan` that recomputes states (`from …`) needs the attribute `slots`".into()),
+        (Some(_), None) => {
+            return Err("a `scan` that recomputes states (`from …`) needs the attribute `slots` or `every`".into())
+        }
         (None, Some(_)) => {
             return Err("`slots` is for a `scan` that recomputes states: add `from scan[…] { … }`".into())
         }

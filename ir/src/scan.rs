@@ -58,6 +58,10 @@ pub struct Regen {
     pub forward: Arc<Scan>,
     /// Saved states, counting the initial one (at least 1).
     pub slots: usize,
+    /// When non-zero, the schedule stores the state before every
+    /// `every`-th step instead (and the states of the segment being
+    /// reversed): `slots` is then unused.
+    pub every: usize,
 }
 
 impl Scan {
@@ -185,7 +189,7 @@ impl Scan {
             if f.length != self.length || f.reverse == self.reverse {
                 return Err("`scan` recomputes the states of a loop of another length or the same direction".into());
             }
-            if regen.slots == 0 {
+            if regen.slots == 0 && regen.every == 0 {
                 return Err("`scan` recomputing states needs at least one slot".into());
             }
             if self.n_consts + self.n_carry + f.n_carry > ins.len() {

@@ -59,6 +59,12 @@ pub enum LoopPolicy {
     /// memory `c × carry`; each step is then recomputed as under
     /// `SaveCarries`.
     Binomial(usize),
+    /// No trajectory: the state before every k-th step is stored, and each
+    /// segment of k steps is recomputed (its states kept) when the
+    /// backward reaches it: memory `(T/k + k − 1) × carry`,
+    /// `(⌈T/k⌉ − 1)·k + T − ⌈T/k⌉` extra steps (the forward loop stores no
+    /// checkpoints: the backward places them).
+    Every(usize),
     /// The first of SaveAll, SaveCarries, Binomial(c) whose stored bytes
     /// (stacked results the backward reads, or c saved states) fit in this
     /// many bytes, with the most slots that fit (at least one).
@@ -126,6 +132,8 @@ pub struct LoopPlan {
     splits: Vec<Split>,
     /// Slots of the binomial schedule, when the states are recomputed.
     slots: Option<usize>,
+    /// The every-k schedule's k instead, when non-zero.
+    every: usize,
 }
 
 fn unique(g: &Graph, base: &str) -> String {
@@ -229,12 +237,15 @@ pub fn plan(scan: &Scan, wants: &[bool], policy: LoopPolicy) -> Result<LoopPlan,
     let gg = autodiff(&body, &wrt_refs, &seed_refs)?;
     let saved = match policy {
         LoopPolicy::SaveAll | LoopPolicy::Budget(_) => None,
-        LoopPolicy::SaveCarries | LoopPolicy::Binomial(_) => Some(Vec::new()),
+        LoopPolicy::SaveCarries | LoopPolicy::Binomial(_) | LoopPolicy::Every(_) => Some(Vec::new()),
     };
-    let slots = match policy {
-        LoopPolicy::Binomial(c) => Some(c.max(1)),
+    // (slots, every): how the backward recomputes states, if it does.
+    let schedule = match policy {
+        LoopPolicy::Binomial(c) => Some((c.max(1), 0)),
+        LoopPolicy::Every(k) => Some((0, k.max(1))),
         LoopPolicy::SaveAll | LoopPolicy::SaveCarries | LoopPolicy::Budget(_) => None,
     };
+    let slots = schedule.map(|(s, _)| s);
     let part = partition(&gg, saved.as_deref())?;
     let (fwd, bwd) = (&part.forward, &part.backward);
 
@@ -494,6 +505,7 @@ pub fn plan(scan: &Scan, wants: &[bool], policy: LoopPolicy) -> Result<LoopPlan,
         stacked,
         splits,
         slots,
+        every: schedule.map_or(0, |(_, k)| k),
     })
 }
 
@@ -600,7 +612,11 @@ pub fn emit_backward(
     let regen = if let (Some(slots), Op::Scan(f)) = (plan.slots, e.g.op(y)) {
         let forward = f.clone();
         operands.extend_from_slice(&args);
-        Some(wengert_ir::scan::Regen { forward, slots })
+        Some(wengert_ir::scan::Regen {
+            forward,
+            slots,
+            every: plan.every,
+        })
     } else {
         None
     };
@@ -693,8 +709,11 @@ pub struct LoopReport {
     /// Bytes of the forward's stacked results the backward loop reads
     /// (trajectory and residuals), 0 when it recomputes the states.
     pub stored_bytes: usize,
-    /// Saved states of the binomial schedule (`None`: all stored).
+    /// Saved states of the schedule that recomputes them (`None`: all
+    /// stored).
     pub slots: Option<usize>,
+    /// The every-k schedule's k (0: the binomial schedule).
+    pub every: usize,
     /// Bytes of one state (the forward's carries).
     pub state_bytes: usize,
     /// Forward steps the binomial schedule advances beyond the forward
@@ -729,11 +748,20 @@ pub fn loop_report(g: &Graph) -> Vec<LoopReport> {
                     .iter()
                     .map(|i| i.ty.size_bytes())
                     .sum();
-                (
-                    Some(r.slots),
-                    state,
-                    crate::binomial::revolve_min_extra_steps(scan.length as u64, r.slots as u64),
-                )
+                if r.every > 0 {
+                    let t = scan.length;
+                    (
+                        Some(t.div_ceil(r.every) + r.every - 1),
+                        state,
+                        (t.div_ceil(r.every).saturating_sub(1) * r.every + t - t.div_ceil(r.every)) as u64,
+                    )
+                } else {
+                    (
+                        Some(r.slots),
+                        state,
+                        crate::binomial::revolve_min_extra_steps(scan.length as u64, r.slots as u64),
+                    )
+                }
             }
             None => (None, 0, 0),
         };
@@ -745,6 +773,7 @@ pub fn loop_report(g: &Graph) -> Vec<LoopReport> {
             length: scan.length,
             stored_bytes: stacked,
             slots,
+            every: scan.regen.as_ref().map_or(0, |r| r.every),
             state_bytes,
             extra_steps: extra,
         });

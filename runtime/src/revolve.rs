@@ -104,6 +104,9 @@ pub fn reverse<E>(
     Ok(())
 }
 
+/// Words of the descriptor's header.
+pub const HEADER: usize = 16;
+
 /// A compiled loop body, called as every graph is: one pointer to its
 /// array `[inputs…, outputs…, arena]`.
 type BodyFn = unsafe extern "C" fn(*const *mut u8);
@@ -116,6 +119,7 @@ type BodyFn = unsafe extern "C" fn(*const *mut u8);
 /// 4 slots base    5 work A    6 work B
 /// 7 forward body  8 its pointer array   9 backward body  10 its array
 /// 11 forward carries nf   12 forward rows   13 backward carries nb   14 backward rows
+/// 15 k of the every-k schedule (0: the binomial schedule over `slots`)
 /// nf × [offset in the state, forward carry-in slot, carry-out slot, backward state slot]
 /// forward rows × [array slot, base address, row bytes]
 /// nb × [carry-in slot, carry-out slot, buffer A, buffer B, result address, bytes]
@@ -151,14 +155,14 @@ impl Desc<'_> {
 /// the strides and counts say.
 pub unsafe extern "C" fn wengert_revolve(desc: *const i64) {
     // The header says how long the descriptor is.
-    let head = unsafe { std::slice::from_raw_parts(desc, 15) };
+    let head = unsafe { std::slice::from_raw_parts(desc, HEADER) };
     let (nf, nfr, nb, nbr) = (
         head[11] as usize,
         head[12] as usize,
         head[13] as usize,
         head[14] as usize,
     );
-    let len = 15 + 4 * nf + 3 * nfr + 6 * nb + 3 * nbr;
+    let len = HEADER + 4 * nf + 3 * nfr + 6 * nb + 3 * nbr;
     let d = Desc {
         w: unsafe { std::slice::from_raw_parts(desc, len) },
     };
@@ -176,7 +180,8 @@ pub unsafe extern "C" fn wengert_revolve(desc: *const i64) {
         )
     };
     let (fwd_array, bwd_array) = (d.ptr(8) as *mut *mut u8, d.ptr(10) as *mut *mut u8);
-    let fc = 15;
+    let every = d.at(15);
+    let fc = HEADER;
     let fr = fc + 4 * nf;
     let bc = fr + 3 * nfr;
     let br = bc + 6 * nb;
@@ -203,10 +208,16 @@ pub unsafe extern "C" fn wengert_revolve(desc: *const i64) {
         At::Work => work[0],
     };
     let mut adjoints_done = 0usize;
-    let _ = reverse::<()>(
-        t_len,
-        slots,
-        |from, t0, m, to| {
+    let schedule = |advance: &mut dyn FnMut(usize, usize, usize, At) -> Result<(), ()>,
+                    adjoint: &mut dyn FnMut(usize, At) -> Result<(), ()>| {
+        if every > 0 {
+            reverse_every(t_len, every, advance, adjoint)
+        } else {
+            reverse(t_len, slots, advance, adjoint)
+        }
+    };
+    let _ = schedule(
+        &mut |from, t0, m, to| {
             // Advance m steps from slot `from` through the two work
             // buffers, then keep the state where it is wanted.
             unsafe { std::ptr::copy_nonoverlapping(slot_ptr(from), work[0], state_bytes) };
@@ -219,7 +230,7 @@ pub unsafe extern "C" fn wengert_revolve(desc: *const i64) {
             }
             Ok(())
         },
-        |i, at| {
+        &mut |i, at| {
             let t = row(i);
             let state = state_at(at);
             for k in 0..nf {
@@ -250,6 +261,63 @@ pub unsafe extern "C" fn wengert_revolve(desc: *const i64) {
         let w = bc + 6 * k;
         unsafe { std::ptr::copy_nonoverlapping(d.ptr(w + last), d.ptr(w + 4), d.at(w + 5)) };
     }
+}
+
+/// How many states [`reverse_every`] keeps for `l` steps: one per
+/// segment of `k` steps, and `k − 1` for the states inside the segment
+/// being reversed.
+///
+/// It advances `(⌈T/k⌉ − 1)·k` steps to place the checkpoints (the forward
+/// loop itself stores none) and `T − ⌈T/k⌉` inside the segments:
+/// [`every_advances`].
+pub fn every_slots(l: usize, k: usize) -> usize {
+    let k = k.max(1);
+    (l.div_ceil(k) + k - 1).max(1)
+}
+
+/// The steps [`reverse_every`] advances for `l` steps and segments of `k`.
+pub fn every_advances(l: usize, k: usize) -> u64 {
+    let k = k.max(1);
+    let segments = l.div_ceil(k);
+    (segments.saturating_sub(1) * k + l - segments) as u64
+}
+
+/// The reversal that stores the state before every `k`-th step (slot `s`
+/// for step `s·k`), then per segment, last first, advances through the
+/// segment keeping each state and runs its adjoints: memory
+/// `(T/k + k − 1) × state`, [`every_advances`] steps advanced. The
+/// callbacks are those of [`reverse`].
+pub fn reverse_every<E>(
+    l: usize,
+    k: usize,
+    mut advance: impl FnMut(usize, usize, usize, At) -> Result<(), E>,
+    mut adjoint: impl FnMut(usize, At) -> Result<(), E>,
+) -> Result<(), E> {
+    let k = k.max(1);
+    let segments = l.div_ceil(k);
+    for s in 1..segments {
+        advance(s - 1, (s - 1) * k, k, At::Slot(s))?;
+    }
+    for s in (0..segments).rev() {
+        let t0 = s * k;
+        let len = k.min(l - t0);
+        // The state before step t0 + i (i ≥ 1) goes to slot segments + i − 1.
+        let at = |i: usize| {
+            if i == 0 {
+                At::Slot(s)
+            } else {
+                At::Slot(segments + i - 1)
+            }
+        };
+        for i in 1..len {
+            let from = if i == 1 { s } else { segments + i - 2 };
+            advance(from, t0 + i - 1, 1, at(i))?;
+        }
+        for i in (0..len).rev() {
+            adjoint(t0 + i, at(i))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -294,6 +362,45 @@ mod tests {
         .unwrap();
         assert_eq!(next_adjoint, 0);
         advanced
+    }
+
+    #[test]
+    fn every_k_keeps_its_slots_and_advances_each_step_at_most_twice() {
+        for l in 0..60 {
+            for k in 1..9 {
+                let slots = std::cell::RefCell::new(vec![None; every_slots(l, k) + 1]);
+                slots.borrow_mut()[0] = Some(0);
+                let mut advanced = 0;
+                let mut next = l;
+                reverse_every::<()>(
+                    l,
+                    k,
+                    |from, t0, m, to| {
+                        assert_eq!(slots.borrow()[from], Some(t0));
+                        let At::Slot(s) = to else {
+                            panic!("every-k uses slots only")
+                        };
+                        assert!(s < every_slots(l, k), "slot {s} beyond {}", every_slots(l, k));
+                        slots.borrow_mut()[s] = Some(t0 + m);
+                        advanced += m;
+                        Ok(())
+                    },
+                    |t, at| {
+                        let At::Slot(s) = at else {
+                            panic!("every-k uses slots only")
+                        };
+                        assert_eq!(slots.borrow()[s], Some(t));
+                        assert_eq!(t + 1, next);
+                        next = t;
+                        Ok(())
+                    },
+                )
+                .unwrap();
+                assert_eq!(next, 0);
+                assert_eq!(advanced as u64, every_advances(l, k), "l={l} k={k}");
+                assert!(advanced <= 2 * l, "l={l} k={k}");
+            }
+        }
     }
 
     #[test]

@@ -277,7 +277,11 @@ impl Lowerer<'_> {
             state_bytes += fins[nfc + k].ty.size_bytes().div_ceil(64) * 64;
         }
         let state_bytes = state_bytes.max(64);
-        let slots = regen.slots.max(1);
+        let slots = if regen.every > 0 {
+            wengert_runtime::revolve::every_slots(t_len, regen.every)
+        } else {
+            regen.slots.max(1)
+        };
         let slot_base = self.alloc(fb, &[slots * state_bytes], DType::Bool).ptr;
         let work_a = self.alloc(fb, &[state_bytes], DType::Bool).ptr;
         let work_b = self.alloc(fb, &[state_bytes], DType::Bool).ptr;
@@ -377,13 +381,14 @@ impl Lowerer<'_> {
         }
 
         // The descriptor (see `wengert_runtime::revolve::wengert_revolve`).
-        let words = 15 + 4 * nfk + 3 * frows.len() + 6 * nbk + 3 * brows.len();
+        let words = wengert_runtime::revolve::HEADER + 4 * nfk + 3 * frows.len() + 6 * nbk + 3 * brows.len();
         let desc = self.alloc(fb, &[words], DType::F64).ptr;
         let fref = self.module.declare_func_in_func(fwd.id, fb.func);
         let bref = self.module.declare_func_in_func(bwd.id, fb.func);
         let faddr = fb.ins().func_addr(types::I64, fref);
         let baddr = fb.ins().func_addr(types::I64, bref);
-        let header: [Value; 15] = [
+        let every = imm(fb, regen.every as i64);
+        let header: [Value; wengert_runtime::revolve::HEADER] = [
             imm(fb, t_len as i64),
             imm(fb, slots as i64),
             imm(fb, f.reverse as i64),
@@ -399,11 +404,12 @@ impl Lowerer<'_> {
             imm(fb, frows.len() as i64),
             imm(fb, nbk as i64),
             imm(fb, brows.len() as i64),
+            every,
         ];
         for (i, v) in header.into_iter().enumerate() {
             word(fb, desc, i, v);
         }
-        let mut w = 15;
+        let mut w = wengert_runtime::revolve::HEADER;
         for (k, &offset) in offsets.iter().enumerate() {
             for v in [
                 offset as i64,
