@@ -354,6 +354,17 @@ impl JitContext<'_> {
                     );
                 }
             }
+            // A body lowered into its loop needs no function of its own
+            // (its nested loops' bodies were handled above); its frame is
+            // the caller's.
+            if crate::lower::inline_body(scan) {
+                acc.frame_bytes = acc.frame_bytes.max(inner.frame_bytes);
+                if self.opts.keep_text {
+                    acc.clif.push_str(&inner.clif);
+                    acc.disasm.push_str(&inner.disasm);
+                }
+                continue;
+            }
             // Numbered across the module (inner bodies are defined first).
             let body_name = format!("{name}_loop{}", self.state.bodies.len());
             let Some(defined) = self.define(&scan.body, &body_name, Abi::PointerArray)? else {

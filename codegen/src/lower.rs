@@ -32,7 +32,7 @@ use wengert_runtime::functions::{ArgType, RuntimeFn};
 use wengert_runtime::gemm::GemmParams;
 
 mod scan;
-pub use scan::{body_key, BodyFn};
+pub use scan::{body_key, inline_body, BodyFn, INLINE_BODY_NODES};
 
 /// How many vectors the main loop of a kernel processes per iteration.
 /// Cranelift does not unroll loops; unrolling in the emitted CLIF matched
@@ -1426,6 +1426,26 @@ pub fn lower_graph(
     let entry = fb.create_block();
     fb.append_block_params_for_function_params(entry);
     fb.switch_to_block(entry);
+    let params = fb.block_params(entry).to_vec();
+    let lowered = lower_into(module, state, fb, g, abi, &params, seg)?;
+    fb.ins().return_(&[]);
+    Ok(lowered)
+}
+
+/// Lowers the next segment of `g` at the builder's current position, its
+/// buffers found through `params` (the parameters of `abi`: the pointer
+/// array, or the packed scalar arrays), leaving the builder where the
+/// graph's code ends (no return): the body of a function, or a loop body
+/// inlined into its loop.
+pub(crate) fn lower_into(
+    module: &mut JITModule,
+    state: &mut ModuleState,
+    fb: &mut FunctionBuilder,
+    g: &Graph,
+    abi: Abi,
+    params: &[Value],
+    seg: &mut Segments,
+) -> Result<Lowered, CodegenError> {
     let n_in = g.inputs().len();
     let n_out = g.outputs().len();
     // Input and output pointers are loaded (or computed) where they are
@@ -1436,7 +1456,7 @@ pub fn lower_graph(
     // compile, 100,000 took minutes).
     let (arena_slot, ptrs) = match abi {
         Abi::PointerArray => {
-            let array = fb.block_params(entry)[0];
+            let array = params[0];
             let ptrs = if n_in + n_out <= PRELOAD_POINTERS {
                 // Ordinary loads (not movable), so that they stay at entry.
                 let flags = MemFlagsData::trusted().with_readonly();
@@ -1453,7 +1473,7 @@ pub fn lower_graph(
         Abi::PackedScalars => {
             // Every input and output is a scalar of one dtype (checked by
             // the caller): element i sits at i · size_of(dtype).
-            let (ins, outs) = (fb.block_params(entry)[0], fb.block_params(entry)[1]);
+            let (ins, outs) = (params[0], params[1]);
             let dtype = g.inputs().first().map(|i| i.ty.dtype);
             let size = dtype
                 .or_else(|| g.outputs().first().map(|o| g.ty(o.node).dtype))
@@ -1861,7 +1881,6 @@ pub fn lower_graph(
             dtype: ty.dtype,
         });
     }
-    fb.ins().return_(&[]);
     seg.next = at;
     seg.arena_bytes = lw.arena_bytes;
     seg.used_outside = used_outside;

@@ -25,6 +25,18 @@ pub struct BodyFn {
     pub arena_bytes: usize,
 }
 
+/// Bodies of at most this many nodes are lowered into their loop rather
+/// than called (the limit keeps one function from growing past what
+/// Cranelift compiles in linear time, see `Segments`).
+pub const INLINE_BODY_NODES: usize = 512;
+
+/// Whether the loop's body is lowered into the loop (no call per step).
+/// A loop that recomputes states runs its bodies from the runtime's
+/// schedule, so those are always functions.
+pub fn inline_body(scan: &Scan) -> bool {
+    scan.regen.is_none() && scan.body.len() <= INLINE_BODY_NODES
+}
+
 /// The key of a body in `ModuleState::bodies`: its address (a scan op's
 /// body is shared by every copy of the op).
 pub fn body_key(scan: &std::sync::Arc<Scan>) -> usize {
@@ -75,15 +87,22 @@ impl Lowerer<'_> {
         if scan.regen.is_some() {
             return self.lower_scan_revolve(fb, scan, args, out, direct, node);
         }
-        let body = self
-            .state
-            .bodies
-            .get(&body_key(scan))
-            .copied()
-            .ok_or_else(|| CodegenError::Unsupported {
-                node: node.to_string(),
-                message: "internal error: the loop's body was not compiled".into(),
-            })?;
+        // A small body is lowered into the loop itself (`None`); a large
+        // one is a function of its own that each step calls.
+        let body = if inline_body(scan) {
+            None
+        } else {
+            Some(
+                self.state
+                    .bodies
+                    .get(&body_key(scan))
+                    .copied()
+                    .ok_or_else(|| CodegenError::Unsupported {
+                        node: node.to_string(),
+                        message: "internal error: the loop's body was not compiled".into(),
+                    })?,
+            )
+        };
         let ins = scan.body.inputs();
         let (nc, nk) = (scan.n_consts, scan.n_carry);
         let n_in = ins.len();
@@ -96,15 +115,19 @@ impl Lowerer<'_> {
         let out_base = self.address(fb, out);
         // The body's pointer array and arena, in this function's arena.
         let array = self.alloc(fb, &[n_in + n_out + 1], DType::F64).ptr;
-        let body_arena = if body.arena_bytes > 0 {
-            self.alloc(fb, &[body.arena_bytes], DType::Bool).ptr
-        } else {
-            fb.ins().iconst(types::I64, 0)
-        };
         let store = |fb: &mut FunctionBuilder, slot: usize, p: Value| {
             fb.ins().store(MemFlagsData::trusted(), p, array, (slot * 8) as i32);
         };
-        store(fb, n_in + n_out, body_arena);
+        // An inlined body's arena is placed once its lowering says how
+        // large it is (see `pre` below).
+        if let Some(body) = body {
+            let body_arena = if body.arena_bytes > 0 {
+                self.alloc(fb, &[body.arena_bytes], DType::Bool).ptr
+            } else {
+                fb.ins().iconst(types::I64, 0)
+            };
+            store(fb, n_in + n_out, body_arena);
+        }
         // Consts: fixed for the whole loop.
         for k in 0..nc {
             let v = self.contiguous(fb, &args[k], &ins[k].ty.shape, ins[k].ty.dtype)?;
@@ -142,7 +165,7 @@ impl Lowerer<'_> {
             let row = ty.size_bytes().checked_div(scan.length).unwrap_or(0) as i64;
             ys.push((n_in + j, p, row));
         }
-        let callee = self.module.declare_func_in_func(body.id, fb.func);
+        let callee = body.map(|b| self.module.declare_func_in_func(b.id, fb.func));
 
         // for i in 0..T: t = reverse ? T-1-i : i; body(array)
         let header = fb.create_block();
@@ -162,7 +185,10 @@ impl Lowerer<'_> {
                 .chain(&nxt)
                 .map(|&v| cranelift_codegen::ir::BlockArg::from(v)),
         );
-        fb.ins().jump(header, &entry_args);
+        // With an inlined body, the loop is entered through `pre`, which
+        // places the body's arena (filled in after the body is lowered).
+        let pre = fb.create_block();
+        fb.ins().jump(pre, &[]);
 
         fb.switch_to_block(header);
         let params = fb.block_params(header).to_vec();
@@ -188,7 +214,25 @@ impl Lowerer<'_> {
             let p = fb.ins().iadd(base, off);
             store(fb, slot, p);
         }
-        fb.ins().call(callee, &[array]);
+        let inline_arena = match callee {
+            Some(callee) => {
+                fb.ins().call(callee, &[array]);
+                0
+            }
+            None => {
+                let mut seg = super::Segments::new(&scan.body, usize::MAX);
+                let lowered = super::lower_into(
+                    &mut *self.module,
+                    &mut *self.state,
+                    fb,
+                    &scan.body,
+                    super::Abi::PointerArray,
+                    &[array],
+                    &mut seg,
+                )?;
+                lowered.arena_bytes
+            }
+        };
         let next_i = fb.ins().iadd_imm_s(i, 1);
         let mut back: Vec<cranelift_codegen::ir::BlockArg> = vec![next_i.into()];
         back.extend(
@@ -197,6 +241,17 @@ impl Lowerer<'_> {
                 .map(|&v| cranelift_codegen::ir::BlockArg::from(v)),
         );
         fb.ins().jump(header, &back);
+
+        fb.switch_to_block(pre);
+        if callee.is_none() {
+            let body_arena = if inline_arena > 0 {
+                self.alloc(fb, &[inline_arena], DType::Bool).ptr
+            } else {
+                fb.ins().iconst(types::I64, 0)
+            };
+            store(fb, n_in + n_out, body_arena);
+        }
+        fb.ins().jump(header, &entry_args);
 
         fb.switch_to_block(exit);
         let finals = fb.block_params(exit).to_vec();
