@@ -39,6 +39,25 @@ struct State {
     is_body: bool,
 }
 
+/// How a loop runs (see [`GraphBuilder::scan_opts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoopOptions {
+    /// Run the steps from last to first.
+    pub reverse: bool,
+    /// Steps per iteration of the compiled loop (JAX's `unroll`): the
+    /// body's code repeated; results are the same.
+    pub unroll: usize,
+}
+
+impl Default for LoopOptions {
+    fn default() -> Self {
+        LoopOptions {
+            reverse: false,
+            unroll: 1,
+        }
+    }
+}
+
 /// Builds a [`Graph`] through [`Var`] handles.
 pub struct GraphBuilder {
     state: RefCell<State>,
@@ -277,6 +296,24 @@ impl GraphBuilder {
     where
         F: for<'c> FnOnce(&'c GraphBuilder, &[Var<'c>], &[Var<'c>], &[Var<'c>]) -> (Vec<Var<'c>>, Vec<Var<'c>>),
     {
+        self.scan_opts(length, LoopOptions { reverse, unroll: 1 }, consts, init, xs, body)
+    }
+
+    /// [`GraphBuilder::scan`] with every option (see [`LoopOptions`]).
+    #[track_caller]
+    pub fn scan_opts<'s, F>(
+        &'s self,
+        length: usize,
+        options: LoopOptions,
+        consts: &[Var<'s>],
+        init: &[Var<'s>],
+        xs: &[Var<'s>],
+        body: F,
+    ) -> (Vec<Var<'s>>, Vec<Var<'s>>)
+    where
+        F: for<'c> FnOnce(&'c GraphBuilder, &[Var<'c>], &[Var<'c>], &[Var<'c>]) -> (Vec<Var<'c>>, Vec<Var<'c>>),
+    {
+        let LoopOptions { reverse, unroll } = options;
         let poisoned = |n_carry: usize| (vec![self.poisoned(); n_carry], Vec::new());
         let mut types = Vec::new();
         for (role, vars) in [("const", consts), ("initial carry", init), ("xs", xs)] {
@@ -341,6 +378,7 @@ impl GraphBuilder {
             body: graph,
             length,
             reverse,
+            unroll: unroll.max(1),
             n_consts: consts.len(),
             n_carry: init.len(),
             regen: None,

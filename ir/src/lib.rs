@@ -25,7 +25,7 @@ pub mod tensor;
 pub mod types;
 pub mod verify;
 
-pub use builder::{broadcast_shapes, GraphBuilder, Var};
+pub use builder::{broadcast_shapes, GraphBuilder, LoopOptions, Var};
 pub use dot::to_dot;
 pub use error::{IrError, ParseError, Problem};
 pub use graph::{is_identifier, Graph, Input, Mark, Node, NodeId, Output};

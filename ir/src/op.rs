@@ -454,6 +454,9 @@ impl Op {
                 if scan.reverse {
                     attrs.push(("reverse", Attr::Int(1)));
                 }
+                if scan.unroll > 1 {
+                    attrs.push(("unroll", Attr::Int(scan.unroll)));
+                }
                 if let Some(regen) = &scan.regen {
                     if regen.every > 0 {
                         attrs.push(("every", Attr::Int(regen.every)));
@@ -461,6 +464,7 @@ impl Op {
                         attrs.push(("slots", Attr::Int(regen.slots)));
                     }
                 }
+                attrs.sort_by_key(|(k, _)| *k);
                 attrs
             }
             Op::Get { index, .. } => vec![("index", Attr::Int(*index))],

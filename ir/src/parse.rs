@@ -788,6 +788,7 @@ fn scan_op(attrs: &[(String, Attr)], body: &Graph, from: Option<&(Vec<(String, A
     let mut reverse = false;
     let mut slots = None;
     let mut every = None;
+    let mut unroll = 1;
     for (k, v) in attrs {
         let Attr::Int(v) = v else {
             return Err(format!("attribute `{k}` of `scan` must be an integer"));
@@ -799,6 +800,7 @@ fn scan_op(attrs: &[(String, Attr)], body: &Graph, from: Option<&(Vec<(String, A
             "reverse" => reverse = *v != 0,
             "slots" => slots = Some(*v),
             "every" => every = Some(*v),
+            "unroll" => unroll = *v,
             other => return Err(format!("`scan` has no attribute `{other}`")),
         }
     }
@@ -831,6 +833,7 @@ fn scan_op(attrs: &[(String, Attr)], body: &Graph, from: Option<&(Vec<(String, A
         reverse,
         n_consts: need(consts, "consts")?,
         n_carry: need(carry, "carry")?,
+        unroll,
         regen,
     })))
 }

@@ -39,6 +39,10 @@ pub struct Scan {
     /// How many inputs after the consts are the carry (and how many of the
     /// body's leading outputs are the next carry).
     pub n_carry: usize,
+    /// How many steps one iteration of the compiled loop runs (the body's
+    /// code repeated, then a loop for the remaining steps); 1 (or 0) for
+    /// none. It changes nothing but speed (JAX's `unroll`).
+    pub unroll: usize,
     /// For the backward loop of a binomially checkpointed loop: the body's
     /// first stacked inputs are the carries of `forward` at each step,
     /// recomputed from checkpoints rather than stored (see [`Regen`]).

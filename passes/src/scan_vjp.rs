@@ -624,6 +624,7 @@ pub fn emit_backward(
         body: plan.body.clone(),
         length: forward.length,
         reverse: !forward.reverse,
+        unroll: forward.unroll,
         n_consts: plan.n_consts,
         n_carry: plan.n_carry,
         regen,

@@ -375,6 +375,7 @@ impl Builder {
                     body,
                     length,
                     reverse,
+                    unroll: 1 + (p as usize >> 6) % 3,
                     n_consts: 1,
                     n_carry: 1,
                     regen: None,

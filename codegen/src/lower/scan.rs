@@ -167,80 +167,100 @@ impl Lowerer<'_> {
         }
         let callee = body.map(|b| self.module.declare_func_in_func(b.id, fb.func));
 
-        // for i in 0..T: t = reverse ? T-1-i : i; body(array)
-        let header = fb.create_block();
-        let step = fb.create_block();
+        // An unrolled loop runs `u` steps per iteration while at least `u`
+        // remain, then the remainder loop one at a time:
+        //   for i in (0..T).step_by(u) while i + u <= T: u × step(i + j)
+        //   for i in i..T: step(i)
+        // where step(i) is row t = reverse ? T-1-i : i, body(array).
+        let u = scan.unroll.clamp(1, scan.length.max(1));
+        let loops: Vec<usize> = if u > 1 { vec![u, 1] } else { vec![1] };
         let exit = fb.create_block();
-        fb.append_block_param(header, types::I64);
-        for _ in 0..2 * nk {
-            fb.append_block_param(header, types::I64);
-        }
         for _ in 0..nk {
             fb.append_block_param(exit, types::I64);
         }
+        let headers: Vec<_> = loops
+            .iter()
+            .map(|_| {
+                let h = fb.create_block();
+                for _ in 0..1 + 2 * nk {
+                    fb.append_block_param(h, types::I64);
+                }
+                h
+            })
+            .collect();
         let zero = fb.ins().iconst(types::I64, 0);
-        let mut entry_args: Vec<cranelift_codegen::ir::BlockArg> = vec![zero.into()];
-        entry_args.extend(
-            cur.iter()
-                .chain(&nxt)
-                .map(|&v| cranelift_codegen::ir::BlockArg::from(v)),
-        );
+        let block_args = |i: Value, a: &[Value], b: &[Value]| -> Vec<cranelift_codegen::ir::BlockArg> {
+            std::iter::once(i)
+                .chain(a.iter().copied())
+                .chain(b.iter().copied())
+                .map(cranelift_codegen::ir::BlockArg::from)
+                .collect()
+        };
+        let entry_args = block_args(zero, &cur, &nxt);
         // With an inlined body, the loop is entered through `pre`, which
         // places the body's arena (filled in after the body is lowered).
         let pre = fb.create_block();
         fb.ins().jump(pre, &[]);
-
-        fb.switch_to_block(header);
-        let params = fb.block_params(header).to_vec();
-        let i = params[0];
-        let (cur, nxt) = (params[1..1 + nk].to_vec(), params[1 + nk..].to_vec());
-        let done = fb.ins().icmp_imm_s(IntCC::Equal, i, scan.length as i64);
-        let cur_args: Vec<cranelift_codegen::ir::BlockArg> = cur.iter().map(|&v| v.into()).collect();
-        fb.ins().brif(done, exit, &cur_args, step, &[]);
-
-        fb.switch_to_block(step);
-        let t = if scan.reverse {
-            let last = fb.ins().iconst(types::I64, scan.length as i64 - 1);
-            fb.ins().isub(last, i)
-        } else {
-            i
-        };
-        for k in 0..nk {
-            store(fb, nc + k, cur[k]);
-            store(fb, n_in + k, nxt[k]);
-        }
-        for &(slot, base, row) in xs.iter().chain(&ys) {
-            let off = fb.ins().imul_imm_s(t, row);
-            let p = fb.ins().iadd(base, off);
-            store(fb, slot, p);
-        }
-        let inline_arena = match callee {
-            Some(callee) => {
-                fb.ins().call(callee, &[array]);
-                0
+        let mut inline_arena = 0usize;
+        for (n, (&steps, &header)) in loops.iter().zip(&headers).enumerate() {
+            let step = fb.create_block();
+            fb.switch_to_block(header);
+            let params = fb.block_params(header).to_vec();
+            let i = params[0];
+            let (mut cur, mut nxt) = (params[1..1 + nk].to_vec(), params[1 + nk..].to_vec());
+            // Leave when fewer than `steps` steps remain: to the remainder
+            // loop, or out.
+            let last_ok = scan.length as i64 - steps as i64;
+            let done = fb.ins().icmp_imm_s(IntCC::SignedGreaterThan, i, last_ok);
+            let leave = block_args(i, &cur, &nxt);
+            match headers.get(n + 1) {
+                Some(&next) => fb.ins().brif(done, next, &leave, step, &[]),
+                None => fb.ins().brif(done, exit, &leave[1..1 + nk], step, &[]),
+            };
+            fb.switch_to_block(step);
+            for j in 0..steps {
+                let ij = if j == 0 { i } else { fb.ins().iadd_imm_s(i, j as i64) };
+                let t = if scan.reverse {
+                    let last = fb.ins().iconst(types::I64, scan.length as i64 - 1);
+                    fb.ins().isub(last, ij)
+                } else {
+                    ij
+                };
+                for k in 0..nk {
+                    store(fb, nc + k, cur[k]);
+                    store(fb, n_in + k, nxt[k]);
+                }
+                for &(slot, base, row) in xs.iter().chain(&ys) {
+                    let off = fb.ins().imul_imm_s(t, row);
+                    let p = fb.ins().iadd(base, off);
+                    store(fb, slot, p);
+                }
+                match callee {
+                    Some(callee) => {
+                        fb.ins().call(callee, &[array]);
+                    }
+                    None => {
+                        // Each copy is lowered afresh; they run one after
+                        // another in one arena region.
+                        let mut seg = super::Segments::new(&scan.body, usize::MAX);
+                        let lowered = super::lower_into(
+                            &mut *self.module,
+                            &mut *self.state,
+                            fb,
+                            &scan.body,
+                            super::Abi::PointerArray,
+                            &[array],
+                            &mut seg,
+                        )?;
+                        inline_arena = inline_arena.max(lowered.arena_bytes);
+                    }
+                }
+                std::mem::swap(&mut cur, &mut nxt);
             }
-            None => {
-                let mut seg = super::Segments::new(&scan.body, usize::MAX);
-                let lowered = super::lower_into(
-                    &mut *self.module,
-                    &mut *self.state,
-                    fb,
-                    &scan.body,
-                    super::Abi::PointerArray,
-                    &[array],
-                    &mut seg,
-                )?;
-                lowered.arena_bytes
-            }
-        };
-        let next_i = fb.ins().iadd_imm_s(i, 1);
-        let mut back: Vec<cranelift_codegen::ir::BlockArg> = vec![next_i.into()];
-        back.extend(
-            nxt.iter()
-                .chain(&cur)
-                .map(|&v| cranelift_codegen::ir::BlockArg::from(v)),
-        );
-        fb.ins().jump(header, &back);
+            let next_i = fb.ins().iadd_imm_s(i, steps as i64);
+            let back = block_args(next_i, &cur, &nxt);
+            fb.ins().jump(header, &back);
+        }
 
         fb.switch_to_block(pre);
         if callee.is_none() {
@@ -251,7 +271,7 @@ impl Lowerer<'_> {
             };
             store(fb, n_in + n_out, body_arena);
         }
-        fb.ins().jump(header, &entry_args);
+        fb.ins().jump(headers[0], &entry_args);
 
         fb.switch_to_block(exit);
         let finals = fb.block_params(exit).to_vec();
