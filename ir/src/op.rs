@@ -114,16 +114,46 @@ binary_ops! {
     Min = "min", cost 1;
 }
 
-/// Elementwise comparisons; they produce `bool`. NaN compares unequal to
-/// everything, as in IEEE 754.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CmpOp {
-    Lt,
-    Le,
-    Gt,
-    Ge,
-    Eq,
-    Ne,
+/// Declares the comparisons once, as `unary_ops!` does: each entry's
+/// variant, mnemonic and Rust operator; `CmpOp`, `CmpOp::ALL`, `name` and
+/// `apply` are derived from it.
+macro_rules! cmp_ops {
+    ($( $variant:ident = $name:literal, $op:tt; )*) => {
+        /// Elementwise comparisons; they produce `bool`. NaN compares
+        /// unequal to everything, as in IEEE 754.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum CmpOp {
+            $( $variant, )*
+        }
+
+        impl CmpOp {
+            /// Every comparison, in declaration order.
+            pub const ALL: [CmpOp; [$($name),*].len()] = [$(CmpOp::$variant),*];
+
+            /// The mnemonic of the text format.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( CmpOp::$variant => $name, )*
+                }
+            }
+
+            /// Applies the comparison with IEEE 754 semantics.
+            pub fn apply<T: PartialOrd>(self, a: T, b: T) -> bool {
+                match self {
+                    $( CmpOp::$variant => a $op b, )*
+                }
+            }
+        }
+    };
+}
+
+cmp_ops! {
+    Lt = "lt", <;
+    Le = "le", <=;
+    Gt = "gt", >;
+    Ge = "ge", >=;
+    Eq = "eq", ==;
+    Ne = "ne", !=;
 }
 
 /// A primitive operation. Operands are the node's incoming edges, ordered by
@@ -359,33 +389,6 @@ impl std::hash::Hash for Op {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         std::mem::discriminant(self).hash(state);
         self.payload().hash(state);
-    }
-}
-
-impl CmpOp {
-    pub const ALL: [CmpOp; 6] = [CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge, CmpOp::Eq, CmpOp::Ne];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            CmpOp::Lt => "lt",
-            CmpOp::Le => "le",
-            CmpOp::Gt => "gt",
-            CmpOp::Ge => "ge",
-            CmpOp::Eq => "eq",
-            CmpOp::Ne => "ne",
-        }
-    }
-
-    /// Applies the comparison with IEEE 754 semantics.
-    pub fn apply<T: PartialOrd>(self, a: T, b: T) -> bool {
-        match self {
-            CmpOp::Lt => a < b,
-            CmpOp::Le => a <= b,
-            CmpOp::Gt => a > b,
-            CmpOp::Ge => a >= b,
-            CmpOp::Eq => a == b,
-            CmpOp::Ne => a != b,
-        }
     }
 }
 

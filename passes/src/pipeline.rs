@@ -25,40 +25,42 @@ use std::path::PathBuf;
 use std::time::Instant;
 use wengert_ir::{to_dot, verify, Graph};
 
-/// A pass of the pipeline, by its kebab-case name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Pass {
-    Autodiff,
-    Simplify,
+/// Declares the passes once, in pipeline order: each variant and its
+/// kebab-case name; `Pass`, `Pass::ALL` (the default pipeline, the CLI's
+/// names) and `Pass::name` are derived from it.
+macro_rules! passes {
+    ($( $(#[doc = $doc:literal])* $variant:ident = $name:literal; )*) => {
+        /// A pass of the pipeline, by its kebab-case name.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Pass {
+            $( $(#[doc = $doc])* $variant, )*
+        }
+
+        impl Pass {
+            /// Every pass, in pipeline order.
+            pub const ALL: [Pass; [$($name),*].len()] = [$(Pass::$variant),*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( Pass::$variant => $name, )*
+                }
+            }
+        }
+    };
+}
+
+passes! {
+    Autodiff = "autodiff";
+    Simplify = "simplify";
     /// Chooses what to save for the backward under
     /// `PipelineOptions::checkpoint` (see the `checkpoint` module).
-    Checkpoint,
-    Partition,
-    Fuse,
-    MemoryPlan,
+    Checkpoint = "checkpoint";
+    Partition = "partition";
+    Fuse = "fuse";
+    MemoryPlan = "memory-plan";
 }
 
 impl Pass {
-    pub const ALL: [Pass; 6] = [
-        Pass::Autodiff,
-        Pass::Simplify,
-        Pass::Checkpoint,
-        Pass::Partition,
-        Pass::Fuse,
-        Pass::MemoryPlan,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Pass::Autodiff => "autodiff",
-            Pass::Simplify => "simplify",
-            Pass::Checkpoint => "checkpoint",
-            Pass::Partition => "partition",
-            Pass::Fuse => "fuse",
-            Pass::MemoryPlan => "memory-plan",
-        }
-    }
-
     pub fn from_name(name: &str) -> Result<Pass, PassError> {
         Pass::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| {
             let names: Vec<&str> = Pass::ALL.iter().map(|p| p.name()).collect();
