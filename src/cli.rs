@@ -192,6 +192,54 @@ pub fn grad_graph(
         .map_err(|e| CliError(format!("{file}: {e}")))
 }
 
+/// Parses a checkpoint policy: `all`, `sqrt`, `mincut`, `slots=C`,
+/// `segments=K`, `budget=BYTES` (with an optional `KiB`, `MiB` or `GiB`
+/// suffix). (The policy is a `passes` enum; its spelling is the command
+/// line's.)
+pub fn parse_checkpoint_policy(text: &str) -> Result<CheckpointPolicy, CliError> {
+    let bad = || {
+        CliError(format!(
+            "unknown checkpoint policy `{text}` (use all, sqrt, mincut, slots=C, segments=K or budget=BYTES like budget=2MiB)"
+        ))
+    };
+    let t = text.trim();
+    match t {
+        "all" => return Ok(CheckpointPolicy::SaveAll),
+        "sqrt" => return Ok(CheckpointPolicy::Sqrt),
+        "mincut" | "min-cut" => return Ok(CheckpointPolicy::MinCut),
+        _ if t.starts_with("slots=") => {
+            return t["slots=".len()..]
+                .parse()
+                .ok()
+                .filter(|&c| c > 0)
+                .map(CheckpointPolicy::Slots)
+                .ok_or_else(bad)
+        }
+        _ => {}
+    }
+    if let Some(k) = t.strip_prefix("segments=") {
+        return k
+            .parse()
+            .ok()
+            .filter(|&k| k > 0)
+            .map(CheckpointPolicy::Segments)
+            .ok_or_else(bad);
+    }
+    if let Some(b) = t.strip_prefix("budget=") {
+        let (num, scale) = [("GiB", 1usize << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1)]
+            .iter()
+            .find_map(|(suffix, scale)| b.strip_suffix(suffix).map(|n| (n, *scale)))
+            .unwrap_or((b, 1));
+        return num
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .map(|v| CheckpointPolicy::Budget((v * scale as f64) as usize))
+            .ok_or_else(bad);
+    }
+    Err(bad())
+}
+
 /// Parses a loop policy: `all`, `carries`, `binomial=C`, `every=K` or
 /// `budget=BYTES`.
 pub fn parse_loop_policy(s: &str) -> Result<LoopPolicy, CliError> {
@@ -200,7 +248,7 @@ pub fn parse_loop_policy(s: &str) -> Result<LoopPolicy, CliError> {
         "carries" => Ok(LoopPolicy::SaveCarries),
         other => {
             if let Some(b) = other.strip_prefix("budget=") {
-                return match CheckpointPolicy::parse(&format!("budget={b}")) {
+                return match parse_checkpoint_policy(&format!("budget={b}")) {
                     Ok(CheckpointPolicy::Budget(bytes)) => Ok(LoopPolicy::Budget(bytes)),
                     _ => Err(CliError(format!(
                         "loop policy `{other}`: expected a byte count like budget=2MiB"
@@ -376,7 +424,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
             }
             let wrt_list = wrt_names(&g, &wrt);
             let seed_list = parse_seeds(&seeds)?;
-            let policy = CheckpointPolicy::parse(&checkpoint).map_err(|e| CliError(e.to_string()))?;
+            let policy = parse_checkpoint_policy(&checkpoint)?;
             let located = |e: &dyn std::fmt::Display| CliError(format!("{file}: {e}"));
             if !split && !explain {
                 // A policy alone: print the gradient graph as the policy
@@ -501,7 +549,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                 print_before_all,
                 print_after_all,
                 print_after,
-                checkpoint: CheckpointPolicy::parse(&checkpoint).map_err(|e| CliError(e.to_string()))?,
+                checkpoint: parse_checkpoint_policy(&checkpoint)?,
                 loops: parse_loop_policy(&loops)?,
             };
             let quiet = !options.print_before_all && !options.print_after_all && options.print_after.is_empty();

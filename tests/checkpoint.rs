@@ -13,21 +13,27 @@ const WRT9: [&str; 8] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"];
 
 #[test]
 fn policies_parse() {
-    assert_eq!(CheckpointPolicy::parse("all").unwrap(), CheckpointPolicy::SaveAll);
-    assert_eq!(CheckpointPolicy::parse("sqrt").unwrap(), CheckpointPolicy::Sqrt);
     assert_eq!(
-        CheckpointPolicy::parse("segments=3").unwrap(),
+        wengert::cli::parse_checkpoint_policy("all").unwrap(),
+        CheckpointPolicy::SaveAll
+    );
+    assert_eq!(
+        wengert::cli::parse_checkpoint_policy("sqrt").unwrap(),
+        CheckpointPolicy::Sqrt
+    );
+    assert_eq!(
+        wengert::cli::parse_checkpoint_policy("segments=3").unwrap(),
         CheckpointPolicy::Segments(3)
     );
     assert_eq!(
-        CheckpointPolicy::parse("budget=2MiB").unwrap(),
+        wengert::cli::parse_checkpoint_policy("budget=2MiB").unwrap(),
         CheckpointPolicy::Budget(2 << 20)
     );
     assert_eq!(
-        CheckpointPolicy::parse("budget=4096").unwrap(),
+        wengert::cli::parse_checkpoint_policy("budget=4096").unwrap(),
         CheckpointPolicy::Budget(4096)
     );
-    assert!(CheckpointPolicy::parse("segments=0")
+    assert!(wengert::cli::parse_checkpoint_policy("segments=0")
         .unwrap_err()
         .to_string()
         .contains("unknown checkpoint policy `segments=0`"));
@@ -265,7 +271,10 @@ fn min_cut_saves_no_more_than_the_default_and_gradients_match() {
         saved_ops.contains(&"matmul") && !saved_ops.contains(&"relu") && !saved_ops.contains(&"gt"),
         "{saved_ops:?}"
     );
-    assert_eq!(CheckpointPolicy::parse("mincut").unwrap(), CheckpointPolicy::MinCut);
+    assert_eq!(
+        wengert::cli::parse_checkpoint_policy("mincut").unwrap(),
+        CheckpointPolicy::MinCut
+    );
 }
 
 /// Under `Slots(c)` for c = 1…4, the backward of `g` recomputes exactly
@@ -712,7 +721,7 @@ fn checkpoint_decisions_match_golden_files() {
     for (name, g, wrt) in &graphs {
         for policy in ["all", "sqrt", "segments=4", "mincut", "slots=2", "budget=4KiB"] {
             let options = Options {
-                checkpoint: CheckpointPolicy::parse(policy).unwrap(),
+                checkpoint: wengert::cli::parse_checkpoint_policy(policy).unwrap(),
                 ..Options::default()
             };
             let f = value_and_grad(g, wrt, &options).unwrap();

@@ -26,9 +26,7 @@ use common::Rng;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use wengert::passes::{fuse, memory_plan, simplify};
-use wengert::{
-    compile, interpret, parse, value_and_grad, verify, CheckpointPolicy, CodegenOptions, DType, Graph, Options, Tensor,
-};
+use wengert::{compile, interpret, parse, value_and_grad, verify, CodegenOptions, DType, Graph, Options, Tensor};
 
 /// Random inputs in [-2, 2] for every input of `g` (bools: 0/1).
 fn inputs_for(g: &Graph, seed: u64) -> Vec<Tensor> {
@@ -208,7 +206,7 @@ fn check(f64: bool, shapes: &[Vec<usize>], program: &[Instr], outputs: usize, se
     // Every checkpoint policy: the same gradients bit for bit.
     for policy in ["sqrt", "segments=2", "mincut", "slots=2", "budget=1KiB"] {
         let options = Options {
-            checkpoint: CheckpointPolicy::parse(policy).unwrap(),
+            checkpoint: wengert::cli::parse_checkpoint_policy(policy).unwrap(),
             ..Options::default()
         };
         // (A binomial schedule on a graph without a chain falls back to

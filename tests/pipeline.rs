@@ -375,7 +375,7 @@ fn the_checkpoint_decision_lives_in_the_graph() {
             &PipelineOptions {
                 passes,
                 wrt: wrt.clone(),
-                checkpoint: wengert::CheckpointPolicy::parse("sqrt").unwrap(),
+                checkpoint: wengert::cli::parse_checkpoint_policy("sqrt").unwrap(),
                 ..PipelineOptions::default()
             },
         )

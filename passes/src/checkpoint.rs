@@ -63,54 +63,6 @@ pub enum CheckpointPolicy {
     Slots(usize),
 }
 
-impl CheckpointPolicy {
-    /// Parses `all`, `sqrt`, `segments=K`, `budget=BYTES` (with an optional
-    /// `KiB`, `MiB` or `GiB` suffix).
-    pub fn parse(text: &str) -> Result<CheckpointPolicy, PassError> {
-        let bad = || {
-            PassError::Pipeline(format!(
-                "unknown checkpoint policy `{text}` (use all, sqrt, mincut, slots=C, segments=K or budget=BYTES like budget=2MiB)"
-            ))
-        };
-        let t = text.trim();
-        match t {
-            "all" => return Ok(CheckpointPolicy::SaveAll),
-            "sqrt" => return Ok(CheckpointPolicy::Sqrt),
-            "mincut" | "min-cut" => return Ok(CheckpointPolicy::MinCut),
-            _ if t.starts_with("slots=") => {
-                return t["slots=".len()..]
-                    .parse()
-                    .ok()
-                    .filter(|&c| c > 0)
-                    .map(CheckpointPolicy::Slots)
-                    .ok_or_else(bad)
-            }
-            _ => {}
-        }
-        if let Some(k) = t.strip_prefix("segments=") {
-            return k
-                .parse()
-                .ok()
-                .filter(|&k| k > 0)
-                .map(CheckpointPolicy::Segments)
-                .ok_or_else(bad);
-        }
-        if let Some(b) = t.strip_prefix("budget=") {
-            let (num, scale) = [("GiB", 1usize << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1)]
-                .iter()
-                .find_map(|(suffix, scale)| b.strip_suffix(suffix).map(|n| (n, *scale)))
-                .unwrap_or((b, 1));
-            return num
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .map(|v| CheckpointPolicy::Budget((v * scale as f64) as usize))
-                .ok_or_else(bad);
-        }
-        Err(bad())
-    }
-}
-
 /// The forward values the default partition saves that are activations
 /// (computed, not inputs or constants), in topological order.
 fn activations(gg: &GradGraph, saved: &[NodeId]) -> Vec<NodeId> {
