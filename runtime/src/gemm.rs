@@ -259,10 +259,16 @@ unsafe fn dot_rows8_f32(
             let lo = _mm256_permute2f128_ps(u0, u1, 0x20);
             let hi = _mm256_permute2f128_ps(u0, u1, 0x31);
             let sums = _mm256_add_ps(lo, hi);
-            let mut out = [0f32; 8];
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
-            for (r, v) in out.iter().enumerate() {
-                unsafe { *c.offset((i + r) as isize * crs + j as isize * ccs) = *v };
+            let dst = unsafe { c.offset(i as isize * crs + j as isize * ccs) };
+            if crs == 1 {
+                // Eight consecutive elements of C's column.
+                unsafe { _mm256_storeu_ps(dst, sums) };
+            } else {
+                let mut out = [0f32; 8];
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
+                for (r, v) in out.iter().enumerate() {
+                    unsafe { *dst.offset(r as isize * crs) = *v };
+                }
             }
         }
     }
