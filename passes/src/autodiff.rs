@@ -38,10 +38,6 @@ pub struct GradGraph {
     pub graph: Graph,
     /// How many of the outputs are the original (primal) outputs.
     pub primal_outputs: usize,
-    /// How many nodes the original graph had: straight out of autodiff,
-    /// nodes with smaller ids are the forward (primal) nodes. (Partition
-    /// does not rely on it: it finds the forward nodes from the outputs.)
-    pub primal_nodes: usize,
     /// Names of the inputs that are seeds.
     pub seed_inputs: Vec<String>,
     /// The inputs differentiated, in output order.
@@ -276,7 +272,6 @@ pub fn autodiff_with(
     Ok(GradGraph {
         graph,
         primal_outputs: g.outputs().len(),
-        primal_nodes: n,
         seed_inputs,
         wrt: wrt.iter().map(|s| s.to_string()).collect(),
     })

@@ -209,6 +209,12 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
     };
     dump(&result.stage, 0, "input")?;
     let mut save_all_before: Option<usize> = None;
+    // What autodiff says about the joint graph (its primal outputs, seed
+    // inputs, the inputs differentiated). The joint graph itself lives in
+    // the stage and only there: checkpoint and partition assemble a
+    // `GradGraph` from the two where they need one, so there is no second
+    // copy to keep in step (`graph` here is an empty placeholder).
+    let mut meta: Option<GradGraph> = None;
     for (i, &pass) in options.passes.iter().enumerate() {
         if options.print_before_all {
             header(&mut result.printed, "before", pass, &result.stage);
@@ -224,21 +230,24 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                     options.wrt.iter().map(String::as_str).collect()
                 };
                 let seeds: Vec<(&str, Seed)> = options.seeds.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
-                let gg = autodiff_with(&g, &wrt, &seeds, options.loops)?;
-                let out = gg.graph.clone();
-                result.grad = Some(gg);
-                Stage::One(out)
+                let mut gg = autodiff_with(&g, &wrt, &seeds, options.loops)?;
+                let joint = std::mem::replace(&mut gg.graph, Graph::new(""));
+                meta = Some(gg);
+                Stage::One(joint)
             }
             (Pass::Autodiff, Stage::Split { .. }) => {
                 return Err(PassError::Pipeline("`autodiff` must run before `partition`".into()))
             }
             (Pass::Simplify, stage) => stage.map(simplify)?,
             (Pass::Checkpoint, Stage::One(joint)) => {
-                let grad = result
-                    .grad
+                let info = meta
                     .as_mut()
                     .ok_or_else(|| PassError::Pipeline("`checkpoint` needs `autodiff` before it".into()))?;
-                grad.graph = joint;
+                let mut assembled = GradGraph {
+                    graph: joint,
+                    ..info.clone()
+                };
+                let grad = &mut assembled;
                 // Either a saved set, or a graph rewritten to follow the
                 // binomial schedule (its slots and recomputed block
                 // count), which then saves nothing. The decision is
@@ -256,17 +265,28 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                     result.binomial = Some(schedule);
                 }
                 let marked = crate::checkpoint::mark_decision(grad, &chosen);
-                grad.graph = marked.clone();
+                // (The binomial rewrite may have changed what the joint
+                // graph's metadata says.)
+                *info = GradGraph {
+                    graph: Graph::new(""),
+                    ..assembled
+                };
                 Stage::One(marked)
             }
             (Pass::Checkpoint, Stage::Split { .. }) => {
                 return Err(PassError::Pipeline("`checkpoint` must run before `partition`".into()))
             }
             (Pass::Partition, Stage::One(joint)) => {
-                let grad = result
-                    .grad
-                    .as_mut()
+                let info = meta
+                    .as_ref()
                     .ok_or_else(|| PassError::Pipeline("`partition` needs `autodiff` before it".into()))?;
+                // Partition the graph as the earlier passes left it, saving
+                // what its marks say (the checkpoint pass's decision).
+                let assembled = GradGraph {
+                    graph: joint,
+                    ..info.clone()
+                };
+                let grad = &assembled;
                 if grad.graph.outputs().len() == grad.primal_outputs {
                     return Err(PassError::Pipeline(
                         "nothing to differentiate: no input is differentiated (every input of the graph is \
@@ -274,9 +294,6 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                             .into(),
                     ));
                 }
-                // Partition the graph as the earlier passes left it, saving
-                // what its marks say (the checkpoint pass's decision).
-                grad.graph = joint.clone();
                 let saved = crate::checkpoint::saved_by_marks(grad);
                 let p = partition(grad, Some(&saved))?;
                 let mut explanation = explain(grad, &p);
@@ -290,13 +307,14 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
                 }
                 result.explanation = Some(explanation);
                 // The joint function follows the partition too.
-                let joint = rejoin(&joint, &p)?;
+                let joint = rejoin(&grad.graph, &p)?;
                 let stage = Stage::Split {
                     joint,
                     forward: p.forward.clone(),
                     backward: p.backward.clone(),
                 };
                 result.partition = Some(p);
+                result.grad = Some(assembled);
                 stage
             }
             (Pass::Partition, Stage::Split { .. }) => return Err(PassError::Pipeline("`partition` runs once".into())),
@@ -355,6 +373,14 @@ pub fn run_pipeline(g: &Graph, options: &PipelineOptions) -> Result<PipelineResu
         let path = dir.join("passes.txt");
         std::fs::write(&path, format_records(&result.records))
             .map_err(|e| PassError::Pipeline(format!("cannot write {}: {e}", path.display())))?;
+    }
+    // Without a partition, the result's gradient graph is the stage's
+    // joint graph as the passes left it.
+    if let (None, Some(info), Stage::One(joint)) = (&result.grad, meta, &result.stage) {
+        result.grad = Some(GradGraph {
+            graph: joint.clone(),
+            ..info
+        });
     }
     Ok(result)
 }

@@ -411,7 +411,6 @@ pub fn revolve_chain(gg: &GradGraph, chain: &Chain, slots: usize) -> Result<(Gra
         GradGraph {
             graph: out,
             primal_outputs: gg.primal_outputs,
-            primal_nodes: gg.primal_nodes,
             seed_inputs: gg.seed_inputs.clone(),
             wrt: gg.wrt.clone(),
         },
