@@ -3,15 +3,14 @@
 //! - [`kernel`]: loop kernels (strided operands, straight-line bodies,
 //!   accumulating stores), the unit of generated loop code.
 //! - [`lower`]: one graph to one Cranelift function; values live in
-//!   registers, broadcast registers or strided memory views.
-//! - [`math`]: inline vectorized f32 exp, log, sin, cos, tanh.
+//!   registers, broadcast registers or strided memory views (its `math`
+//!   module: inline vectorized f32 exp, log, sin, cos, tanh).
 //! - [`jit`]: ISA settings, the JIT module and the code owner.
 
 pub mod error;
 pub mod jit;
 pub mod kernel;
 pub mod lower;
-pub mod math;
 
 pub use error::CodegenError;
 pub use jit::{compile_graph, compile_graphs, CodegenOptions};

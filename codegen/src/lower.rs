@@ -44,6 +44,7 @@ mod abi;
 mod fused;
 mod gemm;
 mod loops;
+mod math;
 mod ops;
 mod place;
 mod scan;

@@ -54,7 +54,7 @@ pub(crate) fn int_cc(c: CmpOp) -> IntCC {
     }
 }
 
-/// The functions with an inline f32 version (`math.rs`).
+/// The functions with an inline f32 version (`lower/math.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum F32Math {
     Exp,

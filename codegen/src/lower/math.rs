@@ -11,7 +11,7 @@
 //! exact libm results beyond (a cold call per vector, rare in practice).
 //! f64 transcendentals call the platform libm (see `lower.rs`).
 
-use crate::lower::Lowerer;
+use super::Lowerer;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, InstBuilder, Type, Value};
 use cranelift_frontend::FunctionBuilder;
