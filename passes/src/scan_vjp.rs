@@ -29,7 +29,18 @@
 //!   alone is computed once, outside both loops (hoisted).
 //! - under [`LoopPolicy::SaveCarries`], nothing more: the backward body
 //!   recomputes the step from `h_t` (one extra forward evaluation per
-//!   step, memory `T × carry`).
+//!   step, memory `T × carry`);
+//! - under [`LoopPolicy::Binomial`] and [`LoopPolicy::Every`], not even
+//!   the trajectory: the forward loop stays as it was, and the backward
+//!   loop (`Scan::regen`) recomputes the states it needs from a few saved
+//!   ones by the schedule (`wengert_runtime::revolve`), each step then
+//!   recomputed in its adjoint as under SaveCarries.
+//!
+//! The recomputing schedules do not split the transpose (below): its
+//! stacked factors are O(T) memory, which those schedules exist to avoid.
+//! So their weight gradients are summed step by step, and agree with
+//! SaveAll's to rounding, not bit for bit (all other results agree
+//! exactly).
 //!
 //! **Split transpose.** A const's per-step adjoint that is one matrix
 //! product `A_t · B_t` (the weight gradient `ḡ_t h_tᵀ` of `W h`) is not
