@@ -424,3 +424,45 @@ fn the_checkpoint_decision_lives_in_the_graph() {
         .to_string();
     assert!(e.contains("`checkpoint` must run before `partition`"), "{e}");
 }
+
+/// The kernels code generation emits for each file of
+/// `tests/filetests/kernels/` after the whole pipeline (the graph compiled
+/// with `compile`), as golden files (`UPDATE_EXPECT=1` rewrites them).
+#[test]
+fn kernel_filetests() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filetests/kernels");
+    let update = std::env::var_os("UPDATE_EXPECT").is_some();
+    let mut files: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for path in files.into_iter().filter(|p| p.extension().is_some_and(|e| e == "wg")) {
+        let g = parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let options = Options {
+            codegen: wengert::CodegenOptions {
+                keep_text: true,
+                ..Default::default()
+            },
+            ..Options::default()
+        };
+        let actual = compile(&g, &options).unwrap().kernels().to_string();
+        assert!(!actual.is_empty(), "{}: no kernels recorded", path.display());
+        let expected_path = path.with_extension("expected");
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if update {
+            std::fs::write(&expected_path, &actual).unwrap();
+        } else if expected != actual {
+            failures.push(format!(
+                "{}:\n--- expected\n{expected}--- actual\n{actual}",
+                path.display()
+            ));
+        }
+        count += 1;
+    }
+    assert!(count >= 3, "found only {count} kernel filetests");
+    assert!(
+        failures.is_empty(),
+        "run with UPDATE_EXPECT=1 to accept:\n{}",
+        failures.join("\n")
+    );
+}

@@ -106,6 +106,7 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
         consts: Vec::new(),
         gemm_params: Vec::new(),
         bodies: Default::default(),
+        kernel_log: opts.keep_text.then(String::new),
     };
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = module.make_context();
@@ -120,6 +121,7 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
             fctx: &mut fctx,
             opts,
         };
+        let kernels_start = jc.state.kernel_log.as_ref().map_or(0, String::len);
         // Loop bodies first: the loops that call them need their ids.
         let mut bodies = Bodies::default();
         jc.define_bodies(g, &name, &mut bodies)?;
@@ -132,6 +134,14 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
             main.clif.push_str(&bodies.clif);
             main.disasm.push_str(&bodies.disasm);
         }
+        // (The packed entry below lowers the graph again: its kernels are
+        // the same.)
+        let kernels = jc
+            .state
+            .kernel_log
+            .as_ref()
+            .map(|log| log[kernels_start..].to_string())
+            .unwrap_or_default();
         // All-scalar graphs also get the packed entry (a few more
         // instructions to compile); a graph it cannot serve (one that
         // needs an arena) simply has none.
@@ -150,17 +160,17 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
                 main.disasm.push_str(&format!("\n; packed scalar entry\n{}", p.disasm));
             }
         }
-        compiled.push((main, packed));
+        compiled.push((main, packed, kernels));
     }
     module
         .finalize_definitions()
         .map_err(|e| CodegenError::Cranelift(e.to_string()))?;
     let pointers: Vec<_> = compiled
         .into_iter()
-        .map(|(main, packed)| {
+        .map(|(main, packed, kernels)| {
             let ptr = module.get_finalized_function(main.id);
             let packed_ptr = packed.map(|p| module.get_finalized_function(p.id));
-            (main, ptr, packed_ptr)
+            (main, ptr, packed_ptr, kernels)
         })
         .collect();
     let owner: Arc<dyn Send + Sync> = Arc::new(JitCode {
@@ -168,7 +178,7 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
         _state: state,
     });
     let mut out = Vec::new();
-    for (g, (main, ptr, packed_ptr)) in graphs.iter().zip(pointers) {
+    for (g, (main, ptr, packed_ptr, kernels)) in graphs.iter().zip(pointers) {
         // SAFETY: the function was defined with the signature
         // `fn(*const *mut u8)` under the platform's C calling convention.
         let entry = unsafe { std::mem::transmute::<*const u8, EntryFn>(ptr) };
@@ -196,6 +206,7 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
             )
             .with_frame_bytes(main.frame_bytes)
         };
+        exe = exe.with_kernels(kernels);
         if let Some(ptr) = packed_ptr {
             // SAFETY: defined with `fn(*const u8, *mut u8)` under the C
             // calling convention, reading the graph's scalar inputs packed

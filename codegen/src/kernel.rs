@@ -75,6 +75,69 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// The kernel as text, with each buffer named by `buffer` (given the
+    /// pointer a memory operand or store uses):
+    ///
+    /// ```text
+    /// kernel [64, 10] f32
+    ///   in0 = input1 +0 strides (10, 1)
+    ///   in1 = splat f32
+    ///   e2 = mul e0, e1
+    ///   arena+256 +0 strides (10, 1) = e2
+    /// ```
+    pub fn describe(&self, buffer: impl Fn(Value) -> String) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let ints = |v: &[isize]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            out,
+            "kernel {:?}{}",
+            self.shape,
+            self.vector_dtype().map(|d| format!(" {d} vectors")).unwrap_or_default()
+        );
+        for (i, o) in self.operands.iter().enumerate() {
+            let _ = match o.src {
+                Src::Mem { ptr, offset } => writeln!(
+                    out,
+                    "  in{i}: {} = {} +{offset} strides ({})",
+                    o.dtype,
+                    buffer(ptr),
+                    ints(&o.strides)
+                ),
+                Src::Splat(_) => writeln!(out, "  in{i}: {} = splat", o.dtype),
+            };
+        }
+        for (i, (e, d)) in self.exprs.iter().enumerate() {
+            let rhs = match e {
+                KExpr::Operand(k) => format!("in{k}"),
+                KExpr::Const(v) => format!("const {v:?}"),
+                KExpr::Unary(u, a) => format!("{} e{a}", u.name()),
+                KExpr::Binary(b, x, y) => format!("{} e{x}, e{y}", b.name()),
+                KExpr::Pow(p, a) => format!("pow[exponent={p:?}] e{a}"),
+                KExpr::Cmp(c, x, y) => format!("{} e{x}, e{y}", c.name()),
+                KExpr::Select(c, x, y) => format!("select e{c}, e{x}, e{y}"),
+                KExpr::Convert(a) => format!("convert e{a}"),
+            };
+            let _ = writeln!(out, "  e{i}: {d} = {rhs}");
+        }
+        for s in &self.stores {
+            let how = match s.combine {
+                Combine::Store => "=",
+                Combine::Add => "+=",
+                Combine::Max => "max=",
+            };
+            let _ = writeln!(
+                out,
+                "  {} +{} strides ({}) {how} e{}",
+                buffer(s.ptr),
+                s.offset,
+                ints(&s.strides),
+                s.expr
+            );
+        }
+        out
+    }
+
     pub fn new(shape: &[usize]) -> Kernel {
         Kernel {
             shape: shape.to_vec(),

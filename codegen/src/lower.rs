@@ -105,6 +105,9 @@ pub struct ModuleState {
     pub gemm_params: Vec<Box<GemmParams>>,
     /// Compiled loop bodies, by [`body_key`].
     pub bodies: HashMap<usize, BodyFn>,
+    /// The kernels emitted, as text (`Kernel::describe`), when dumps are
+    /// kept.
+    pub kernel_log: Option<String>,
 }
 
 pub struct Lowerer<'m> {

@@ -221,6 +221,9 @@ pub struct Executable {
     frame_bytes: usize,
     clif: String,
     disasm: String,
+    /// The loop kernels code generation emitted, as text (kept with the
+    /// CLIF).
+    kernels: String,
     _code: CodeOwner,
 }
 
@@ -264,6 +267,7 @@ impl Executable {
             frame_bytes: 0,
             clif,
             disasm,
+            kernels: String::new(),
             _code: code,
         }
     }
@@ -363,6 +367,20 @@ impl Executable {
     }
 
     /// The machine code of the compiled function, disassembled.
+    /// The loop kernels code generation emitted, one block each (kept
+    /// with `CodegenOptions::keep_text`): shapes, operands with strides,
+    /// the expression list and the stores, with buffers named by where they
+    /// live (`input0`, `output1`, `arena+256`).
+    pub fn kernels(&self) -> &str {
+        &self.kernels
+    }
+
+    /// This executable with its kernel descriptions (see [`Executable::kernels`]).
+    pub fn with_kernels(mut self, kernels: String) -> Executable {
+        self.kernels = kernels;
+        self
+    }
+
     pub fn disasm(&self) -> &str {
         &self.disasm
     }
@@ -374,7 +392,7 @@ impl Executable {
             RuntimeError::Other(format!("cannot write {}: {e}", path.display()))
         };
         std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
-        for (ext, text) in [("clif", &self.clif), ("s", &self.disasm)] {
+        for (ext, text) in [("clif", &self.clif), ("s", &self.disasm), ("kernels", &self.kernels)] {
             let path = dir.join(format!("{}.{ext}", self.name));
             std::fs::write(&path, text).map_err(|e| fail(&path, e))?;
         }

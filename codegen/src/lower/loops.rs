@@ -92,6 +92,19 @@ impl Lowerer<'_> {
             return Ok(());
         }
         k.simplify();
+        if self.state.kernel_log.is_some() {
+            let text = k.describe(|ptr| match self.bases.get(&ptr) {
+                Some(Base::Input(i)) => format!("input{i}"),
+                Some(Base::Output(j)) => format!("output{j}"),
+                Some(Base::Arena(off)) => format!("arena+{off}"),
+                Some(Base::Addr(_)) => "const".to_string(),
+                // Computed in the function (a loop's row pointers).
+                None => "ptr".to_string(),
+            });
+            if let Some(log) = &mut self.state.kernel_log {
+                log.push_str(&text);
+            }
+        }
         let mut idx = Vec::new();
         self.emit_outer(fb, &k, &mut idx);
         Ok(())
