@@ -84,12 +84,24 @@ impl Segments {
             .max()
             .unwrap_or(0);
         // Outputs computed in place: the first output naming a node that
-        // computes fresh memory.
+        // computes fresh memory, or a reshape of one (a reshape of fresh,
+        // contiguous memory is the same bytes: a loop body's `reshape` of
+        // a matrix-vector product was computed in the arena and copied to
+        // its output every step).
         let mut dest: Vec<Option<usize>> = vec![None; g.len()];
         let mut written = vec![false; g.outputs().len()];
         for (j, o) in g.outputs().iter().enumerate() {
-            if dest[o.node.index()].is_none() && (computes_fresh_memory(g, o.node) || is_loop_result(g, o.node)) {
-                dest[o.node.index()] = Some(j);
+            let mut chain = vec![o.node];
+            let mut v = o.node;
+            while let (Op::Reshape { .. }, Some(&a)) = (g.op(v), g.args(v).first()) {
+                v = a;
+                chain.push(v);
+            }
+            let fresh = computes_fresh_memory(g, v) || is_loop_result(g, v);
+            if fresh && chain.iter().all(|c| dest[c.index()].is_none()) {
+                for c in chain {
+                    dest[c.index()] = Some(j);
+                }
                 written[j] = true;
             }
         }
