@@ -550,3 +550,31 @@ fn unrolled_loops_compute_what_the_plain_loop_does() {
         }
     }
 }
+
+#[test]
+fn a_tower_of_loops_is_refused_past_the_nesting_limit() {
+    // Loops nested 64 deep are fine; the 65th level is an error naming the
+    // limit (every tool recurses once per level, so depth is bounded where
+    // a loop is made).
+    fn tower<'a>(b: &'a GraphBuilder, h: Var<'a>, levels: usize) -> Var<'a> {
+        if levels == 0 {
+            return h.tanh();
+        }
+        b.fori_loop(1, &[], &[h], |s, _, h| vec![tower(s, h[0], levels - 1)])[0]
+    }
+    let ok = {
+        let b = GraphBuilder::new("deep");
+        let h = b.input("h", DType::F64, &[]);
+        let out = tower(&b, h, 64);
+        b.build(&[("y", out)])
+    };
+    let g = ok.unwrap();
+    let inputs = vec![Tensor::scalar_f64(0.5)];
+    assert_eq!(interpret(&g, &inputs).unwrap()[0].to_f64_vec(), vec![0.5f64.tanh()]);
+    assert_eq!(parse(&g.to_string()).unwrap().to_string(), g.to_string());
+    let b = GraphBuilder::new("too_deep");
+    let h = b.input("h", DType::F64, &[]);
+    let out = tower(&b, h, 65);
+    let err = b.build(&[("y", out)]).unwrap_err().to_string();
+    assert!(err.contains("nest more than 64"), "{err}");
+}

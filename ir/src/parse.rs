@@ -247,7 +247,7 @@ struct Stmt {
 
 /// How deeply regions may nest in a file (each level is a recursion of
 /// the parser; the limit keeps a hostile file from overflowing the stack).
-const MAX_NESTING: usize = 64;
+const MAX_NESTING: usize = crate::scan::MAX_NESTING;
 
 struct Parser {
     toks: Vec<(Tok, Pos)>,

@@ -21,6 +21,12 @@ use std::sync::Arc;
 /// every SIMD width).
 pub const RESULT_ALIGN: usize = 64;
 
+/// How deeply loops may nest. Printing, verifying, interpreting and
+/// compiling recurse once per level, so the depth is bounded where a loop
+/// is made (`Scan::check`, which every graph's inference runs), and a
+/// hostile program cannot overflow the stack with a tower of loops.
+pub const MAX_NESTING: usize = 64;
+
 /// A loop: its body and its trip count. Held by `Op::Scan` behind an `Arc`,
 /// so copying a node copies a pointer, and two scan ops are the same op
 /// exactly when they share a body (pointer identity is sound for common
@@ -153,6 +159,31 @@ impl Scan {
         Some(TensorType::new(DType::Bool, vec![self.layout()?.1]))
     }
 
+    /// How many levels of loops this loop holds, itself included (a loop
+    /// whose body has no loop: 1), found without recursion.
+    pub fn nesting_depth(&self) -> usize {
+        let mut deepest = 1;
+        let mut stack: Vec<(&Graph, usize)> = vec![(&self.body, 1)];
+        if let Some(r) = &self.regen {
+            stack.push((&r.forward.body, 1));
+        }
+        while let Some((g, depth)) = stack.pop() {
+            deepest = deepest.max(depth);
+            if depth > MAX_NESTING {
+                break;
+            }
+            for id in g.node_ids() {
+                if let crate::op::Op::Scan(inner) = g.op(id) {
+                    stack.push((&inner.body, depth + 1));
+                    if let Some(r) = &inner.regen {
+                        stack.push((&r.forward.body, depth + 1));
+                    }
+                }
+            }
+        }
+        deepest
+    }
+
     /// Checks the body against the operand types `args` and itself: the
     /// counts add up, consts and carry have the body's input types, each
     /// `xs` is `[length, …x_t]`, and the next carry has exactly the carry's
@@ -160,6 +191,9 @@ impl Scan {
     pub fn check(&self, args: &[&TensorType]) -> Result<(), String> {
         let ins = self.body.inputs();
         let outs = self.body.outputs();
+        if self.nesting_depth() > MAX_NESTING {
+            return Err(format!("loops nest more than {MAX_NESTING} deep"));
+        }
         if self.n_consts + self.n_carry > ins.len() {
             return Err(format!(
                 "`scan` declares {} consts and {} carries but its body has {} inputs",
