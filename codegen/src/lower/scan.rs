@@ -15,7 +15,7 @@ use crate::error::CodegenError;
 use cranelift_codegen::ir::{condcodes::IntCC, types, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::Module;
-use wengert_ir::{row_major_strides, DType, Scan};
+use wengert_ir::{row_major_strides, DType, Op, Scan};
 
 /// A compiled loop body: its function and what a call of it needs.
 #[derive(Clone, Copy, Debug)]
@@ -35,6 +35,21 @@ pub const INLINE_BODY_NODES: usize = 512;
 /// schedule, so those are always functions.
 pub fn inline_body(scan: &Scan) -> bool {
     scan.regen.is_none() && scan.body.len() <= INLINE_BODY_NODES
+}
+
+/// Where a loop's carry goes each step (see `lower_scan`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CarryMode {
+    /// Two buffers that swap roles.
+    PingPong,
+    /// The body's next carry is the carry: nothing moves.
+    Same,
+    /// The body's next carry is row `t` of its stacked input (by body
+    /// input index): the carry points there.
+    FromXs(usize),
+    /// Stacked result `j` is the carry at each step (a trajectory): the
+    /// carry lives in its rows, the last step writes the second buffer.
+    Rows(usize),
 }
 
 /// The key of a body in `ModuleState::bodies`: its address (a scan op's
@@ -106,13 +121,65 @@ impl Lowerer<'_> {
         let ins = scan.body.inputs();
         let (nc, nk) = (scan.n_consts, scan.n_carry);
         let n_in = ins.len();
-        let n_out = scan.n_results();
         let (offsets, _) = scan.layout().ok_or_else(|| CodegenError::Unsupported {
             node: node.to_string(),
             message: "the loop's results are larger than memory".into(),
         })?;
         let result_types = scan.result_types();
         let out_base = self.address(fb, out);
+        // Outputs that are the body's own inputs cost a copy per step; an
+        // inlined body leaves three kinds of them to the loop: a next carry
+        // that is the carry itself (nothing to do), a next carry that is
+        // row `t` of an input (point at the row), and a stacked result
+        // that is the carry (the trajectory: the carry's buffers are the
+        // result's rows, so the carry is stored where it is read).
+        let mut modes = vec![CarryMode::PingPong; nk];
+        let outs = scan.body.outputs();
+        let mut dropped = vec![false; outs.len()];
+        if body.is_none() {
+            for (oi, o) in outs.iter().enumerate() {
+                let Op::Input { index: ii } = *scan.body.op(o.node) else {
+                    continue;
+                };
+                if oi < nk {
+                    if ii == nc + oi {
+                        modes[oi] = CarryMode::Same;
+                        dropped[oi] = true;
+                    } else if ii >= nc + nk {
+                        modes[oi] = CarryMode::FromXs(ii);
+                        dropped[oi] = true;
+                    }
+                } else if (nc..nc + nk).contains(&ii) && scan.length > 0 && modes[ii - nc] == CarryMode::PingPong {
+                    modes[ii - nc] = CarryMode::Rows(oi);
+                    dropped[oi] = true;
+                }
+            }
+        }
+        let stripped;
+        let lowered_body: &wengert_ir::Graph = if dropped.iter().any(|&d| d) {
+            let mut b = scan.body.clone();
+            b.clear_outputs();
+            for (o, _) in outs.iter().zip(&dropped).filter(|(_, &d)| !d) {
+                b.add_output(&o.name, o.node).map_err(|e| CodegenError::Unsupported {
+                    node: node.to_string(),
+                    message: format!("internal error: {e}"),
+                })?;
+            }
+            stripped = b;
+            &stripped
+        } else {
+            &scan.body
+        };
+        // The array slot of each body output the body still writes.
+        let mut out_slot: Vec<Option<usize>> = vec![None; outs.len()];
+        let mut kept = 0;
+        for (oi, slot) in out_slot.iter_mut().enumerate() {
+            if !dropped[oi] {
+                *slot = Some(n_in + kept);
+                kept += 1;
+            }
+        }
+        let n_out = kept;
         // The body's pointer array and arena, in this function's arena.
         let array = self.alloc(fb, &[n_in + n_out + 1], DType::F64).ptr;
         let store = |fb: &mut FunctionBuilder, slot: usize, p: Value| {
@@ -134,17 +201,6 @@ impl Lowerer<'_> {
             let p = self.address(fb, &v);
             store(fb, k, p);
         }
-        // Carry: two buffers, the first holding the initial carry.
-        let mut cur = Vec::with_capacity(nk);
-        let mut nxt = Vec::with_capacity(nk);
-        for k in 0..nk {
-            let ty = &ins[nc + k].ty;
-            let a = self.alloc(fb, &ty.shape, ty.dtype);
-            self.copy_into(fb, &args[nc + k], &a)?;
-            let b = self.alloc(fb, &ty.shape, ty.dtype);
-            cur.push(a.ptr);
-            nxt.push(b.ptr);
-        }
         // Stacked inputs and outputs: base addresses and row sizes.
         let mut xs = Vec::new();
         for (k, input) in ins.iter().enumerate().skip(nc + nk) {
@@ -160,10 +216,58 @@ impl Lowerer<'_> {
             None => fb.ins().iadd_imm_s(out_base, offsets[j] as i64),
         };
         let mut ys = Vec::new();
+        let mut ys_base: Vec<Option<(Value, i64)>> = vec![None; result_types.len()];
         for (j, ty) in result_types.iter().enumerate().skip(nk) {
             let p = result_at(fb, j);
             let row = ty.size_bytes().checked_div(scan.length).unwrap_or(0) as i64;
-            ys.push((n_in + j, p, row));
+            ys_base[j] = Some((p, row));
+            if let Some(slot) = out_slot[j] {
+                ys.push((slot, p, row));
+            }
+        }
+        let xs_row = |k: usize| xs.iter().find(|&&(slot, _, _)| slot == k).map(|&(_, p, row)| (p, row));
+        // The row of step i (0 first) of a stacked value.
+        let row_t = |fb: &mut FunctionBuilder, i: Value, plus: i64| -> Value {
+            let ii = fb.ins().iadd_imm_s(i, plus);
+            if scan.reverse {
+                let last = fb.ins().iconst(types::I64, scan.length as i64 - 1);
+                fb.ins().isub(last, ii)
+            } else {
+                ii
+            }
+        };
+        // Carry: two buffers, the first holding the initial carry (a
+        // trajectory carry starts in its first row; the second buffer
+        // takes its value after the last step).
+        let mut cur = Vec::with_capacity(nk);
+        let mut nxt = Vec::with_capacity(nk);
+        for k in 0..nk {
+            let ty = &ins[nc + k].ty;
+            let a = self.alloc(fb, &ty.shape, ty.dtype);
+            let b = self.alloc(fb, &ty.shape, ty.dtype);
+            let start = match modes[k] {
+                CarryMode::Rows(j) => {
+                    let (base, row) = ys_base[j].ok_or_else(|| CodegenError::Unsupported {
+                        node: node.to_string(),
+                        message: "internal error: a trajectory without rows".into(),
+                    })?;
+                    let zero = fb.ins().iconst(types::I64, 0);
+                    let t0 = row_t(fb, zero, 0);
+                    let off = fb.ins().imul_imm_s(t0, row);
+                    fb.ins().iadd(base, off)
+                }
+                CarryMode::PingPong | CarryMode::Same | CarryMode::FromXs(_) => a.ptr,
+            };
+            let first = View {
+                ptr: start,
+                offset: 0,
+                shape: ty.shape.clone(),
+                strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
+                dtype: ty.dtype,
+            };
+            self.copy_into(fb, &args[nc + k], &first)?;
+            cur.push(start);
+            nxt.push(b.ptr);
         }
         let callee = body.map(|b| self.module.declare_func_in_func(b.id, fb.func));
 
@@ -226,9 +330,37 @@ impl Lowerer<'_> {
                 } else {
                     ij
                 };
+                // Where each carry goes this step.
+                let mut next = Vec::with_capacity(nk);
                 for k in 0..nk {
+                    let to = match modes[k] {
+                        CarryMode::PingPong => nxt[k],
+                        CarryMode::Same => cur[k],
+                        CarryMode::FromXs(input) => {
+                            let (base, row) = xs_row(input).ok_or_else(|| CodegenError::Unsupported {
+                                node: node.to_string(),
+                                message: "internal error: a carry from an input that is not stacked".into(),
+                            })?;
+                            let off = fb.ins().imul_imm_s(t, row);
+                            fb.ins().iadd(base, off)
+                        }
+                        CarryMode::Rows(jr) => {
+                            let (base, row) = ys_base[jr].ok_or_else(|| CodegenError::Unsupported {
+                                node: node.to_string(),
+                                message: "internal error: a trajectory without rows".into(),
+                            })?;
+                            let tn = row_t(fb, ij, 1);
+                            let off = fb.ins().imul_imm_s(tn, row);
+                            let in_row = fb.ins().iadd(base, off);
+                            let last = fb.ins().icmp_imm_s(IntCC::Equal, ij, scan.length as i64 - 1);
+                            fb.ins().select(last, nxt[k], in_row)
+                        }
+                    };
                     store(fb, nc + k, cur[k]);
-                    store(fb, n_in + k, nxt[k]);
+                    if let Some(slot) = out_slot[k] {
+                        store(fb, slot, to);
+                    }
+                    next.push(to);
                 }
                 for &(slot, base, row) in xs.iter().chain(&ys) {
                     let off = fb.ins().imul_imm_s(t, row);
@@ -242,12 +374,12 @@ impl Lowerer<'_> {
                     None => {
                         // Each copy is lowered afresh; they run one after
                         // another in one arena region.
-                        let mut seg = super::Segments::new(&scan.body, usize::MAX);
+                        let mut seg = super::Segments::new(lowered_body, usize::MAX);
                         let lowered = super::lower_into(
                             &mut *self.module,
                             &mut *self.state,
                             fb,
-                            &scan.body,
+                            lowered_body,
                             super::Abi::PointerArray,
                             &[array],
                             &mut seg,
@@ -255,7 +387,12 @@ impl Lowerer<'_> {
                         inline_arena = inline_arena.max(lowered.arena_bytes);
                     }
                 }
-                std::mem::swap(&mut cur, &mut nxt);
+                for k in 0..nk {
+                    if modes[k] == CarryMode::PingPong {
+                        nxt[k] = cur[k];
+                    }
+                    cur[k] = next[k];
+                }
             }
             let next_i = fb.ins().iadd_imm_s(i, steps as i64);
             let back = block_args(next_i, &cur, &nxt);
