@@ -352,3 +352,56 @@ fn grad_explain_reports_planned_and_measured_memory_against_the_budget() {
         "{out}"
     );
 }
+
+#[test]
+fn loops_on_the_command_line() {
+    let file = case_path("case08_recurrence_scan.wg");
+    // `grad` prints the forward and the backward loop, bodies nested, and
+    // the result pipes into `eval` (the seed's x̄ for case 8 at these
+    // values is checked in tests/scan.rs; here: it evaluates).
+    let grad = wengert(&["grad", &file], None);
+    assert_eq!(grad.code, 0, "{}", grad.stderr);
+    assert_eq!(grad.stdout.matches("= scan[").count(), 2, "{}", grad.stdout);
+    assert!(grad.stdout.contains("reverse=1"), "{}", grad.stdout);
+    let eval = wengert(
+        &["eval", "-", "-i", "a=0.7", "-i", "b=-0.2", "-i", "x=0.4"],
+        Some(&grad.stdout),
+    );
+    assert_eq!(eval.code, 0, "{}", eval.stderr);
+    assert!(eval.stdout.contains("grad_a"), "{}", eval.stdout);
+    // The schedules, with --explain's account of each loop.
+    for (policy, says) in [
+        ("all", "stored bytes"),
+        ("carries", "stored bytes"),
+        ("binomial=2", "binomial schedule"),
+        ("every=2", "every-2 schedule"),
+        ("budget=16", "slot(s)"),
+    ] {
+        let run = wengert(&["grad", &file, "--loops", policy, "--explain"], None);
+        assert_eq!(run.code, 0, "{policy}: {}", run.stderr);
+        assert!(run.stdout.contains(says), "{policy}: {}", run.stdout);
+    }
+    for bad in ["binomial=0", "sometimes"] {
+        assert_fails(
+            &["grad", &file, "--loops", bad],
+            None,
+            &format!("error: unknown loop policy `{bad}` (expected all, carries, binomial=C with C >= 1, every=K, or budget=BYTES)"),
+        );
+    }
+    // `opt --print-after-all` shows the bodies after every pass, and a dump
+    // directory holds them.
+    let opt = wengert(&["opt", &file, "--print-after-all"], None);
+    assert_eq!(opt.code, 0, "{}", opt.stderr);
+    assert!(opt.stdout.contains("graph @step.forward"), "{}", opt.stdout);
+    assert!(opt.stdout.contains("graph @step.vjp"), "{}", opt.stdout);
+    let dir = std::env::temp_dir().join(format!("wengert-loop-dump-{}", std::process::id()));
+    let dump = wengert(&["opt", &file, "--dump", dir.to_str().unwrap()], None);
+    assert_eq!(dump.code, 0, "{}", dump.stderr);
+    let after_fuse = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("after-fuse.wg"))
+        .expect("a dump after fuse");
+    assert!(std::fs::read_to_string(after_fuse).unwrap().contains("graph @step.vjp"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
