@@ -313,67 +313,97 @@ impl Op {
     }
 }
 
-impl Op {
-    /// The op's class (see [`OpClass`]).
-    pub fn class(&self) -> OpClass {
-        match self {
-            Op::Input { .. } | Op::Const { .. } => OpClass::Leaf,
-            Op::Unary(_) | Op::Binary(_) | Op::Pow { .. } | Op::Compare(_) | Op::Select | Op::Convert { .. } => {
-                OpClass::Elementwise
-            }
-            Op::Broadcast { .. } | Op::Reshape { .. } | Op::Transpose { .. } | Op::Slice { .. } | Op::Get { .. } => {
-                OpClass::View
-            }
-            Op::ReduceSum { .. } | Op::ReduceMax { .. } => OpClass::Reduction,
-            Op::MatMul => OpClass::Contraction,
-            Op::Pad { .. } | Op::Concat { .. } => OpClass::Copy,
-            Op::SoftmaxCrossEntropy => OpClass::Composite,
-            Op::Scan(_) => OpClass::Region,
-        }
-    }
-
+/// Everything the passes need to know about an op besides its meaning:
+/// its mnemonic, class, cost and operand count. [`Op::facts`] declares
+/// them together, one line per op; `name`, `class`, `cost`, `arity` and
+/// `recomputable` read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpFacts {
+    /// The mnemonic of the text format.
+    pub name: &'static str,
+    pub class: OpClass,
     /// Roughly the machine instructions per result element of an
     /// elementwise op (1: cheap enough to recompute inside a consumer's
-    /// loop); 1 for other ops, whose cost is not per element.
-    pub fn cost(&self) -> u32 {
-        match self {
-            Op::Unary(u) => u.cost(),
-            Op::Binary(b) => b.cost(),
-            // Repeated multiplication or a library call; a conversion or
-            // comparison and the select it feeds.
-            Op::Pow { .. } => 8,
-            Op::Compare(_) | Op::Select | Op::Convert { .. } => 2,
-            Op::Input { .. }
-            | Op::Const { .. }
-            | Op::Broadcast { .. }
-            | Op::Reshape { .. }
-            | Op::Transpose { .. }
-            | Op::ReduceSum { .. }
-            | Op::ReduceMax { .. }
-            | Op::MatMul
-            | Op::Slice { .. }
-            | Op::Pad { .. }
-            | Op::Concat { .. }
-            | Op::SoftmaxCrossEntropy
-            | Op::Scan(_)
-            | Op::Get { .. } => 1,
+    /// loop; 40: a transcendental function); 1 for other ops, whose cost
+    /// is not per element.
+    pub cost: u32,
+    /// Operands, or `None` for a variable count.
+    pub arity: Option<usize>,
+    /// Whether the backward may recompute the value from its operands
+    /// rather than have it saved: not contractions, reductions and
+    /// composites, which cost more than a buffer (as PyTorch's partitioner
+    /// decides), and not a loop or its `get` (a loop's buffer of results
+    /// is never a value of its own to save: the `get` is what is saved).
+    pub recomputable: bool,
+}
+
+impl Op {
+    /// The op's facts, one declaration per op (the elementwise families
+    /// take theirs from their own tables, `unary_ops!` and friends).
+    pub fn facts(&self) -> OpFacts {
+        use OpClass::*;
+        // (name, class, cost, arity); recomputability follows the class.
+        let (name, class, cost, arity) = match self {
+            Op::Input { .. } => ("input", Leaf, 1, Some(0)),
+            Op::Const { .. } => ("const", Leaf, 1, Some(0)),
+            Op::Unary(u) => (u.name(), Elementwise, u.cost(), Some(1)),
+            Op::Binary(b) => (b.name(), Elementwise, b.cost(), Some(2)),
+            // Repeated multiplication, or a library call.
+            Op::Pow { .. } => ("pow", Elementwise, 8, Some(1)),
+            // A comparison, and the select or conversion it feeds.
+            Op::Compare(c) => (c.name(), Elementwise, 2, Some(2)),
+            Op::Select => ("select", Elementwise, 2, Some(3)),
+            Op::Convert { .. } => ("convert", Elementwise, 2, Some(1)),
+            Op::Broadcast { .. } => ("broadcast", View, 1, Some(1)),
+            Op::Reshape { .. } => ("reshape", View, 1, Some(1)),
+            Op::Transpose { .. } => ("transpose", View, 1, Some(1)),
+            Op::Slice { .. } => ("slice", View, 1, Some(1)),
+            Op::Get { .. } => ("get", View, 1, Some(1)),
+            Op::ReduceSum { .. } => ("reduce_sum", Reduction, 1, Some(1)),
+            Op::ReduceMax { .. } => ("reduce_max", Reduction, 1, Some(1)),
+            Op::MatMul => ("matmul", Contraction, 1, Some(2)),
+            Op::Pad { .. } => ("pad", Copy, 1, Some(1)),
+            Op::Concat { .. } => ("concat", Copy, 1, None),
+            Op::SoftmaxCrossEntropy => ("softmax_cross_entropy", Composite, 1, Some(2)),
+            Op::Scan(_) => ("scan", Region, 1, None),
+        };
+        let recomputable = match class {
+            Leaf | Elementwise | Copy => true,
+            View => !matches!(self, Op::Get { .. }),
+            Reduction | Contraction | Composite | Region => false,
+        };
+        OpFacts {
+            name,
+            class,
+            cost,
+            arity,
+            recomputable,
         }
     }
 
-    /// Whether the backward may recompute this op's value from its
-    /// operands rather than have it saved: everything but contractions,
-    /// reductions and composites, which cost more than a buffer (as
-    /// PyTorch's partitioner decides).
+    /// The op's class (see [`OpClass`]).
+    pub fn class(&self) -> OpClass {
+        self.facts().class
+    }
+
+    /// See [`OpFacts::cost`].
+    pub fn cost(&self) -> u32 {
+        self.facts().cost
+    }
+
+    /// See [`OpFacts::recomputable`].
     pub fn recomputable(&self) -> bool {
-        // A `get` is a view, but of a loop's result buffer, which is never
-        // a value of its own to save: the `get` itself is what is saved.
-        if let Op::Get { .. } = self {
-            return false;
-        }
-        match self.class() {
-            OpClass::Leaf | OpClass::Elementwise | OpClass::View | OpClass::Copy => true,
-            OpClass::Reduction | OpClass::Contraction | OpClass::Composite | OpClass::Region => false,
-        }
+        self.facts().recomputable
+    }
+
+    /// The mnemonic used in the text format.
+    pub fn name(&self) -> &'static str {
+        self.facts().name
+    }
+
+    /// Number of operands, or `None` for a variable count (concat, scan).
+    pub fn arity(&self) -> Option<usize> {
+        self.facts().arity
     }
 }
 
@@ -402,32 +432,6 @@ pub enum Attr {
 }
 
 impl Op {
-    /// The mnemonic used in the text format.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Op::Input { .. } => "input",
-            Op::Const { .. } => "const",
-            Op::Unary(u) => u.name(),
-            Op::Binary(b) => b.name(),
-            Op::Pow { .. } => "pow",
-            Op::Compare(c) => c.name(),
-            Op::Select => "select",
-            Op::Convert { .. } => "convert",
-            Op::Broadcast { .. } => "broadcast",
-            Op::Reshape { .. } => "reshape",
-            Op::Transpose { .. } => "transpose",
-            Op::ReduceSum { .. } => "reduce_sum",
-            Op::ReduceMax { .. } => "reduce_max",
-            Op::MatMul => "matmul",
-            Op::Slice { .. } => "slice",
-            Op::Pad { .. } => "pad",
-            Op::Concat { .. } => "concat",
-            Op::SoftmaxCrossEntropy => "softmax_cross_entropy",
-            Op::Scan(_) => "scan",
-            Op::Get { .. } => "get",
-        }
-    }
-
     /// Attributes as `(key, value)` pairs sorted by key; constants' values
     /// and input positions are not attributes.
     pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
@@ -471,27 +475,6 @@ impl Op {
                 attrs
             }
             Op::Get { index, .. } => vec![("index", Attr::Int(*index))],
-        }
-    }
-
-    /// Number of operands, or `None` for a variable count (concat).
-    pub fn arity(&self) -> Option<usize> {
-        match self {
-            Op::Input { .. } | Op::Const { .. } => Some(0),
-            Op::Unary(_)
-            | Op::Pow { .. }
-            | Op::Convert { .. }
-            | Op::Broadcast { .. }
-            | Op::Reshape { .. }
-            | Op::Transpose { .. }
-            | Op::ReduceSum { .. }
-            | Op::ReduceMax { .. }
-            | Op::Slice { .. }
-            | Op::Pad { .. }
-            | Op::Get { .. } => Some(1),
-            Op::Binary(_) | Op::Compare(_) | Op::MatMul | Op::SoftmaxCrossEntropy => Some(2),
-            Op::Select => Some(3),
-            Op::Concat { .. } | Op::Scan(_) => None,
         }
     }
 
