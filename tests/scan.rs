@@ -578,3 +578,49 @@ fn a_tower_of_loops_is_refused_past_the_nesting_limit() {
     let err = b.build(&[("y", out)]).unwrap_err().to_string();
     assert!(err.contains("nest more than 64"), "{err}");
 }
+
+#[test]
+fn loops_whose_outputs_are_their_inputs_compile_to_what_they_mean() {
+    // Three carries: one the body passes through unchanged, one replaced
+    // by this step's input row, one halved and also stacked as a result
+    // (its trajectory). The compiled loop moves pointers instead of
+    // copying for all three; values must equal the interpreter's.
+    for reverse in [false, true] {
+        for unroll in [1, 3] {
+            for t in [0usize, 1, 5] {
+                let b = GraphBuilder::new("identities");
+                let a = b.input("a", DType::F64, &[3]);
+                let c = b.input("c", DType::F64, &[3]);
+                let d = b.input("d", DType::F64, &[3]);
+                let xs = b.input("xs", DType::F64, &[t, 3]);
+                let (carry, ys) = b.scan_opts(
+                    t,
+                    wengert::ir::LoopOptions { reverse, unroll },
+                    &[],
+                    &[a, c, d],
+                    &[xs],
+                    |_, _, h, x| (vec![h[0], x[0], h[2] * 0.5], vec![h[2], h[0] + h[1]]),
+                );
+                let g = b
+                    .build(&[
+                        ("a", carry[0]),
+                        ("c", carry[1]),
+                        ("d", carry[2]),
+                        ("traj", ys[0]),
+                        ("sums", ys[1]),
+                    ])
+                    .unwrap();
+                let inputs = inputs_for(&g, 50 + t as u64);
+                let want = interpret(&g, &inputs).unwrap();
+                let got = jit(&g, &inputs);
+                for (k, (x, y)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        x.to_f64_vec(),
+                        y.to_f64_vec(),
+                        "output {k}, T = {t}, reverse = {reverse}, unroll = {unroll}"
+                    );
+                }
+            }
+        }
+    }
+}
