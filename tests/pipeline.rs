@@ -44,6 +44,21 @@ fn render(stage: &Stage) -> String {
     }
 }
 
+/// Compares `actual` with the `.expected` file beside `path` (or rewrites
+/// it when `update`), recording a mismatch in `failures`.
+fn check_golden(path: &Path, actual: &str, update: bool, failures: &mut Vec<String>) {
+    let expected_path = path.with_extension("expected");
+    let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+    if update {
+        std::fs::write(&expected_path, actual).unwrap();
+    } else if expected != actual {
+        failures.push(format!(
+            "{}:\n--- expected\n{expected}--- actual\n{actual}",
+            path.display()
+        ));
+    }
+}
+
 #[test]
 fn filetests() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filetests");
@@ -75,16 +90,7 @@ fn filetests() {
                     }
                 }
             }
-            let expected_path = path.with_extension("expected");
-            let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
-            if update {
-                std::fs::write(&expected_path, &actual).unwrap();
-            } else if expected != actual {
-                failures.push(format!(
-                    "{}:\n--- expected\n{expected}--- actual\n{actual}",
-                    path.display()
-                ));
-            }
+            check_golden(&path, &actual, update, &mut failures);
             count += 1;
         }
     }
@@ -447,16 +453,7 @@ fn kernel_filetests() {
         };
         let actual = compile(&g, &options).unwrap().kernels().to_string();
         assert!(!actual.is_empty(), "{}: no kernels recorded", path.display());
-        let expected_path = path.with_extension("expected");
-        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
-        if update {
-            std::fs::write(&expected_path, &actual).unwrap();
-        } else if expected != actual {
-            failures.push(format!(
-                "{}:\n--- expected\n{expected}--- actual\n{actual}",
-                path.display()
-            ));
-        }
+        check_golden(&path, &actual, update, &mut failures);
         count += 1;
     }
     assert!(count >= 3, "found only {count} kernel filetests");

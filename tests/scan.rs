@@ -624,3 +624,38 @@ fn loops_whose_outputs_are_their_inputs_compile_to_what_they_mean() {
         }
     }
 }
+
+#[test]
+fn a_body_too_large_to_inline_is_called_and_computes_the_same() {
+    // A body of more than `INLINE_BODY_NODES` nodes is compiled as a
+    // function each step calls (the inlined path is tested above): values
+    // and gradients equal the interpreter's, forward and reversed.
+    const { assert!(wengert::codegen::lower::INLINE_BODY_NODES < 700) };
+    for reverse in [false, true] {
+        let b = GraphBuilder::new("large_body");
+        let a = b.input("a", DType::F64, &[]);
+        let h0 = b.input("h0", DType::F64, &[2]);
+        let xs = b.input("xs", DType::F64, &[4, 2]);
+        let (h, ys) = b.scan_with(4, reverse, &[a], &[h0], &[xs], |_, c, h, x| {
+            let mut v = h[0] + x[0];
+            for _ in 0..300 {
+                v = (v * c[0]).tanh() + x[0];
+            }
+            (vec![v], vec![v.sum_all()])
+        });
+        let g = b.build(&[("loss", h[0].sum_all() + ys[0].sum_all())]).unwrap();
+        let inputs = inputs_for(&g, 61);
+        assert_eq!(
+            jit(&g, &inputs)[0].to_f64_vec(),
+            interpret(&g, &inputs).unwrap()[0].to_f64_vec()
+        );
+        let wrt = ["a", "h0", "xs"];
+        let want = common::autodiff_gradients(&g, &inputs, &wrt);
+        let f = wengert::value_and_grad(&g, &wrt, &wengert::Options::default()).unwrap();
+        let refs: Vec<&Tensor> = inputs.iter().collect();
+        let got = f.call(&refs).unwrap();
+        for (k, name) in wrt.iter().enumerate() {
+            assert_eq!(got[1 + k].to_f64_vec(), want[k], "grad_{name}, reverse = {reverse}");
+        }
+    }
+}

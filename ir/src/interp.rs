@@ -68,54 +68,18 @@ fn run(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
     for id in g.node_ids() {
         let node = g.node(id);
         let args = g.args(id);
-        let value = match &node.op {
-            Op::Input { index } => inputs[*index].try_clone()?,
-            Op::Scan(scan) => {
-                let arg_values: Vec<&Tensor> = args
-                    .iter()
-                    .map(|a| {
-                        values[a.index()]
-                            .as_ref()
-                            .ok_or_else(|| internal(g, id, "operand freed too early"))
-                    })
-                    .collect::<Result<_, _>>()?;
-                run_scan(scan, &arg_values).map_err(|e| IrError::Node {
-                    node: g.value_name(id),
-                    message: format!("in the body of `scan`: {e}"),
-                })?
-            }
-            Op::Get { index, ty } => {
-                let Some(&scan_id) = args.first() else {
-                    return Err(internal(g, id, "`get` without operand"));
-                };
-                let (Op::Scan(scan), Some(buffer)) = (g.op(scan_id), values[scan_id.index()].as_ref()) else {
-                    return Err(internal(g, id, "`get` of a value that is not a computed scan"));
-                };
-                let offsets = scan.layout().ok_or_else(|| internal(g, id, "scan layout overflows"))?.0;
-                let at = offsets
-                    .get(*index)
-                    .copied()
-                    .ok_or_else(|| internal(g, id, "no such result"))?;
-                let bytes = buffer
-                    .bytes()
-                    .get(at..at + ty.size_bytes())
-                    .ok_or_else(|| internal(g, id, "result outside the scan's buffer"))?;
-                Tensor::try_from_bytes(ty.clone(), bytes)?
-            }
-            op => {
-                let arg_values: Vec<&Tensor> = args
-                    .iter()
-                    .map(|a| {
-                        values[a.index()]
-                            .as_ref()
-                            .ok_or_else(|| internal(g, id, "operand freed too early"))
-                    })
-                    .collect::<Result<_, _>>()?;
-                eval_op(op, &arg_values, &node.ty).map_err(|message| IrError::Node {
-                    node: g.value_name(id),
-                    message,
-                })?
-            }
+        let value = if let Op::Input { index } = &node.op {
+            inputs[*index].try_clone()?
+        } else {
+            let arg_values: Vec<&Tensor> = args
+                .iter()
+                .map(|a| {
+                    values[a.index()]
+                        .as_ref()
+                        .ok_or_else(|| internal(g, id, "operand freed too early"))
+                })
+                .collect::<Result<_, _>>()?;
+            eval_node(g, id, &arg_values)?
         };
         values[id.index()] = Some(value);
         // Free operands whose last use this was.
@@ -134,6 +98,41 @@ fn run(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
                 .ok_or_else(|| internal(g, o.node, "output missing"))
         })
         .collect()
+}
+
+/// Evaluates node `id` (not an input) on its operands' values. A loop and
+/// its `get`s are evaluated here, with the graph in hand (a `get` reads
+/// its result's place in the loop's buffer); every other op by `eval_op`.
+fn eval_node(g: &Graph, id: crate::graph::NodeId, args: &[&Tensor]) -> Result<Tensor, IrError> {
+    let node = g.node(id);
+    if let Op::Scan(scan) = &node.op {
+        return run_scan(scan, args).map_err(|e| IrError::Node {
+            node: g.value_name(id),
+            message: format!("in the body of `scan`: {e}"),
+        });
+    }
+    if let Op::Get { index, ty } = &node.op {
+        let (Some(&scan_id), Some(buffer)) = (g.args(id).first(), args.first()) else {
+            return Err(internal(g, id, "`get` without operand"));
+        };
+        let Op::Scan(scan) = g.op(scan_id) else {
+            return Err(internal(g, id, "`get` of a value that is not a scan"));
+        };
+        let offsets = scan.layout().ok_or_else(|| internal(g, id, "scan layout overflows"))?.0;
+        let at = offsets
+            .get(*index)
+            .copied()
+            .ok_or_else(|| internal(g, id, "no such result"))?;
+        let bytes = buffer
+            .bytes()
+            .get(at..at + ty.size_bytes())
+            .ok_or_else(|| internal(g, id, "result outside the scan's buffer"))?;
+        return Tensor::try_from_bytes(ty.clone(), bytes);
+    }
+    eval_op(&node.op, args, &node.ty).map_err(|message| IrError::Node {
+        node: g.value_name(id),
+        message,
+    })
 }
 
 /// Runs a scan: the body once per step, carrying the carry, reading row

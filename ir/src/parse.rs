@@ -753,32 +753,6 @@ fn perr(errors: &mut Vec<ParseError>, pos: Pos, message: impl Into<String>) {
 
 type Param = (String, Pos, TensorType, bool);
 
-/// Why `op` may not read `args` as far as loops go, if it may not: a loop
-/// is read only by `get`, and a `get` names an existing result of a loop
-/// with that result's type.
-fn region_read_error(g: &Graph, op: &Op, args: &[NodeId]) -> Option<String> {
-    if let Op::Get { index, ty } = op {
-        let &[a] = args else { return None };
-        let Op::Scan(scan) = g.op(a) else {
-            return Some("`get` reads the results of a `scan`".into());
-        };
-        return match scan.result_types().get(*index) {
-            None => Some(format!(
-                "`get[index={index}]` of a loop with {} results",
-                scan.n_results()
-            )),
-            Some(t) if t != ty => Some(format!("`get[index={index}]` is declared {ty} but that result is {t}")),
-            Some(_) => None,
-        };
-    }
-    args.iter().any(|&a| matches!(g.op(a), Op::Scan(_))).then(|| {
-        format!(
-            "`{}` reads a loop directly: read its results with `get[index=…]`",
-            op.name()
-        )
-    })
-}
-
 /// Builds a `scan` op from its attributes and parsed body (and the loop
 /// whose states it recomputes, if any).
 fn scan_op(attrs: &[(String, Attr)], body: &Graph, from: Option<&(Vec<(String, Attr)>, Graph)>) -> Result<Op, String> {
@@ -1018,7 +992,7 @@ fn build(
         };
         // A loop's results are read only through `get`, which must name
         // one of them with its type (what `verify` requires).
-        if let Some(message) = region_read_error(&g, &op, &args) {
+        if let Some(message) = crate::verify::region_read_error(&g, &op, &args) {
             perr(&mut errors, s.op_pos, format!("`%{}`: {message}", s.name));
             continue;
         }

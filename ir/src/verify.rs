@@ -12,6 +12,33 @@ use crate::op::Op;
 use crate::types::TensorType;
 use std::collections::HashSet;
 
+/// Why `op` may not read `args`, as far as loops go: a loop's value (the
+/// buffer of its results) is read only by `get`, and a `get` names an
+/// existing result of a loop with that result's type. `verify` and the
+/// parser (which reports it at the statement's line) both ask this.
+pub(crate) fn region_read_error(g: &Graph, op: &Op, args: &[crate::graph::NodeId]) -> Option<String> {
+    if let Op::Get { index, ty } = op {
+        let &[a] = args else { return None };
+        let Op::Scan(scan) = g.op(a) else {
+            return Some(format!("`get` reads the results of a `scan`, not `{}`", g.op(a).name()));
+        };
+        return match scan.result_types().get(*index) {
+            None => Some(format!(
+                "`get[index={index}]` of a loop with {} results",
+                scan.n_results()
+            )),
+            Some(t) if t != ty => Some(format!("`get[index={index}]` is declared {ty} but that result is {t}")),
+            Some(_) => None,
+        };
+    }
+    args.iter().any(|&a| matches!(g.op(a), Op::Scan(_))).then(|| {
+        format!(
+            "`{}` reads a loop directly: read its results with `get[index=…]`",
+            op.name()
+        )
+    })
+}
+
 /// Checks `g`: operands precede their users (the topological invariant),
 /// every node's type is what inference gives for its operands, inputs and
 /// outputs are consistent and uniquely named.
@@ -71,54 +98,15 @@ pub fn verify(g: &Graph) -> Result<(), IrError> {
     for id in g.node_ids() {
         let name = &names[id.index()];
         if let Op::Scan(scan) = g.op(id) {
-            {
-                if let Err(e) = verify(&scan.body) {
-                    problem(name, format!("`scan` body @{} is malformed: {e}", scan.body.name));
-                }
-                if let Some(regen) = &scan.regen {
-                    if let Err(e) = verify(&regen.forward.body) {
-                        problem(
-                            name,
-                            format!("`scan` recomputed body @{} is malformed: {e}", regen.forward.body.name),
-                        );
-                    }
-                }
-                if let Some(u) = g.users(id).into_iter().find(|&u| !matches!(g.op(u), Op::Get { .. })) {
-                    problem(
-                        name,
-                        format!(
-                            "the results of `scan` are read through `get`, but {} reads them directly",
-                            names[u.index()]
-                        ),
-                    );
+            let bodies = std::iter::once(&scan.body).chain(scan.regen.as_ref().map(|r| &r.forward.body));
+            for body in bodies {
+                if let Err(e) = verify(body) {
+                    problem(name, format!("`scan` body @{} is malformed: {e}", body.name));
                 }
             }
         }
-        if let Op::Get { index, ty } = g.op(id) {
-            {
-                let Some(&a) = g.args(id).first() else { continue };
-                match g.op(a) {
-                    Op::Scan(scan) => match scan.result_types().get(*index) {
-                        Some(t) if t == ty => {}
-                        Some(t) => problem(
-                            name,
-                            format!(
-                                "`get[index={index}]` is declared {ty} but result {index} of {} is {t}",
-                                names[a.index()]
-                            ),
-                        ),
-                        None => problem(
-                            name,
-                            format!(
-                                "`get[index={index}]` of {}, which has {} results",
-                                names[a.index()],
-                                scan.n_results()
-                            ),
-                        ),
-                    },
-                    other => problem(name, format!("`get` reads a `scan`, not `{}`", other.name())),
-                }
-            }
+        if let Some(message) = region_read_error(g, g.op(id), &g.args(id)) {
+            problem(name, message);
         }
     }
     // Members of a fused kernel are contiguous in node order.

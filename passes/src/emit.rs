@@ -24,6 +24,20 @@ impl Emitter<'_> {
         }
     }
 
+    /// Result `index` of the loop `lp` (a `get` of it).
+    pub fn get(&mut self, lp: NodeId, index: usize) -> Result<NodeId, PassError> {
+        let ty = if let Op::Scan(scan) = self.g.op(lp) {
+            scan.result_types().get(index).cloned()
+        } else {
+            None
+        };
+        let ty = ty.ok_or_else(|| PassError::Internal {
+            node: self.g.value_name(self.at),
+            message: format!("{} is not a loop with a result {index}", self.g.value_name(lp)),
+        })?;
+        self.op(Op::Get { index, ty }, &[lp])
+    }
+
     pub fn dtype(&self, x: NodeId) -> DType {
         self.g.ty(x).dtype
     }

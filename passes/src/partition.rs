@@ -171,28 +171,7 @@ pub fn partition(gg: &GradGraph, saved: Option<&[NodeId]>) -> Result<Partition, 
             // that picks it saves the loop's `get`s instead.
             let mut s: Vec<NodeId> = s
                 .iter()
-                .flat_map(|&v| match j.op(v) {
-                    Op::Scan(_) => j.users(v),
-                    Op::Input { .. }
-                    | Op::Const { .. }
-                    | Op::Unary(_)
-                    | Op::Binary(_)
-                    | Op::Pow { .. }
-                    | Op::Compare(_)
-                    | Op::Select
-                    | Op::Convert { .. }
-                    | Op::Broadcast { .. }
-                    | Op::Reshape { .. }
-                    | Op::Transpose { .. }
-                    | Op::ReduceSum { .. }
-                    | Op::ReduceMax { .. }
-                    | Op::MatMul
-                    | Op::Slice { .. }
-                    | Op::Pad { .. }
-                    | Op::Concat { .. }
-                    | Op::SoftmaxCrossEntropy
-                    | Op::Get { .. } => vec![v],
-                })
+                .flat_map(|&v| if let Op::Scan(_) = j.op(v) { j.users(v) } else { vec![v] })
                 .collect();
             s.sort();
             s.dedup();

@@ -580,15 +580,7 @@ pub fn emit_backward(
         message,
     };
     let args = e.g.args(y);
-    let results = forward.result_types();
     let n_operands = forward.n_operands();
-    let result = |e: &mut Emitter<'_>, index: usize| -> Result<NodeId, PassError> {
-        let ty = results
-            .get(index)
-            .cloned()
-            .ok_or_else(|| internal(format!("no result {index}")))?;
-        e.op(Op::Get { index, ty }, &[y])
-    };
     // Hoisted residuals: the consts-only part of the forward half, once.
     let fbody = &plan.hoist_from;
     let mut hoist_map: Vec<Option<NodeId>> = vec![None; fbody.len()];
@@ -599,7 +591,7 @@ pub fn emit_backward(
     for src in &plan.sources {
         operands.push(match src {
             Source::Operand(i) => args[*i],
-            Source::Result(i) => result(e, *i)?,
+            Source::Result(i) => e.get(y, *i)?,
             Source::Hoisted(node) => {
                 let roots = fbody.ancestors([*node]);
                 copy_into(fbody, e.g, &mut hoist_map, |id| roots[id.index()])?;
@@ -608,7 +600,7 @@ pub fn emit_backward(
             Source::Cotangent(i) => match cotangents.get(*i).copied().flatten() {
                 Some(ct) => ct,
                 None => {
-                    let like = result(e, *i)?;
+                    let like = e.get(y, *i)?;
                     e.full_like(like, 0.0)?
                 }
             },
@@ -640,25 +632,17 @@ pub fn emit_backward(
         n_carry: plan.n_carry,
         regen,
     };
-    let back_results = back.result_types();
     let node = e.op(Op::Scan(Arc::new(back)), &operands)?;
-    let get = |e: &mut Emitter<'_>, index: usize| -> Result<NodeId, PassError> {
-        let ty = back_results
-            .get(index)
-            .cloned()
-            .ok_or_else(|| internal(format!("the backward loop has no result {index}")))?;
-        e.op(Op::Get { index, ty }, &[node])
-    };
     let mut adjoints: Vec<Option<NodeId>> = vec![None; n_operands];
     for (k, of) in plan.carry_adjoint.iter().enumerate() {
         if let Some(i) = *of {
-            adjoints[i] = Some(get(e, k)?);
+            adjoints[i] = Some(e.get(node, k)?);
         }
     }
     let mut split_a: Vec<Option<NodeId>> = vec![None; n_operands];
     let mut split_b: Vec<Option<NodeId>> = vec![None; n_operands];
     for (n, s) in plan.stacked.iter().enumerate() {
-        let v = get(e, plan.n_carry + n)?;
+        let v = e.get(node, plan.n_carry + n)?;
         match *s {
             Stacked::XsAdjoint(i) => adjoints[i] = Some(v),
             Stacked::SplitA(i) => split_a[i] = Some(v),
@@ -674,7 +658,7 @@ pub fn emit_backward(
             (Some((src, ops)), None) => {
                 let mut v = match src {
                     Source::Operand(i) => args[*i],
-                    Source::Result(i) => result(e, *i)?,
+                    Source::Result(i) => e.get(y, *i)?,
                     Source::Hoisted(_) | Source::Cotangent(_) | Source::Zeros(_) | Source::Regen => {
                         return Err(internal("a split's B is not stacked".into()))
                     }

@@ -593,14 +593,11 @@ impl Lowerer<'_> {
         }
 
         // The descriptor (see `wengert_runtime::revolve::wengert_revolve`).
-        let words = wengert_runtime::revolve::HEADER + 4 * nfk + 3 * frows.len() + 6 * nbk + 3 * brows.len();
-        let desc = self.alloc(fb, &[words], DType::F64).ptr;
         let fref = self.module.declare_func_in_func(fwd.id, fb.func);
         let bref = self.module.declare_func_in_func(bwd.id, fb.func);
         let faddr = fb.ins().func_addr(types::I64, fref);
         let baddr = fb.ins().func_addr(types::I64, bref);
-        let every = imm(fb, regen.every as i64);
-        let header: [Value; wengert_runtime::revolve::HEADER] = [
+        let mut words: Vec<Value> = vec![
             imm(fb, t_len as i64),
             imm(fb, slots as i64),
             imm(fb, f.reverse as i64),
@@ -616,46 +613,35 @@ impl Lowerer<'_> {
             imm(fb, frows.len() as i64),
             imm(fb, nbk as i64),
             imm(fb, brows.len() as i64),
-            every,
+            imm(fb, regen.every as i64),
         ];
-        for (i, v) in header.into_iter().enumerate() {
-            word(fb, desc, i, v);
-        }
-        let mut w = wengert_runtime::revolve::HEADER;
+        debug_assert_eq!(words.len(), wengert_runtime::revolve::HEADER);
         for (k, &offset) in offsets.iter().enumerate() {
-            for v in [
-                offset as i64,
-                (nfc + k) as i64,
-                (fn_in + k) as i64,
-                (first_state + k) as i64,
-            ] {
-                let v = imm(fb, v);
-                word(fb, desc, w, v);
-                w += 1;
+            for v in [offset, nfc + k, fn_in + k, first_state + k] {
+                words.push(imm(fb, v as i64));
             }
         }
-        for &(slot, base, bytes) in &frows {
-            let s = imm(fb, slot as i64);
-            word(fb, desc, w, s);
-            word(fb, desc, w + 1, base);
-            let b = imm(fb, bytes as i64);
-            word(fb, desc, w + 2, b);
-            w += 3;
-        }
+        // A row: its array slot, base address and bytes.
+        let rows = |fb: &mut FunctionBuilder, words: &mut Vec<Value>, rows: &[(usize, Value, usize)]| {
+            for &(slot, base, bytes) in rows {
+                words.extend([imm(fb, slot as i64), base, imm(fb, bytes as i64)]);
+            }
+        };
+        rows(fb, &mut words, &frows);
         for &(cin, cout, a, b, result, bytes) in &bcarries {
-            let (cin, cout, bytes) = (imm(fb, cin as i64), imm(fb, cout as i64), imm(fb, bytes as i64));
-            for v in [cin, cout, a, b, result, bytes] {
-                word(fb, desc, w, v);
-                w += 1;
-            }
+            words.extend([
+                imm(fb, cin as i64),
+                imm(fb, cout as i64),
+                a,
+                b,
+                result,
+                imm(fb, bytes as i64),
+            ]);
         }
-        for &(slot, base, bytes) in &brows {
-            let s = imm(fb, slot as i64);
-            word(fb, desc, w, s);
-            word(fb, desc, w + 1, base);
-            let b = imm(fb, bytes as i64);
-            word(fb, desc, w + 2, b);
-            w += 3;
+        rows(fb, &mut words, &brows);
+        let desc = self.alloc(fb, &[words.len()], DType::F64).ptr;
+        for (i, &v) in words.iter().enumerate() {
+            word(fb, desc, i, v);
         }
         let revolve = self.import(fb, wengert_runtime::functions::RuntimeFn::Revolve);
         fb.ins().call(revolve, &[desc]);

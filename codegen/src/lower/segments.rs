@@ -146,28 +146,13 @@ pub(crate) fn is_loop_result(g: &Graph, id: NodeId) -> bool {
 /// The output buffer result `index` of loop `scan` is written to, if a
 /// `get` of it is computed into one.
 pub(crate) fn loop_result_dest(g: &Graph, dest: &[Option<usize>], scan: NodeId, index: usize) -> Option<usize> {
-    g.users(scan).into_iter().find_map(|u| match g.op(u) {
-        Op::Get { index: i, .. } if *i == index => dest[u.index()],
-        Op::Get { .. } => None,
-        // `verify` allows only `get`s to read a loop.
-        Op::Input { .. }
-        | Op::Const { .. }
-        | Op::Unary(_)
-        | Op::Binary(_)
-        | Op::Pow { .. }
-        | Op::Compare(_)
-        | Op::Select
-        | Op::Convert { .. }
-        | Op::Broadcast { .. }
-        | Op::Reshape { .. }
-        | Op::Transpose { .. }
-        | Op::ReduceSum { .. }
-        | Op::ReduceMax { .. }
-        | Op::MatMul
-        | Op::Slice { .. }
-        | Op::Pad { .. }
-        | Op::Concat { .. }
-        | Op::SoftmaxCrossEntropy
-        | Op::Scan(_) => None,
+    // (`verify` lets only `get`s read a loop.)
+    g.users(scan).into_iter().find_map(|u| {
+        let Op::Get { index: i, .. } = g.op(u) else { return None };
+        if *i == index {
+            dest[u.index()]
+        } else {
+            None
+        }
     })
 }
