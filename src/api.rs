@@ -56,6 +56,14 @@ impl Default for Options {
 }
 
 impl Options {
+    /// These options with calls using at most `threads` threads of the
+    /// shared pool (`CodegenOptions::threads`; 1 runs everything on the
+    /// caller's thread). Results are the same for every count.
+    pub fn with_threads(mut self, threads: usize) -> Options {
+        self.codegen.threads = threads.max(1);
+        self
+    }
+
     /// These options with `WENGERT_DUMP` applied (read once per compile).
     fn resolved(&self) -> Options {
         Options {

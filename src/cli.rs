@@ -505,6 +505,14 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
             }
             if let Some(f) = &compiled {
                 let _ = write!(out, "{}", f.explain().map_err(|e| located(&e))?);
+                // The machine's part of the compilation (not golden-tested
+                // with the rest: it differs between machines).
+                let _ = writeln!(
+                    out,
+                    "matrix products: up to {} thread(s); kernels {}",
+                    wengert_runtime::pool::default_threads(),
+                    wengert_runtime::gemm::machine_report()
+                );
             }
             Ok(out)
         }

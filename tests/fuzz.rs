@@ -204,10 +204,13 @@ fn check(f64: bool, shapes: &[Vec<usize>], program: &[Instr], outputs: usize, se
     let compiled = memory_plan(&fuse(&s).unwrap()).unwrap();
     against("jit vs its graph", &compiled, &inputs, &jit, jit_exact(&g))?;
     // Cut into segments of a few nodes (see `codegen::lower::Segments`),
-    // every value crosses functions in memory: the same bits.
+    // every value crosses functions in memory, on 1, 2 or 3 threads: the
+    // same bits. (These graphs are too small for threads to be used; the
+    // parallel paths are checked bit for bit in `tests/threads.rs`.)
     let tiny = Options {
         codegen: CodegenOptions {
             segment_nodes: 1 + (seed % 5) as usize,
+            threads: 1 + (seed % 3) as usize,
             ..CodegenOptions::default()
         },
         ..Options::default()

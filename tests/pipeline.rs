@@ -447,11 +447,26 @@ fn kernel_filetests() {
         let options = Options {
             codegen: wengert::CodegenOptions {
                 keep_text: true,
+                threads: 1,
                 ..Default::default()
             },
             ..Options::default()
         };
-        let actual = compile(&g, &options).unwrap().kernels().to_string();
+        // Which GEMM family computes a product is the machine's choice
+        // (`gemm::choose`), not the compiler's: the golden files do not
+        // record it.
+        let actual: String = compile(&g, &options)
+            .unwrap()
+            .kernels()
+            .lines()
+            .map(|l| {
+                let words: Vec<&str> = l
+                    .split(' ')
+                    .map(|w| if w.starts_with("kernel=") { "kernel=*" } else { w })
+                    .collect();
+                words.join(" ") + "\n"
+            })
+            .collect();
         assert!(!actual.is_empty(), "{}: no kernels recorded", path.display());
         check_golden(&path, &actual, update, &mut failures);
         count += 1;

@@ -14,6 +14,10 @@ pub enum CodegenError {
     /// A node this backend does not lower.
     #[error("{node}: {message}")]
     Unsupported { node: String, message: String },
+    /// An environment variable asks for something this machine cannot do
+    /// (`WENGERT_GEMM=avx512` on a CPU without AVX-512).
+    #[error("{0}")]
+    Environment(String),
     #[error("cannot write dumps to {path}: {message}")]
     Dump { path: String, message: String },
 }

@@ -25,6 +25,11 @@ pub struct CodegenOptions {
     /// `lower::Segments`): compile time then grows linearly with the
     /// graph, and no function's stack frame grows with it.
     pub segment_nodes: usize,
+    /// Threads a call may use (large matrix products run on the shared
+    /// pool, `wengert_runtime::pool`); results are the same for every
+    /// count. Default: `pool::default_threads()` (`WENGERT_THREADS`, else
+    /// the cores available to the process).
+    pub threads: usize,
 }
 
 impl Default for CodegenOptions {
@@ -33,6 +38,7 @@ impl Default for CodegenOptions {
             verify_clif: cfg!(debug_assertions),
             keep_text: false,
             segment_nodes: crate::lower::SEGMENT_NODES,
+            threads: wengert_runtime::pool::default_threads(),
         }
     }
 }
@@ -107,6 +113,7 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
         gemm_params: Vec::new(),
         bodies: Default::default(),
         kernel_log: opts.keep_text.then(String::new),
+        threads: opts.threads.max(1),
     };
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = module.make_context();

@@ -108,6 +108,8 @@ pub struct ModuleState {
     /// The kernels emitted, as text (`Kernel::describe`), when dumps are
     /// kept.
     pub kernel_log: Option<String>,
+    /// Threads a call may use (`CodegenOptions::threads`).
+    pub threads: usize,
 }
 
 pub struct Lowerer<'m> {

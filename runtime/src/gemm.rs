@@ -1,16 +1,28 @@
 //! Matrix multiplication kernels that generated code calls.
 //!
-//! Generated code passes a pointer to a constant parameter block (shapes
-//! and strides are known at compile time) and the three data pointers.
-//! Strides are in elements and may be anything the `gemm` crate accepts, so
-//! a transposed operand (the linear layer's `Xᵀ Ȳ` and `Ȳ Wᵀ`) is read in
-//! place, never copied. Single-threaded: the executable is called from many
-//! threads by the user, not by us.
+//! Generated code passes a pointer to a constant parameter block (shapes,
+//! strides, the kernel family and the thread count are known at compile
+//! time) and the three data pointers. Strides are in elements and may be
+//! anything the `gemm` crate accepts, so a transposed operand (the linear
+//! layer's `Xᵀ Ȳ` and `Ȳ Wᵀ`) is read in place, never copied.
+//!
+//! Which code computes a product is decided once, at compile time, by
+//! [`choose`]: tiny products by plain loops ([`small`]), the rest by one of
+//! the `gemm` crate's kernel families ([`family`]), picked for this
+//! machine by a one-time measurement ([`machine_family`]) or forced with
+//! `WENGERT_GEMM`. Large products run on the shared pool
+//! ([`crate::pool`]); the `gemm` crate splits the output among threads,
+//! never the sum over `k`, so every thread count gives the same bits.
 
-use gemm::{gemm, Parallelism};
+mod family;
+mod small;
+
+use gemm_common::Parallelism;
+pub use small::try_dot_rows8;
+use std::sync::OnceLock;
 
 /// Shapes and strides of one (batched) product `C = A·B`, laid out as the
-/// generated code stores it: eleven `i64`s.
+/// generated code stores it: fourteen `i64`s.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmParams {
@@ -29,308 +41,436 @@ pub struct GemmParams {
     /// contiguous, so its batch stride is `m·n`).
     pub a_bs: i64,
     pub b_bs: i64,
+    /// The [`GemmKernel`] that computes it, as its `i64` code.
+    pub kernel: i64,
+    /// Threads to use (1: the caller's thread only).
+    pub threads: i64,
 }
 
-/// Products of at most this many multiply-adds are computed by
-/// [`small_product`] instead of the `gemm` crate, whose fixed cost (kernel
-/// dispatch, packing) is several hundred nanoseconds: a loop step's 64×64
+/// Products of at most this many multiply-adds are computed by plain
+/// loops instead of the `gemm` crate, whose fixed cost (kernel dispatch,
+/// packing) is several hundred nanoseconds: a loop step's 64×64
 /// matrix-vector product took 0.4 µs through it.
 pub const SMALL_PRODUCT: i64 = 32 * 1024;
 
-/// `C = A·B` by plain loops in the order that makes the innermost loop
-/// run over unit-stride memory: a dot product along `k` when A's rows and
-/// B's columns are contiguous (eight partial sums, so that it vectorizes),
-/// else an update of C's columns (or rows) by multiples of A's columns (or
-/// B's rows).
-///
-/// # Safety
-/// As for the GEMM entries: the strides address only valid elements.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn small_product<T: MulAdd>(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: *const T,
-    ars: isize,
-    acs: isize,
-    b: *const T,
-    brs: isize,
-    bcs: isize,
-    c: *mut T,
-    crs: isize,
-    ccs: isize,
-) {
-    let at = |i: usize, p: usize| unsafe { *a.offset(i as isize * ars + p as isize * acs) };
-    let bt = |p: usize, j: usize| unsafe { *b.offset(p as isize * brs + j as isize * bcs) };
-    let cp = |i: usize, j: usize| unsafe { c.offset(i as isize * crs + j as isize * ccs) };
-    // The form whose innermost loop is long and unit-stride.
-    if acs == 1 && brs == 1 && k >= 8 {
-        // Four rows at a time: four independent chains of fused
-        // multiply-adds share each load of B's column.
-        for j in 0..n {
-            // SAFETY: column j of B and each row of A hold k contiguous elements.
-            let bcol = unsafe { std::slice::from_raw_parts(b.offset(j as isize * bcs), k) };
-            let mut i = 0;
-            while i < m {
-                let rows = (m - i).min(4);
-                let mut arows: [&[T]; 4] = [&[]; 4];
-                for (r, slot) in arows.iter_mut().enumerate().take(rows) {
-                    *slot = unsafe { std::slice::from_raw_parts(a.offset((i + r) as isize * ars), k) };
-                }
-                let mut acc = [[T::default(); 8]; 4];
-                let mut at_k = 0;
-                while at_k + 8 <= k {
-                    let y = &bcol[at_k..at_k + 8];
-                    for r in 0..4 {
-                        if r < rows {
-                            let x = &arows[r][at_k..at_k + 8];
-                            for ((acc, &x), &y) in acc[r].iter_mut().zip(x).zip(y) {
-                                *acc = x.mul_add(y, *acc);
-                            }
-                        }
-                    }
-                    at_k += 8;
-                }
-                for r in 0..rows {
-                    let mut sum = T::default();
-                    for v in acc[r] {
-                        sum = sum + v;
-                    }
-                    for p in at_k..k {
-                        sum = arows[r][p].mul_add(bcol[p], sum);
-                    }
-                    unsafe { *cp(i + r, j) = sum };
-                }
-                i += rows;
-            }
+/// Products of fewer multiply-adds than this run on the caller's thread
+/// even when the executable may use more: waking a worker costs a few
+/// microseconds, about what a product of this size takes on one core.
+pub const PARALLEL_PRODUCT: i64 = 1 << 20;
+
+/// The environment variable that forces a kernel family for every product
+/// above [`SMALL_PRODUCT`]: `loops`, `scalar`, `fma` or `avx512`.
+pub const GEMM_ENV: &str = "WENGERT_GEMM";
+
+/// Who computes a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemmKernel {
+    /// Plain loops in unit-stride order (AVX2+FMA where the CPU has it).
+    Loops,
+    /// The `gemm` crate's portable kernels.
+    Scalar,
+    /// The `gemm` crate's AVX2+FMA kernels (256-bit).
+    Fma,
+    /// The `gemm` crate's AVX-512 kernels.
+    Avx512,
+}
+
+impl GemmKernel {
+    pub const ALL: [GemmKernel; 4] = [
+        GemmKernel::Loops,
+        GemmKernel::Scalar,
+        GemmKernel::Fma,
+        GemmKernel::Avx512,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmKernel::Loops => "loops",
+            GemmKernel::Scalar => "scalar",
+            GemmKernel::Fma => "fma",
+            GemmKernel::Avx512 => "avx512",
         }
-    } else if ars == 1 && crs == 1 && m >= 8 {
-        // Blocks of 64 rows of C stay in registers across the sum over k
-        // (eight independent chains of fused multiply-adds; 32 rows left
-        // four, latency-bound at twice the time).
-        const BLOCK: usize = 64;
-        for j in 0..n {
-            // SAFETY: column j of C and each column of A hold m contiguous elements.
-            let ccol = unsafe { std::slice::from_raw_parts_mut(c.offset(j as isize * ccs), m) };
-            for (blk, cblock) in ccol.chunks_mut(BLOCK).enumerate() {
-                let rows = cblock.len();
-                let mut acc = [T::default(); BLOCK];
-                for p in 0..k {
-                    let y = bt(p, j);
-                    let acol = unsafe {
-                        std::slice::from_raw_parts(a.offset(p as isize * acs + (blk * BLOCK) as isize), rows)
-                    };
-                    if rows == BLOCK {
-                        for (cv, &av) in acc.iter_mut().zip(acol) {
-                            *cv = av.mul_add(y, *cv);
-                        }
-                    } else {
-                        for (cv, &av) in acc[..rows].iter_mut().zip(acol) {
-                            *cv = av.mul_add(y, *cv);
-                        }
-                    }
+    }
+
+    pub fn from_name(name: &str) -> Option<GemmKernel> {
+        GemmKernel::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The code stored in [`GemmParams::kernel`].
+    pub fn code(self) -> i64 {
+        GemmKernel::ALL.iter().position(|&k| k == self).unwrap_or(0) as i64
+    }
+
+    fn from_code(code: i64) -> GemmKernel {
+        GemmKernel::ALL.get(code as usize).copied().unwrap_or(GemmKernel::Loops)
+    }
+
+    /// Whether this CPU runs the family.
+    pub fn available(self) -> bool {
+        match self {
+            GemmKernel::Loops | GemmKernel::Scalar => true,
+            GemmKernel::Fma => {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    small::has_avx2_fma()
                 }
-                cblock.copy_from_slice(&acc[..rows]);
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    false
+                }
             }
-        }
-    } else if bcs == 1 && ccs == 1 && n >= 8 {
-        for i in 0..m {
-            // SAFETY: row i of C and each row of B hold n contiguous elements.
-            let crow = unsafe { std::slice::from_raw_parts_mut(c.offset(i as isize * crs), n) };
-            crow.fill(T::default());
-            for p in 0..k {
-                let x = at(i, p);
-                let brow = unsafe { std::slice::from_raw_parts(b.offset(p as isize * brs), n) };
-                for (cv, &bv) in crow.iter_mut().zip(brow) {
-                    *cv = x.mul_add(bv, *cv);
+            GemmKernel::Avx512 => {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    small::has_avx2_fma() && std::arch::is_x86_feature_detected!("avx512f")
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    false
                 }
             }
         }
+    }
+}
+
+/// The family forced by `WENGERT_GEMM`, if set: `Err` names a value that
+/// is not a family or a family this CPU cannot run.
+pub fn forced_kernel() -> Result<Option<GemmKernel>, String> {
+    let Ok(v) = std::env::var(GEMM_ENV) else {
+        return Ok(None);
+    };
+    match GemmKernel::from_name(v.trim()) {
+        Some(k) if k.available() => Ok(Some(k)),
+        Some(k) => Err(format!("{GEMM_ENV}={v}: this CPU cannot run the {} kernels", k.name())),
+        None => Err(format!(
+            "{GEMM_ENV}={v}: expected one of {}",
+            GemmKernel::ALL.map(|k| k.name()).join(", ")
+        )),
+    }
+}
+
+/// The kernel family for products too large for loops on this machine,
+/// measured once per process: the AVX-512 family where it beats the
+/// AVX2+FMA family by more than 10% on a probe product (a square 256³
+/// f32 product, best of five runs each), else AVX2+FMA; the portable
+/// kernels where neither runs. The margin keeps the choice stable on a
+/// noisy machine: on the CPUs measured the two differ by far more than it
+/// (Intel Xeon: AVX-512 about 2× faster; AMD Zen 4: slower) or the choice
+/// does not matter.
+pub fn machine_family() -> GemmKernel {
+    machine().0
+}
+
+/// How [`machine_family`] was chosen, for `--explain` and dumps.
+pub fn machine_report() -> String {
+    let (family, probe) = machine();
+    let forced = match forced_kernel() {
+        Ok(Some(k)) => format!("; {GEMM_ENV} forces {}", k.name()),
+        Ok(None) => String::new(),
+        Err(e) => format!("; {e}"),
+    };
+    match probe {
+        Some((fma, wide)) => format!(
+            "{}: probe 256³ f32 product {:.1} µs with fma, {:.1} µs with avx512{forced}",
+            family.name(),
+            fma * 1e6,
+            wide * 1e6
+        ),
+        None => format!("{}: the only family this CPU runs{forced}", family.name()),
+    }
+}
+
+/// The family and, if both ran, the probe's seconds (fma, avx512).
+fn machine() -> (GemmKernel, Option<(f64, f64)>) {
+    static FAMILY: OnceLock<(GemmKernel, Option<(f64, f64)>)> = OnceLock::new();
+    *FAMILY.get_or_init(|| {
+        if !GemmKernel::Fma.available() {
+            return (GemmKernel::Scalar, None);
+        }
+        if !GemmKernel::Avx512.available() {
+            return (GemmKernel::Fma, None);
+        }
+        let fma = probe_seconds(GemmKernel::Fma);
+        let wide = probe_seconds(GemmKernel::Avx512);
+        let family = if wide < fma / 1.1 {
+            GemmKernel::Avx512
+        } else {
+            GemmKernel::Fma
+        };
+        (family, Some((fma, wide)))
+    })
+}
+
+/// The best of five timings of a 256³ f32 product with `kernel`.
+fn probe_seconds(kernel: GemmKernel) -> f64 {
+    const S: usize = 256;
+    let a: Vec<f32> = (0..S * S).map(|i| (i % 17) as f32 * 0.25 - 2.0).collect();
+    let b: Vec<f32> = (0..S * S).map(|i| (i % 13) as f32 * 0.5 - 3.0).collect();
+    let mut c = vec![0f32; S * S];
+    let p = GemmParams::contiguous(S, S, S, kernel, 1);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        // SAFETY: the parameters describe the three contiguous buffers;
+        // `kernel` is available (checked by the caller).
+        unsafe { wengert_gemm_f32(&p, a.as_ptr(), b.as_ptr(), c.as_mut_ptr()) };
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&c);
+    best
+}
+
+/// Products below this many multiply-adds that are not small enough for
+/// loops outright are timed under each candidate when first compiled (a
+/// run takes under ~100 µs here, so timing costs at most a millisecond or
+/// so, once per shape per process): whether the wide kernels pay depends
+/// on the shape there (an `n = 10` output measured 12–30% faster with
+/// AVX-512 on Zen 4, where every large product is faster with AVX2).
+pub const CALIBRATED_PRODUCT: i64 = 5 << 20;
+
+/// Who computes the product `p` (its shapes, layout and `threads`) of f32
+/// (`f64 == false`) or f64 elements on this machine:
+/// - `WENGERT_GEMM`'s family if set;
+/// - loops up to [`SMALL_PRODUCT`] multiply-adds;
+/// - below [`CALIBRATED_PRODUCT`], the fastest of loops (up to four times
+///   [`SMALL_PRODUCT`]) and the families this CPU runs, timed on this
+///   shape and layout once per process; another family than
+///   [`machine_family`] must win by 5% (so that noise rarely flips a
+///   choice between runs: which family computes a product decides its
+///   last bits);
+/// - else [`machine_family`].
+pub fn choose(p: &GemmParams, f64: bool) -> Result<GemmKernel, String> {
+    if let Some(k) = forced_kernel()? {
+        return Ok(k);
+    }
+    let macs = p.m.saturating_mul(p.n).saturating_mul(p.k);
+    if macs <= SMALL_PRODUCT {
+        return Ok(GemmKernel::Loops);
+    }
+    if macs >= CALIBRATED_PRODUCT {
+        return Ok(machine_family());
+    }
+    type Key = (bool, i64, i64, i64, bool, bool, i64);
+    static CHOSEN: OnceLock<std::sync::Mutex<std::collections::HashMap<Key, GemmKernel>>> = OnceLock::new();
+    // The layout that matters is which stride of each operand is 1.
+    let key: Key = (f64, p.m, p.n, p.k, p.a_cs == 1, p.b_cs == 1, p.threads);
+    let table = CHOSEN.get_or_init(Default::default);
+    if let Some(&k) = table.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(k);
+    }
+    let chosen = if f64 {
+        calibrate::<f64>(&key)
     } else {
-        for i in 0..m {
-            for j in 0..n {
-                let mut sum = T::default();
-                for p in 0..k {
-                    sum = at(i, p).mul_add(bt(p, j), sum);
-                }
-                unsafe { *cp(i, j) = sum };
+        calibrate::<f32>(&key)
+    };
+    table.lock().unwrap_or_else(|e| e.into_inner()).insert(key, chosen);
+    Ok(chosen)
+}
+
+/// The fastest candidate for the product `key` describes (see [`choose`]).
+fn calibrate<T: Element + From<f32>>(key: &(bool, i64, i64, i64, bool, bool, i64)) -> GemmKernel {
+    let &(_, m, n, k, a_rows, b_rows, threads) = key;
+    let (mu, nu, ku) = (m as usize, n as usize, k as usize);
+    let default = machine_family();
+    let mut candidates = vec![default];
+    for c in [GemmKernel::Loops, GemmKernel::Fma, GemmKernel::Avx512] {
+        let fits = c != GemmKernel::Loops || m * n * k <= 4 * SMALL_PRODUCT;
+        if c != default && c.available() && fits {
+            candidates.push(c);
+        }
+    }
+    if candidates.len() == 1 {
+        return default;
+    }
+    let a: Vec<T> = (0..mu * ku).map(|i| T::from((i % 17) as f32 * 0.25 - 2.0)).collect();
+    let b: Vec<T> = (0..ku * nu).map(|i| T::from((i % 13) as f32 * 0.5 - 3.0)).collect();
+    let mut c = vec![T::default(); mu * nu];
+    let (a_rs, a_cs) = if a_rows { (k, 1) } else { (1, m) };
+    let (b_rs, b_cs) = if b_rows { (n, 1) } else { (1, k) };
+    let params: Vec<GemmParams> = candidates
+        .iter()
+        .map(|&kernel| GemmParams {
+            a_rs,
+            a_cs,
+            b_rs,
+            b_cs,
+            ..GemmParams::contiguous(mu, nu, ku, kernel, threads as usize)
+        })
+        .collect();
+    let mut best = vec![f64::INFINITY; candidates.len()];
+    // Round robin, so that a slow moment of the machine hits every
+    // candidate alike; the first round warms caches and is not counted.
+    for round in 0..6 {
+        for (i, q) in params.iter().enumerate() {
+            let t = std::time::Instant::now();
+            // SAFETY: the parameters describe the three buffers; every
+            // candidate is available.
+            unsafe { product::<T>(q, a.as_ptr(), b.as_ptr(), c.as_mut_ptr()) };
+            if round > 0 {
+                best[i] = best[i].min(t.elapsed().as_secs_f64());
             }
+        }
+    }
+    std::hint::black_box(&c);
+    let (fastest, &time) = best
+        .iter()
+        .enumerate()
+        .min_by(|x, y| x.1.total_cmp(y.1))
+        .unwrap_or((0, &best[0]));
+    if time < best[0] / 1.05 {
+        candidates[fastest]
+    } else {
+        default
+    }
+}
+
+/// How many threads an `m×k · k×n` product uses when its executable may
+/// use `threads`: one below [`PARALLEL_PRODUCT`] multiply-adds (per batch
+/// item), else `threads`.
+pub fn threads_for(m: usize, n: usize, k: usize, threads: usize) -> usize {
+    let macs = (m as i64).saturating_mul(n as i64).saturating_mul(k as i64);
+    if macs < PARALLEL_PRODUCT {
+        1
+    } else {
+        threads.max(1)
+    }
+}
+
+impl GemmParams {
+    /// Row-major contiguous A, B and C, one batch item.
+    pub fn contiguous(m: usize, n: usize, k: usize, kernel: GemmKernel, threads: usize) -> GemmParams {
+        GemmParams {
+            m: m as i64,
+            n: n as i64,
+            k: k as i64,
+            batch: 1,
+            a_rs: k as i64,
+            a_cs: 1,
+            b_rs: n as i64,
+            b_cs: 1,
+            c_rs: n as i64,
+            c_cs: 1,
+            a_bs: (m * k) as i64,
+            b_bs: (k * n) as i64,
+            kernel: kernel.code(),
+            threads: threads as i64,
         }
     }
 }
 
-/// The element types of [`small_product`]: fused multiply-add.
-trait MulAdd: Copy + Default + std::ops::Add<Output = Self> {
-    fn mul_add(self, b: Self, c: Self) -> Self;
+/// The element types of the entries, with their families.
+trait Element: small::MulAdd + Send + Sync {
+    const SIZE: usize;
+    fn family(kernel: GemmKernel) -> family::FamilyFn<Self>;
 }
 
-impl MulAdd for f32 {
-    #[inline(always)]
-    fn mul_add(self, b: f32, c: f32) -> f32 {
-        f32::mul_add(self, b, c)
-    }
-}
-
-impl MulAdd for f64 {
-    #[inline(always)]
-    fn mul_add(self, b: f64, c: f64) -> f64 {
-        f64::mul_add(self, b, c)
-    }
-}
-
-/// [`small_product`] compiled for AVX2 with FMA (eight f32 lanes and a
-/// fused multiply-add instruction), chosen at run time where the CPU has
-/// them; the build itself assumes nothing beyond x86-64.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn small_product_avx2<T: MulAdd>(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: *const T,
-    ars: isize,
-    acs: isize,
-    b: *const T,
-    brs: isize,
-    bcs: isize,
-    c: *mut T,
-    crs: isize,
-    ccs: isize,
-) {
-    unsafe { small_product(m, n, k, a, ars, acs, b, brs, bcs, c, crs, ccs) }
-}
-
-/// Whether this CPU has AVX2 and FMA (asked once; `std` caches it).
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// `C[i, j] = A[i, :] · B[:, j]` for f32 rows of A and columns of B that
-/// are contiguous, `m` and `k` multiples of 8: eight rows at a time in
-/// eight AVX registers that share each load of B, reduced to eight sums by
-/// a tree of horizontal adds. (The generic loops left the reduction to the
-/// stack and ran a step's 64×64 matrix-vector product at ~280 ns.)
-///
-/// # Safety
-/// The CPU has AVX2 and FMA; the strides address only valid elements; A's
-/// rows and B's columns have unit stride.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dot_rows8_f32(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: *const f32,
-    ars: isize,
-    b: *const f32,
-    bcs: isize,
-    c: *mut f32,
-    crs: isize,
-    ccs: isize,
-) {
-    use std::arch::x86_64::*;
-    for j in 0..n {
-        let bcol = unsafe { b.offset(j as isize * bcs) };
-        for i in (0..m).step_by(8) {
-            let rows: [*const f32; 8] = std::array::from_fn(|r| unsafe { a.offset((i + r) as isize * ars) });
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for p in (0..k).step_by(8) {
-                let y = unsafe { _mm256_loadu_ps(bcol.add(p)) };
-                for r in 0..8 {
-                    acc[r] = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(rows[r].add(p)) }, y, acc[r]);
-                }
-            }
-            let t0 = _mm256_hadd_ps(acc[0], acc[1]);
-            let t1 = _mm256_hadd_ps(acc[2], acc[3]);
-            let t2 = _mm256_hadd_ps(acc[4], acc[5]);
-            let t3 = _mm256_hadd_ps(acc[6], acc[7]);
-            let u0 = _mm256_hadd_ps(t0, t1);
-            let u1 = _mm256_hadd_ps(t2, t3);
-            let lo = _mm256_permute2f128_ps(u0, u1, 0x20);
-            let hi = _mm256_permute2f128_ps(u0, u1, 0x31);
-            let sums = _mm256_add_ps(lo, hi);
-            let dst = unsafe { c.offset(i as isize * crs + j as isize * ccs) };
-            if crs == 1 {
-                // Eight consecutive elements of C's column.
-                unsafe { _mm256_storeu_ps(dst, sums) };
-            } else {
-                let mut out = [0f32; 8];
-                unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
-                for (r, v) in out.iter().enumerate() {
-                    unsafe { *dst.offset(r as isize * crs) = *v };
-                }
-            }
+impl Element for f32 {
+    const SIZE: usize = 4;
+    fn family(kernel: GemmKernel) -> family::FamilyFn<f32> {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            GemmKernel::Fma => family::fma_f32,
+            #[cfg(target_arch = "x86_64")]
+            GemmKernel::Avx512 => family::avx512_f32,
+            #[cfg(not(target_arch = "x86_64"))]
+            GemmKernel::Fma | GemmKernel::Avx512 => family::scalar_f32,
+            GemmKernel::Scalar | GemmKernel::Loops => family::scalar_f32,
         }
     }
 }
 
-/// [`small_product`] in the best form this CPU runs.
-///
-/// # Safety
-/// As for [`small_product`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn small_product_dispatch<T: MulAdd>(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: *const T,
-    ars: isize,
-    acs: isize,
-    b: *const T,
-    brs: isize,
-    bcs: isize,
-    c: *mut T,
-    crs: isize,
-    ccs: isize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has the features the function was compiled for.
-        return unsafe { small_product_avx2(m, n, k, a, ars, acs, b, brs, bcs, c, crs, ccs) };
+impl Element for f64 {
+    const SIZE: usize = 8;
+    fn family(kernel: GemmKernel) -> family::FamilyFn<f64> {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            GemmKernel::Fma => family::fma_f64,
+            #[cfg(target_arch = "x86_64")]
+            GemmKernel::Avx512 => family::avx512_f64,
+            #[cfg(not(target_arch = "x86_64"))]
+            GemmKernel::Fma | GemmKernel::Avx512 => family::scalar_f64,
+            GemmKernel::Scalar | GemmKernel::Loops => family::scalar_f64,
+        }
     }
-    // Without hardware FMA, `mul_add` is a (slow, exact) library call;
-    // such CPUs are rare among those this runs on.
-    unsafe { small_product(m, n, k, a, ars, acs, b, brs, bcs, c, crs, ccs) }
 }
 
-/// Runs batch item `i` of `p` through [`dot_rows8_f32`] if the elements
-/// are f32 (`size` 4), the layout fits and the CPU has AVX2 and FMA;
-/// returns whether it did.
-#[doc(hidden)]
-pub unsafe fn try_dot_rows8(p: &GemmParams, i: isize, a: *const u8, b: *const u8, c: *mut u8, size: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if size == 4 && p.a_cs == 1 && p.b_rs == 1 && p.m % 8 == 0 && p.k % 8 == 0 && has_avx2_fma() {
-        let (a, b, c) = (a as *const f32, b as *const f32, c as *mut f32);
-        // SAFETY: the CPU has the features; the layout is what the
-        // function needs; the caller's strides address valid elements.
-        unsafe {
-            dot_rows8_f32(
-                p.m as usize,
-                p.n as usize,
-                p.k as usize,
+/// A raw pointer that may cross into the pool (the caller keeps the
+/// buffers alive and unaliased for the duration of the call).
+#[derive(Clone, Copy)]
+struct SendPtr<T>(T);
+// SAFETY: only moved into a closure that `install` runs to completion
+// before the entry returns.
+unsafe impl<T> Send for SendPtr<T> {}
+
+/// `C = A·B` for every batch item of `p`.
+///
+/// # Safety
+/// `p`'s strides address only valid elements of `a`, `b` and `c`; its
+/// kernel is one this CPU runs.
+unsafe fn product<T: Element>(p: &GemmParams, a: *const T, b: *const T, c: *mut T) {
+    let kernel = GemmKernel::from_code(p.kernel);
+    for i in 0..p.batch as isize {
+        let (ai, bi, ci) = unsafe {
+            (
                 a.offset(i * p.a_bs as isize),
-                p.a_rs as isize,
                 b.offset(i * p.b_bs as isize),
-                p.b_cs as isize,
                 c.offset(i * (p.m * p.n) as isize),
-                p.c_rs as isize,
-                p.c_cs as isize,
             )
         };
-        return true;
+        if kernel == GemmKernel::Loops {
+            // SAFETY: as for the caller.
+            let done = unsafe { try_dot_rows8(p, i, a as *const u8, b as *const u8, c as *mut u8, T::SIZE) };
+            if !done {
+                unsafe {
+                    small::small_product_dispatch::<T>(
+                        p.m as usize,
+                        p.n as usize,
+                        p.k as usize,
+                        ai,
+                        p.a_rs as isize,
+                        p.a_cs as isize,
+                        bi,
+                        p.b_rs as isize,
+                        p.b_cs as isize,
+                        ci,
+                        p.c_rs as isize,
+                        p.c_cs as isize,
+                    )
+                };
+            }
+            continue;
+        }
+        let f = T::family(kernel);
+        let (q, ai, bi, ci) = (*p, SendPtr(ai), SendPtr(bi), SendPtr(ci));
+        let run = move |par: Parallelism| {
+            let (ai, bi, ci) = (ai, bi, ci);
+            // SAFETY: as for the caller; when in the pool, `install` runs
+            // this to the end before returning.
+            unsafe {
+                f(
+                    q.m as usize,
+                    q.n as usize,
+                    q.k as usize,
+                    ci.0,
+                    q.c_cs as isize,
+                    q.c_rs as isize,
+                    ai.0,
+                    q.a_cs as isize,
+                    q.a_rs as isize,
+                    bi.0,
+                    q.b_cs as isize,
+                    q.b_rs as isize,
+                    par,
+                )
+            }
+        };
+        if p.threads > 1 {
+            let threads = p.threads as usize;
+            crate::pool::install(move || run(Parallelism::Rayon(threads)));
+        } else {
+            run(Parallelism::None);
+        }
     }
-    let _ = (p, i, a, b, c, size);
-    false
 }
 
 macro_rules! gemm_entry {
@@ -342,64 +482,7 @@ macro_rules! gemm_entry {
         /// covering every element the strides address; generated code
         /// guarantees both.
         pub unsafe extern "C" fn $name(p: *const GemmParams, a: *const $t, b: *const $t, c: *mut $t) {
-            let p = unsafe { &*p };
-            let small = p.m.saturating_mul(p.n).saturating_mul(p.k) <= SMALL_PRODUCT;
-            for i in 0..p.batch as isize {
-                if small
-                    && $crate::gemm::try_dot_rows8(
-                        p,
-                        i,
-                        a as *const u8,
-                        b as *const u8,
-                        c as *mut u8,
-                        std::mem::size_of::<$t>(),
-                    )
-                {
-                    continue;
-                }
-                if small {
-                    unsafe {
-                        small_product_dispatch::<$t>(
-                            p.m as usize,
-                            p.n as usize,
-                            p.k as usize,
-                            a.offset(i * p.a_bs as isize),
-                            p.a_rs as isize,
-                            p.a_cs as isize,
-                            b.offset(i * p.b_bs as isize),
-                            p.b_rs as isize,
-                            p.b_cs as isize,
-                            c.offset(i * (p.m * p.n) as isize),
-                            p.c_rs as isize,
-                            p.c_cs as isize,
-                        )
-                    };
-                    continue;
-                }
-                unsafe {
-                    gemm(
-                        p.m as usize,
-                        p.n as usize,
-                        p.k as usize,
-                        c.offset(i * (p.m * p.n) as isize),
-                        p.c_cs as isize,
-                        p.c_rs as isize,
-                        false,
-                        a.offset(i * p.a_bs as isize),
-                        p.a_cs as isize,
-                        p.a_rs as isize,
-                        b.offset(i * p.b_bs as isize),
-                        p.b_cs as isize,
-                        p.b_rs as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-            }
+            unsafe { product::<$t>(&*p, a, b, c) }
         }
     };
 }
@@ -431,45 +514,111 @@ mod tests {
             (9, 1, 3),
             (40, 40, 40),
         ] {
-            for a_row_major in [true, false] {
-                for b_row_major in [true, false] {
-                    let av: Vec<f32> = (0..m * k).map(|_| next() as f32).collect();
-                    let bv: Vec<f32> = (0..k * n).map(|_| next() as f32).collect();
-                    let (a_rs, a_cs) = if a_row_major { (k as i64, 1) } else { (1, m as i64) };
-                    let (b_rs, b_cs) = if b_row_major { (n as i64, 1) } else { (1, k as i64) };
-                    let p = GemmParams {
-                        m: m as i64,
-                        n: n as i64,
-                        k: k as i64,
-                        batch: 1,
-                        a_rs,
-                        a_cs,
-                        b_rs,
-                        b_cs,
-                        c_rs: n as i64,
-                        c_cs: 1,
-                        a_bs: 0,
-                        b_bs: 0,
-                    };
-                    let mut c = vec![0f32; m * n];
-                    unsafe { wengert_gemm_f32(&p, av.as_ptr(), bv.as_ptr(), c.as_mut_ptr()) };
-                    for i in 0..m {
-                        for j in 0..n {
-                            let want: f64 = (0..k)
-                                .map(|q| {
-                                    av[(i as i64 * a_rs + q as i64 * a_cs) as usize] as f64
-                                        * bv[(q as i64 * b_rs + j as i64 * b_cs) as usize] as f64
-                                })
-                                .sum();
-                            let got = c[i * n + j] as f64;
-                            assert!(
+            for kernel in GemmKernel::ALL.into_iter().filter(|k| k.available()) {
+                for a_row_major in [true, false] {
+                    for b_row_major in [true, false] {
+                        let av: Vec<f32> = (0..m * k).map(|_| next() as f32).collect();
+                        let bv: Vec<f32> = (0..k * n).map(|_| next() as f32).collect();
+                        let (a_rs, a_cs) = if a_row_major { (k as i64, 1) } else { (1, m as i64) };
+                        let (b_rs, b_cs) = if b_row_major { (n as i64, 1) } else { (1, k as i64) };
+                        let p = GemmParams {
+                            m: m as i64,
+                            n: n as i64,
+                            k: k as i64,
+                            batch: 1,
+                            a_rs,
+                            a_cs,
+                            b_rs,
+                            b_cs,
+                            c_rs: n as i64,
+                            c_cs: 1,
+                            a_bs: 0,
+                            b_bs: 0,
+                            kernel: kernel.code(),
+                            threads: 1,
+                        };
+                        let mut c = vec![0f32; m * n];
+                        unsafe { wengert_gemm_f32(&p, av.as_ptr(), bv.as_ptr(), c.as_mut_ptr()) };
+                        for i in 0..m {
+                            for j in 0..n {
+                                let want: f64 = (0..k)
+                                    .map(|q| {
+                                        av[(i as i64 * a_rs + q as i64 * a_cs) as usize] as f64
+                                            * bv[(q as i64 * b_rs + j as i64 * b_cs) as usize] as f64
+                                    })
+                                    .sum();
+                                let got = c[i * n + j] as f64;
+                                assert!(
                                 (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                                "{m}x{n}x{k} a_row={a_row_major} b_row={b_row_major} [{i},{j}]: {got} vs {want}"
+                                "{m}x{n}x{k} {kernel:?} a_row={a_row_major} b_row={b_row_major} [{i},{j}]: {got} vs {want}"
+                            );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The `gemm` crate cuts the output among threads, never the sum over
+    /// `k`: 1, 2 and 3 threads (and the serial path) give the same bits,
+    /// for every family and layout, f32 and f64.
+    #[test]
+    fn every_thread_count_gives_the_same_bits() {
+        fn check<T: Element + From<f32> + PartialEq + std::fmt::Debug>(
+            f: unsafe fn(&GemmParams, *const T, *const T, *mut T),
+        ) {
+            for &(m, n, k) in &[(64, 512, 512), (300, 10, 700), (784, 256, 33), (7, 1000, 1000)] {
+                let a: Vec<T> = (0..m * k)
+                    .map(|i| T::from(((i * 7919) % 1001) as f32 * 1e-3 - 0.5))
+                    .collect();
+                let b: Vec<T> = (0..k * n)
+                    .map(|i| T::from(((i * 104729) % 997) as f32 * 1e-3 - 0.5))
+                    .collect();
+                for kernel in [GemmKernel::Scalar, GemmKernel::Fma, GemmKernel::Avx512] {
+                    if !kernel.available() || (kernel == GemmKernel::Scalar && m * n * k > 1 << 22) {
+                        continue;
+                    }
+                    for (a_rows, b_rows) in [(true, true), (false, true), (true, false)] {
+                        let run = |threads: usize| {
+                            let p = GemmParams {
+                                a_rs: if a_rows { k as i64 } else { 1 },
+                                a_cs: if a_rows { 1 } else { m as i64 },
+                                b_rs: if b_rows { n as i64 } else { 1 },
+                                b_cs: if b_rows { 1 } else { k as i64 },
+                                ..GemmParams::contiguous(m, n, k, kernel, threads)
+                            };
+                            let mut c = vec![T::default(); m * n];
+                            unsafe { f(&p, a.as_ptr(), b.as_ptr(), c.as_mut_ptr()) };
+                            c
+                        };
+                        let one = run(1);
+                        for threads in [2, 3] {
+                            assert!(
+                                run(threads) == one,
+                                "{m}x{n}x{k} {kernel:?} rows {a_rows}/{b_rows}: {threads} threads differ from one"
                             );
                         }
                     }
                 }
             }
+        }
+        check::<f32>(|p, a, b, c| unsafe { wengert_gemm_f32(p, a, b, c) });
+        check::<f64>(|p, a, b, c| unsafe { wengert_gemm_f64(p, a, b, c) });
+    }
+
+    /// A calibrated choice is one of the candidates and is remembered.
+    #[test]
+    fn calibration_picks_an_available_family_and_keeps_it() {
+        let p = GemmParams::contiguous(256, 10, 256, GemmKernel::Loops, 1);
+        let first = choose(&p, false).unwrap();
+        assert!(first.available());
+        for _ in 0..3 {
+            assert_eq!(choose(&p, false).unwrap(), first);
+        }
+        let tiny = GemmParams::contiguous(8, 8, 8, GemmKernel::Fma, 1);
+        if forced_kernel().unwrap().is_none() {
+            assert_eq!(choose(&tiny, true).unwrap(), GemmKernel::Loops);
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod executable;
 pub mod functions;
 pub mod gemm;
+pub mod pool;
 pub mod revolve;
 
 pub use error::RuntimeError;

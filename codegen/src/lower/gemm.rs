@@ -2,6 +2,7 @@
 //! parameter block of shapes and strides.
 
 use super::*;
+use wengert_runtime::gemm::GemmKernel;
 
 impl Lowerer<'_> {
     /// `out = a·b` (2-D or batched) by a call to the GEMM kernel with the
@@ -49,7 +50,29 @@ impl Lowerer<'_> {
             } else {
                 (kk * n) as i64
             },
+            kernel: 0,
+            threads: wengert_runtime::gemm::threads_for(m, n, kk, self.state.threads) as i64,
         });
+        let mut params = params;
+        let kernel = wengert_runtime::gemm::choose(&params, dtype == DType::F64).map_err(CodegenError::Environment)?;
+        params.kernel = kernel.code();
+        if kernel == GemmKernel::Loops {
+            params.threads = 1;
+        }
+        if let Some(log) = &mut self.state.kernel_log {
+            use std::fmt::Write;
+            let _ = writeln!(
+                log,
+                "gemm [{m}, {kk}] x [{kk}, {n}]{} {dtype} kernel={} threads={}",
+                if batch > 1 {
+                    format!(" batch {batch}")
+                } else {
+                    String::new()
+                },
+                kernel.name(),
+                params.threads
+            );
+        }
         let paddr = &*params as *const GemmParams as i64;
         self.state.gemm_params.push(params);
         let rf = if dtype == DType::F32 {

@@ -1,0 +1,57 @@
+//! The process's one thread pool, which every executable shares.
+//!
+//! Work that pays for threads (large matrix products) runs inside this
+//! pool, never in a pool of its own: several executables, or one
+//! executable called from several user threads at once, then share the
+//! same workers instead of each starting as many threads as there are
+//! cores. A caller outside the pool waits while the pool works
+//! (`ThreadPool::install`), so at most the pool's threads plus the
+//! blocked callers exist: no oversubscription.
+//!
+//! How many threads a *call* uses is the executable's choice
+//! ([`default_threads`] unless its options say otherwise); how work is cut
+//! into chunks never depends on it, so results are the same for every
+//! thread count.
+
+use std::sync::OnceLock;
+
+/// The environment variable that sets the default thread count.
+pub const THREADS_ENV: &str = "WENGERT_THREADS";
+
+/// The default number of threads an executable uses: `WENGERT_THREADS`
+/// if it is set to a positive integer, else the cores available to this
+/// process (its affinity mask and CPU quota included). Read once.
+pub fn default_threads() -> usize {
+    static DEFAULT: OnceLock<usize> = OnceLock::new();
+    *DEFAULT.get_or_init(|| {
+        std::env::var(THREADS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    })
+}
+
+/// The pool: [`default_threads`] workers, started on first use. `None` if
+/// the operating system refused to start threads; callers then run on
+/// their own thread (the same results, serially).
+pub fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(default_threads())
+            .thread_name(|i| format!("wengert-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Runs `f` inside the pool (on the caller's thread if there is no pool
+/// or the caller is already one of its workers).
+pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match pool() {
+        Some(p) if rayon::current_thread_index().is_none() => p.install(f),
+        _ => f(),
+    }
+}

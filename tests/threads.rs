@@ -1,0 +1,89 @@
+//! Threads: every thread count gives the same bits, and one executable
+//! called from several threads at once, each call using the shared pool,
+//! gives the serial results.
+//!
+//! The models are large enough that their matrix products run in parallel
+//! (`gemm::PARALLEL_PRODUCT`); the seed cases are not, and must be
+//! unaffected.
+
+mod common;
+
+use common::Rng;
+use wengert::{cases, models, value_and_grad_with_seeds, DType, Graph, Options, Tensor};
+
+/// Value and gradient of `g` at `inputs` compiled for `threads` threads.
+fn run(g: &Graph, seeds: &[(&str, wengert::Seed)], inputs: &[Tensor], threads: usize) -> Vec<Tensor> {
+    let wrt = g.differentiable_inputs();
+    let f = value_and_grad_with_seeds(g, &wrt, seeds, &Options::default().with_threads(threads)).unwrap();
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    f.call(&refs).unwrap()
+}
+
+/// A workload: its name, graph and output seeds.
+type Workload = (String, Graph, Vec<(&'static str, wengert::Seed)>);
+
+fn models() -> Vec<(&'static str, Graph)> {
+    vec![
+        ("mlp B=256", models::mlp(256, 784, 256, 10, DType::F32, false).unwrap()),
+        (
+            "mlp B=64 f64",
+            models::mlp(64, 784, 256, 10, DType::F64, false).unwrap(),
+        ),
+        ("chain 4×512² B=64", models::tanh_chain(4, 64, 512, DType::F32).unwrap()),
+        (
+            "chain scan 3×512² B=64",
+            models::tanh_chain_scan(3, 64, 512, DType::F32).unwrap(),
+        ),
+    ]
+}
+
+fn inputs_of(g: &Graph, seeds: &[(&str, wengert::Seed)], seed: u64) -> Vec<Tensor> {
+    let wrt = g.differentiable_inputs();
+    let f = value_and_grad_with_seeds(g, &wrt, seeds, &Options::default().with_threads(1)).unwrap();
+    common::random_inputs(f.graph(), &mut Rng::new(seed), -0.1, 0.1)
+}
+
+#[test]
+fn one_two_and_three_threads_give_identical_bits() {
+    let mut all: Vec<Workload> = models()
+        .into_iter()
+        .map(|(n, g)| (n.to_string(), g, Vec::new()))
+        .collect();
+    for (file, build) in cases::ALL.iter() {
+        all.push((file.to_string(), build().unwrap(), cases::seeds(file)));
+    }
+    for (name, g, seeds) in &all {
+        let inputs = inputs_of(g, seeds, 7);
+        let one = run(g, seeds, &inputs, 1);
+        for threads in [2, 3] {
+            let got = run(g, seeds, &inputs, threads);
+            for (k, (a, b)) in one.iter().zip(&got).enumerate() {
+                assert!(a == b, "{name}: output {k} differs between 1 and {threads} threads");
+            }
+        }
+    }
+}
+
+#[test]
+fn many_callers_share_the_pool_and_get_serial_results() {
+    for (name, g) in models().into_iter().take(2) {
+        let wrt = g.differentiable_inputs();
+        let f = value_and_grad_with_seeds(&g, &wrt, &[], &Options::default().with_threads(2)).unwrap();
+        let inputs: Vec<Vec<Tensor>> = (0..4).map(|k| inputs_of(&g, &[], 50 + k)).collect();
+        let want: Vec<Vec<Tensor>> = inputs
+            .iter()
+            .map(|ins| f.call(&ins.iter().collect::<Vec<_>>()).unwrap())
+            .collect();
+        let f = &f;
+        std::thread::scope(|s| {
+            for (ins, want) in inputs.iter().zip(&want) {
+                s.spawn(move || {
+                    let refs: Vec<&Tensor> = ins.iter().collect();
+                    for _ in 0..10 {
+                        assert!(&f.call(&refs).unwrap() == want, "{name}: a concurrent call differs");
+                    }
+                });
+            }
+        });
+    }
+}
