@@ -11,17 +11,24 @@
 //! (`Combine::Add`, `Combine::Max`); an accumulating store with stride 0
 //! on the innermost axis is a reduction, kept in vector registers across
 //! the inner loop.
+//!
+//! A kernel is backend-neutral: it names its memory by *buffer slots* and
+//! its broadcast scalars by *scalar slots*, never by a backend's values.
+//! [`Bound`] pairs a kernel with what its slots stand for in one function
+//! (Cranelift values, for the CLIF emitter in `lower/loops.rs`), so the
+//! same kernel can be emitted inline, or as a function of its own whose
+//! slots are loaded from an argument array.
 
-use cranelift_codegen::ir::Value;
 use wengert_ir::{BinaryOp, CmpOp, DType, UnaryOp};
 
 /// Where an operand's elements come from.
 #[derive(Clone, Copy, Debug)]
 pub enum Src {
-    /// Memory at `ptr + offset·size_of(dtype)`, addressed with strides.
-    Mem { ptr: Value, offset: i64 },
-    /// One scalar value, the same for every element (a broadcast register).
-    Splat(Value),
+    /// Memory at `buffer + offset·size_of(dtype)`, addressed with strides.
+    Mem { buf: usize, offset: i64 },
+    /// One scalar, the same for every element (a broadcast register):
+    /// scalar slot `i`.
+    Splat(usize),
 }
 
 #[derive(Clone, Debug)]
@@ -56,7 +63,8 @@ pub enum Combine {
 
 #[derive(Clone, Debug)]
 pub struct KStore {
-    pub ptr: Value,
+    /// The buffer slot written.
+    pub buf: usize,
     pub offset: i64,
     pub strides: Vec<isize>,
     pub dtype: DType,
@@ -75,8 +83,7 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// The kernel as text, with each buffer named by `buffer` (given the
-    /// pointer a memory operand or store uses):
+    /// The kernel as text, with each buffer slot named by `buffer`:
     ///
     /// ```text
     /// kernel [64, 10] f32
@@ -85,7 +92,7 @@ impl Kernel {
     ///   e2 = mul e0, e1
     ///   arena+256 +0 strides (10, 1) = e2
     /// ```
-    pub fn describe(&self, buffer: impl Fn(Value) -> String) -> String {
+    pub fn describe(&self, buffer: impl Fn(usize) -> String) -> String {
         use std::fmt::Write;
         let mut out = String::new();
         let ints = |v: &[isize]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ");
@@ -97,11 +104,11 @@ impl Kernel {
         );
         for (i, o) in self.operands.iter().enumerate() {
             let _ = match o.src {
-                Src::Mem { ptr, offset } => writeln!(
+                Src::Mem { buf, offset } => writeln!(
                     out,
                     "  in{i}: {} = {} +{offset} strides ({})",
                     o.dtype,
-                    buffer(ptr),
+                    buffer(buf),
                     ints(&o.strides)
                 ),
                 Src::Splat(_) => writeln!(out, "  in{i}: {} = splat", o.dtype),
@@ -129,7 +136,7 @@ impl Kernel {
             let _ = writeln!(
                 out,
                 "  {} +{} strides ({}) {how} e{}",
-                buffer(s.ptr),
+                buffer(s.buf),
                 s.offset,
                 ints(&s.strides),
                 s.expr
@@ -155,9 +162,9 @@ impl Kernel {
         self.exprs.len() - 1
     }
 
-    pub fn store(&mut self, ptr: Value, offset: i64, strides: Vec<isize>, dtype: DType, expr: usize, combine: Combine) {
+    pub fn store(&mut self, buf: usize, offset: i64, strides: Vec<isize>, dtype: DType, expr: usize, combine: Combine) {
         self.stores.push(KStore {
-            ptr,
+            buf,
             offset,
             strides,
             dtype,
@@ -267,5 +274,64 @@ impl Kernel {
                 }
         });
         (ok_operands && ok_stores && ok_exprs).then_some(dt)
+    }
+}
+
+/// A kernel and what its slots stand for in one function: `bufs[i]` is
+/// buffer slot `i`'s base pointer, `scalars[i]` scalar slot `i`'s value.
+/// Kernels are built through this (slots are assigned as values come:
+/// the same value, the same slot) and dereference to the kernel.
+#[derive(Clone, Debug)]
+pub struct Bound<V> {
+    pub kernel: Kernel,
+    pub bufs: Vec<V>,
+    pub scalars: Vec<V>,
+}
+
+impl<V: Copy + PartialEq> Bound<V> {
+    pub fn new(shape: &[usize]) -> Bound<V> {
+        Bound {
+            kernel: Kernel::new(shape),
+            bufs: Vec::new(),
+            scalars: Vec::new(),
+        }
+    }
+
+    fn slot(slots: &mut Vec<V>, v: V) -> usize {
+        slots.iter().position(|&s| s == v).unwrap_or_else(|| {
+            slots.push(v);
+            slots.len() - 1
+        })
+    }
+
+    /// A memory operand at `ptr + offset` elements; returns its expr.
+    pub fn mem(&mut self, ptr: V, offset: i64, strides: Vec<isize>, dtype: DType) -> usize {
+        let buf = Self::slot(&mut self.bufs, ptr);
+        self.kernel.operand(Src::Mem { buf, offset }, strides, dtype)
+    }
+
+    /// A broadcast scalar operand; returns its expr.
+    pub fn splat(&mut self, v: V, strides: Vec<isize>, dtype: DType) -> usize {
+        let i = Self::slot(&mut self.scalars, v);
+        self.kernel.operand(Src::Splat(i), strides, dtype)
+    }
+
+    /// Stores expr `expr` at `ptr + offset` elements.
+    pub fn store(&mut self, ptr: V, offset: i64, strides: Vec<isize>, dtype: DType, expr: usize, combine: Combine) {
+        let buf = Self::slot(&mut self.bufs, ptr);
+        self.kernel.store(buf, offset, strides, dtype, expr, combine);
+    }
+}
+
+impl<V> std::ops::Deref for Bound<V> {
+    type Target = Kernel;
+    fn deref(&self) -> &Kernel {
+        &self.kernel
+    }
+}
+
+impl<V> std::ops::DerefMut for Bound<V> {
+    fn deref_mut(&mut self) -> &mut Kernel {
+        &mut self.kernel
     }
 }

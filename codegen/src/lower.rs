@@ -29,6 +29,9 @@
 
 use crate::error::CodegenError;
 use crate::kernel::{Combine, KExpr, Kernel, Src};
+
+/// A kernel bound to the Cranelift values of the function being built.
+pub(crate) type BoundKernel = crate::kernel::Bound<Value>;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, AbiParam, Endianness, FuncRef, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::{FunctionBuilder, Variable};
@@ -411,7 +414,7 @@ pub(crate) fn lower_into(
                     Loc::Reg(lw.eval(fb, kexpr(&xs), ty.dtype, &arg_dtypes, &vals, mem_type(ty.dtype)))
                 } else {
                     let out = fresh(&mut lw, fb);
-                    let mut k = Kernel::new(&ty.shape);
+                    let mut k = BoundKernel::new(&ty.shape);
                     let xs: Vec<usize> = arg_locs
                         .iter()
                         .zip(&arg_dtypes)
@@ -500,7 +503,7 @@ pub(crate) fn lower_into(
                 let out = fresh(&mut lw, fb);
                 let in_ty = g.ty(args[0]).clone();
                 // Initialize, then accumulate over the input.
-                let mut k = Kernel::new(&in_ty.shape);
+                let mut k = BoundKernel::new(&in_ty.shape);
                 let x = lw.operand(&mut k, &arg_locs[0], in_ty.dtype);
                 lw.reduce_into(fb, &mut k, x, in_ty.rank(), axes, &out, is_max)?;
                 lw.emit_kernel(fb, k)?;

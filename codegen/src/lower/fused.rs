@@ -76,7 +76,7 @@ pub(crate) fn lower_fused(
         }
         return Ok(());
     }
-    let mut k = Kernel::new(&shape);
+    let mut k = BoundKernel::new(&shape);
     let mut expr_of: HashMap<NodeId, usize> = HashMap::new();
     let mut outputs: Vec<(NodeId, View)> = Vec::new();
     for &m in rest {

@@ -12,7 +12,7 @@ impl Lowerer<'_> {
     pub(crate) fn reduce_into(
         &mut self,
         fb: &mut FunctionBuilder,
-        k: &mut Kernel,
+        k: &mut BoundKernel,
         x: usize,
         rank: usize,
         axes: &[usize],
@@ -87,13 +87,13 @@ impl Lowerer<'_> {
     }
 
     /// Emits a kernel as a loop nest.
-    pub fn emit_kernel(&mut self, fb: &mut FunctionBuilder, mut k: Kernel) -> Result<(), CodegenError> {
+    pub fn emit_kernel(&mut self, fb: &mut FunctionBuilder, mut k: BoundKernel) -> Result<(), CodegenError> {
         if k.shape.contains(&0) {
             return Ok(());
         }
         k.simplify();
         if self.state.kernel_log.is_some() {
-            let text = k.describe(|ptr| match self.bases.get(&ptr) {
+            let text = k.describe(|buf| match self.bases.get(&k.bufs[buf]) {
                 Some(Base::Input(i)) => format!("input{i}"),
                 Some(Base::Output(j)) => format!("output{j}"),
                 Some(Base::Arena(off)) => format!("arena+{off}"),
@@ -110,7 +110,7 @@ impl Lowerer<'_> {
         Ok(())
     }
 
-    pub(crate) fn emit_outer(&mut self, fb: &mut FunctionBuilder, k: &Kernel, idx: &mut Vec<Value>) {
+    pub(crate) fn emit_outer(&mut self, fb: &mut FunctionBuilder, k: &BoundKernel, idx: &mut Vec<Value>) {
         let axis = idx.len();
         if axis + 1 == k.shape.len() {
             self.emit_inner(fb, k, idx);
@@ -144,7 +144,7 @@ impl Lowerer<'_> {
         addr
     }
 
-    pub(crate) fn emit_inner(&mut self, fb: &mut FunctionBuilder, k: &Kernel, idx: &[Value]) {
+    pub(crate) fn emit_inner(&mut self, fb: &mut FunctionBuilder, k: &BoundKernel, idx: &[Value]) {
         let last = k.shape.len() - 1;
         let len = k.shape[last] as i64;
         let vdt = k.vector_dtype();
@@ -158,14 +158,14 @@ impl Lowerer<'_> {
             .operands
             .iter()
             .map(|o| match o.src {
-                Src::Mem { ptr, offset } => Some(self.base_addr(fb, ptr, offset, &o.strides, o.dtype, idx)),
+                Src::Mem { buf, offset } => Some(self.base_addr(fb, k.bufs[buf], offset, &o.strides, o.dtype, idx)),
                 Src::Splat(_) => None,
             })
             .collect();
         let st_base: Vec<Value> = k
             .stores
             .iter()
-            .map(|s| self.base_addr(fb, s.ptr, s.offset, &s.strides, s.dtype, idx))
+            .map(|s| self.base_addr(fb, k.bufs[s.buf], s.offset, &s.strides, s.dtype, idx))
             .collect();
         // Loop-invariant exprs (constants, stride-0 operands and what only
         // depends on them) are evaluated once, before the loop.
@@ -285,7 +285,7 @@ impl Lowerer<'_> {
     pub(crate) fn emit_element_scalar(
         &mut self,
         fb: &mut FunctionBuilder,
-        k: &Kernel,
+        k: &BoundKernel,
         op_base: &[Option<Value>],
         st_base: &[Value],
         at: Value,
@@ -328,7 +328,7 @@ impl Lowerer<'_> {
     pub(crate) fn emit_element(
         &mut self,
         fb: &mut FunctionBuilder,
-        k: &Kernel,
+        k: &BoundKernel,
         op_base: &[Option<Value>],
         st_base: &[Value],
         at: Value,
@@ -414,7 +414,7 @@ impl Lowerer<'_> {
     pub(crate) fn eval_element(
         &mut self,
         fb: &mut FunctionBuilder,
-        k: &Kernel,
+        k: &BoundKernel,
         op_base: &[Option<Value>],
         _i: usize,
         e: KExpr,
@@ -429,7 +429,7 @@ impl Lowerer<'_> {
         if let KExpr::Operand(o) = e {
             let op = &k.operands[o];
             let scalar = match (op.src, at) {
-                (Src::Splat(v), _) => v,
+                (Src::Splat(i), _) => k.scalars[i],
                 (Src::Mem { .. }, None) => {
                     let x = fb
                         .ins()

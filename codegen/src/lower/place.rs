@@ -104,24 +104,17 @@ impl Lowerer<'_> {
     }
 
     /// Adds `loc` (of the kernel's shape) as an operand of `k`.
-    pub(crate) fn operand(&mut self, k: &mut Kernel, loc: &Loc, dtype: DType) -> usize {
+    pub(crate) fn operand(&mut self, k: &mut BoundKernel, loc: &Loc, dtype: DType) -> usize {
         let rank = k.shape.len();
         match loc {
-            Loc::Reg(v) | Loc::Splat(v, _) => k.operand(Src::Splat(*v), vec![0; rank], dtype),
-            Loc::Mem(view) => k.operand(
-                Src::Mem {
-                    ptr: view.ptr,
-                    offset: view.offset,
-                },
-                view.strides.clone(),
-                dtype,
-            ),
+            Loc::Reg(v) | Loc::Splat(v, _) => k.splat(*v, vec![0; rank], dtype),
+            Loc::Mem(view) => k.mem(view.ptr, view.offset, view.strides.clone(), dtype),
         }
     }
 
     /// Copies (or fills) `loc` into `dst`, both of `dst`'s shape.
     pub(crate) fn copy_into(&mut self, fb: &mut FunctionBuilder, loc: &Loc, dst: &View) -> Result<(), CodegenError> {
-        let mut k = Kernel::new(&dst.shape);
+        let mut k = BoundKernel::new(&dst.shape);
         let x = self.operand(&mut k, loc, dst.dtype);
         k.store(dst.ptr, dst.offset, dst.strides.clone(), dst.dtype, x, Combine::Store);
         self.emit_kernel(fb, k)
@@ -149,7 +142,7 @@ impl Lowerer<'_> {
 
     /// Fills a view with one value.
     pub(crate) fn fill(&mut self, fb: &mut FunctionBuilder, out: &View, value: f64) -> Result<(), CodegenError> {
-        let mut fill = Kernel::new(&out.shape);
+        let mut fill = BoundKernel::new(&out.shape);
         let c = fill.expr(KExpr::Const(value), out.dtype);
         fill.store(out.ptr, out.offset, out.strides.clone(), out.dtype, c, Combine::Store);
         self.emit_kernel(fb, fill)

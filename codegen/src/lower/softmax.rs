@@ -74,12 +74,12 @@ pub(crate) fn lower_softmax_xent(
         lw.fill(fb, buf, init)?;
     }
     // m = max over the row.
-    let mut k = Kernel::new(&shape);
+    let mut k = BoundKernel::new(&shape);
     let zi = lw.operand(&mut k, &z, dt);
     k.store(m.ptr, 0, row_strides.clone(), dt, zi, Combine::Max);
     lw.emit_kernel(fb, k)?;
     // s = Σ exp(z − m).
-    let mut k = Kernel::new(&shape);
+    let mut k = BoundKernel::new(&shape);
     let zi = lw.operand(&mut k, &z, dt);
     let mi = lw.operand(&mut k, &row_view(&m), dt);
     let d = k.expr(KExpr::Binary(BinaryOp::Sub, zi, mi), dt);
@@ -90,7 +90,7 @@ pub(crate) fn lower_softmax_xent(
     // the interpreter's association, so that f64 results agree bit for bit
     // (adding +0 where the interpreter skips a zero target changes no sum
     // that starts at +0).
-    let mut k = Kernel::new(&shape);
+    let mut k = BoundKernel::new(&shape);
     let zi = lw.operand(&mut k, &z, dt);
     let ti = lw.operand(&mut k, &t, dt);
     let mi = lw.operand(&mut k, &row_view(&m), dt);
@@ -104,7 +104,7 @@ pub(crate) fn lower_softmax_xent(
     let v = k.expr(KExpr::Select(is0, zero, prod), dt);
     k.store(r.ptr, 0, row_strides.clone(), dt, v, Combine::Add);
     lw.emit_kernel(fb, k)?;
-    let mut k = Kernel::new(&[rows]);
+    let mut k = BoundKernel::new(&[rows]);
     let ri = lw.operand(&mut k, &Loc::Mem(r.clone()), dt);
     k.store(loss.ptr, 0, vec![0], dt, ri, Combine::Add);
     lw.emit_kernel(fb, k)?;
