@@ -318,7 +318,7 @@ fn mlp_step(c: &mut Criterion) {
     group.sample_size(30);
     for batch in [32, 128, 1024] {
         let g = models::mlp(batch, 784, 256, 10, DType::F32, false).unwrap();
-        let f = value_and_grad(&g, &models::MLP_PARAMS, &Options::default()).unwrap();
+        let f = value_and_grad(&g, &models::MLP_PARAMS, &Options::default().with_threads(1)).unwrap();
         let inputs = mlp_inputs(&f);
         let refs: Vec<&Tensor> = inputs.iter().collect();
         let mut outs = f.call(&refs).unwrap();
@@ -342,7 +342,7 @@ fn mlp_step(c: &mut Criterion) {
                 ("dh", g2.matmul(w2.t())),
             ])
             .unwrap();
-        let exe = wengert::compile(&gg, &Options::default()).unwrap();
+        let exe = wengert::compile(&gg, &Options::default().with_threads(1)).unwrap();
         let ginputs: Vec<Tensor> = gg.inputs().iter().map(|i| Tensor::full(i.ty.clone(), 0.01)).collect();
         let grefs: Vec<&Tensor> = ginputs.iter().collect();
         let mut gouts = exe.call(&grefs).unwrap();

@@ -182,7 +182,7 @@ fn checkpoint_chain(c: &mut Criterion) {
             &wrt,
             &Options {
                 checkpoint: policy,
-                ..Options::default()
+                ..Options::default().with_threads(1)
             },
         )
         .unwrap();

@@ -47,7 +47,7 @@ fn wrt(g: &Graph) -> Vec<String> {
 fn bench_step(c: &mut Criterion, group: &str, name: &str, g: &Graph) {
     let names = wrt(g);
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let f = value_and_grad(g, &refs, &Options::default()).unwrap();
+    let f = value_and_grad(g, &refs, &Options::default().with_threads(1)).unwrap();
     let ins = inputs(g);
     let ins: Vec<&Tensor> = ins.iter().collect();
     let mut out = f.joint().new_outputs().unwrap();

@@ -226,11 +226,14 @@ fn probe_seconds(kernel: GemmKernel) -> f64 {
 
 /// Products below this many multiply-adds that are not small enough for
 /// loops outright are timed under each candidate when first compiled (a
-/// run takes under ~100 µs here, so timing costs at most a millisecond or
-/// so, once per shape per process): whether the wide kernels pay depends
-/// on the shape there (an `n = 10` output measured 12–30% faster with
-/// AVX-512 on Zen 4, where every large product is faster with AVX2).
-pub const CALIBRATED_PRODUCT: i64 = 5 << 20;
+/// run takes under ~0.7 ms here, so timing costs a few milliseconds, once
+/// per shape per process): which family is fastest depends on the shape.
+/// On Zen 4, the same session: AVX-512 took 0.92× AVX2's time for the
+/// chain's `X·W` (64×512×512) but 2.2× for its `Ȳ·Wᵀ` (same sizes, B
+/// transposed); for an `n = 10` output 0.84×; for the MLP's 1024-row
+/// products the two were within 3%. Larger products take the machine's
+/// family (their timing would cost tens of milliseconds of compile time).
+pub const CALIBRATED_PRODUCT: i64 = 1 << 25;
 
 /// Who computes the product `p` (its shapes, layout and `threads`) of f32
 /// (`f64 == false`) or f64 elements on this machine:
@@ -283,7 +286,11 @@ fn calibrate<T: Element + From<f32>>(key: &(bool, i64, i64, i64, bool, bool, i64
             candidates.push(c);
         }
     }
-    if candidates.len() == 1 {
+    // Timing allocates the three operands: not for products whose
+    // operands are large (a skinny product can have few multiply-adds and
+    // big matrices), so that compiling never risks an allocation failure.
+    let bytes = (mu * ku + ku * nu + mu * nu).saturating_mul(std::mem::size_of::<T>());
+    if candidates.len() == 1 || bytes > 64 << 20 {
         return default;
     }
     let a: Vec<T> = (0..mu * ku).map(|i| T::from((i % 17) as f32 * 0.25 - 2.0)).collect();
@@ -304,7 +311,9 @@ fn calibrate<T: Element + From<f32>>(key: &(bool, i64, i64, i64, bool, bool, i64
     let mut best = vec![f64::INFINITY; candidates.len()];
     // Round robin, so that a slow moment of the machine hits every
     // candidate alike; the first round warms caches and is not counted.
-    for round in 0..6 {
+    // Fewer rounds for larger products bound the compile time spent.
+    let rounds = if m * n * k <= 1 << 22 { 6 } else { 4 };
+    for round in 0..rounds {
         for (i, q) in params.iter().enumerate() {
             let t = std::time::Instant::now();
             // SAFETY: the parameters describe the three buffers; every
