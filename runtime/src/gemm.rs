@@ -158,9 +158,10 @@ pub fn forced_kernel() -> Result<Option<GemmKernel>, String> {
 /// AVX2+FMA family by more than 10% on a probe product (a square 256³
 /// f32 product, best of five runs each), else AVX2+FMA; the portable
 /// kernels where neither runs. The margin keeps the choice stable on a
-/// noisy machine: on the CPUs measured the two differ by far more than it
-/// (Intel Xeon: AVX-512 about 2× faster; AMD Zen 4: slower) or the choice
-/// does not matter.
+/// noisy machine. On an Intel Xeon AVX-512 measured about 2× faster; on
+/// AMD Zen 4 (512-bit instructions as two 256-bit halves) the two are
+/// within a few percent on this probe and far apart on some shapes, which
+/// is why products below [`CALIBRATED_PRODUCT`] are timed one by one.
 pub fn machine_family() -> GemmKernel {
     machine().0
 }
