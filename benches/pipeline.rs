@@ -37,26 +37,72 @@ fn chain(k: usize, n: usize) -> Graph {
     b.build(&[("y", h)]).unwrap()
 }
 
+/// The machine's streaming bandwidth for the chain's access pattern: a
+/// scale `y = 1.0001·x` over the same 16M f32 by plain Rust on `threads`
+/// threads (halves of the arrays), best of 7: the reference for the
+/// fraction of the machine's bandwidth a kernel reaches.
+fn stream_scale_seconds(threads: usize) -> f64 {
+    let x = vec![1.0f32; N];
+    let mut y = vec![0.0f32; N];
+    let mut best = f64::INFINITY;
+    for _ in 0..7 {
+        let t = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for (xs, ys) in x.chunks(N.div_ceil(threads)).zip(y.chunks_mut(N.div_ceil(threads))) {
+                s.spawn(move || {
+                    for (o, i) in ys.iter_mut().zip(xs) {
+                        *o = i * 1.0001;
+                    }
+                });
+            }
+        });
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    black_box(&y);
+    best
+}
+
 fn elementwise_chain(c: &mut Criterion) {
     let mut group = c.benchmark_group("elementwise_chain");
     group.sample_size(10);
     group.throughput(Throughput::Bytes((2 * N * 4) as u64));
     let x = Tensor::full(wengert::TensorType::new(DType::F32, vec![N]), 1.0);
+    let (s1, s2) = (stream_scale_seconds(1), stream_scale_seconds(2));
+    let gbs = |secs: f64| (2 * N * 4) as f64 / secs / 1e9;
+    eprintln!(
+        "elementwise_chain: stream scale by plain Rust: 1 thread {:.1} GB/s, 2 threads {:.1} GB/s",
+        gbs(s1),
+        gbs(s2)
+    );
     for k in [2, 4, 8] {
         let g = chain(k, N);
-        for (label, passes) in [
-            ("unfused", vec![Pass::Simplify, Pass::MemoryPlan]),
-            ("fused", vec![Pass::Simplify, Pass::Fuse, Pass::MemoryPlan]),
+        for (label, passes, threads) in [
+            ("unfused", vec![Pass::Simplify, Pass::MemoryPlan], 1),
+            ("fused", vec![Pass::Simplify, Pass::Fuse, Pass::MemoryPlan], 1),
+            ("fused_t2", vec![Pass::Simplify, Pass::Fuse, Pass::MemoryPlan], 2),
         ] {
             let exe = compile(
                 &g,
                 &Options {
                     passes,
-                    ..Options::default()
+                    ..Options::default().with_threads(threads)
                 },
             )
             .unwrap();
             let mut out = exe.call(&[&x]).unwrap();
+            if label == "fused_t2" {
+                let mut best = f64::INFINITY;
+                for _ in 0..7 {
+                    let t = std::time::Instant::now();
+                    exe.call_into(&[&x], &mut out).unwrap();
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                eprintln!(
+                    "elementwise_chain/fused_t2/{k}: best of 7 {:.1} GB/s = {:.0}% of the 2-thread stream scale",
+                    gbs(best),
+                    100.0 * s2 / best
+                );
+            }
             group.bench_with_input(BenchmarkId::new(label, k), &k, |b, _| {
                 b.iter(|| exe.call_into(black_box(&[&x]), &mut out).unwrap())
             });

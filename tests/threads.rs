@@ -87,3 +87,58 @@ fn many_callers_share_the_pool_and_get_serial_results() {
         });
     }
 }
+
+/// Large elementwise, row-reduction and softmax kernels run as parallel
+/// chunks: 1, 2 and 3 threads give the same bits, and the interpreter's
+/// values (to the f32 inline math's rounding).
+#[test]
+fn parallel_kernels_give_identical_bits_and_the_interpreters_values() {
+    use wengert::GraphBuilder;
+    let b = GraphBuilder::new("wide");
+    // 2^20 + 5 elements: rows of the chunk length and a tail.
+    let x = b.input("x", DType::F32, &[(1 << 20) + 5]);
+    let m = b.input("m", DType::F32, &[1024, 1030]);
+    let t = b.data("t", DType::F32, &[1024, 1030]);
+    let y = (x * 1.5 + 0.25).tanh() * x.exp();
+    let rows = (m.tanh() * m).sum(&[1]);
+    let g = b
+        .build(&[
+            ("y", y),
+            ("rows", rows),
+            ("loss", m.softmax_cross_entropy(t)),
+            ("total", y.sum(&[0])),
+        ])
+        .unwrap();
+    let inputs = common::random_inputs(&g, &mut Rng::new(3), -1.0, 1.0);
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let want = wengert::interpret(&g, &inputs).unwrap();
+    let mut first: Option<Vec<Tensor>> = None;
+    for threads in [1, 2, 3] {
+        let exe = wengert::compile(&g, &Options::default().with_threads(threads)).unwrap();
+        let got = exe.call(&refs).unwrap();
+        for (k, (a, w)) in got.iter().zip(&want).enumerate() {
+            let (a, w) = (a.to_f64_vec(), w.to_f64_vec());
+            let scale = w.iter().fold(1.0f64, |s, v| s.max(v.abs()));
+            let worst = a.iter().zip(&w).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+            assert!(worst <= 1e-4 * scale, "output {k} at {threads} threads: off by {worst}");
+        }
+        match &first {
+            None => first = Some(got),
+            Some(one) => assert!(&got == one, "{threads} threads differ from one"),
+        }
+    }
+    // The dump says which kernels went parallel.
+    let exe = wengert::compile(
+        &g,
+        &Options {
+            codegen: wengert::CodegenOptions {
+                keep_text: true,
+                threads: 2,
+                ..Default::default()
+            },
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert!(exe.kernels().contains("parallel: rows of axis 0"), "{}", exe.kernels());
+}

@@ -216,6 +216,26 @@ impl Kernel {
         }
     }
 
+    /// The body's cost per element: 1 per expr, inline f32 math by the
+    /// op's declared cost (it is long). Decides unrolling and whether the
+    /// kernel pays for threads.
+    pub fn body_cost(&self) -> usize {
+        self.exprs
+            .iter()
+            .map(|(e, d)| match e {
+                KExpr::Unary(u, _) if *d == DType::F32 => u.cost() as usize,
+                KExpr::Unary(..)
+                | KExpr::Operand(_)
+                | KExpr::Const(_)
+                | KExpr::Binary(..)
+                | KExpr::Pow(..)
+                | KExpr::Cmp(..)
+                | KExpr::Select(..)
+                | KExpr::Convert(..) => 1,
+            })
+            .sum()
+    }
+
     /// Whether an expr calls out of line (f64 transcendentals, fractional
     /// powers), which keeps the kernel scalar.
     pub fn calls_out(e: &KExpr, dtype: DType) -> bool {

@@ -49,6 +49,7 @@ mod gemm;
 mod loops;
 mod math;
 mod ops;
+mod parallel;
 mod place;
 mod scan;
 mod segments;

@@ -75,6 +75,9 @@ runtime_fns! {
     SinF32 = "wengert_sin_f32", (F32) -> (F32), libm_f32::sin;
     CosF32 = "wengert_cos_f32", (F32) -> (F32), libm_f32::cos;
     PowF32 = "wengert_pow_f32", (F32, F32) -> (F32), libm_f32::pow;
+    /// A kernel's chunks on the shared pool (function, slots, rows, rows
+    /// per chunk, threads).
+    ParallelFor = "wengert_parallel_for", (I64, I64, I64, I64, I64) -> (), crate::pool::wengert_parallel_for;
     /// A loop's adjoint under the binomial schedule (`revolve`).
     Revolve = "wengert_revolve", (I64) -> (), crate::revolve::wengert_revolve;
 }

@@ -55,3 +55,43 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         _ => f(),
     }
 }
+
+/// A kernel compiled as a function over a range of its outer axis:
+/// `(slots, start, end)`, `slots` the kernel's buffer pointers and scalars.
+type RangeFn = unsafe extern "C" fn(i64, i64, i64);
+
+/// Runs the kernel `f` over rows `0..rows` of its outer axis in chunks of
+/// `chunk` rows, on up to `threads` threads of the pool. Chunk `c` covers
+/// rows `c·chunk .. min((c+1)·chunk, rows)` and goes to thread
+/// `c mod threads`; chunks write disjoint memory (code generation only
+/// calls this for such kernels), so the result does not depend on the
+/// thread count or on which thread runs which chunk.
+///
+/// # Safety
+/// `f` is a compiled range function and `slots` the slot array it reads,
+/// alive for the duration of the call (generated code passes its own
+/// stack slot and waits here).
+pub unsafe extern "C" fn wengert_parallel_for(f: i64, slots: i64, rows: i64, chunk: i64, threads: i64) {
+    // SAFETY: generated code passes the address of a function of this
+    // signature.
+    let f: RangeFn = unsafe { std::mem::transmute::<usize, RangeFn>(f as usize) };
+    let chunk = chunk.max(1);
+    let chunks = (rows + chunk - 1) / chunk;
+    let threads = threads.clamp(1, chunks.max(1));
+    if threads == 1 {
+        // SAFETY: as for the caller.
+        unsafe { f(slots, 0, rows) };
+        return;
+    }
+    install(move || {
+        use rayon::prelude::*;
+        (0..threads).into_par_iter().for_each(|t| {
+            let mut c = t;
+            while c < chunks {
+                // SAFETY: as for the caller; chunks are disjoint.
+                unsafe { f(slots, c * chunk, ((c + 1) * chunk).min(rows)) };
+                c += threads;
+            }
+        });
+    });
+}

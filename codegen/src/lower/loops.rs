@@ -105,6 +105,9 @@ impl Lowerer<'_> {
                 log.push_str(&text);
             }
         }
+        let Some(k) = self.try_emit_parallel(fb, k)? else {
+            return Ok(());
+        };
         let mut idx = Vec::new();
         self.emit_outer(fb, &k, &mut idx);
         Ok(())
@@ -217,22 +220,7 @@ impl Lowerer<'_> {
         // Unroll small bodies ×4 (Cranelift does not unroll; it pays off
         // for memory-bound loops) but not large ones, whose copies would
         // cost compile time for no speed.
-        let cost: usize = k
-            .exprs
-            .iter()
-            .map(|(e, d)| match e {
-                // Inline f32 math is long; by the op's declared cost.
-                KExpr::Unary(u, _) if *d == DType::F32 => u.cost() as usize,
-                KExpr::Unary(..)
-                | KExpr::Operand(_)
-                | KExpr::Const(_)
-                | KExpr::Binary(..)
-                | KExpr::Pow(..)
-                | KExpr::Cmp(..)
-                | KExpr::Select(..)
-                | KExpr::Convert(..) => 1,
-            })
-            .sum();
+        let cost = k.body_cost();
         let unroll = if cost <= 64 {
             UNROLL
         } else if cost <= 256 {
