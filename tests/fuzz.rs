@@ -235,6 +235,11 @@ fn check(f64: bool, shapes: &[Vec<usize>], program: &[Instr], outputs: usize, se
     if let wengert::passes::Stage::Split { joint, .. } = &save_all.pipeline().stage {
         against("value_and_grad vs its graph", joint, &ginputs, &gjit, jit_exact(joint))?;
     }
+    // Forward mode: uᵀ(J v) = (uᵀ J) v between the JVP and the gradient,
+    // by the interpreter, at the same point (u: the gradient's seeds, v:
+    // random tangents).
+    check_jvp_transposes_vjp(&g, &grad, &ginputs, &gwant, seed)
+        .map_err(|m| TestCaseError::fail(format!("{m}\n{text}")))?;
     // Every checkpoint policy: the same gradients bit for bit.
     for policy in ["sqrt", "segments=2", "mincut", "slots=2", "budget=1KiB"] {
         let options = Options {
@@ -246,6 +251,73 @@ fn check(f64: bool, shapes: &[Vec<usize>], program: &[Instr], outputs: usize, se
         let f =
             value_and_grad(&g, &wrt, &options).map_err(|e| TestCaseError::fail(format!("{policy}: {e}\n{text}")))?;
         compare(policy, &grad.graph, &gjit, &f.call(&grefs).unwrap(), true)?;
+    }
+    Ok(())
+}
+
+/// `uᵀ(J v) = (uᵀ J) v`: the JVP of `g` (tangents v random) against the
+/// gradient graph's values `gwant` at inputs `ginputs` (primal inputs,
+/// then seeds u).
+fn check_jvp_transposes_vjp(
+    g: &Graph,
+    grad: &wengert::GradGraph,
+    ginputs: &[Tensor],
+    gwant: &[Tensor],
+    seed: u64,
+) -> Result<(), String> {
+    let wrt: Vec<&str> = grad.wrt.iter().map(String::as_str).collect();
+    let t = wengert::passes::jvp::jvp(g, &wrt).map_err(|e| format!("jvp: {e}"))?;
+    let n = g.inputs().len();
+    let mut rng = Rng::new(seed ^ 0x7a9);
+    let tangents: Vec<Tensor> = wrt
+        .iter()
+        .map(|w| {
+            let ty = &g.input(w).unwrap().ty;
+            let v: Vec<f64> = (0..ty.num_elements()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            Tensor::from_vec(ty.shape.clone(), v).unwrap().convert(ty.dtype)
+        })
+        .collect();
+    let mut tin: Vec<Tensor> = ginputs[..n].to_vec();
+    tin.extend(tangents.iter().cloned());
+    let tout = interpret(&t.graph, &tin).map_err(|e| format!("interpret jvp: {e}"))?;
+    // Σ over outputs of u · Jv.
+    let mut lhs = 0.0;
+    let mut scale = 0.0;
+    for (k, name) in t.tangent_outputs.iter().enumerate() {
+        let jv = tout[t.primal_outputs + k].to_f64_vec();
+        let u: Vec<f64> = match grad.graph.input(&format!("seed_{name}")) {
+            Some(i) => {
+                let pos = grad.graph.inputs().iter().position(|x| x.node == i.node).unwrap();
+                ginputs[pos].to_f64_vec()
+            }
+            None => vec![1.0; jv.len()],
+        };
+        for (a, b) in u.iter().zip(&jv) {
+            lhs += a * b;
+            scale += (a * b).abs();
+        }
+    }
+    // Σ over inputs of (uᵀJ) · v.
+    let mut rhs = 0.0;
+    for (k, v) in tangents.iter().enumerate() {
+        let gx = gwant[grad.primal_outputs + k].to_f64_vec();
+        for (a, b) in gx.iter().zip(v.to_f64_vec()) {
+            rhs += a * b;
+            scale += (a * b).abs();
+        }
+    }
+    if !lhs.is_finite() || !rhs.is_finite() || !scale.is_finite() {
+        return Ok(());
+    }
+    // f32 anywhere (an input, or a conversion through f32) rounds the
+    // tangents and adjoints differently.
+    let tol = if g.node_ids().any(|id| g.ty(id).dtype == DType::F32) {
+        1e-3
+    } else {
+        1e-9
+    };
+    if (lhs - rhs).abs() > tol * (1.0 + scale) {
+        return Err(format!("uᵀ(Jv) = {lhs} but (uᵀJ)v = {rhs}"));
     }
     Ok(())
 }

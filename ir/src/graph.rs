@@ -237,6 +237,59 @@ impl Graph {
         Ok(node)
     }
 
+    /// Marks every input differentiable (forward mode differentiates a loop
+    /// body along all its float inputs, parameters or not).
+    pub fn set_all_inputs_differentiable(&mut self) {
+        for i in &mut self.inputs {
+            i.differentiable = true;
+        }
+    }
+
+    /// This graph with another interface: its inputs are the input nodes
+    /// `inputs` in that order (each keeps its name), its outputs the nodes
+    /// `outputs` (named `out0`, `out1`, …); every node is copied with
+    /// inference, so the result verifies as a graph of its own. A node of
+    /// `inputs` that is not an input, or an input missing from it, is an
+    /// error.
+    pub fn with_interface(&self, name: &str, inputs: &[NodeId], outputs: &[NodeId]) -> Result<Graph, IrError> {
+        let mut g = Graph::new(name);
+        let mut map: Vec<Option<NodeId>> = vec![None; self.len()];
+        for &id in inputs {
+            let Op::Input { index } = *self.op(id) else {
+                return Err(IrError::Graph(format!("{} is not an input", self.value_name(id))));
+            };
+            let input = &self.inputs[index];
+            map[id.index()] = Some(g.add_input(&input.name, input.ty.clone(), input.differentiable)?);
+        }
+        for id in self.node_ids() {
+            if map[id.index()].is_some() {
+                continue;
+            }
+            if let Op::Input { .. } = self.op(id) {
+                return Err(IrError::Graph(format!(
+                    "input {} is missing from the new interface",
+                    self.value_name(id)
+                )));
+            }
+            let args = self
+                .args(id)
+                .iter()
+                .map(|a| map[a.index()])
+                .collect::<Option<Vec<NodeId>>>()
+                .ok_or_else(|| IrError::Graph(format!("{} precedes an operand", self.value_name(id))))?;
+            map[id.index()] = Some(g.copy_node(self, id, &args)?);
+        }
+        for (k, &o) in outputs.iter().enumerate() {
+            let node = map
+                .get(o.index())
+                .copied()
+                .flatten()
+                .ok_or_else(|| IrError::Graph(format!("output {k} is not a node of the graph")))?;
+            g.add_output(&format!("out{k}"), node)?;
+        }
+        Ok(g)
+    }
+
     /// Adds a constant node.
     pub fn add_const(&mut self, value: Tensor) -> NodeId {
         let ty = value.ty().clone();

@@ -61,31 +61,7 @@ pub fn autodiff_with(
 ) -> Result<GradGraph, PassError> {
     verify(g)?;
     // Check what was asked for before building anything.
-    let mut wrt_nodes = Vec::with_capacity(wrt.len());
-    let mut seen = std::collections::HashSet::with_capacity(wrt.len());
-    for &name in wrt {
-        let bad = |reason: &str| PassError::BadWrt {
-            name: name.to_string(),
-            reason: reason.to_string(),
-        };
-        if !seen.insert(name) {
-            return Err(bad("it is listed twice"));
-        }
-        let input = g.input(name).ok_or_else(|| {
-            let names: Vec<&str> = g.inputs().iter().map(|i| i.name.as_str()).collect();
-            bad(&format!(
-                "the graph has no input `{name}` (its inputs: {})",
-                names.join(", ")
-            ))
-        })?;
-        if !input.differentiable {
-            return Err(bad("the input is marked `nodiff` (data, not a parameter)"));
-        }
-        if !differentiable_dtype(input.ty.dtype) {
-            return Err(bad(&format!("its type {} is not a float type", input.ty)));
-        }
-        wrt_nodes.push(input.node);
-    }
+    let wrt_nodes = wrt_nodes(g, wrt)?;
     for (name, seed) in seeds {
         let output = g.output(name).ok_or_else(|| PassError::BadSeed {
             output: name.to_string(),
@@ -303,4 +279,35 @@ fn accumulate(joint: &mut Graph, adj: &mut [Option<NodeId>], v: NodeId, c: NodeI
         Some(prev) => Emitter { g: joint, at: v }.add(prev, c)?,
     });
     Ok(())
+}
+
+/// The input nodes named in `wrt`, checked: each exists once, is
+/// differentiable (not `nodiff`) and of a float type.
+pub(crate) fn wrt_nodes(g: &Graph, wrt: &[&str]) -> Result<Vec<NodeId>, PassError> {
+    let mut wrt_nodes = Vec::with_capacity(wrt.len());
+    let mut seen = std::collections::HashSet::with_capacity(wrt.len());
+    for &name in wrt {
+        let bad = |reason: &str| PassError::BadWrt {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        };
+        if !seen.insert(name) {
+            return Err(bad("it is listed twice"));
+        }
+        let input = g.input(name).ok_or_else(|| {
+            let names: Vec<&str> = g.inputs().iter().map(|i| i.name.as_str()).collect();
+            bad(&format!(
+                "the graph has no input `{name}` (its inputs: {})",
+                names.join(", ")
+            ))
+        })?;
+        if !input.differentiable {
+            return Err(bad("the input is marked `nodiff` (data, not a parameter)"));
+        }
+        if !differentiable_dtype(input.ty.dtype) {
+            return Err(bad(&format!("its type {} is not a float type", input.ty)));
+        }
+        wrt_nodes.push(input.node);
+    }
+    Ok(wrt_nodes)
 }

@@ -12,6 +12,7 @@ pub mod cost;
 pub mod emit;
 pub mod error;
 pub mod fuse;
+pub mod jvp;
 pub mod memory;
 pub mod partition;
 pub mod pipeline;
