@@ -123,6 +123,51 @@ pub enum Command {
         #[arg(long, default_value = "all")]
         loops: String,
     },
+    /// Forward mode: print the tangent graph (the outputs, then
+    /// `tangent_<output>` = J·v for tangent inputs `tangent_<input>`),
+    /// which `eval` and `run` read.
+    Jvp {
+        /// A `.wg` file, or `-` for standard input.
+        file: String,
+        /// Inputs to perturb, comma-separated (default: every
+        /// differentiable input).
+        #[arg(long, value_delimiter = ',')]
+        wrt: Vec<String>,
+    },
+    /// Print the Jacobian of one output with respect to some inputs at
+    /// given input values, as an [outputs × inputs] matrix (forward mode
+    /// when the output has more elements than the inputs, else reverse).
+    Jacobian {
+        /// A `.wg` file, or `-` for standard input.
+        file: String,
+        /// The output to differentiate (default: the first).
+        #[arg(long)]
+        of: Option<String>,
+        /// Inputs, comma-separated (default: every differentiable input).
+        #[arg(long, value_delimiter = ',')]
+        wrt: Vec<String>,
+        /// Force `forward` or `reverse` mode.
+        #[arg(long)]
+        mode: Option<String>,
+        /// An input value: `NAME=0.7`, `NAME=[[1,2],[3,4]]` or `NAME=@file.npy`.
+        #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
+        inputs: Vec<String>,
+    },
+    /// Print the Hessian of a scalar output at given input values
+    /// (forward over reverse).
+    Hessian {
+        /// A `.wg` file, or `-` for standard input.
+        file: String,
+        /// The scalar output (default: the first).
+        #[arg(long)]
+        of: Option<String>,
+        /// Inputs, comma-separated (default: every differentiable input).
+        #[arg(long, value_delimiter = ',')]
+        wrt: Vec<String>,
+        /// An input value: `NAME=0.7`, `NAME=[[1,2],[3,4]]` or `NAME=@file.npy`.
+        #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
+        inputs: Vec<String>,
+    },
     /// Compile a graph with the JIT and run it (optionally its gradient).
     Run {
         /// A `.wg` file, or `-` for standard input.
@@ -396,6 +441,18 @@ pub fn format_outputs(outputs: &[(String, Tensor)], json: bool) -> String {
     out
 }
 
+/// The output named `of`, or the graph's first.
+fn output_or_first(g: &Graph, of: Option<String>) -> Result<String, CliError> {
+    match of {
+        Some(o) => Ok(o),
+        None => g
+            .outputs()
+            .first()
+            .map(|o| o.name.clone())
+            .ok_or_else(|| CliError("the graph has no outputs".into())),
+    }
+}
+
 /// Runs one command and returns what it prints.
 pub fn run(cli: Cli) -> Result<String, CliError> {
     match cli.command {
@@ -571,6 +628,51 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                     "// ----- joint ----- //\n{joint}// ----- forward ----- //\n{forward}// ----- backward ----- //\n{backward}"
                 ),
             })
+        }
+        Command::Jvp { file, wrt } => {
+            let g = load_graph(&file)?;
+            let t = wengert_passes::jvp::jvp(&g, &wrt_names(&g, &wrt)).map_err(|e| CliError(format!("{file}: {e}")))?;
+            Ok(t.graph.to_string())
+        }
+        Command::Jacobian {
+            file,
+            of,
+            wrt,
+            mode,
+            inputs,
+        } => {
+            let g = load_graph(&file)?;
+            let of = output_or_first(&g, of)?;
+            let force = match mode.as_deref() {
+                None => None,
+                Some("forward") => Some(crate::forward::JacobianMode::Forward),
+                Some("reverse") => Some(crate::forward::JacobianMode::Reverse),
+                Some(m) => return Err(CliError(format!("--mode {m}: expected forward or reverse"))),
+            };
+            let fail = |e: crate::api::Error| CliError(format!("{file}: {e}"));
+            let j =
+                crate::forward::jacobian(&g, &of, &wrt_names(&g, &wrt), force, &Options::default()).map_err(fail)?;
+            let values = parse_inputs(&g, &inputs)?;
+            let m = j.call(&values.iter().collect::<Vec<_>>()).map_err(fail)?;
+            Ok(format!(
+                "// d{of}/d({}), {:?} mode\n{}\n",
+                wrt_names(&g, &wrt).join(", "),
+                j.mode,
+                m
+            ))
+        }
+        Command::Hessian { file, of, wrt, inputs } => {
+            let g = load_graph(&file)?;
+            let of = output_or_first(&g, of)?;
+            let fail = |e: crate::api::Error| CliError(format!("{file}: {e}"));
+            let h = crate::forward::hessian(&g, &of, &wrt_names(&g, &wrt), &Options::default()).map_err(fail)?;
+            let values = parse_inputs(&g, &inputs)?;
+            let m = h.call(&values.iter().collect::<Vec<_>>()).map_err(fail)?;
+            Ok(format!(
+                "// Hessian of {of} in ({})\n{}\n",
+                wrt_names(&g, &wrt).join(", "),
+                m
+            ))
         }
         Command::Run {
             file,

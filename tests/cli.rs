@@ -405,3 +405,83 @@ fn loops_on_the_command_line() {
     assert!(std::fs::read_to_string(after_fuse).unwrap().contains("graph @step.vjp"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn jvp_jacobian_and_hessian_commands() {
+    // The tangent graph pipes into eval: case 4 along x1 gives the first
+    // column of [[x2, x1], [1, 2·x2]].
+    let t = wengert(&["jvp", &case_path("case04_vjp.wg")], None);
+    assert_eq!(t.code, 0, "{}", t.stderr);
+    let e = wengert(
+        &[
+            "eval",
+            "-",
+            "-i",
+            "x1=0.7",
+            "-i",
+            "x2=1.3",
+            "-i",
+            "tangent_x1=1",
+            "-i",
+            "tangent_x2=0",
+        ],
+        Some(&t.stdout),
+    );
+    assert_eq!(e.code, 0, "{}", e.stderr);
+    assert!(e.stdout.contains("tangent_y1 = 1.3\ntangent_y2 = 1.0"), "{}", e.stdout);
+    let j = wengert(
+        &[
+            "jacobian",
+            &case_path("case04_vjp.wg"),
+            "--of",
+            "y2",
+            "-i",
+            "x1=0.7",
+            "-i",
+            "x2=1.3",
+        ],
+        None,
+    );
+    assert_eq!(j.code, 0, "{}", j.stderr);
+    assert_eq!(j.stdout, "// dy2/d(x1, x2), Reverse mode\n[[1.0, 2.6]]\n");
+    let j = wengert(
+        &[
+            "jacobian",
+            &case_path("case04_vjp.wg"),
+            "--of",
+            "y1",
+            "--mode",
+            "forward",
+            "-i",
+            "x1=0.7",
+            "-i",
+            "x2=1.3",
+        ],
+        None,
+    );
+    assert_eq!(j.stdout, "// dy1/d(x1, x2), Forward mode\n[[1.3, 0.7]]\n");
+    // log(1 + x²)'' = (2 − 2x²)/(1 + x²)² = 0.96 at 0.5.
+    let h = wengert(&["hessian", &case_path("case01_scalar.wg"), "-i", "x=0.5"], None);
+    assert_eq!(h.stdout, "// Hessian of y in (x)\n[[0.96]]\n", "{}", h.stderr);
+    let bad = wengert(&["jacobian", &case_path("case04_vjp.wg"), "--mode", "sideways"], None);
+    assert_eq!(bad.code, 1);
+    assert!(
+        bad.stderr.contains("--mode sideways: expected forward or reverse"),
+        "{}",
+        bad.stderr
+    );
+    let bad = wengert(
+        &[
+            "hessian",
+            &case_path("case04_vjp.wg"),
+            "--of",
+            "nope",
+            "-i",
+            "x1=1",
+            "-i",
+            "x2=1",
+        ],
+        None,
+    );
+    assert!(bad.stderr.contains("nope"), "{}", bad.stderr);
+}

@@ -390,3 +390,24 @@ fn errors_name_what_is_wrong() {
     let e = hessian(&g, "y", &["x"], &Options::default()).err().unwrap().to_string();
     assert!(e.contains("float scalar output"), "{e}");
 }
+
+/// Forward over reverse (`jvp ∘ autodiff`, what `hvp` compiles) and reverse
+/// over forward (`autodiff ∘ jvp`: the gradient of `ḟ = ∇f·v` with respect
+/// to x is `H v`) agree.
+#[test]
+fn forward_over_reverse_equals_reverse_over_forward() {
+    let g = models::mlp(3, 4, 5, 2, DType::F64, false).unwrap();
+    let wrt = ["W1", "b1", "W2", "b2"];
+    let fwd_rev = wengert::forward::hvp_graph(&g, "loss", &wrt).unwrap();
+    let t = jvp_graph(&g, &wrt).unwrap();
+    let rev_fwd = autodiff(&t.graph, &wrt, &[("loss", Seed::Zero), ("tangent_loss", Seed::One)]).unwrap();
+    let mut rng = Rng::new(8);
+    let ins = inputs_in(&fwd_rev, &mut rng, -0.5, 0.5);
+    let a = interpret(&fwd_rev, &ins).unwrap();
+    let b = interpret(&rev_fwd.graph, &ins).unwrap();
+    for (k, w) in wrt.iter().enumerate() {
+        let hv_a = a[wrt.len() + k].to_f64_vec();
+        let hv_b = b[rev_fwd.primal_outputs + k].to_f64_vec();
+        common::assert_close(&hv_a, &hv_b, 1e-12, &format!("H·v for {w}"));
+    }
+}
