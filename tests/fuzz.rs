@@ -13,7 +13,9 @@
 //!   checkpoint, partition, fuse, memory plan, JIT) agree with the
 //!   interpreter's gradient;
 //! - under every checkpoint policy the JIT's gradients are bit-identical to
-//!   save-all's.
+//!   save-all's;
+//! - forward mode: `uᵀ(J v) = (uᵀ J) v` between the JVP and the gradient,
+//!   and (one graph in four) the compiled JVP agrees with the interpreter.
 //!
 //! CI runs 2,000 graphs (1,000 in f64, 1,000 in f32, in two tests that run
 //! in parallel); `PROPTEST_CASES=N` sets the count per test. Failures shrink
@@ -240,6 +242,23 @@ fn check(f64: bool, shapes: &[Vec<usize>], program: &[Instr], outputs: usize, se
     // random tangents).
     check_jvp_transposes_vjp(&g, &grad, &ginputs, &gwant, seed)
         .map_err(|m| TestCaseError::fail(format!("{m}\n{text}")))?;
+    // The compiled JVP against the interpreted tangent graph (one graph in
+    // four: compiling is most of a case's time).
+    if seed % 4 == 0 && !wrt.is_empty() {
+        let t = wengert::passes::jvp::jvp(&g, &wrt).map_err(|e| TestCaseError::fail(format!("jvp: {e}\n{text}")))?;
+        let tinputs = inputs_for(&t.graph, seed ^ 0x71);
+        let twant = interpret(&t.graph, &tinputs).unwrap();
+        let exe = wengert::jvp(&g, &wrt, &Options::default())
+            .map_err(|e| TestCaseError::fail(format!("jvp: {e}\n{text}")))?;
+        let tgot = exe.call(&tinputs.iter().collect::<Vec<_>>()).unwrap();
+        compare_conditioned(
+            "compiled jvp",
+            &t.graph,
+            &twant,
+            &nearby_results(&t.graph, &tinputs),
+            &tgot,
+        )?;
+    }
     // Every checkpoint policy: the same gradients bit for bit.
     for policy in ["sqrt", "segments=2", "mincut", "slots=2", "budget=1KiB"] {
         let options = Options {

@@ -126,19 +126,63 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// `f(x₀, x₁, …)` on f64 inputs of the given shapes, values in [lo, hi).
+/// `f(x₀, x₁, …)` on inputs of the given shapes, values in [lo, hi): in
+/// f64 by [`check`]; in f32, the compiled JVP against the interpreted one
+/// and `uᵀ(J v) = (uᵀ J) v` to f32 rounding (finite differences mean
+/// little in f32).
 fn check_op(name: &str, shapes: &[&[usize]], lo: f64, hi: f64, f: impl for<'b> Fn(&[Var<'b>]) -> Var<'b>) {
-    let b = GraphBuilder::new(name);
-    let xs: Vec<Var> = shapes
-        .iter()
-        .enumerate()
-        .map(|(i, s)| b.input(&format!("x{i}"), DType::F64, s))
-        .collect();
-    let y = f(&xs);
-    let g = b.build(&[("y", y)]).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let mut rng = Rng::new(name.len() as u64 * 7919 + shapes.len() as u64);
-    let x = inputs_in(&g, &mut rng, lo, hi);
-    check(&g, &x, 1e-6);
+    for d in [DType::F64, DType::F32] {
+        let b = GraphBuilder::new(name);
+        let xs: Vec<Var> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| b.input(&format!("x{i}"), d, s))
+            .collect();
+        let y = f(&xs);
+        let g = b.build(&[("y", y)]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut rng = Rng::new(name.len() as u64 * 7919 + shapes.len() as u64);
+        let x = inputs_in(&g, &mut rng, lo, hi);
+        if d == DType::F64 {
+            check(&g, &x, 1e-6);
+        } else {
+            check_f32(&g, &x);
+        }
+    }
+}
+
+/// The f32 half of [`check_op`].
+fn check_f32(g: &Graph, x: &[Tensor]) {
+    let name = &g.name;
+    let wrt = g.differentiable_inputs();
+    let t = jvp_graph(g, &wrt).unwrap_or_else(|e| panic!("{name} f32: {e}"));
+    let mut rng = Rng::new(7);
+    let mut tin = x.to_vec();
+    for w in &wrt {
+        let ty = &g.input(w).unwrap().ty;
+        tin.push(tensor(&ty.shape, rng.vec(ty.num_elements(), -1.0, 1.0)).convert(DType::F32));
+    }
+    let want = interpret(&t.graph, &tin).unwrap();
+    let exe = wengert::jvp(g, &wrt, &Options::default()).unwrap();
+    let got = exe.call(&tin.iter().collect::<Vec<_>>()).unwrap();
+    for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+        common::assert_close(
+            &a.to_f64_vec(),
+            &b.to_f64_vec(),
+            1e-4,
+            &format!("{name} f32: compiled output {k}"),
+        );
+    }
+    let grad = autodiff(g, &wrt, &[("y", Seed::Const(Tensor::full(want[0].ty().clone(), 1.0)))]).unwrap();
+    let gout = interpret(&grad.graph, x).unwrap();
+    let lhs: f64 = want[t.primal_outputs].to_f64_vec().iter().sum();
+    let mut rhs = 0.0;
+    for (k, v) in tin[x.len()..].iter().enumerate() {
+        rhs += dot(&gout[grad.primal_outputs + k].to_f64_vec(), &v.to_f64_vec());
+    }
+    assert!(
+        (lhs - rhs).abs() <= 1e-4 * (1.0 + lhs.abs()),
+        "{name} f32: uᵀ(Jv) = {lhs} but (uᵀJ)v = {rhs}"
+    );
 }
 
 #[test]
