@@ -244,7 +244,7 @@ fn check(f64: bool, shapes: &[Vec<usize>], program: &[Instr], outputs: usize, se
         .map_err(|m| TestCaseError::fail(format!("{m}\n{text}")))?;
     // The compiled JVP against the interpreted tangent graph (one graph in
     // four: compiling is most of a case's time).
-    if seed % 4 == 0 && !wrt.is_empty() {
+    if seed.is_multiple_of(4) && !wrt.is_empty() {
         let t = wengert::passes::jvp::jvp(&g, &wrt).map_err(|e| TestCaseError::fail(format!("jvp: {e}\n{text}")))?;
         let tinputs = inputs_for(&t.graph, seed ^ 0x71);
         let twant = interpret(&t.graph, &tinputs).unwrap();
