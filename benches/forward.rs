@@ -8,8 +8,8 @@
 //! - `jacobian_tall/{forward,reverse}`: the Jacobian of `tanh(x W)`, 4
 //!   inputs → 1,000 outputs, f64, both ways (the automatic choice is
 //!   printed);
-//! - `compile_hessian/*`: compile time of `hessian` for the seed cases 1–4
-//!   and the MLP.
+//! - `compile_hessian/*`: compile time of `hessian` (one compiled function
+//!   computing the whole matrix) for the seed cases 1–4 and a small MLP.
 //!
 //! Ratios in the same run are printed first (median of 21 alternating
 //! calls). Run with `cargo bench --bench forward`.
@@ -143,8 +143,10 @@ fn compile_hessian(c: &mut Criterion) {
             })
         });
     }
-    let g = models::mlp(128, 784, 256, 10, DType::F32, false).unwrap();
-    group.bench_function("mlp_128", |bch| {
+    // A small MLP (6-5-3, B = 8: 53 parameters, a 53×53 Hessian; the
+    // 784-256-10 one has 203,530 parameters, a matrix of 166 GB).
+    let g = models::mlp(8, 6, 5, 3, DType::F64, false).unwrap();
+    group.bench_function("mlp_6_5_3", |bch| {
         bch.iter(|| hessian(black_box(&g), "loss", &models::MLP_PARAMS, &Options::default()).unwrap())
     });
     group.finish();

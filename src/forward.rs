@@ -265,78 +265,150 @@ impl Jacobian {
     }
 }
 
+/// The most elements (of all of `wrt` together) [`hessian`] builds a
+/// matrix for: its graph holds one copy of the HVP's tangent part per
+/// element, so the graph (and compile time) grows with `n`; beyond this,
+/// apply [`hvp`] to the vectors needed.
+pub const HESSIAN_MAX_ELEMENTS: usize = 256;
+
+/// The graph of the Hessian of the scalar output `of` with respect to
+/// `wrt`: `g`'s inputs → `hessian`, an `[n, n]` matrix (`n` the elements of
+/// all of `wrt`, each flattened row-major, in order). It is [`hvp_graph`]
+/// with its tangent inputs replaced by each unit vector in turn: the
+/// primal and gradient nodes once, the tangent nodes once per column.
+pub fn hessian_graph(g: &Graph, of: &str, wrt: &[&str]) -> Result<Graph, Error> {
+    let h = hvp_graph(g, of, wrt)?;
+    let types: Vec<TensorType> = wrt
+        .iter()
+        .map(|x| {
+            h.input(&tangent_name(x))
+                .map(|i| i.ty.clone())
+                .ok_or_else(|| PassError::BadWrt {
+                    name: x.to_string(),
+                    reason: "the graph has no such input".into(),
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let dtype = types.first().map_or(wengert_ir::DType::F64, |t| t.dtype);
+    if let Some(t) = types.iter().find(|t| t.dtype != dtype) {
+        return Err(PassError::BadWrt {
+            name: wrt.join(", "),
+            reason: format!("a Hessian needs inputs of one dtype ({dtype} and {})", t.dtype),
+        }
+        .into());
+    }
+    let sizes: Vec<usize> = types.iter().map(|t| t.num_elements()).collect();
+    let n: usize = sizes.iter().sum();
+    if n > HESSIAN_MAX_ELEMENTS {
+        return Err(PassError::BadWrt {
+            name: wrt.join(", "),
+            reason: format!(
+                "{n} elements: a Hessian graph is built for at most {HESSIAN_MAX_ELEMENTS} (use hvp for products with vectors)"
+            ),
+        }
+        .into());
+    }
+    let tangent_inputs: Vec<wengert_ir::NodeId> = wrt
+        .iter()
+        .filter_map(|x| h.input(&tangent_name(x)).map(|i| i.node))
+        .collect();
+    // Which nodes depend on a tangent (copied per column).
+    let depends = h.dependents(&tangent_inputs);
+    let mut out = Graph::new(format!("{}.hessian", g.name));
+    let mut shared: Vec<Option<wengert_ir::NodeId>> = vec![None; h.len()];
+    for i in g.inputs() {
+        let node = h.input(&i.name).map(|x| x.node).ok_or_else(|| PassError::Internal {
+            node: i.name.clone(),
+            message: "the HVP graph lost an input".into(),
+        })?;
+        shared[node.index()] = Some(out.add_input(&i.name, i.ty.clone(), i.differentiable)?);
+    }
+    let hvp_outputs: Vec<wengert_ir::NodeId> = h.outputs()[wrt.len()..].iter().map(|o| o.node).collect();
+    let mut columns = Vec::with_capacity(n);
+    let (mut block, mut within) = (0, 0);
+    for _ in 0..n {
+        while within == sizes[block] {
+            block += 1;
+            within = 0;
+        }
+        let mut map = shared.clone();
+        for (b, (&t, ty)) in tangent_inputs.iter().zip(&types).enumerate() {
+            let mut v = vec![0.0; ty.num_elements()];
+            if b == block {
+                v[within] = 1.0;
+            }
+            map[t.index()] = Some(out.add_const(Tensor::from_vec(ty.shape.clone(), v)?.convert(dtype)));
+        }
+        for id in h.node_ids() {
+            if map[id.index()].is_some() || (!depends[id.index()] && shared[id.index()].is_some()) {
+                continue;
+            }
+            let args = h
+                .args(id)
+                .iter()
+                .map(|a| map[a.index()])
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| PassError::Internal {
+                    node: h.value_name(id),
+                    message: "an operand was not copied first".into(),
+                })?;
+            let copy = out.copy_node(&h, id, &args)?;
+            map[id.index()] = Some(copy);
+            if !depends[id.index()] {
+                shared[id.index()] = Some(copy);
+            }
+        }
+        // Column: every hvp block flattened, end to end.
+        let mut parts = Vec::with_capacity(hvp_outputs.len());
+        for (&o, size) in hvp_outputs.iter().zip(&sizes) {
+            let node = map[o.index()].ok_or_else(|| PassError::Internal {
+                node: h.value_name(o),
+                message: "an HVP output was not copied".into(),
+            })?;
+            parts.push(out.add(wengert_ir::Op::Reshape { shape: vec![*size, 1] }, &[node])?);
+        }
+        columns.push(if parts.len() == 1 {
+            parts[0]
+        } else {
+            out.add(wengert_ir::Op::Concat { axis: 0 }, &parts)?
+        });
+        within += 1;
+    }
+    let matrix = if columns.len() == 1 {
+        columns[0]
+    } else {
+        out.add(wengert_ir::Op::Concat { axis: 1 }, &columns)?
+    };
+    out.add_output("hessian", matrix)?;
+    Ok(out)
+}
+
 /// A compiled Hessian of a scalar output (see [`hessian`]).
 pub struct Hessian {
     exe: Executable,
-    n_primal: usize,
-    wrt_types: Vec<TensorType>,
 }
 
 /// Compiles the Hessian of the scalar output `of` with respect to `wrt`
-/// (forward over reverse: the HVP function of [`hvp`]); [`Hessian::call`]
-/// applies it to each unit vector and returns the `[n, n]` matrix (`n` the
-/// inputs' elements together, in `wrt` order).
+/// (forward over reverse, [`hessian_graph`]) as one function of `g`'s
+/// inputs; [`Hessian::call`] returns the `[n, n]` matrix (`n` the inputs'
+/// elements together, in `wrt` order; at most [`HESSIAN_MAX_ELEMENTS`]).
 pub fn hessian(g: &Graph, of: &str, wrt: &[&str], options: &Options) -> Result<Hessian, Error> {
-    let wrt_types = wrt
-        .iter()
-        .map(|x| {
-            g.input(x).map(|i| i.ty.clone()).ok_or_else(|| PassError::BadWrt {
-                name: x.to_string(),
-                reason: "the graph has no such input".into(),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     Ok(Hessian {
-        exe: hvp(g, of, wrt, options)?,
-        n_primal: g.inputs().len(),
-        wrt_types,
+        exe: compile(&hessian_graph(g, of, wrt)?, options)?,
     })
 }
 
 impl Hessian {
     /// The Hessian at `inputs` as an `[n, n]` tensor.
     pub fn call(&self, inputs: &[&Tensor]) -> Result<Tensor, Error> {
-        if inputs.len() != self.n_primal {
-            return Err(wengert_runtime::RuntimeError::Other(format!(
-                "the Hessian takes {} input(s), got {}",
-                self.n_primal,
-                inputs.len()
-            ))
-            .into());
-        }
-        let sizes: Vec<usize> = self.wrt_types.iter().map(|t| t.num_elements()).collect();
-        let n: usize = sizes.iter().sum();
-        let nw = self.wrt_types.len();
-        let mut h = vec![0.0f64; n * n];
-        let mut col = 0;
-        for (b, size) in sizes.iter().enumerate() {
-            for k in 0..*size {
-                let tangents: Vec<Tensor> = self
-                    .wrt_types
-                    .iter()
-                    .enumerate()
-                    .map(|(c, t)| {
-                        let mut v = vec![0.0; t.num_elements()];
-                        if c == b {
-                            v[k] = 1.0;
-                        }
-                        Tensor::from_vec(t.shape.clone(), v).map(|x| x.convert(t.dtype))
-                    })
-                    .collect::<Result<_, _>>()?;
-                let mut args: Vec<&Tensor> = inputs.to_vec();
-                args.extend(tangents.iter());
-                let outs = self.exe.call(&args)?;
-                let mut row = 0;
-                for blk in &outs[nw..2 * nw] {
-                    for (r, v) in blk.to_f64_vec().into_iter().enumerate() {
-                        h[(row + r) * n + col] = v;
-                    }
-                    row += blk.ty().num_elements();
-                }
-                col += 1;
-            }
-        }
-        let dtype = self.wrt_types.first().map_or(wengert_ir::DType::F64, |t| t.dtype);
-        Ok(Tensor::from_vec(vec![n, n], h)?.convert(dtype))
+        let mut out = self.exe.call(inputs)?;
+        out.pop().ok_or_else(|| {
+            wengert_runtime::RuntimeError::Other("internal error: the Hessian function has no output".into()).into()
+        })
+    }
+
+    /// The compiled function (inputs: the graph's; output: `hessian`).
+    pub fn executable(&self) -> &Executable {
+        &self.exe
     }
 }

@@ -433,6 +433,60 @@ fn errors_name_what_is_wrong() {
     let g = b.build(&[("y", x * 2.0)]).unwrap();
     let e = hessian(&g, "y", &["x"], &Options::default()).err().unwrap().to_string();
     assert!(e.contains("float scalar output"), "{e}");
+    let big = models::mlp(4, 20, 16, 3, DType::F64, false).unwrap();
+    let e = hessian(&big, "loss", &["W1"], &Options::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("320 elements") && e.contains("hvp"), "{e}");
+}
+
+/// The Hessian of a small MLP's loss is one compiled function, symmetric,
+/// and its columns are the HVPs of the unit vectors.
+#[test]
+fn mlp_hessian_is_one_function_and_matches_its_hvps() {
+    let g = models::mlp(4, 3, 4, 2, DType::F64, false).unwrap();
+    let wrt = ["W1", "b1", "W2", "b2"];
+    let h = hessian(&g, "loss", &wrt, &Options::default()).unwrap();
+    assert_eq!(h.executable().outputs().len(), 1);
+    let mut x = inputs_in(&g, &mut Rng::new(12), -0.8, 0.8);
+    let t = g.inputs().iter().position(|i| i.name == "t").unwrap();
+    x[t] = tensor(&[4, 2], vec![1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]);
+    let refs: Vec<&Tensor> = x.iter().collect();
+    let m = h.call(&refs).unwrap();
+    let n = 3 * 4 + 4 + 4 * 2 + 2;
+    assert_eq!(m.shape(), &[n, n]);
+    let m = m.to_f64_vec();
+    for i in 0..n {
+        for j in 0..n {
+            assert!((m[i * n + j] - m[j * n + i]).abs() < 1e-12, "H[{i},{j}] ≠ H[{j},{i}]");
+        }
+    }
+    let f = hvp(&g, "loss", &wrt, &Options::default()).unwrap();
+    let types: Vec<_> = wrt.iter().map(|w| g.input(w).unwrap().ty.clone()).collect();
+    let mut col = 0;
+    for (b, ty) in types.iter().enumerate() {
+        for k in 0..ty.num_elements() {
+            let v: Vec<Tensor> = types
+                .iter()
+                .enumerate()
+                .map(|(c, t)| {
+                    let mut e = vec![0.0; t.num_elements()];
+                    if c == b {
+                        e[k] = 1.0;
+                    }
+                    tensor(&t.shape, e)
+                })
+                .collect();
+            let mut args = refs.clone();
+            args.extend(v.iter());
+            let out = f.call(&args).unwrap();
+            let hv: Vec<f64> = out[wrt.len()..].iter().flat_map(|t| t.to_f64_vec()).collect();
+            let column: Vec<f64> = (0..n).map(|r| m[r * n + col]).collect();
+            common::assert_close(&column, &hv, 1e-13, &format!("column {col}"));
+            col += 1;
+        }
+    }
 }
 
 /// Forward over reverse (`jvp ∘ autodiff`, what `hvp` compiles) and reverse

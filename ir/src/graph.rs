@@ -237,6 +237,23 @@ impl Graph {
         Ok(node)
     }
 
+    /// For each node, whether it depends on one of `roots` (the roots
+    /// included): nodes are in topological order, so one pass suffices.
+    pub fn dependents(&self, roots: &[NodeId]) -> Vec<bool> {
+        let mut dep = vec![false; self.len()];
+        for &r in roots {
+            if let Some(d) = dep.get_mut(r.index()) {
+                *d = true;
+            }
+        }
+        for id in self.node_ids() {
+            if !dep[id.index()] {
+                dep[id.index()] = self.args(id).iter().any(|a| dep[a.index()]);
+            }
+        }
+        dep
+    }
+
     /// Marks every input differentiable (forward mode differentiates a loop
     /// body along all its float inputs, parameters or not).
     pub fn set_all_inputs_differentiable(&mut self) {
