@@ -13,12 +13,14 @@ pub mod cases;
 pub mod digits;
 pub mod forward;
 pub mod models;
+pub mod optim;
 
 pub use api::{
     compile, value_and_grad, value_and_grad_with_seeds, ArenaCheck, Bound, Error, Executable, GradFn, MeasuredMemory,
     Options, Residuals, ScalarFn, StepBuffers,
 };
 pub use forward::{hessian, hessian_graph, hvp, hvp_graph, jacobian, jvp, Hessian, Jacobian, JacobianMode};
+pub use optim::{step_graph, Optimizer, StepConfig, StepGraph, TrainStep};
 pub use wengert_codegen as codegen;
 pub use wengert_codegen::CodegenOptions;
 pub use wengert_ir as ir;

@@ -1,0 +1,440 @@
+//! The whole training step as one compiled function: the gradient graph
+//! with the optimizer's update appended (SGD with momentum or Nesterov,
+//! Adam, AdamW, clipping by global norm), the learning rate and the step
+//! count as runtime scalar inputs (a schedule never recompiles).
+//!
+//! [`step_graph`] builds the graph; [`TrainStep`] compiles it and owns the
+//! parameters and the optimizer state.
+
+use crate::api::{compile, Error, Executable, Options};
+use wengert_ir::{BinaryOp, DType, Graph, NodeId, Tensor, UnaryOp};
+use wengert_passes::emit::Emitter;
+use wengert_passes::{autodiff, PassError, Seed};
+
+/// An update rule. Conventions are PyTorch's (`torch.optim`), so results
+/// can be compared with it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    /// `g ← g + wd·p`; with momentum `b ← μ·b + g`, the step `d = b` (or
+    /// `g + μ·b` with Nesterov), else `d = g`; `p ← p − lr·d`.
+    Sgd {
+        momentum: f64,
+        nesterov: bool,
+        weight_decay: f64,
+    },
+    /// `m ← β₁m + (1 − β₁)g`, `v ← β₂v + (1 − β₂)g²`,
+    /// `p ← p − lr·(m/(1 − β₁ᵗ)) / (√(v/(1 − β₂ᵗ)) + ε)`; weight decay
+    /// adds `wd·p` to `g` (Adam) or, `decoupled`, `lr·wd·p` to the step
+    /// (AdamW).
+    Adam {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        decoupled: bool,
+    },
+}
+
+impl Optimizer {
+    /// Plain SGD.
+    pub fn sgd() -> Optimizer {
+        Optimizer::Sgd {
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        }
+    }
+
+    /// SGD with momentum `mu` (Nesterov's if `nesterov`).
+    pub fn momentum(mu: f64, nesterov: bool) -> Optimizer {
+        Optimizer::Sgd {
+            momentum: mu,
+            nesterov,
+            weight_decay: 0.0,
+        }
+    }
+
+    /// Adam with β₁ = 0.9, β₂ = 0.999, ε = 1e-8.
+    pub fn adam() -> Optimizer {
+        Optimizer::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+        }
+    }
+
+    /// AdamW: Adam with decoupled weight decay `wd`.
+    pub fn adamw(wd: f64) -> Optimizer {
+        Optimizer::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: wd,
+            decoupled: true,
+        }
+    }
+
+    /// The names of the state tensors kept per parameter.
+    fn state_names(&self) -> &'static [&'static str] {
+        match self {
+            Optimizer::Sgd { momentum, .. } if *momentum != 0.0 => &["momentum"],
+            Optimizer::Sgd { .. } => &[],
+            Optimizer::Adam { .. } => &["adam_m", "adam_v"],
+        }
+    }
+}
+
+/// What the step does besides the optimizer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepConfig {
+    pub optimizer: Optimizer,
+    /// Scale all gradients by `c / max(‖g‖, c)`, `‖g‖` the global norm over
+    /// every parameter's gradient (`torch.nn.utils.clip_grad_norm_`).
+    pub clip_norm: Option<f64>,
+}
+
+/// The graph of one training step (see [`step_graph`]).
+#[derive(Clone, Debug)]
+pub struct StepGraph {
+    /// Inputs: the model's inputs (parameters and data, in the model's
+    /// order), then each state tensor (`<state>_<param>`, per parameter in
+    /// order), then `lr` and `step` (scalars of the parameters' dtype; the
+    /// step count starts at 1). Outputs: `loss`, `new_<param>` per
+    /// parameter, then `new_<state>_<param>` per state input.
+    pub graph: Graph,
+    pub params: Vec<String>,
+    /// The state inputs, in order.
+    pub state: Vec<String>,
+}
+
+/// The training step of `g` (scalar output `loss`, parameters `params`)
+/// under `config`: the gradient graph (autodiff) with the update appended.
+pub fn step_graph(g: &Graph, loss: &str, params: &[&str], config: &StepConfig) -> Result<StepGraph, Error> {
+    let out = g.output(loss).ok_or_else(|| PassError::BadSeed {
+        output: loss.to_string(),
+        reason: "the graph has no such output".into(),
+    })?;
+    let lty = g.ty(out.node).clone();
+    if !lty.is_scalar() || !lty.dtype.is_float() {
+        return Err(PassError::BadSeed {
+            output: loss.to_string(),
+            reason: format!("a training step needs a float scalar loss, and this one is {lty}"),
+        }
+        .into());
+    }
+    let seeds: Vec<(&str, Seed)> = g
+        .outputs()
+        .iter()
+        .map(|o| (o.name.as_str(), if o.name == loss { Seed::One } else { Seed::Zero }))
+        .collect();
+    let grad = autodiff(g, params, &seeds)?;
+    let mut sg = grad.graph.clone();
+    sg.clear_outputs();
+    sg.name = format!("{}.step", g.name);
+    let dtype = lty.dtype;
+    for p in params {
+        let ty = &g.input(p).map(|i| i.ty.clone()).unwrap_or_else(|| lty.clone());
+        if ty.dtype != dtype {
+            return Err(PassError::BadWrt {
+                name: p.to_string(),
+                reason: format!("the parameter is {} but the loss is {dtype}", ty.dtype),
+            }
+            .into());
+        }
+    }
+    let p_nodes: Vec<NodeId> = params
+        .iter()
+        .map(|p| grad.graph.input(p).map(|i| i.node))
+        .collect::<Option<_>>()
+        .ok_or_else(|| PassError::Internal {
+            node: loss.to_string(),
+            message: "a parameter is missing from the gradient graph".into(),
+        })?;
+    let mut grads: Vec<NodeId> = params
+        .iter()
+        .map(|p| grad.graph.output(&format!("grad_{p}")).map(|o| o.node))
+        .collect::<Option<_>>()
+        .ok_or_else(|| PassError::Internal {
+            node: loss.to_string(),
+            message: "a gradient is missing".into(),
+        })?;
+    // State inputs, then lr and step.
+    let names = config.optimizer.state_names();
+    let mut state = Vec::new();
+    let mut state_nodes = Vec::new();
+    for (p, &pn) in params.iter().zip(&p_nodes) {
+        for s in names {
+            let name = format!("{s}_{p}");
+            state_nodes.push(sg.add_input(&name, sg.ty(pn).clone(), false)?);
+            state.push(name);
+        }
+    }
+    let scalar = wengert_ir::TensorType::new(dtype, vec![]);
+    let lr = sg.add_input("lr", scalar.clone(), false)?;
+    let step = sg.add_input("step", scalar, false)?;
+    let mut e = Emitter {
+        g: &mut sg,
+        at: out.node,
+    };
+    // Clipping: g ← g · c / max(‖g‖, c).
+    if let Some(c) = config.clip_norm {
+        let mut total: Option<NodeId> = None;
+        for &gr in &grads {
+            let sq = e.binary(BinaryOp::Mul, gr, gr)?;
+            let axes: Vec<usize> = (0..e.shape(gr).len()).collect();
+            let s = e.reduce_sum(sq, axes)?;
+            total = Some(match total {
+                None => s,
+                Some(t) => e.add(t, s)?,
+            });
+        }
+        if let Some(total) = total {
+            let norm = e.unary(UnaryOp::Sqrt, total)?;
+            let cc = e.scalar(dtype, c);
+            let denom = e.binary(BinaryOp::Max, norm, cc)?;
+            let scale = e.div(cc, denom)?;
+            for gr in &mut grads {
+                let sb = e.broadcast(scale, &e.shape(*gr))?;
+                *gr = e.binary(BinaryOp::Mul, *gr, sb)?;
+            }
+        }
+    }
+    let mut new_params = Vec::new();
+    let mut new_state = Vec::new();
+    for (k, (&p, &gr)) in p_nodes.iter().zip(&grads).enumerate() {
+        let shape = e.shape(p);
+        let lr_b = e.broadcast(lr, &shape)?;
+        match config.optimizer {
+            Optimizer::Sgd {
+                momentum,
+                nesterov,
+                weight_decay,
+            } => {
+                let g1 = if weight_decay != 0.0 {
+                    let wd = e.mul_scalar(weight_decay, p)?;
+                    e.add(gr, wd)?
+                } else {
+                    gr
+                };
+                let d = if momentum != 0.0 {
+                    let b = state_nodes[k];
+                    let mb = e.mul_scalar(momentum, b)?;
+                    let b1 = e.add(mb, g1)?;
+                    new_state.push(b1);
+                    if nesterov {
+                        let mb1 = e.mul_scalar(momentum, b1)?;
+                        e.add(g1, mb1)?
+                    } else {
+                        b1
+                    }
+                } else {
+                    g1
+                };
+                let upd = e.binary(BinaryOp::Mul, lr_b, d)?;
+                new_params.push(e.sub(p, upd)?);
+            }
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                decoupled,
+            } => {
+                let (m, v) = (state_nodes[2 * k], state_nodes[2 * k + 1]);
+                let g1 = if weight_decay != 0.0 && !decoupled {
+                    let wd = e.mul_scalar(weight_decay, p)?;
+                    e.add(gr, wd)?
+                } else {
+                    gr
+                };
+                let bm = e.mul_scalar(beta1, m)?;
+                let gm = e.mul_scalar(1.0 - beta1, g1)?;
+                let m1 = e.add(bm, gm)?;
+                let gg = e.binary(BinaryOp::Mul, g1, g1)?;
+                let bv = e.mul_scalar(beta2, v)?;
+                let gv = e.mul_scalar(1.0 - beta2, gg)?;
+                let v1 = e.add(bv, gv)?;
+                // 1 − βᵗ = 1 − exp(t·ln β), with t a runtime input.
+                let correction = |e: &mut Emitter<'_>, beta: f64| -> Result<NodeId, PassError> {
+                    let tl = e.mul_scalar(beta.ln(), step)?;
+                    let pw = e.unary(UnaryOp::Exp, tl)?;
+                    let one = e.scalar(dtype, 1.0);
+                    e.sub(one, pw)
+                };
+                let c1 = correction(&mut e, beta1)?;
+                let c2 = correction(&mut e, beta2)?;
+                let c1b = e.broadcast(c1, &shape)?;
+                let c2b = e.broadcast(c2, &shape)?;
+                let mhat = e.div(m1, c1b)?;
+                let vhat = e.div(v1, c2b)?;
+                let root = e.unary(UnaryOp::Sqrt, vhat)?;
+                let epsb = e.full_like(root, eps)?;
+                let den = e.add(root, epsb)?;
+                let mut dir = e.div(mhat, den)?;
+                if weight_decay != 0.0 && decoupled {
+                    let wd = e.mul_scalar(weight_decay, p)?;
+                    dir = e.add(dir, wd)?;
+                }
+                let upd = e.binary(BinaryOp::Mul, lr_b, dir)?;
+                new_params.push(e.sub(p, upd)?);
+                new_state.push(m1);
+                new_state.push(v1);
+            }
+        }
+    }
+    sg.add_output("loss", out.node)?;
+    for (p, &n) in params.iter().zip(&new_params) {
+        sg.add_output(&format!("new_{p}"), n)?;
+    }
+    for (s, &n) in state.iter().zip(&new_state) {
+        sg.add_output(&format!("new_{s}"), n)?;
+    }
+    wengert_ir::verify(&sg)?;
+    Ok(StepGraph {
+        graph: sg,
+        params: params.iter().map(|s| s.to_string()).collect(),
+        state,
+    })
+}
+
+/// A compiled training step that owns the parameters and the optimizer
+/// state. Each [`TrainStep::step`] reads them and writes their next values
+/// into a second set of buffers, which then take their place (two sets in
+/// memory: updating in place, aliasing inputs to outputs, is not built).
+pub struct TrainStep {
+    exe: Executable,
+    graph: StepGraph,
+    /// For each model input: `Ok(k)` parameter k, `Err(k)` data input k.
+    sources: Vec<Result<usize, usize>>,
+    data_names: Vec<String>,
+    values: Vec<Tensor>,
+    next: Vec<Tensor>,
+    /// Steps taken.
+    pub steps: u64,
+    dtype: DType,
+}
+
+impl TrainStep {
+    /// Compiles the step of `g` for the parameters `params` (name, initial
+    /// value); the optimizer state starts at zero.
+    pub fn new(
+        g: &Graph,
+        loss: &str,
+        params: &[(&str, Tensor)],
+        config: &StepConfig,
+        options: &Options,
+    ) -> Result<TrainStep, Error> {
+        let names: Vec<&str> = params.iter().map(|(n, _)| *n).collect();
+        let graph = step_graph(g, loss, &names, config)?;
+        let exe = compile(&graph.graph, options)?;
+        let mut data_names = Vec::new();
+        let sources = g
+            .inputs()
+            .iter()
+            .map(|i| match names.iter().position(|n| *n == i.name) {
+                Some(k) => Ok(k),
+                None => {
+                    data_names.push(i.name.clone());
+                    Err(data_names.len() - 1)
+                }
+            })
+            .collect();
+        let mut values = Vec::new();
+        for (name, t) in params {
+            let want = g.input(name).map(|i| i.ty.clone());
+            if want.as_ref() != Some(t.ty()) {
+                return Err(wengert_runtime::RuntimeError::Other(format!(
+                    "parameter `{name}`: expected {}, got {}",
+                    want.map_or("no such input".to_string(), |t| t.to_string()),
+                    t.ty()
+                ))
+                .into());
+            }
+            values.push(t.clone());
+        }
+        for s in &graph.state {
+            let ty = graph
+                .graph
+                .input(s)
+                .map(|i| i.ty.clone())
+                .ok_or_else(|| PassError::Internal {
+                    node: s.clone(),
+                    message: "the step graph lost a state input".into(),
+                })?;
+            values.push(Tensor::try_zeros(ty)?);
+        }
+        let next = exe.new_outputs()?;
+        let dtype = g
+            .ty(g.output(loss).map(|o| o.node).ok_or_else(|| PassError::Internal {
+                node: loss.to_string(),
+                message: "no loss".into(),
+            })?)
+            .dtype;
+        Ok(TrainStep {
+            exe,
+            graph,
+            sources,
+            data_names,
+            values,
+            next,
+            steps: 0,
+            dtype,
+        })
+    }
+
+    /// One step on `data` (the model's data inputs, in the model's order)
+    /// with learning rate `lr`; returns the loss before the update.
+    pub fn step(&mut self, data: &[&Tensor], lr: f64) -> Result<f64, Error> {
+        if data.len() != self.data_names.len() {
+            return Err(wengert_runtime::RuntimeError::Other(format!(
+                "the step takes {} data input(s) ({}), got {}",
+                self.data_names.len(),
+                self.data_names.join(", "),
+                data.len()
+            ))
+            .into());
+        }
+        self.steps += 1;
+        let lr_t = Tensor::scalar(self.dtype, lr);
+        let step_t = Tensor::scalar(self.dtype, self.steps as f64);
+        let n_params = self.graph.params.len();
+        let mut inputs: Vec<&Tensor> = self
+            .sources
+            .iter()
+            .map(|s| match *s {
+                Ok(k) => &self.values[k],
+                Err(k) => data[k],
+            })
+            .collect();
+        inputs.extend(self.values[n_params..].iter());
+        inputs.push(&lr_t);
+        inputs.push(&step_t);
+        self.exe.call_into(&inputs, &mut self.next)?;
+        // next = [loss, new params…, new state…]: swap into place.
+        for (k, v) in self.values.iter_mut().enumerate() {
+            std::mem::swap(v, &mut self.next[1 + k]);
+        }
+        Ok(self.next[0].to_f64_vec().first().copied().unwrap_or(f64::NAN))
+    }
+
+    /// The current value of parameter `name`.
+    pub fn param(&self, name: &str) -> Option<&Tensor> {
+        self.graph
+            .params
+            .iter()
+            .position(|p| p == name)
+            .map(|k| &self.values[k])
+    }
+
+    /// The parameters, in the order given to [`TrainStep::new`].
+    pub fn params(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.graph.params.iter().map(String::as_str).zip(&self.values)
+    }
+
+    /// The step graph (for dumps and tests).
+    pub fn graph(&self) -> &StepGraph {
+        &self.graph
+    }
+}
