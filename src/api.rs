@@ -22,6 +22,9 @@ pub enum Error {
     Codegen(#[from] CodegenError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// A file could not be read or written, or holds what it should not.
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
 }
 
 /// Compilation options.

@@ -14,6 +14,7 @@ pub mod digits;
 pub mod forward;
 pub mod models;
 pub mod optim;
+pub mod weights;
 
 pub use api::{
     compile, value_and_grad, value_and_grad_with_seeds, ArenaCheck, Bound, Error, Executable, GradFn, MeasuredMemory,
@@ -21,6 +22,7 @@ pub use api::{
 };
 pub use forward::{hessian, hessian_graph, hvp, hvp_graph, jacobian, jvp, Hessian, Jacobian, JacobianMode};
 pub use optim::{step_graph, Optimizer, StepConfig, StepGraph, TrainStep};
+pub use weights::{load_safetensors, save_safetensors};
 pub use wengert_codegen as codegen;
 pub use wengert_codegen::CodegenOptions;
 pub use wengert_ir as ir;

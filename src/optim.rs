@@ -433,6 +433,29 @@ impl TrainStep {
         self.graph.params.iter().map(String::as_str).zip(&self.values)
     }
 
+    /// Writes the parameters to `path` as safetensors.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), Error> {
+        let named: Vec<(&str, &Tensor)> = self.params().collect();
+        crate::weights::save_safetensors(path, &named)
+    }
+
+    /// Replaces the parameters with those in the safetensors file `path`
+    /// (names, dtypes and shapes checked; the optimizer state is kept).
+    pub fn load(&mut self, path: &std::path::Path) -> Result<(), Error> {
+        let expected: Vec<(&str, wengert_ir::TensorType)> = self
+            .graph
+            .params
+            .iter()
+            .zip(&self.values)
+            .map(|(n, t)| (n.as_str(), t.ty().clone()))
+            .collect();
+        let loaded = crate::weights::load_safetensors(path, &expected)?;
+        for (v, t) in self.values.iter_mut().zip(loaded) {
+            *v = t;
+        }
+        Ok(())
+    }
+
     /// The step graph (for dumps and tests).
     pub fn graph(&self) -> &StepGraph {
         &self.graph

@@ -283,3 +283,78 @@ fn step_errors_name_the_problem() {
     let e = s.step(&[], 0.1).unwrap_err().to_string();
     assert!(e.contains("3 data input(s) (b, x, y), got 0"), "{e}");
 }
+
+#[test]
+fn safetensors_round_trip_and_errors_name_the_tensor() {
+    use wengert::{load_safetensors, save_safetensors, TensorType};
+    let dir = std::env::temp_dir().join(format!("wengert-st-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("p.safetensors");
+    let w = tensor(&[2, 3], vec![1.0, -2.0, 3.5, 0.25, -0.0, 7.0]).convert(DType::F32);
+    let b = tensor(&[3], vec![0.1, 0.2, 0.3]);
+    let m = tensor(&[2], vec![1.0, 0.0]).convert(DType::Bool);
+    save_safetensors(&path, &[("w", &w), ("b", &b), ("mask", &m)]).unwrap();
+    let expected = [
+        ("w", TensorType::new(DType::F32, vec![2, 3])),
+        ("b", TensorType::new(DType::F64, vec![3])),
+        ("mask", TensorType::new(DType::Bool, vec![2])),
+    ];
+    let back = load_safetensors(&path, &expected).unwrap();
+    assert_eq!(back, vec![w.clone(), b.clone(), m.clone()]);
+    let err = |exp: &[(&str, TensorType)]| load_safetensors(&path, exp).unwrap_err().to_string();
+    let e = err(&[
+        ("w", TensorType::new(DType::F64, vec![2, 3])),
+        ("b", TensorType::new(DType::F64, vec![3])),
+        ("mask", TensorType::new(DType::Bool, vec![2])),
+    ]);
+    assert!(
+        e.contains("tensor `w` is f32[2,3] but the model expects f64[2,3]"),
+        "{e}"
+    );
+    let e = err(&[
+        ("w", TensorType::new(DType::F32, vec![3, 2])),
+        ("b", TensorType::new(DType::F64, vec![3])),
+        ("mask", TensorType::new(DType::Bool, vec![2])),
+    ]);
+    assert!(
+        e.contains("tensor `w` is f32[2,3] but the model expects f32[3,2]"),
+        "{e}"
+    );
+    let e = err(&[
+        ("w", TensorType::new(DType::F32, vec![2, 3])),
+        ("b", TensorType::new(DType::F64, vec![3])),
+    ]);
+    assert!(e.contains("no parameter for: mask"), "{e}");
+    let e = err(&[
+        ("w", TensorType::new(DType::F32, vec![2, 3])),
+        ("b", TensorType::new(DType::F64, vec![3])),
+        ("mask", TensorType::new(DType::Bool, vec![2])),
+        ("c", TensorType::new(DType::F64, vec![1])),
+    ]);
+    assert!(e.contains("has no tensor `c`"), "{e}");
+    std::fs::write(&path, b"not a safetensors file").unwrap();
+    let e = err(&expected);
+    assert!(e.contains("p.safetensors"), "{e}");
+    let e = load_safetensors(&dir.join("missing.safetensors"), &expected)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing.safetensors"), "{e}");
+    // A training step saves and loads its parameters.
+    let g = elementwise_model();
+    let config = StepConfig {
+        optimizer: Optimizer::adam(),
+        clip_norm: None,
+    };
+    let init = [("a", tensor(&[8], vec![0.5; 8])), ("b", tensor(&[8], vec![-0.5; 8]))];
+    let mut s = TrainStep::new(&g, "loss", &init, &config, &Options::default()).unwrap();
+    let data = [tensor(&[8], vec![0.3; 8]), tensor(&[8], vec![0.1; 8])];
+    s.step(&[&data[0], &data[1]], 0.1).unwrap();
+    let saved = dir.join("step.safetensors");
+    s.save(&saved).unwrap();
+    let after: Vec<Tensor> = s.params().map(|(_, t)| t.clone()).collect();
+    let mut fresh = TrainStep::new(&g, "loss", &init, &config, &Options::default()).unwrap();
+    fresh.load(&saved).unwrap();
+    let loaded: Vec<Tensor> = fresh.params().map(|(_, t)| t.clone()).collect();
+    assert_eq!(loaded, after);
+    std::fs::remove_dir_all(&dir).ok();
+}
