@@ -20,6 +20,20 @@ pub fn jvp(g: &Graph, wrt: &[&str], options: &Options) -> Result<Executable, Err
     compile(&t.graph, options)
 }
 
+/// An empty `wrt` is an error (there is nothing to differentiate by).
+fn no_empty_wrt(wrt: &[&str]) -> Result<(), Error> {
+    if wrt.is_empty() {
+        return Err(PassError::BadWrt {
+            name: String::new(),
+            reason:
+                "no inputs to differentiate with respect to (the graph has no differentiable input, or none was named)"
+                    .into(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// The output `of`, checked to be a float scalar (what second-order
 /// functions differentiate).
 fn scalar_output(g: &Graph, of: &str) -> Result<(), Error> {
@@ -51,6 +65,7 @@ fn scalar_output(g: &Graph, of: &str) -> Result<(), Error> {
 /// the tangents) — `jvp ∘ autodiff`, forward over reverse.
 pub fn hvp_graph(g: &Graph, of: &str, wrt: &[&str]) -> Result<Graph, Error> {
     scalar_output(g, of)?;
+    no_empty_wrt(wrt)?;
     let seeds: Vec<(&str, Seed)> = g
         .outputs()
         .iter()
@@ -136,6 +151,7 @@ pub fn jacobian(
         reason: "the graph has no such output".into(),
     })?;
     let out_type = g.ty(out.node).clone();
+    no_empty_wrt(wrt)?;
     if !out_type.dtype.is_float() {
         return Err(PassError::BadSeed {
             output: of.to_string(),
@@ -203,7 +219,18 @@ impl Jacobian {
     pub fn call(&self, inputs: &[&Tensor]) -> Result<Tensor, Error> {
         let n: usize = self.in_sizes.iter().sum();
         let m = self.out_size;
-        let mut jac = vec![0.0f64; m * n];
+        let too_big = || {
+            wengert_runtime::RuntimeError::Other(format!(
+                "a Jacobian of {m} × {n} elements is more than a tensor may hold"
+            ))
+        };
+        let cells = m
+            .checked_mul(n)
+            .filter(|&c| c <= wengert_ir::types::MAX_ELEMENTS)
+            .ok_or_else(too_big)?;
+        let mut jac: Vec<f64> = Vec::new();
+        jac.try_reserve_exact(cells).map_err(|_| too_big())?;
+        jac.resize(cells, 0.0);
         let unit = |ty: &TensorType, hot: Option<usize>| -> Result<Tensor, Error> {
             let mut v = vec![0.0; ty.num_elements()];
             if let Some(h) = hot {

@@ -509,3 +509,42 @@ fn forward_over_reverse_equals_reverse_over_forward() {
         common::assert_close(&hv_a, &hv_b, 1e-12, &format!("H·v for {w}"));
     }
 }
+
+/// A maximum over an empty axis, or of a group holding NaN, has a zero
+/// tangent (as its VJP gives a zero adjoint), not 0/0; a Jacobian or
+/// Hessian with nothing to differentiate by is an error, not a panic.
+#[test]
+fn empty_and_nan_maxima_have_zero_tangents_and_empty_wrt_is_an_error() {
+    let b = GraphBuilder::new("empty_max");
+    let x = b.input("x", DType::F64, &[3, 0]);
+    let z = b.input("z", DType::F64, &[2]);
+    let g = b.build(&[("m", x.max_over(&[1])), ("n", z.max_over(&[0]))]).unwrap();
+    let t = jvp_graph(&g, &["x", "z"]).unwrap();
+    let out = interpret(
+        &t.graph,
+        &[
+            tensor(&[3, 0], vec![]),
+            tensor(&[2], vec![f64::NAN, 1.0]),
+            tensor(&[3, 0], vec![]),
+            tensor(&[2], vec![1.0, 1.0]),
+        ],
+    )
+    .unwrap();
+    assert_eq!(out[2].to_f64_vec(), vec![0.0; 3]);
+    assert_eq!(out[3].to_f64_vec(), vec![0.0]);
+    let b = GraphBuilder::new("data_only");
+    let x = b.data("x", DType::F64, &[2]);
+    let g = b.build(&[("y", x * 2.0)]).unwrap();
+    for mode in [None, Some(JacobianMode::Reverse), Some(JacobianMode::Forward)] {
+        let e = jacobian(&g, "y", &[], mode, &Options::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("no inputs to differentiate"), "{e}");
+    }
+    let b = GraphBuilder::new("scalar");
+    let x = b.data("x", DType::F64, &[]);
+    let g = b.build(&[("y", x * 2.0)]).unwrap();
+    let e = hessian(&g, "y", &[], &Options::default()).err().unwrap().to_string();
+    assert!(e.contains("no inputs to differentiate"), "{e}");
+}

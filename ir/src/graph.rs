@@ -275,7 +275,10 @@ impl Graph {
             let Op::Input { index } = *self.op(id) else {
                 return Err(IrError::Graph(format!("{} is not an input", self.value_name(id))));
             };
-            let input = &self.inputs[index];
+            let input = self
+                .inputs
+                .get(index)
+                .ok_or_else(|| IrError::Graph(format!("{} is input {index} of too few", self.value_name(id))))?;
             map[id.index()] = Some(g.add_input(&input.name, input.ty.clone(), input.differentiable)?);
         }
         for id in self.node_ids() {
@@ -449,7 +452,10 @@ impl Graph {
         for id in self.node_ids() {
             let node = self.node(id);
             if let Op::Input { index } = node.op {
-                let input = &self.inputs[index];
+                let input = self
+                    .inputs
+                    .get(index)
+                    .ok_or_else(|| IrError::Graph(format!("{} is input {index} of too few", self.value_name(id))))?;
                 map[id.index()] = Some(out.add_input(&input.name, input.ty.clone(), input.differentiable)?);
                 continue;
             }

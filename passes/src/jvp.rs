@@ -352,7 +352,13 @@ pub fn jvp_rule(
             let zero = e.full_like(x, 0.0)?;
             let picked = e.select(hit, xd, zero)?;
             let s = e.op(Op::ReduceSum { axes }, &[picked])?;
-            Some(e.div(s, count)?)
+            // No element equals the maximum when the reduced axis is empty
+            // or the maximum is NaN: the tangent is then 0 (as the VJP's
+            // adjoint is), not 0/0.
+            let q = e.div(s, count)?;
+            let none = e.full_like(count, 0.0)?;
+            let empty = e.cmp(CmpOp::Eq, count, none)?;
+            Some(e.select(empty, none, q)?)
         }
 
         // Y = A·B: Ẏ = Ȧ·B + A·Ḃ.
@@ -530,7 +536,7 @@ fn scan_jvp(
     // Outputs: carries, tangent carries, ys, tangent ys.
     let outs: Vec<NodeId> = tg.outputs()[..tb.primal_outputs].iter().map(|o| o.node).collect();
     let touts: Vec<NodeId> = tg.outputs()[tb.primal_outputs..].iter().map(|o| o.node).collect();
-    let fc = float_positions(body, outs[..nc].iter().copied()).len();
+    let fc = float_positions(tg, outs[..nc].iter().copied()).len();
     let mut out_order: Vec<NodeId> = Vec::new();
     out_order.extend(&outs[..nc]);
     out_order.extend(&touts[..fc]);

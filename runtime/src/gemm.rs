@@ -267,26 +267,35 @@ pub fn choose(p: &GemmParams, f64: bool) -> Result<GemmKernel, String> {
     if macs >= CALIBRATED_PRODUCT {
         return Ok(machine_family());
     }
-    type Key = (bool, i64, i64, i64, bool, bool, i64);
+    // The layout that matters is which stride of each operand is 1. The
+    // thread count is not part of the key, and timing runs on one thread:
+    // the family must not depend on the thread count, since it decides
+    // the product's last bits.
+    let key: Key = (f64, p.m, p.n, p.k, p.a_cs == 1, p.b_cs == 1);
     static CHOSEN: OnceLock<std::sync::Mutex<std::collections::HashMap<Key, GemmKernel>>> = OnceLock::new();
-    // The layout that matters is which stride of each operand is 1.
-    let key: Key = (f64, p.m, p.n, p.k, p.a_cs == 1, p.b_cs == 1, p.threads);
     let table = CHOSEN.get_or_init(Default::default);
-    if let Some(&k) = table.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+    // Held while timing, so that two compiles of the same shape at once
+    // agree (the second waits and reads the first's choice).
+    let mut chosen = table.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&k) = chosen.get(&key) {
         return Ok(k);
     }
-    let chosen = if f64 {
+    let k = if f64 {
         calibrate::<f64>(&key)
     } else {
         calibrate::<f32>(&key)
     };
-    table.lock().unwrap_or_else(|e| e.into_inner()).insert(key, chosen);
-    Ok(chosen)
+    chosen.insert(key, k);
+    Ok(k)
 }
 
+/// What calibration tells apart: element type, shape, and which operands
+/// have unit column stride.
+type Key = (bool, i64, i64, i64, bool, bool);
+
 /// The fastest candidate for the product `key` describes (see [`choose`]).
-fn calibrate<T: Element + From<f32>>(key: &(bool, i64, i64, i64, bool, bool, i64)) -> GemmKernel {
-    let &(_, m, n, k, a_rows, b_rows, threads) = key;
+fn calibrate<T: Element + From<f32>>(key: &Key) -> GemmKernel {
+    let &(_, m, n, k, a_rows, b_rows) = key;
     let (mu, nu, ku) = (m as usize, n as usize, k as usize);
     let default = machine_family();
     let mut candidates = vec![default];
@@ -315,7 +324,7 @@ fn calibrate<T: Element + From<f32>>(key: &(bool, i64, i64, i64, bool, bool, i64
             a_cs,
             b_rs,
             b_cs,
-            ..GemmParams::contiguous(mu, nu, ku, kernel, threads as usize)
+            ..GemmParams::contiguous(mu, nu, ku, kernel, 1)
         })
         .collect();
     let mut best = vec![f64::INFINITY; candidates.len()];
@@ -420,10 +429,10 @@ impl Element for f64 {
 /// A raw pointer that may cross into the pool (the caller keeps the
 /// buffers alive and unaliased for the duration of the call).
 #[derive(Clone, Copy)]
-struct SendPtr<T>(T);
+struct SendPtr<T>(*mut T);
 // SAFETY: only moved into a closure that `install` runs to completion
-// before the entry returns.
-unsafe impl<T> Send for SendPtr<T> {}
+// before the entry returns; the elements are plain floats.
+unsafe impl<T: Send> Send for SendPtr<T> {}
 
 /// `C = A·B` for every batch item of `p`.
 ///
@@ -472,7 +481,7 @@ unsafe fn product<T: Element>(p: &GemmParams, a: *const T, b: *const T, c: *mut 
         } else {
             (p.m, p.n, p.c_cs, p.c_rs, ai, p.a_cs, p.a_rs, bi, p.b_cs, p.b_rs)
         };
-        let (k, l, r, ci) = (p.k, SendPtr(l), SendPtr(r), SendPtr(ci));
+        let (k, l, r, ci) = (p.k, SendPtr(l as *mut T), SendPtr(r as *mut T), SendPtr(ci));
         let run = move |par: Parallelism| {
             let (l, r, ci) = (l, r, ci);
             // SAFETY: as for the caller; when in the pool, `install` runs
@@ -495,7 +504,7 @@ unsafe fn product<T: Element>(p: &GemmParams, a: *const T, b: *const T, c: *mut 
                 )
             }
         };
-        if p.threads > 1 {
+        if p.threads > 1 && crate::pool::pool().is_some() {
             let threads = p.threads as usize;
             crate::pool::install(move || run(Parallelism::Rayon(threads)));
         } else {

@@ -47,12 +47,14 @@ pub fn pool() -> Option<&'static rayon::ThreadPool> {
     .as_ref()
 }
 
-/// Runs `f` inside the pool (on the caller's thread if there is no pool
-/// or the caller is already one of its workers).
+/// Runs `f` inside the pool (`ThreadPool::install`: from any thread,
+/// including a worker of another rayon pool, whose parallel iterators
+/// would otherwise run on that pool). Callers check [`pool`] first: with
+/// no pool they take their serial path, never rayon's global pool.
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     match pool() {
-        Some(p) if rayon::current_thread_index().is_none() => p.install(f),
-        _ => f(),
+        Some(p) => p.install(f),
+        None => f(),
     }
 }
 
@@ -78,7 +80,7 @@ pub unsafe extern "C" fn wengert_parallel_for(f: i64, slots: i64, rows: i64, chu
     let chunk = chunk.max(1);
     let chunks = (rows + chunk - 1) / chunk;
     let threads = threads.clamp(1, chunks.max(1));
-    if threads == 1 {
+    if threads == 1 || pool().is_none() {
         // SAFETY: as for the caller.
         unsafe { f(slots, 0, rows) };
         return;

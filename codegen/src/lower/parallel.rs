@@ -40,7 +40,19 @@ impl Lowerer<'_> {
         // Every store must move with the outer axis (a store of stride 0
         // there accumulates across rows: a reduction over that axis, which
         // chunks would race on).
-        let disjoint = k.stores.iter().all(|s| s.strides[0] != 0);
+        // And an operand that reads a buffer a store writes (in place)
+        // must read exactly the elements it writes, so that no chunk reads
+        // what another writes (the memory plan only works in place with
+        // equal layouts; this keeps the condition local).
+        let disjoint = k.stores.iter().all(|s| s.strides[0] != 0)
+            && k.operands.iter().all(|o| match o.src {
+                Src::Mem { buf, offset } => k
+                    .stores
+                    .iter()
+                    .filter(|s| s.buf == buf)
+                    .all(|s| s.offset == offset && s.strides == o.strides),
+                Src::Splat(_) => true,
+            });
         if self.state.threads <= 1 || work < PARALLEL_KERNEL_WORK || !disjoint {
             return Ok(Some(k));
         }
