@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod cases;
+pub mod char_rnn;
 pub mod digits;
 pub mod forward;
 pub mod models;

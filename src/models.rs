@@ -108,3 +108,48 @@ pub fn tanh_chain_scan(layers: usize, batch: usize, width: usize, dtype: DType) 
     });
     b.build(&[("loss", h[0].sum_all())])
 }
+
+/// The names of [`char_rnn`]'s parameters, in input order.
+pub const CHAR_RNN_PARAMS: [&str; 5] = ["W_xh", "W_hh", "b_h", "W_hy", "b_y"];
+
+/// A character-level recurrent language model over `t` steps: one-hot
+/// characters `xs: [t, batch, vocab]` (data), targets `ts` (the next
+/// characters, one-hot, same shape), `h ← tanh(x W_xh + h W_hh + b_h)` as
+/// the body of a loop, logits `h W_hy + b_y` and softmax cross-entropy at
+/// every step; `loss` is the mean over steps and batch, in nats per
+/// character. The state starts at zero (`h0`, data). f32.
+pub fn char_rnn(t: usize, batch: usize, vocab: usize, hidden: usize) -> Result<Graph, IrError> {
+    let d = DType::F32;
+    let b = GraphBuilder::new("char_rnn");
+    let w_xh = b.input("W_xh", d, &[vocab, hidden]);
+    let w_hh = b.input("W_hh", d, &[hidden, hidden]);
+    let b_h = b.input("b_h", d, &[hidden]);
+    let w_hy = b.input("W_hy", d, &[hidden, vocab]);
+    let b_y = b.input("b_y", d, &[vocab]);
+    let h0 = b.data("h0", d, &[batch, hidden]);
+    let xs = b.data("xs", d, &[t, batch, vocab]);
+    let ts = b.data("ts", d, &[t, batch, vocab]);
+    let (_, ys) = b.scan(t, &[w_xh, w_hh, b_h, w_hy, b_y], &[h0], &[xs, ts], |_, c, h, x| {
+        let h1 = (x[0].matmul(c[0]) + h[0].matmul(c[1]) + c[2]).tanh();
+        let logits = h1.matmul(c[3]) + c[4];
+        (vec![h1], vec![logits.softmax_cross_entropy(x[1])])
+    });
+    b.build(&[("loss", ys[0].mean_all())])
+}
+
+/// One step of [`char_rnn`] for sampling: inputs the parameters, `h:
+/// [1, hidden]` and a one-hot `x: [1, vocab]`; outputs `h_next` and
+/// `logits: [1, vocab]`.
+pub fn char_rnn_cell(vocab: usize, hidden: usize) -> Result<Graph, IrError> {
+    let d = DType::F32;
+    let b = GraphBuilder::new("char_rnn_cell");
+    let w_xh = b.input("W_xh", d, &[vocab, hidden]);
+    let w_hh = b.input("W_hh", d, &[hidden, hidden]);
+    let b_h = b.input("b_h", d, &[hidden]);
+    let w_hy = b.input("W_hy", d, &[hidden, vocab]);
+    let b_y = b.input("b_y", d, &[vocab]);
+    let h = b.data("h", d, &[1, hidden]);
+    let x = b.data("x", d, &[1, vocab]);
+    let h1 = (x.matmul(w_xh) + h.matmul(w_hh) + b_h).tanh();
+    b.build(&[("h_next", h1), ("logits", h1.matmul(w_hy) + b_y)])
+}

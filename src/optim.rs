@@ -8,8 +8,9 @@
 
 use crate::api::{compile, Error, Executable, Options};
 use wengert_ir::{BinaryOp, DType, Graph, NodeId, Tensor, UnaryOp};
+use wengert_passes::autodiff::{autodiff_with, LoopPolicy};
 use wengert_passes::emit::Emitter;
-use wengert_passes::{autodiff, PassError, Seed};
+use wengert_passes::{PassError, Seed};
 
 /// An update rule. Conventions are PyTorch's (`torch.optim`), so results
 /// can be compared with it.
@@ -93,6 +94,20 @@ pub struct StepConfig {
     /// Scale all gradients by `c / max(‖g‖, c)`, `‖g‖` the global norm over
     /// every parameter's gradient (`torch.nn.utils.clip_grad_norm_`).
     pub clip_norm: Option<f64>,
+    /// What loops store for their backward (`Binomial(c)` trains a long
+    /// recurrence in memory independent of its length).
+    pub loops: LoopPolicy,
+}
+
+impl StepConfig {
+    /// `optimizer`, no clipping, loops storing their trajectory.
+    pub fn new(optimizer: Optimizer) -> StepConfig {
+        StepConfig {
+            optimizer,
+            clip_norm: None,
+            loops: LoopPolicy::default(),
+        }
+    }
 }
 
 /// The graph of one training step (see [`step_graph`]).
@@ -129,7 +144,7 @@ pub fn step_graph(g: &Graph, loss: &str, params: &[&str], config: &StepConfig) -
         .iter()
         .map(|o| (o.name.as_str(), if o.name == loss { Seed::One } else { Seed::Zero }))
         .collect();
-    let grad = autodiff(g, params, &seeds)?;
+    let grad = autodiff_with(g, params, &seeds, config.loops)?;
     let mut sg = grad.graph.clone();
     sg.clear_outputs();
     sg.name = format!("{}.step", g.name);
@@ -454,6 +469,11 @@ impl TrainStep {
             *v = t;
         }
         Ok(())
+    }
+
+    /// The compiled step.
+    pub fn executable(&self) -> &Executable {
+        &self.exe
     }
 
     /// The step graph (for dumps and tests).

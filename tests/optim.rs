@@ -113,10 +113,7 @@ impl Reference {
 }
 
 fn configs() -> Vec<(&'static str, StepConfig)> {
-    let plain = |optimizer| StepConfig {
-        optimizer,
-        clip_norm: None,
-    };
+    let plain = StepConfig::new;
     vec![
         ("sgd", plain(Optimizer::sgd())),
         ("momentum", plain(Optimizer::momentum(0.9, false))),
@@ -146,6 +143,7 @@ fn configs() -> Vec<(&'static str, StepConfig)> {
             StepConfig {
                 optimizer: Optimizer::adam(),
                 clip_norm: Some(0.01),
+                loops: Default::default(),
             },
         ),
         (
@@ -153,6 +151,7 @@ fn configs() -> Vec<(&'static str, StepConfig)> {
             StepConfig {
                 optimizer: Optimizer::momentum(0.9, true),
                 clip_norm: Some(0.05),
+                loops: Default::default(),
             },
         ),
     ]
@@ -244,6 +243,7 @@ fn mlp_steps_match_the_reference_and_the_loss_falls() {
     let config = StepConfig {
         optimizer: Optimizer::adam(),
         clip_norm: Some(1.0),
+        loops: Default::default(),
     };
     let mut step = TrainStep::new(&g, "loss", &init, &config, &Options::default()).unwrap();
     let first = step.step(&[&x, &t], 0.01).unwrap();
@@ -261,6 +261,7 @@ fn step_errors_name_the_problem() {
     let config = StepConfig {
         optimizer: Optimizer::sgd(),
         clip_norm: None,
+        loops: Default::default(),
     };
     let a = tensor(&[8], vec![0.0; 8]);
     let e = TrainStep::new(
@@ -344,6 +345,7 @@ fn safetensors_round_trip_and_errors_name_the_tensor() {
     let config = StepConfig {
         optimizer: Optimizer::adam(),
         clip_norm: None,
+        loops: Default::default(),
     };
     let init = [("a", tensor(&[8], vec![0.5; 8])), ("b", tensor(&[8], vec![-0.5; 8]))];
     let mut s = TrainStep::new(&g, "loss", &init, &config, &Options::default()).unwrap();

@@ -659,3 +659,34 @@ fn a_body_too_large_to_inline_is_called_and_computes_the_same() {
         }
     }
 }
+
+/// A loop body with more buffers than the entry preloads (the char-RNN's
+/// backward body: 5 consts, their adjoints, the carry, stacked inputs and
+/// residuals), inlined into its loop: its pointer array changes every
+/// step, so its pointer loads must not be hoisted out of the loop (they
+/// were, and read the array before the loop had written it: a null
+/// pointer dereference).
+#[test]
+fn inlined_loop_bodies_with_many_buffers_read_each_steps_pointers() {
+    for t in [1, 3] {
+        let g = wengert::models::char_rnn(t, 2, 5, 3).unwrap();
+        let mut inputs = inputs_for(&g, 77 + t as u64);
+        // One-hot targets (rows of `ts` sum to 1).
+        let ts = g.inputs().iter().position(|i| i.name == "ts").unwrap();
+        inputs[ts] = Tensor::from_vec(
+            vec![t, 2, 5],
+            (0..t * 10)
+                .map(|i| if i % 5 == (i / 5) % 5 { 1.0 } else { 0.0 })
+                .collect(),
+        )
+        .unwrap()
+        .convert(DType::F32);
+        let wrt = wengert::models::CHAR_RNN_PARAMS;
+        let want = common::autodiff_gradients(&g, &inputs, &wrt);
+        let f = wengert::value_and_grad(&g, &wrt, &wengert::Options::default()).unwrap();
+        let got = f.call(&inputs.iter().collect::<Vec<_>>()).unwrap();
+        for (k, name) in wrt.iter().enumerate() {
+            assert_close(&got[1 + k].to_f64_vec(), &want[k], 1e-5, &format!("T={t} grad_{name}"));
+        }
+    }
+}

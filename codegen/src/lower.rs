@@ -212,7 +212,7 @@ pub fn lower_graph(
     fb.append_block_params_for_function_params(entry);
     fb.switch_to_block(entry);
     let params = fb.block_params(entry).to_vec();
-    let lowered = lower_into(module, state, fb, g, abi, &params, seg)?;
+    let lowered = lower_into(module, state, fb, g, abi, &params, seg, false)?;
     fb.ins().return_(&[]);
     Ok(lowered)
 }
@@ -221,7 +221,9 @@ pub fn lower_graph(
 /// buffers found through `params` (the parameters of `abi`: the pointer
 /// array, or the packed scalar arrays), leaving the builder where the
 /// graph's code ends (no return): the body of a function, or a loop body
-/// inlined into its loop.
+/// inlined into its loop (`in_loop`: its pointer array changes between
+/// steps).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn lower_into(
     module: &mut JITModule,
     state: &mut ModuleState,
@@ -230,6 +232,7 @@ pub(crate) fn lower_into(
     abi: Abi,
     params: &[Value],
     seg: &mut Segments,
+    in_loop: bool,
 ) -> Result<Lowered, CodegenError> {
     let n_in = g.inputs().len();
     let n_out = g.outputs().len();
@@ -242,16 +245,27 @@ pub(crate) fn lower_into(
     let (arena_slot, ptrs) = match abi {
         Abi::PointerArray => {
             let array = params[0];
+            // A body inlined into its loop reads an array the loop rewrites
+            // every step: its loads must stay where they are (not
+            // `readonly`, which lets Cranelift reuse an earlier load, nor
+            // `can_move`, which lets it hoist them out of the loop).
+            let (flags, movable) = if in_loop {
+                (MemFlagsData::trusted(), MemFlagsData::trusted())
+            } else {
+                (
+                    MemFlagsData::trusted().with_readonly(),
+                    MemFlagsData::trusted().with_readonly().with_can_move(),
+                )
+            };
             let ptrs = if n_in + n_out <= PRELOAD_POINTERS {
                 // Ordinary loads (not movable), so that they stay at entry.
-                let flags = MemFlagsData::trusted().with_readonly();
                 Ptrs::Preloaded(
                     (0..n_in + n_out)
                         .map(|slot| fb.ins().load(types::I64, flags, array, (slot * 8) as i32))
                         .collect(),
                 )
             } else {
-                Ptrs::Array(array)
+                Ptrs::Array(array, movable)
             };
             (Some((array, ((n_in + n_out) * 8) as i32)), ptrs)
         }

@@ -24,7 +24,13 @@ pub enum Abi {
 /// Where a function finds its input and output buffers.
 pub(crate) enum Ptrs {
     /// `[inputs…, outputs…, arena]` pointers in one array.
-    Array(Value),
+    /// The array and the flags of its loads: `readonly` and `can_move`
+    /// for a function's own array (it does not change while the function
+    /// runs, so Cranelift may place each load at its first use), plain for
+    /// a loop body inlined into its loop, whose array the loop rewrites
+    /// every step (a movable load was hoisted out of the loop and read the
+    /// array before the loop had written it).
+    Array(Value, MemFlagsData),
     /// The same, for a function with few inputs and outputs: their
     /// pointers are loaded once at entry, in order (a handful of values;
     /// loading them where used instead interleaves pointer loads with
@@ -41,12 +47,7 @@ impl Ptrs {
     pub(crate) fn get(&self, fb: &mut FunctionBuilder, k: usize, output: bool, n_in: usize) -> Value {
         let slot = if output { n_in + k } else { k };
         match self {
-            Ptrs::Array(array) => fb.ins().load(
-                types::I64,
-                MemFlagsData::trusted().with_readonly().with_can_move(),
-                *array,
-                (slot * 8) as i32,
-            ),
+            Ptrs::Array(array, flags) => fb.ins().load(types::I64, *flags, *array, (slot * 8) as i32),
             Ptrs::Preloaded(ptrs) => ptrs[slot],
             Ptrs::Packed { ins, outs, size } => fb
                 .ins()

@@ -383,6 +383,7 @@ impl Lowerer<'_> {
                             super::Abi::PointerArray,
                             &[array],
                             &mut seg,
+                            true,
                         )?;
                         inline_arena = inline_arena.max(lowered.arena_bytes);
                     }
