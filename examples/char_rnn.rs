@@ -139,10 +139,16 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let h = trainer.held_out_bpc(4)?;
             held.push((step, h));
             let sample = trainer.sample("And ", 160, 0.8)?;
-            bar.println(format!(
+            let line = format!(
                 "step {step}: held-out {h:.3} bits/char\n  {}",
                 sample.replace('\n', "\n  ")
-            ));
+            );
+            // A hidden bar (output not a terminal) drops its `println`.
+            if bar.is_hidden() {
+                println!("{line}");
+            } else {
+                bar.println(line);
+            }
         }
     }
     bar.finish_and_clear();
