@@ -7,8 +7,9 @@
 //! cargo run --release --example train_digits [-- --data PATH --epochs N --seed S --out DIR]
 //! ```
 //!
-//! Prints one line per epoch, and writes `loss.csv` and `loss.png` (the
-//! loss of every step) to `--out` (default `target/train_digits`).
+//! Prints one line per epoch, and writes `loss.csv` and `loss.svg` (the
+//! loss of every step, plotted with plotters) to `--out` (default
+//! `target/train_digits`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -45,74 +46,60 @@ fn write_csv(report: &TrainReport, path: &std::path::Path) -> std::io::Result<()
     Ok(())
 }
 
-/// Draws the loss curve (steps on x, loss on y, log scale) into a PNG:
-/// axes, light grid lines at each decade, the per-step loss in grey and
-/// its moving average in blue.
-fn write_png(report: &TrainReport, path: &std::path::Path) -> Result<(), String> {
-    let (w, h) = (800usize, 480usize);
-    let (left, right, top, bottom) = (60usize, 20usize, 20usize, 40usize);
-    let mut px = vec![255u8; w * h * 3];
-    let mut put = |x: usize, y: usize, c: [u8; 3]| {
-        if x < w && y < h {
-            px[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&c);
-        }
-    };
+/// Draws the loss curve with plotters as SVG (no font files needed):
+/// steps on x, loss on a log scale on y, labelled axes, the per-step loss
+/// in grey and its 20-step moving average in blue.
+fn write_svg(report: &TrainReport, path: &std::path::Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| format!("cannot draw {}: {e}", path.display());
     let losses: Vec<f64> = report.step_losses.iter().map(|&l| (l as f64).max(1e-4)).collect();
     let (lo, hi) = losses
         .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), &l| (a.min(l.log10()), b.max(l.log10())));
-    let (lo, hi) = (lo.floor(), hi.ceil().max(lo.floor() + 1.0));
-    let plot_w = w - left - right;
-    let plot_h = h - top - bottom;
-    let to_xy = |i: usize, l: f64| {
-        let x = left + i * (plot_w - 1) / losses.len().max(2).saturating_sub(1);
-        let y = top + ((hi - l.log10()) / (hi - lo) * (plot_h - 1) as f64).round() as usize;
-        (x, y)
-    };
-    // Grid at each decade, then axes.
-    let mut decade = lo;
-    while decade <= hi {
-        let y = top + ((hi - decade) / (hi - lo) * (plot_h - 1) as f64).round() as usize;
-        for x in left..w - right {
-            put(x, y, [225, 225, 225]);
-        }
-        decade += 1.0;
-    }
-    for x in left..w - right {
-        put(x, top + plot_h, [0, 0, 0]);
-    }
-    for y in top..=top + plot_h {
-        put(left, y, [0, 0, 0]);
-    }
-    let mut line = |a: (usize, usize), b: (usize, usize), c: [u8; 3]| {
-        let steps = a.0.abs_diff(b.0).max(a.1.abs_diff(b.1)).max(1);
-        for s in 0..=steps {
-            let x = a.0 as f64 + (b.0 as f64 - a.0 as f64) * s as f64 / steps as f64;
-            let y = a.1 as f64 + (b.1 as f64 - a.1 as f64) * s as f64 / steps as f64;
-            put(x.round() as usize, y.round() as usize, c);
-        }
-    };
-    for i in 1..losses.len() {
-        line(to_xy(i - 1, losses[i - 1]), to_xy(i, losses[i]), [170, 170, 170]);
-    }
+        .fold((f64::MAX, f64::MIN), |(a, b), &l| (a.min(l), b.max(l)));
+    let (lo, hi) = (
+        10f64.powf(lo.log10().floor()),
+        10f64.powf(hi.log10().ceil().max(lo.log10().floor() + 1.0)),
+    );
+    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("MLP on handwritten digits: training loss", ("sans-serif", 24))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0usize..losses.len().max(1), (lo..hi).log_scale())
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("training step")
+        .y_desc("softmax cross-entropy (log scale)")
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(LineSeries::new(
+            losses.iter().enumerate().map(|(i, &l)| (i, l)),
+            RGBColor(170, 170, 170),
+        ))
+        .map_err(|e| err(&e))?
+        .label("loss of each step")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(170, 170, 170)));
     let window = 20;
-    let avg: Vec<f64> = (0..losses.len())
-        .map(|i| {
-            let s = i.saturating_sub(window - 1);
-            losses[s..=i].iter().sum::<f64>() / (i - s + 1) as f64
-        })
-        .collect();
-    for i in 1..avg.len() {
-        let (a, b) = (to_xy(i - 1, avg[i - 1]), to_xy(i, avg[i]));
-        line(a, b, [31, 90, 200]);
-        line((a.0, a.1 + 1), (b.0, b.1 + 1), [31, 90, 200]);
-    }
-    let file = std::fs::File::create(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut writer = enc.write_header().map_err(|e| e.to_string())?;
-    writer.write_image_data(&px).map_err(|e| e.to_string())
+    let avg = (0..losses.len()).map(|i| {
+        let s = i.saturating_sub(window - 1);
+        (i, losses[s..=i].iter().sum::<f64>() / (i - s + 1) as f64)
+    });
+    chart
+        .draw_series(LineSeries::new(avg, BLUE.stroke_width(2)))
+        .map_err(|e| err(&e))?
+        .label("moving average of 20 steps")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
 }
 
 fn main() {
@@ -134,7 +121,7 @@ fn main() {
         })?;
         std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
         write_csv(&report, &out.join("loss.csv")).map_err(|e| format!("cannot write loss.csv: {e}"))?;
-        write_png(&report, &out.join("loss.png"))?;
+        write_svg(&report, &out.join("loss.svg"))?;
         let last = report.epochs.last().ok_or("no epochs were run")?;
         println!(
             "{} train / {} test rows; compiled in {:.1} ms; {} steps in {:.2} s; final test accuracy {:.2}%",
@@ -148,7 +135,7 @@ fn main() {
         println!(
             "wrote {} and {}",
             out.join("loss.csv").display(),
-            out.join("loss.png").display()
+            out.join("loss.svg").display()
         );
         Ok(())
     };
