@@ -361,6 +361,15 @@ impl Builder {
                 let ty = wengert::TensorType::new(self.dt, hs.clone());
                 let mut body = Graph::new("step");
                 let bc = body.add_input("c", ty.clone(), true).expect("fresh names");
+                // Up to 7 more consts (the same operand), each `h·cᵢ` added
+                // in: their adjoints make the backward body's buffers
+                // outnumber what a function preloads (16), the case where
+                // an inlined body's pointer loads were once hoisted out of
+                // the loop.
+                let extra = (b as usize >> 5) % 8;
+                let extra_consts: Vec<NodeId> = (0..extra)
+                    .map(|i| body.add_input(&format!("c{i}"), ty.clone(), true).expect("fresh names"))
+                    .collect();
                 let bh = body.add_input("h", ty.clone(), true).expect("fresh names");
                 let bx = body.add_input("x", ty.clone(), true).expect("fresh names");
                 // Not sin or cos: a loop iterating them on arguments near
@@ -373,7 +382,11 @@ impl Builder {
                     .filter(|u| !matches!(u, UnaryOp::Sin | UnaryOp::Cos))
                     .collect();
                 let u = tame[(p as usize >> 3) % tame.len()];
-                let m = body.add(Op::Binary(BinaryOp::Mul), &[bh, bc]).expect("valid");
+                let mut m = body.add(Op::Binary(BinaryOp::Mul), &[bh, bc]).expect("valid");
+                for &ci in &extra_consts {
+                    let mi = body.add(Op::Binary(BinaryOp::Mul), &[bh, ci]).expect("valid");
+                    m = body.add(Op::Binary(BinaryOp::Add), &[m, mi]).expect("valid");
+                }
                 let s2 = body.add(Op::Binary(BinaryOp::Add), &[m, bx]).expect("valid");
                 let n = body.add(Op::Unary(u), &[s2]).expect("valid");
                 let axes: Vec<usize> = (0..hs.len()).collect();
@@ -385,12 +398,14 @@ impl Builder {
                     length,
                     reverse,
                     unroll: 1 + (p as usize >> 6) % 3,
-                    n_consts: 1,
+                    n_consts: 1 + extra,
                     n_carry: 1,
                     regen: None,
                 };
                 let results = scan.result_types();
-                let node = self.add(Op::Scan(std::sync::Arc::new(scan)), &[c, h, xs]);
+                let mut operands = vec![c; 1 + extra];
+                operands.extend([h, xs]);
+                let node = self.add(Op::Scan(std::sync::Arc::new(scan)), &operands);
                 let last = self.add(
                     Op::Get {
                         index: 0,
