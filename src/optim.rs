@@ -124,62 +124,31 @@ pub struct StepGraph {
     pub state: Vec<String>,
 }
 
-/// The training step of `g` (scalar output `loss`, parameters `params`)
-/// under `config`: the gradient graph (autodiff) with the update appended.
-pub fn step_graph(g: &Graph, loss: &str, params: &[&str], config: &StepConfig) -> Result<StepGraph, Error> {
-    let out = g.output(loss).ok_or_else(|| PassError::BadSeed {
-        output: loss.to_string(),
-        reason: "the graph has no such output".into(),
-    })?;
-    let lty = g.ty(out.node).clone();
-    if !lty.is_scalar() || !lty.dtype.is_float() {
-        return Err(PassError::BadSeed {
-            output: loss.to_string(),
-            reason: format!("a training step needs a float scalar loss, and this one is {lty}"),
-        }
-        .into());
-    }
-    let seeds: Vec<(&str, Seed)> = g
-        .outputs()
-        .iter()
-        .map(|o| (o.name.as_str(), if o.name == loss { Seed::One } else { Seed::Zero }))
-        .collect();
-    let grad = autodiff_with(g, params, &seeds, config.loops)?;
-    let mut sg = grad.graph.clone();
-    sg.clear_outputs();
-    sg.name = format!("{}.step", g.name);
-    let dtype = lty.dtype;
-    for p in params {
-        let ty = &g.input(p).map(|i| i.ty.clone()).unwrap_or_else(|| lty.clone());
-        if ty.dtype != dtype {
-            return Err(PassError::BadWrt {
-                name: p.to_string(),
-                reason: format!("the parameter is {} but the loss is {dtype}", ty.dtype),
-            }
-            .into());
-        }
-    }
-    let p_nodes: Vec<NodeId> = params
-        .iter()
-        .map(|p| grad.graph.input(p).map(|i| i.node))
-        .collect::<Option<_>>()
-        .ok_or_else(|| PassError::Internal {
-            node: loss.to_string(),
-            message: "a parameter is missing from the gradient graph".into(),
-        })?;
-    let mut grads: Vec<NodeId> = params
-        .iter()
-        .map(|p| grad.graph.output(&format!("grad_{p}")).map(|o| o.node))
-        .collect::<Option<_>>()
-        .ok_or_else(|| PassError::Internal {
-            node: loss.to_string(),
-            message: "a gradient is missing".into(),
-        })?;
+/// What [`append_update`] added: the state inputs' names, and the nodes
+/// of the new parameters and the new state.
+struct Update {
+    state: Vec<String>,
+    new_params: Vec<NodeId>,
+    new_state: Vec<NodeId>,
+}
+
+/// Appends `config`'s update of the parameters `p_nodes` by their
+/// gradients `grads` to `sg`: adds the state inputs (`<state>_<param>`),
+/// `lr` and `step`, and the update's nodes.
+fn append_update(
+    sg: &mut Graph,
+    at: NodeId,
+    dtype: DType,
+    params: &[&str],
+    p_nodes: &[NodeId],
+    mut grads: Vec<NodeId>,
+    config: &StepConfig,
+) -> Result<Update, Error> {
     // State inputs, then lr and step.
     let names = config.optimizer.state_names();
     let mut state = Vec::new();
     let mut state_nodes = Vec::new();
-    for (p, &pn) in params.iter().zip(&p_nodes) {
+    for (p, &pn) in params.iter().zip(p_nodes) {
         for s in names {
             let name = format!("{s}_{p}");
             state_nodes.push(sg.add_input(&name, sg.ty(pn).clone(), false)?);
@@ -189,10 +158,7 @@ pub fn step_graph(g: &Graph, loss: &str, params: &[&str], config: &StepConfig) -
     let scalar = wengert_ir::TensorType::new(dtype, vec![]);
     let lr = sg.add_input("lr", scalar.clone(), false)?;
     let step = sg.add_input("step", scalar, false)?;
-    let mut e = Emitter {
-        g: &mut sg,
-        at: out.node,
-    };
+    let mut e = Emitter { g: &mut *sg, at };
     // Clipping: g ← g · c / max(‖g‖, c).
     if let Some(c) = config.clip_norm {
         let mut total: Option<NodeId> = None;
@@ -299,6 +265,69 @@ pub fn step_graph(g: &Graph, loss: &str, params: &[&str], config: &StepConfig) -
             }
         }
     }
+    Ok(Update {
+        state,
+        new_params,
+        new_state,
+    })
+}
+
+/// The training step of `g` (scalar output `loss`, parameters `params`)
+/// under `config`: the gradient graph (autodiff) with the update appended.
+pub fn step_graph(g: &Graph, loss: &str, params: &[&str], config: &StepConfig) -> Result<StepGraph, Error> {
+    let out = g.output(loss).ok_or_else(|| PassError::BadSeed {
+        output: loss.to_string(),
+        reason: "the graph has no such output".into(),
+    })?;
+    let lty = g.ty(out.node).clone();
+    if !lty.is_scalar() || !lty.dtype.is_float() {
+        return Err(PassError::BadSeed {
+            output: loss.to_string(),
+            reason: format!("a training step needs a float scalar loss, and this one is {lty}"),
+        }
+        .into());
+    }
+    let seeds: Vec<(&str, Seed)> = g
+        .outputs()
+        .iter()
+        .map(|o| (o.name.as_str(), if o.name == loss { Seed::One } else { Seed::Zero }))
+        .collect();
+    let grad = autodiff_with(g, params, &seeds, config.loops)?;
+    let mut sg = grad.graph.clone();
+    sg.clear_outputs();
+    sg.name = format!("{}.step", g.name);
+    let dtype = lty.dtype;
+    for p in params {
+        let ty = &g.input(p).map(|i| i.ty.clone()).unwrap_or_else(|| lty.clone());
+        if ty.dtype != dtype {
+            return Err(PassError::BadWrt {
+                name: p.to_string(),
+                reason: format!("the parameter is {} but the loss is {dtype}", ty.dtype),
+            }
+            .into());
+        }
+    }
+    let p_nodes: Vec<NodeId> = params
+        .iter()
+        .map(|p| grad.graph.input(p).map(|i| i.node))
+        .collect::<Option<_>>()
+        .ok_or_else(|| PassError::Internal {
+            node: loss.to_string(),
+            message: "a parameter is missing from the gradient graph".into(),
+        })?;
+    let grads: Vec<NodeId> = params
+        .iter()
+        .map(|p| grad.graph.output(&format!("grad_{p}")).map(|o| o.node))
+        .collect::<Option<_>>()
+        .ok_or_else(|| PassError::Internal {
+            node: loss.to_string(),
+            message: "a gradient is missing".into(),
+        })?;
+    let Update {
+        state,
+        new_params,
+        new_state,
+    } = append_update(&mut sg, out.node, dtype, params, &p_nodes, grads, config)?;
     sg.add_output("loss", out.node)?;
     for (p, &n) in params.iter().zip(&new_params) {
         sg.add_output(&format!("new_{p}"), n)?;
@@ -479,5 +508,132 @@ impl TrainStep {
     /// The step graph (for dumps and tests).
     pub fn graph(&self) -> &StepGraph {
         &self.graph
+    }
+}
+
+/// The optimizer's update alone, as a graph: inputs the parameters (name,
+/// type), then `grad_<param>` for each, then the state inputs, `lr` and
+/// `step`; outputs `new_<param>`, then `new_<state>_<param>`. For a
+/// gradient computed elsewhere (averaged across processes by
+/// `distributed`, say).
+pub fn update_graph(params: &[(&str, wengert_ir::TensorType)], config: &StepConfig) -> Result<StepGraph, Error> {
+    let mut g = Graph::new("update");
+    let dtype = params.first().map_or(DType::F32, |(_, t)| t.dtype);
+    let mut p_nodes = Vec::new();
+    for (name, ty) in params {
+        if ty.dtype != dtype || !dtype.is_float() {
+            return Err(PassError::BadWrt {
+                name: name.to_string(),
+                reason: format!(
+                    "the update needs float parameters of one dtype ({dtype} and {})",
+                    ty.dtype
+                ),
+            }
+            .into());
+        }
+        p_nodes.push(g.add_input(name, ty.clone(), true)?);
+    }
+    let grads = params
+        .iter()
+        .map(|(name, ty)| g.add_input(&format!("grad_{name}"), ty.clone(), false))
+        .collect::<Result<Vec<_>, _>>()?;
+    let names: Vec<&str> = params.iter().map(|(n, _)| *n).collect();
+    let at = p_nodes.first().copied().ok_or_else(|| PassError::BadWrt {
+        name: String::new(),
+        reason: "no parameters to update".into(),
+    })?;
+    let Update {
+        state,
+        new_params,
+        new_state,
+    } = append_update(&mut g, at, dtype, &names, &p_nodes, grads, config)?;
+    for (p, &n) in names.iter().zip(&new_params) {
+        g.add_output(&format!("new_{p}"), n)?;
+    }
+    for (s, &n) in state.iter().zip(&new_state) {
+        g.add_output(&format!("new_{s}"), n)?;
+    }
+    wengert_ir::verify(&g)?;
+    Ok(StepGraph {
+        graph: g,
+        params: names.iter().map(|s| s.to_string()).collect(),
+        state,
+    })
+}
+
+/// The compiled update of [`update_graph`] with its optimizer state.
+pub struct UpdateStep {
+    exe: Executable,
+    n_params: usize,
+    state: Vec<Tensor>,
+    next: Vec<Tensor>,
+    /// Updates applied.
+    pub steps: u64,
+    dtype: DType,
+}
+
+impl UpdateStep {
+    /// Compiles the update for parameters of these names and types; the
+    /// state starts at zero.
+    pub fn new(
+        params: &[(&str, wengert_ir::TensorType)],
+        config: &StepConfig,
+        options: &Options,
+    ) -> Result<UpdateStep, Error> {
+        let graph = update_graph(params, config)?;
+        let exe = compile(&graph.graph, options)?;
+        let state = graph
+            .state
+            .iter()
+            .map(|s| {
+                let ty = graph
+                    .graph
+                    .input(s)
+                    .map(|i| i.ty.clone())
+                    .ok_or_else(|| PassError::Internal {
+                        node: s.clone(),
+                        message: "the update graph lost a state input".into(),
+                    })?;
+                Ok(Tensor::try_zeros(ty)?)
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let next = exe.new_outputs()?;
+        Ok(UpdateStep {
+            exe,
+            n_params: params.len(),
+            state,
+            next,
+            steps: 0,
+            dtype: params.first().map_or(DType::F32, |(_, t)| t.dtype),
+        })
+    }
+
+    /// Updates `params` in place by `grads` with learning rate `lr`.
+    pub fn apply(&mut self, params: &mut [Tensor], grads: &[&Tensor], lr: f64) -> Result<(), Error> {
+        if params.len() != self.n_params || grads.len() != self.n_params {
+            return Err(wengert_runtime::RuntimeError::Other(format!(
+                "the update takes {} parameters and as many gradients, got {} and {}",
+                self.n_params,
+                params.len(),
+                grads.len()
+            ))
+            .into());
+        }
+        self.steps += 1;
+        let lr_t = Tensor::scalar(self.dtype, lr);
+        let step_t = Tensor::scalar(self.dtype, self.steps as f64);
+        let mut inputs: Vec<&Tensor> = params.iter().collect();
+        inputs.extend(grads.iter().copied());
+        inputs.extend(self.state.iter());
+        inputs.push(&lr_t);
+        inputs.push(&step_t);
+        self.exe.call_into(&inputs, &mut self.next)?;
+        for (k, p) in params.iter_mut().enumerate() {
+            std::mem::swap(p, &mut self.next[k]);
+        }
+        for (k, s) in self.state.iter_mut().enumerate() {
+            std::mem::swap(s, &mut self.next[self.n_params + k]);
+        }
+        Ok(())
     }
 }

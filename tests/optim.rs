@@ -360,3 +360,31 @@ fn safetensors_round_trip_and_errors_name_the_tensor() {
     assert_eq!(loaded, after);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The update alone (`UpdateStep`, for gradients computed elsewhere: the
+/// distributed training's averaged ones) gives the whole step's
+/// parameters bit for bit.
+#[test]
+fn the_update_alone_equals_the_whole_step() {
+    use wengert::{value_and_grad, TensorType, UpdateStep};
+    let g = elementwise_model();
+    let config = StepConfig {
+        clip_norm: Some(0.05),
+        ..StepConfig::new(Optimizer::adamw(0.01))
+    };
+    let init = [("a", tensor(&[8], vec![0.3; 8])), ("b", tensor(&[8], vec![-0.2; 8]))];
+    let mut whole = TrainStep::new(&g, "loss", &init, &config, &Options::default()).unwrap();
+    let types: Vec<(&str, TensorType)> = init.iter().map(|(n, t)| (*n, t.ty().clone())).collect();
+    let mut update = UpdateStep::new(&types, &config, &Options::default()).unwrap();
+    let grad = value_and_grad(&g, &["a", "b"], &Options::default()).unwrap();
+    let mut params: Vec<Tensor> = init.iter().map(|(_, t)| t.clone()).collect();
+    let mut rng = Rng::new(2);
+    for _ in 0..4 {
+        let (x, y) = (tensor(&[8], rng.vec(8, -1.0, 1.0)), tensor(&[8], rng.vec(8, -1.0, 1.0)));
+        whole.step(&[&x, &y], 0.05).unwrap();
+        let out = grad.call(&[&params[0], &params[1], &x, &y]).unwrap();
+        update.apply(&mut params, &[&out[1], &out[2]], 0.05).unwrap();
+        assert_eq!(&params[0], whole.param("a").unwrap());
+        assert_eq!(&params[1], whole.param("b").unwrap());
+    }
+}
