@@ -166,6 +166,35 @@ pub struct TrainReport {
     pub seconds: f64,
 }
 
+/// The rows split into training and test sets, standardized.
+pub struct Split {
+    pub train_x: Vec<[f32; FEATURES]>,
+    pub train_y: Vec<u8>,
+    pub test_x: Vec<[f32; FEATURES]>,
+    pub test_y: Vec<u8>,
+}
+
+/// Loads the data named by `config`, splits it by a permutation drawn from
+/// `rng` (`config.test_fraction` held out) and standardizes the features
+/// with the training rows' statistics.
+pub fn split(config: &TrainConfig, rng: &mut Rng) -> Result<Split, String> {
+    let digits = load_digits(&data_path(config.data.as_deref()))?;
+    let order = rng.permutation(digits.labels.len());
+    let n_test = ((digits.labels.len() as f64) * config.test_fraction).round() as usize;
+    let (test_idx, train_idx) = order.split_at(n_test);
+    let mut train_x: Vec<[f32; FEATURES]> = train_idx.iter().map(|&i| digits.images[i]).collect();
+    let train_y: Vec<u8> = train_idx.iter().map(|&i| digits.labels[i]).collect();
+    let mut test_x: Vec<[f32; FEATURES]> = test_idx.iter().map(|&i| digits.images[i]).collect();
+    let test_y: Vec<u8> = test_idx.iter().map(|&i| digits.labels[i]).collect();
+    standardize(&mut train_x, &mut test_x);
+    Ok(Split {
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+    })
+}
+
 /// Standardizes features with the training rows' mean and deviation.
 fn standardize(train: &mut [[f32; FEATURES]], test: &mut [[f32; FEATURES]]) {
     for f in 0..FEATURES {
@@ -192,16 +221,13 @@ fn one_hot(labels: &[u8]) -> Vec<f32> {
 pub fn train(config: &TrainConfig, mut on_epoch: impl FnMut(&EpochReport)) -> Result<TrainReport, String> {
     let err = |e: Error| e.to_string();
     let start = Instant::now();
-    let digits = load_digits(&data_path(config.data.as_deref()))?;
     let mut rng = Rng::new(config.seed);
-    let order = rng.permutation(digits.labels.len());
-    let n_test = ((digits.labels.len() as f64) * config.test_fraction).round() as usize;
-    let (test_idx, train_idx) = order.split_at(n_test);
-    let mut train_x: Vec<[f32; FEATURES]> = train_idx.iter().map(|&i| digits.images[i]).collect();
-    let train_y: Vec<u8> = train_idx.iter().map(|&i| digits.labels[i]).collect();
-    let mut test_x: Vec<[f32; FEATURES]> = test_idx.iter().map(|&i| digits.images[i]).collect();
-    let test_y: Vec<u8> = test_idx.iter().map(|&i| digits.labels[i]).collect();
-    standardize(&mut train_x, &mut test_x);
+    let Split {
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+    } = split(config, &mut rng)?;
 
     // Compile once: the training step, and inference over each split.
     let t0 = Instant::now();

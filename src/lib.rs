@@ -12,6 +12,8 @@ pub mod api;
 pub mod cases;
 pub mod char_rnn;
 pub mod digits;
+#[cfg(feature = "mpi")]
+pub mod distributed;
 pub mod forward;
 pub mod models;
 pub mod optim;

@@ -20,15 +20,25 @@ pub const THREADS_ENV: &str = "WENGERT_THREADS";
 
 /// The default number of threads an executable uses: `WENGERT_THREADS`
 /// if it is set to a positive integer, else the cores available to this
-/// process (its affinity mask and CPU quota included). Read once.
+/// process (its affinity mask and CPU quota included) divided among the
+/// MPI ranks started on this machine (MPICH's `MPI_LOCALNRANKS`, Open
+/// MPI's `OMPI_COMM_WORLD_LOCAL_SIZE`), at least one. Read once.
 pub fn default_threads() -> usize {
     static DEFAULT: OnceLock<usize> = OnceLock::new();
     *DEFAULT.get_or_init(|| {
-        std::env::var(THREADS_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        let positive = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|&n| n > 0)
+        };
+        positive(THREADS_ENV).unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let ranks = positive("MPI_LOCALNRANKS")
+                .or_else(|| positive("OMPI_COMM_WORLD_LOCAL_SIZE"))
+                .unwrap_or(1);
+            (cores / ranks).max(1)
+        })
     })
 }
 
