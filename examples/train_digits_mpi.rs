@@ -59,6 +59,10 @@ mod run {
         /// Give this rank a malformed input.
         #[arg(long)]
         fail_on_rank: Option<usize>,
+        /// Time this many steps of the benchmarks' MLP (784-256-10, f32,
+        /// the global batch split over the ranks) instead of training.
+        #[arg(long)]
+        bench_steps: Option<usize>,
     }
 
     /// Rows `rows` of the split as model inputs `x` and one-hot `t`.
@@ -123,6 +127,9 @@ mod run {
             .collect::<Result<_, _>>()?;
         cluster.broadcast(&mut params);
 
+        if let Some(steps) = args.bench_steps {
+            return bench(&cluster, args.batch, steps);
+        }
         let n_train = data.train_x.len();
         let mut order_rng = Rng::new(args.seed + 7);
         if args.check {
@@ -245,6 +252,49 @@ mod run {
         }
         if !same {
             return Err("the ranks' parameters differ".into());
+        }
+        Ok(())
+    }
+
+    /// Mean step time (gradient of this rank's shard, the all-reduce, the
+    /// update) and mean all-reduce time of the benchmarks' MLP over
+    /// `steps` steps, after a warm-up, printed by rank 0.
+    fn bench(cluster: &Cluster, batch_rows: usize, steps: usize) -> Result<(), Box<dyn std::error::Error>> {
+        let (size, shard) = (cluster.size(), batch_rows / cluster.size());
+        let opts = Options::default();
+        let g = models::mlp(shard, 784, 256, 10, DType::F32, false)?;
+        let grad = value_and_grad(&g, &models::MLP_PARAMS, &opts)?;
+        let inputs: Vec<Tensor> = g.inputs().iter().map(|i| Tensor::full(i.ty.clone(), 0.01)).collect();
+        let refs: Vec<&Tensor> = inputs.iter().collect();
+        let types: Vec<(&str, wengert::TensorType)> = models::MLP_PARAMS
+            .iter()
+            .filter_map(|n| g.input(n).map(|i| (*n, i.ty.clone())))
+            .collect();
+        let mut update = UpdateStep::new(&types, &StepConfig::new(Optimizer::momentum(0.9, false)), &opts)?;
+        let mut params: Vec<Tensor> = inputs[2..].to_vec();
+        let mut out = grad.call(&refs)?;
+        let (mut total, mut comm) = (Duration::ZERO, Duration::ZERO);
+        for s in 0..steps + 5 {
+            cluster.barrier();
+            let t0 = Instant::now();
+            grad.call_into(&refs, &mut out)?;
+            let c = cluster.all_reduce_mean(&mut out)?;
+            let grads: Vec<&Tensor> = out[1..].iter().collect();
+            update.apply(&mut params, &grads, 1e-6)?;
+            if s >= 5 {
+                total += t0.elapsed();
+                comm += c;
+            }
+        }
+        if cluster.rank() == 0 {
+            let bytes: usize = types.iter().map(|(_, t)| t.num_elements() * 4).sum();
+            println!(
+                "bench: MLP 784-256-10, batch {batch_rows} over {size} rank(s) ({shard} rows each, {} thread(s) each): step {:.3} ms, all-reduce {:.3} ms of {} bytes",
+                wengert::runtime::pool::default_threads(),
+                total.as_secs_f64() * 1e3 / steps as f64,
+                comm.as_secs_f64() * 1e3 / steps as f64,
+                bytes + 4
+            );
         }
         Ok(())
     }

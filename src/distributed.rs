@@ -79,40 +79,41 @@ impl Cluster {
     pub fn all_reduce_mean(&self, tensors: &mut [Tensor]) -> Result<Duration, Error> {
         let scale = 1.0 / self.size() as f64;
         let mut spent = Duration::ZERO;
-        for dtype in [DType::F32, DType::F64] {
-            let which: Vec<usize> = (0..tensors.len()).filter(|&k| tensors[k].dtype() == dtype).collect();
-            if which.is_empty() {
-                continue;
-            }
-            let mut packed: Vec<f64> = Vec::new();
-            for &k in &which {
-                packed.extend(tensors[k].to_f64_vec());
-            }
-            let t0 = Instant::now();
-            match dtype {
-                DType::F32 => {
-                    let send: Vec<f32> = packed.iter().map(|&v| v as f32).collect();
-                    let mut recv = vec![0f32; send.len()];
+        // Packed and unpacked in each dtype's own bytes (little-endian, as
+        // `Tensor` holds them): no conversion of the whole gradient.
+        macro_rules! reduce {
+            ($t:ty, $dtype:expr) => {{
+                let which: Vec<usize> = (0..tensors.len())
+                    .filter(|&k| tensors[k].dtype() == $dtype)
+                    .collect();
+                if !which.is_empty() {
+                    const W: usize = std::mem::size_of::<$t>();
+                    let mut send: Vec<$t> = Vec::new();
+                    for &k in &which {
+                        send.extend(
+                            tensors[k]
+                                .bytes()
+                                .chunks_exact(W)
+                                .map(|c| <[u8; W]>::try_from(c).map_or(0.0, <$t>::from_le_bytes)),
+                        );
+                    }
+                    let mut recv: Vec<$t> = vec![0.0; send.len()];
+                    let t0 = Instant::now();
                     self.world
                         .all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
-                    packed = recv.iter().map(|&v| v as f64).collect();
+                    spent += t0.elapsed();
+                    let mut at = 0;
+                    for &k in &which {
+                        for c in tensors[k].bytes_mut().chunks_exact_mut(W) {
+                            c.copy_from_slice(&((recv[at] as f64 * scale) as $t).to_le_bytes());
+                            at += 1;
+                        }
+                    }
                 }
-                DType::F64 | DType::Bool => {
-                    let mut recv = vec![0f64; packed.len()];
-                    self.world
-                        .all_reduce_into(&packed[..], &mut recv[..], SystemOperation::sum());
-                    packed = recv;
-                }
-            }
-            spent += t0.elapsed();
-            let mut at = 0;
-            for &k in &which {
-                let n = tensors[k].len();
-                let vals: Vec<f64> = packed[at..at + n].iter().map(|v| v * scale).collect();
-                tensors[k] = Tensor::from_vec(tensors[k].shape().to_vec(), vals)?.convert(dtype);
-                at += n;
-            }
+            }};
         }
+        reduce!(f32, DType::F32);
+        reduce!(f64, DType::F64);
         Ok(spent)
     }
 
