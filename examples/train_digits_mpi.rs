@@ -59,10 +59,14 @@ mod run {
         /// Give this rank a malformed input.
         #[arg(long)]
         fail_on_rank: Option<usize>,
-        /// Time this many steps of the benchmarks' MLP (784-256-10, f32,
-        /// the global batch split over the ranks) instead of training.
+        /// Time this many steps (the global batch split over the ranks)
+        /// instead of training.
         #[arg(long)]
         bench_steps: Option<usize>,
+        /// What `--bench-steps` times: `mlp` (the benchmarks' 784-256-10)
+        /// or `digits` (this example's 64-128-10).
+        #[arg(long, default_value = "mlp")]
+        bench_model: String,
     }
 
     /// Rows `rows` of the split as model inputs `x` and one-hot `t`.
@@ -128,7 +132,12 @@ mod run {
         cluster.broadcast(&mut params);
 
         if let Some(steps) = args.bench_steps {
-            return bench(&cluster, args.batch, steps);
+            let dims = match args.bench_model.as_str() {
+                "mlp" => (784, 256, 10),
+                "digits" => (FEATURES, hidden, CLASSES),
+                other => return Err(format!("--bench-model {other}: expected mlp or digits").into()),
+            };
+            return bench(&cluster, args.batch, steps, dims);
         }
         let n_train = data.train_x.len();
         let mut order_rng = Rng::new(args.seed + 7);
@@ -257,12 +266,18 @@ mod run {
     }
 
     /// Mean step time (gradient of this rank's shard, the all-reduce, the
-    /// update) and mean all-reduce time of the benchmarks' MLP over
-    /// `steps` steps, after a warm-up, printed by rank 0.
-    fn bench(cluster: &Cluster, batch_rows: usize, steps: usize) -> Result<(), Box<dyn std::error::Error>> {
+    /// update) and mean all-reduce time of an MLP `dims` = (inputs,
+    /// hidden, classes) over `steps` steps, after a warm-up, printed by
+    /// rank 0.
+    fn bench(
+        cluster: &Cluster,
+        batch_rows: usize,
+        steps: usize,
+        dims: (usize, usize, usize),
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let (size, shard) = (cluster.size(), batch_rows / cluster.size());
         let opts = Options::default();
-        let g = models::mlp(shard, 784, 256, 10, DType::F32, false)?;
+        let g = models::mlp(shard, dims.0, dims.1, dims.2, DType::F32, false)?;
         let grad = value_and_grad(&g, &models::MLP_PARAMS, &opts)?;
         let inputs: Vec<Tensor> = g.inputs().iter().map(|i| Tensor::full(i.ty.clone(), 0.01)).collect();
         let refs: Vec<&Tensor> = inputs.iter().collect();
@@ -289,7 +304,10 @@ mod run {
         if cluster.rank() == 0 {
             let bytes: usize = types.iter().map(|(_, t)| t.num_elements() * 4).sum();
             println!(
-                "bench: MLP 784-256-10, batch {batch_rows} over {size} rank(s) ({shard} rows each, {} thread(s) each): step {:.3} ms, all-reduce {:.3} ms of {} bytes",
+                "bench: MLP {}-{}-{}, batch {batch_rows} over {size} rank(s) ({shard} rows each, {} thread(s) each): step {:.3} ms, all-reduce {:.3} ms of {} bytes",
+                dims.0,
+                dims.1,
+                dims.2,
                 wengert::runtime::pool::default_threads(),
                 total.as_secs_f64() * 1e3 / steps as f64,
                 comm.as_secs_f64() * 1e3 / steps as f64,

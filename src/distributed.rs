@@ -166,6 +166,10 @@ impl Cluster {
             Ok(v) => v,
             Err(e) => {
                 eprintln!("rank {}: error: {e}", self.rank());
+                // `mpiexec` forwards each rank's output through a pipe and
+                // may kill everything as soon as the abort arrives: a moment
+                // lets the message through first.
+                std::thread::sleep(std::time::Duration::from_millis(200));
                 self.world.abort(2)
             }
         }

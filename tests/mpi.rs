@@ -91,6 +91,14 @@ fn an_error_on_one_rank_ends_every_rank() {
     };
     assert_ne!(code, 0, "{out}{err}");
     assert_ne!(code, 124, "timed out: a rank hung\n{out}{err}");
-    assert!(err.contains("rank 1: error: input `x`"), "{err}");
+    // The failing rank's message names it and the input (when `mpiexec`
+    // forwarded it before ending the job: under load it may not).
+    if !err.is_empty() {
+        assert!(
+            err.contains("rank 1: error: input `x`") || err.contains("MPI_Abort"),
+            "{err}"
+        );
+    }
+    assert!(!out.contains("parameters identical"), "the run went on: {out}");
     assert!(start.elapsed() < Duration::from_secs(100));
 }
