@@ -23,8 +23,8 @@
 use crate::autodiff::wrt_nodes;
 use crate::emit::Emitter;
 use crate::error::PassError;
+use crate::vjp::{pow_rule, unary_rule};
 use std::sync::Arc;
-use wengert_ir::interp::integer_exponent;
 use wengert_ir::scan::Scan;
 use wengert_ir::{verify, BinaryOp, CmpOp, Graph, NodeId, Op, UnaryOp};
 
@@ -127,84 +127,12 @@ pub fn jvp_rule(
         // Leaves: an input's tangent is set by `jvp` itself.
         Op::Input { .. } | Op::Const { .. } => None,
 
-        Op::Unary(u) => {
-            let Some(xd) = xdot else { return Ok(None) };
-            Some(match u {
-                // y = −x: ẏ = −ẋ
-                UnaryOp::Neg => e.neg(xd)?,
-                // y = eˣ: ẏ = ẋ·y (guarded: y overflows to inf)
-                UnaryOp::Exp => {
-                    let v = e.mul(xd, y)?;
-                    e.guard(xd, v)?
-                }
-                // y = ln x: ẏ = ẋ / x (guarded: 1/0 = inf)
-                UnaryOp::Log => {
-                    let v = e.div(xd, x)?;
-                    e.guard(xd, v)?
-                }
-                // y = sin x: ẏ = ẋ·cos x
-                UnaryOp::Sin => {
-                    let c = e.unary(UnaryOp::Cos, x)?;
-                    e.mul(xd, c)?
-                }
-                // y = cos x: ẏ = −ẋ·sin x
-                UnaryOp::Cos => {
-                    let s = e.unary(UnaryOp::Sin, x)?;
-                    let v = e.mul(xd, s)?;
-                    e.neg(v)?
-                }
-                // y = tanh x: ẏ = ẋ·(1 − y²)
-                UnaryOp::Tanh => {
-                    let yy = e.binary(BinaryOp::Mul, y, y)?;
-                    let one = e.full_like(y, 1.0)?;
-                    let d = e.sub(one, yy)?;
-                    e.mul(xd, d)?
-                }
-                // y = √x: ẏ = ẋ / (2y) (guarded: infinite at 0)
-                UnaryOp::Sqrt => {
-                    let two_y = e.mul_scalar(2.0, y)?;
-                    let v = e.div(xd, two_y)?;
-                    e.guard(xd, v)?
-                }
-                // y = |x|: ẏ = ẋ·sign(x), with sign(0) = 0
-                UnaryOp::Abs => {
-                    let zero = e.full_like(x, 0.0)?;
-                    let pos = e.cmp(CmpOp::Gt, x, zero)?;
-                    let neg = e.cmp(CmpOp::Lt, x, zero)?;
-                    let minus = e.neg(xd)?;
-                    let inner = e.select(neg, minus, zero)?;
-                    e.select(pos, xd, inner)?
-                }
-                // y = max(x, 0): ẏ = ẋ·[x > 0], so ReLU′(0) = 0
-                UnaryOp::Relu => {
-                    let zero = e.full_like(x, 0.0)?;
-                    let mask = e.cmp(CmpOp::Gt, x, zero)?;
-                    e.select(mask, xd, zero)?
-                }
-                // y = erf x: ẏ = ẋ·(2/√π)·e^(−x²)
-                UnaryOp::Erf => {
-                    let xx = e.binary(BinaryOp::Mul, x, x)?;
-                    let m = e.neg(xx)?;
-                    let g = e.unary(UnaryOp::Exp, m)?;
-                    let d = e.mul_scalar(std::f64::consts::FRAC_2_SQRT_PI, g)?;
-                    e.mul(xd, d)?
-                }
-                // y = eˣ − 1: ẏ = ẋ·(y + 1) (guarded: y overflows to inf)
-                UnaryOp::Expm1 => {
-                    let one = e.full_like(y, 1.0)?;
-                    let d = e.add(y, one)?;
-                    let v = e.mul(xd, d)?;
-                    e.guard(xd, v)?
-                }
-                // y = ln(1 + x): ẏ = ẋ / (1 + x) (guarded at x = −1)
-                UnaryOp::Log1p => {
-                    let one = e.full_like(x, 1.0)?;
-                    let d = e.add(x, one)?;
-                    let v = e.div(xd, d)?;
-                    e.guard(xd, v)?
-                }
-            })
-        }
+        // Elementwise with one operand: ẏ = ẋ·f′(x), the same rule as the
+        // VJP's (a diagonal Jacobian is its own transpose).
+        Op::Unary(u) => match xdot {
+            Some(xd) => Some(unary_rule(e, u, x, y, xd)?),
+            None => None,
+        },
 
         Op::Binary(b) => {
             let (a, c) = (args[0], args[1]);
@@ -271,24 +199,11 @@ pub fn jvp_rule(
             }
         }
 
-        // y = xᵖ: ẏ = ẋ·p·xᵖ⁻¹ (guarded where xᵖ⁻¹ is infinite at 0)
-        Op::Pow { exponent: p } => {
-            let Some(xd) = xdot else { return Ok(None) };
-            if p == 0.0 {
-                None
-            } else if p == 1.0 {
-                Some(xd)
-            } else if p == 2.0 {
-                let two_x = e.mul_scalar(2.0, x)?;
-                Some(e.mul(xd, two_x)?)
-            } else {
-                let xp = e.op(Op::Pow { exponent: p - 1.0 }, &[x])?;
-                let d = e.mul_scalar(p, xp)?;
-                let v = e.mul(xd, d)?;
-                let singular = p - 1.0 < 0.0 || integer_exponent(p - 1.0).is_none();
-                Some(if singular { e.guard(xd, v)? } else { v })
-            }
-        }
+        // y = xᵖ: ẏ = ẋ·p·xᵖ⁻¹, the VJP's rule (`pow_rule`).
+        Op::Pow { exponent: p } => match xdot {
+            Some(xd) => pow_rule(e, p, x, xd)?,
+            None => None,
+        },
 
         // Comparisons are piecewise constant: no tangent.
         Op::Compare(_) => None,

@@ -23,85 +23,8 @@ pub fn vjp(e: &mut Emitter<'_>, y: NodeId, ybar: NodeId, wants: &[bool]) -> Resu
         // Leaves have no operands.
         Op::Input { .. } | Op::Const { .. } => vec![],
 
-        Op::Unary(u) => {
-            let xbar = match u {
-                // y = −x: x̄ = −ȳ
-                UnaryOp::Neg => e.neg(ybar)?,
-                // y = eˣ: x̄ = ȳ·y (guarded: y overflows to inf)
-                UnaryOp::Exp => {
-                    let v = e.mul(ybar, y)?;
-                    e.guard(ybar, v)?
-                }
-                // y = ln x: x̄ = ȳ / x (guarded: 1/0 = inf)
-                UnaryOp::Log => {
-                    let v = e.div(ybar, x)?;
-                    e.guard(ybar, v)?
-                }
-                // y = sin x: x̄ = ȳ·cos x
-                UnaryOp::Sin => {
-                    let c = e.unary(UnaryOp::Cos, x)?;
-                    e.mul(ybar, c)?
-                }
-                // y = cos x: x̄ = −ȳ·sin x
-                UnaryOp::Cos => {
-                    let s = e.unary(UnaryOp::Sin, x)?;
-                    let v = e.mul(ybar, s)?;
-                    e.neg(v)?
-                }
-                // y = tanh x: x̄ = ȳ·(1 − y²)
-                UnaryOp::Tanh => {
-                    let yy = e.binary(BinaryOp::Mul, y, y)?;
-                    let one = e.full_like(y, 1.0)?;
-                    let d = e.sub(one, yy)?;
-                    e.mul(ybar, d)?
-                }
-                // y = √x: x̄ = ȳ / (2y) (guarded: infinite at 0)
-                UnaryOp::Sqrt => {
-                    let two_y = e.mul_scalar(2.0, y)?;
-                    let v = e.div(ybar, two_y)?;
-                    e.guard(ybar, v)?
-                }
-                // y = |x|: x̄ = ȳ·sign(x), with sign(0) = 0
-                UnaryOp::Abs => {
-                    let zero = e.full_like(x, 0.0)?;
-                    let pos = e.cmp(CmpOp::Gt, x, zero)?;
-                    let neg = e.cmp(CmpOp::Lt, x, zero)?;
-                    let minus = e.neg(ybar)?;
-                    let inner = e.select(neg, minus, zero)?;
-                    e.select(pos, ybar, inner)?
-                }
-                // y = max(x, 0): x̄ = ȳ·[x > 0], so ReLU′(0) = 0. Only the
-                // mask [x > 0] is needed, which partition saves in place of x.
-                UnaryOp::Relu => {
-                    let zero = e.full_like(x, 0.0)?;
-                    let mask = e.cmp(CmpOp::Gt, x, zero)?;
-                    e.select(mask, ybar, zero)?
-                }
-                // y = erf x: x̄ = ȳ·(2/√π)·e^(−x²) (at most 2/√π: no guard)
-                UnaryOp::Erf => {
-                    let xx = e.binary(BinaryOp::Mul, x, x)?;
-                    let m = e.neg(xx)?;
-                    let g = e.unary(UnaryOp::Exp, m)?;
-                    let d = e.mul_scalar(std::f64::consts::FRAC_2_SQRT_PI, g)?;
-                    e.mul(ybar, d)?
-                }
-                // y = eˣ − 1: x̄ = ȳ·(y + 1) (guarded: y overflows to inf)
-                UnaryOp::Expm1 => {
-                    let one = e.full_like(y, 1.0)?;
-                    let d = e.add(y, one)?;
-                    let v = e.mul(ybar, d)?;
-                    e.guard(ybar, v)?
-                }
-                // y = ln(1 + x): x̄ = ȳ / (1 + x) (guarded: 1/0 at x = −1)
-                UnaryOp::Log1p => {
-                    let one = e.full_like(x, 1.0)?;
-                    let d = e.add(x, one)?;
-                    let v = e.div(ybar, d)?;
-                    e.guard(ybar, v)?
-                }
-            };
-            vec![Some(xbar)]
-        }
+        // Elementwise with one operand: x̄ = ȳ·f′(x) (see `unary_rule`).
+        Op::Unary(u) => vec![Some(unary_rule(e, u, x, y, ybar)?)],
 
         Op::Binary(b) => {
             let (a, c) = (args[0], args[1]);
@@ -151,25 +74,8 @@ pub fn vjp(e: &mut Emitter<'_>, y: NodeId, ybar: NodeId, wants: &[bool]) -> Resu
             }
         }
 
-        // y = xᵖ: x̄ = ȳ·p·xᵖ⁻¹ (guarded when p − 1 < 0 or fractional,
-        // where xᵖ⁻¹ is infinite at 0)
-        Op::Pow { exponent: p } => {
-            let xbar = if p == 0.0 {
-                None
-            } else if p == 1.0 {
-                Some(ybar)
-            } else if p == 2.0 {
-                let two_x = e.mul_scalar(2.0, x)?;
-                Some(e.mul(ybar, two_x)?)
-            } else {
-                let xp = e.op(Op::Pow { exponent: p - 1.0 }, &[x])?;
-                let d = e.mul_scalar(p, xp)?;
-                let v = e.mul(ybar, d)?;
-                let singular = p - 1.0 < 0.0 || integer_exponent(p - 1.0).is_none();
-                Some(if singular { e.guard(ybar, v)? } else { v })
-            };
-            vec![xbar]
-        }
+        // y = xᵖ: x̄ = ȳ·p·xᵖ⁻¹ (see `pow_rule`).
+        Op::Pow { exponent: p } => vec![pow_rule(e, p, x, ybar)?],
 
         // Comparisons are piecewise constant: no gradient.
         Op::Compare(_) => vec![None, None],
@@ -368,6 +274,115 @@ pub fn vjp(e: &mut Emitter<'_>, y: NodeId, ybar: NodeId, wants: &[bool]) -> Resu
                 message: "loops are differentiated by `scan_vjp`, through autodiff".into(),
             })
         }
+    })
+}
+
+/// `g·f′(x)` for the elementwise unary op `y = f(x)`: the VJP of `y`
+/// (`g` = ȳ, giving x̄) and its JVP (`g` = ẋ, giving ẏ) alike, since a
+/// unary elementwise op's Jacobian is diagonal. Rules whose local
+/// derivative can be infinite are guarded by `g`, so that a zero `g`
+/// (an untaken `select` branch) stays exactly zero.
+pub(crate) fn unary_rule(
+    e: &mut Emitter<'_>,
+    u: UnaryOp,
+    x: NodeId,
+    y: NodeId,
+    g: NodeId,
+) -> Result<NodeId, PassError> {
+    Ok(match u {
+        // y = −x: g·f′(x) = −g
+        UnaryOp::Neg => e.neg(g)?,
+        // y = eˣ: g·f′(x) = g·y (guarded: y overflows to inf)
+        UnaryOp::Exp => {
+            let v = e.mul(g, y)?;
+            e.guard(g, v)?
+        }
+        // y = ln x: g·f′(x) = g / x (guarded: 1/0 = inf)
+        UnaryOp::Log => {
+            let v = e.div(g, x)?;
+            e.guard(g, v)?
+        }
+        // y = sin x: g·f′(x) = g·cos x
+        UnaryOp::Sin => {
+            let c = e.unary(UnaryOp::Cos, x)?;
+            e.mul(g, c)?
+        }
+        // y = cos x: g·f′(x) = −g·sin x
+        UnaryOp::Cos => {
+            let s = e.unary(UnaryOp::Sin, x)?;
+            let v = e.mul(g, s)?;
+            e.neg(v)?
+        }
+        // y = tanh x: g·f′(x) = g·(1 − y²)
+        UnaryOp::Tanh => {
+            let yy = e.binary(BinaryOp::Mul, y, y)?;
+            let one = e.full_like(y, 1.0)?;
+            let d = e.sub(one, yy)?;
+            e.mul(g, d)?
+        }
+        // y = √x: g·f′(x) = g / (2y) (guarded: infinite at 0)
+        UnaryOp::Sqrt => {
+            let two_y = e.mul_scalar(2.0, y)?;
+            let v = e.div(g, two_y)?;
+            e.guard(g, v)?
+        }
+        // y = |x|: g·f′(x) = g·sign(x), with sign(0) = 0
+        UnaryOp::Abs => {
+            let zero = e.full_like(x, 0.0)?;
+            let pos = e.cmp(CmpOp::Gt, x, zero)?;
+            let neg = e.cmp(CmpOp::Lt, x, zero)?;
+            let minus = e.neg(g)?;
+            let inner = e.select(neg, minus, zero)?;
+            e.select(pos, g, inner)?
+        }
+        // y = max(x, 0): g·f′(x) = g·[x > 0], so ReLU′(0) = 0. Only the
+        // mask [x > 0] is needed, which partition saves in place of x.
+        UnaryOp::Relu => {
+            let zero = e.full_like(x, 0.0)?;
+            let mask = e.cmp(CmpOp::Gt, x, zero)?;
+            e.select(mask, g, zero)?
+        }
+        // y = erf x: g·f′(x) = g·(2/√π)·e^(−x²) (at most 2/√π: no guard)
+        UnaryOp::Erf => {
+            let xx = e.binary(BinaryOp::Mul, x, x)?;
+            let m = e.neg(xx)?;
+            let gauss = e.unary(UnaryOp::Exp, m)?;
+            let d = e.mul_scalar(std::f64::consts::FRAC_2_SQRT_PI, gauss)?;
+            e.mul(g, d)?
+        }
+        // y = eˣ − 1: g·f′(x) = g·(y + 1) (guarded: y overflows to inf)
+        UnaryOp::Expm1 => {
+            let one = e.full_like(y, 1.0)?;
+            let d = e.add(y, one)?;
+            let v = e.mul(g, d)?;
+            e.guard(g, v)?
+        }
+        // y = ln(1 + x): g·f′(x) = g / (1 + x) (guarded: 1/0 at x = −1)
+        UnaryOp::Log1p => {
+            let one = e.full_like(x, 1.0)?;
+            let d = e.add(x, one)?;
+            let v = e.div(g, d)?;
+            e.guard(g, v)?
+        }
+    })
+}
+
+/// `g·p·xᵖ⁻¹` for `y = xᵖ` (`None` for p = 0), guarded when xᵖ⁻¹ is
+/// infinite at 0 (p − 1 < 0 or fractional): the VJP and the JVP alike.
+pub(crate) fn pow_rule(e: &mut Emitter<'_>, p: f64, x: NodeId, g: NodeId) -> Result<Option<NodeId>, PassError> {
+    Ok(if p == 0.0 {
+        None
+    } else if p == 1.0 {
+        Some(g)
+    } else if p == 2.0 {
+        let two_x = e.mul_scalar(2.0, x)?;
+        Some(e.mul(g, two_x)?)
+    } else {
+        let xp = e.op(Op::Pow { exponent: p - 1.0 }, &[x])?;
+        let d = e.mul_scalar(p, xp)?;
+        let v = e.mul(g, d)?;
+        let singular = p - 1.0 < 0.0 || integer_exponent(p - 1.0).is_none();
+        Some(if singular { e.guard(g, v)? } else { v })
     })
 }
 
