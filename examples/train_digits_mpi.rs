@@ -175,7 +175,8 @@ mod run {
             let exe = compile(&eval_g, &opts)?;
             let rows: Vec<usize> = (0..args.batch).collect();
             let (x, t) = batch(&data.train_x, &data.train_y, &rows, dtype)?;
-            let items: Vec<Vec<Tensor>> = (0..n)
+            // The items exist on rank 0 only; `evaluate_all` scatters them.
+            let items: Vec<Vec<Tensor>> = (0..if rank == 0 { n } else { 0 })
                 .map(|i| {
                     let f = 1.0 + i as f64 / n as f64;
                     let mut v = vec![x.clone(), t.clone()];

@@ -10,8 +10,9 @@
 //!   tensor), scaled by 1/size — every rank then holds the same bits and
 //!   runs the same compiled update, so the parameters stay bitwise equal;
 //! - [`Cluster::evaluate_all`]: a compiled function over many independent
-//!   inputs (sweeps, ensembles), items dealt round-robin to ranks and the
-//!   results gathered on rank 0;
+//!   inputs (sweeps, ensembles): rank 0 scatters the items round-robin to
+//!   the ranks, each evaluates its share, the results are gathered on
+//!   rank 0;
 //! - [`Cluster::or_abort`]: an error on one rank ends every rank (no rank
 //!   waits forever in a collective its peer will never enter).
 //!
@@ -117,45 +118,74 @@ impl Cluster {
         Ok(spent)
     }
 
-    /// Evaluates `exe` on every item of `items` (each a full input list):
-    /// item `i` on rank `i mod size`; rank 0 returns every item's outputs
-    /// in order, the other ranks `None`. Every rank passes the same items
-    /// (cheap to build; only a rank's own are evaluated).
+    /// Evaluates `exe` on many independent items (each a full input list),
+    /// spread over the ranks: rank 0 holds `items` (the other ranks pass an
+    /// empty slice) and scatters them, item `i` to rank `i mod size`; every
+    /// rank evaluates its share; the outputs are gathered back, and rank 0
+    /// returns them in item order (the other ranks `None`). An item whose
+    /// inputs do not fit `exe` ends every rank with an error naming it.
     pub fn evaluate_all(&self, exe: &Executable, items: &[Vec<Tensor>]) -> Result<Option<Vec<Vec<Tensor>>>, Error> {
         let (r, n) = (self.rank(), self.size());
-        let types: Vec<_> = exe.outputs().iter().map(|(_, t)| t.clone()).collect();
-        let per_item: usize = types.iter().map(|t| t.num_elements()).sum();
-        let rounds = items.len().div_ceil(n);
-        // Each rank fills `rounds` slots (zeros past the end), so that
-        // every contribution has the same length.
-        let mut mine = vec![0f64; rounds * per_item];
-        for (slot, i) in (r..items.len()).step_by(n).enumerate() {
-            let refs: Vec<&Tensor> = items[i].iter().collect();
+        let root = self.world.process_at_rank(0);
+        let in_types: Vec<_> = exe.inputs().iter().map(|(_, t)| t.clone()).collect();
+        let out_types: Vec<_> = exe.outputs().iter().map(|(_, t)| t.clone()).collect();
+        let per_in: usize = in_types.iter().map(|t| t.num_elements()).sum();
+        let per_out: usize = out_types.iter().map(|t| t.num_elements()).sum();
+        let mut count = items.len() as u64;
+        root.broadcast_into(&mut count);
+        let count = count as usize;
+        let rounds = count.div_ceil(n);
+        // Inputs travel as f64 (exact for every dtype), `rounds` slots per
+        // rank (zeros past the end), rank-major.
+        let mut mine_in = vec![0f64; rounds * per_in];
+        if r == 0 {
+            let mut send = vec![0f64; n * rounds * per_in];
+            for (i, item) in items.iter().enumerate() {
+                let fits = item.len() == in_types.len() && item.iter().zip(&in_types).all(|(t, ty)| t.ty() == ty);
+                if !fits {
+                    self.or_abort::<(), _>(Err(format!("item {i}: its inputs do not match the function's")));
+                }
+                let at = ((i % n) * rounds + i / n) * per_in;
+                let flat: Vec<f64> = item.iter().flat_map(|t| t.to_f64_vec()).collect();
+                send[at..at + per_in].copy_from_slice(&flat);
+            }
+            root.scatter_into_root(&send[..], &mut mine_in[..]);
+        } else {
+            root.scatter_into(&mut mine_in[..]);
+        }
+        let unpack = |flat: &[f64], types: &[wengert_ir::TensorType]| -> Result<Vec<Tensor>, Error> {
+            let mut at = 0;
+            types
+                .iter()
+                .map(|ty| {
+                    let k = ty.num_elements();
+                    let t = Tensor::from_vec(ty.shape.clone(), flat[at..at + k].to_vec())?.convert(ty.dtype);
+                    at += k;
+                    Ok(t)
+                })
+                .collect()
+        };
+        let mut mine_out = vec![0f64; rounds * per_out];
+        for (slot, _) in (r..count).step_by(n).enumerate() {
+            let inputs = unpack(&mine_in[slot * per_in..(slot + 1) * per_in], &in_types)?;
+            let refs: Vec<&Tensor> = inputs.iter().collect();
             let outs = self.or_abort(exe.call(&refs));
             let flat: Vec<f64> = outs.iter().flat_map(|t| t.to_f64_vec()).collect();
-            mine[slot * per_item..(slot + 1) * per_item].copy_from_slice(&flat);
+            mine_out[slot * per_out..(slot + 1) * per_out].copy_from_slice(&flat);
         }
-        let root = self.world.process_at_rank(0);
         if r != 0 {
-            root.gather_into(&mine[..]);
+            root.gather_into(&mine_out[..]);
             return Ok(None);
         }
-        let mut all = vec![0f64; n * mine.len()];
-        root.gather_into_root(&mine[..], &mut all[..]);
-        let mut results = Vec::with_capacity(items.len());
-        for i in 0..items.len() {
-            let (owner, slot) = (i % n, i / n);
-            let base = owner * mine.len() + slot * per_item;
-            let mut at = base;
-            let mut outs = Vec::with_capacity(types.len());
-            for ty in &types {
-                let k = ty.num_elements();
-                outs.push(Tensor::from_vec(ty.shape.clone(), all[at..at + k].to_vec())?.convert(ty.dtype));
-                at += k;
-            }
-            results.push(outs);
-        }
-        Ok(Some(results))
+        let mut all = vec![0f64; n * mine_out.len()];
+        root.gather_into_root(&mine_out[..], &mut all[..]);
+        (0..count)
+            .map(|i| {
+                let at = ((i % n) * rounds + i / n) * per_out;
+                unpack(&all[at..at + per_out], &out_types)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     /// The value, or on error: print it with this rank's number and abort
