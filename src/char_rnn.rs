@@ -68,12 +68,28 @@ impl Corpus {
     /// vocab]` for sequences of `data` beginning at `starts`.
     pub fn batch(&self, data: &[u16], starts: &[usize], t: usize) -> Result<(Tensor, Tensor), Error> {
         let (b, v) = (starts.len(), self.vocab.len());
+        if let Some(&s) = starts.iter().find(|&&s| s.saturating_add(t) >= data.len()) {
+            return Err(Error::File {
+                path: "<text>".into(),
+                message: format!(
+                    "a sequence of {t} characters (and its next) from {s} runs past the text's {} characters",
+                    data.len()
+                ),
+            });
+        }
+
         let ty = TensorType::new(DType::F32, vec![t, b, v]);
         let mut xs = Tensor::try_zeros(ty.clone())?;
         let mut ts = Tensor::try_zeros(ty)?;
         for (j, &s) in starts.iter().enumerate() {
             for step in 0..t {
                 let (x, y) = (data[s + step] as usize, data[s + step + 1] as usize);
+                if x.max(y) >= v {
+                    return Err(Error::File {
+                        path: "<text>".into(),
+                        message: format!("character index {} is outside the vocabulary of {v}", x.max(y)),
+                    });
+                }
                 let at = (step * b + j) * v;
                 xs.bytes_mut()[4 * (at + x)..4 * (at + x) + 4].copy_from_slice(&1f32.to_le_bytes());
                 ts.bytes_mut()[4 * (at + y)..4 * (at + y) + 4].copy_from_slice(&1f32.to_le_bytes());

@@ -88,3 +88,18 @@ fn a_short_char_rnn_run_learns_the_text() {
     assert_eq!(s.chars().count(), 44);
     assert!(s.starts_with("And "));
 }
+
+/// Batches that run past the text, or a text whose indices fall outside
+/// the vocabulary, are errors, not panics.
+#[test]
+fn char_rnn_batches_check_their_bounds() {
+    use wengert::char_rnn::Corpus;
+    let c = Corpus::from_text("in the beginning god created the heaven and the earth", 0.2).unwrap();
+    let n = c.train.len();
+    assert!(c.batch(&c.train, &[0, 3], 5).is_ok());
+    let e = c.batch(&c.train, &[n - 3], 5).unwrap_err().to_string();
+    assert!(e.contains("runs past the text"), "{e}");
+    let e = c.batch(&[0, 1, 99, 2, 3], &[0], 3).unwrap_err().to_string();
+    assert!(e.contains("outside the vocabulary"), "{e}");
+    assert!(Corpus::from_text("aaaa", 0.1).is_err());
+}
