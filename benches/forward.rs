@@ -14,31 +14,13 @@
 //! Ratios in the same run are printed first (median of 21 alternating
 //! calls). Run with `cargo bench --bench forward`.
 
+mod common;
+
+use common::values;
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use std::time::Instant;
-use wengert::{cases, compile, hessian, hvp, jacobian, jvp, models, value_and_grad, DType, Graph, Options, Tensor};
-
-fn values(g: &Graph, seed: u64) -> Vec<Tensor> {
-    let mut state = seed;
-    g.inputs()
-        .iter()
-        .map(|i| {
-            let v: Vec<f64> = (0..i.ty.num_elements())
-                .map(|j| {
-                    if i.name == "t" {
-                        return if j % 10 == (j / 10) % 10 { 1.0 } else { 0.0 };
-                    }
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    (((state >> 33) as f64 / (1u64 << 31) as f64) - 0.5) * 0.1
-                })
-                .collect();
-            Tensor::from_vec(i.ty.shape.clone(), v).unwrap().convert(i.ty.dtype)
-        })
-        .collect()
-}
+use wengert::{cases, compile, hessian, hvp, jacobian, jvp, models, value_and_grad, DType, Options, Tensor};
 
 /// Median of 21 alternating timings of `a` over `b`.
 fn ratio(mut a: impl FnMut(), mut b: impl FnMut()) -> f64 {
@@ -67,11 +49,11 @@ fn mlp(c: &mut Criterion) {
         let tangent = jvp(&g, &params, &opts).unwrap();
         let grad = value_and_grad(&g, &params, &opts).unwrap();
         let second = hvp(&g, "loss", &params, &opts).unwrap();
-        let x = values(&g, 1);
+        let x = values(&g, &[], 1);
         let xr: Vec<&Tensor> = x.iter().collect();
         let mut v = x.clone();
         let tin_graph = wengert::passes::jvp::jvp(&g, &params).unwrap().graph;
-        v.extend(values(&tin_graph, 2)[x.len()..].iter().cloned());
+        v.extend(values(&tin_graph, &[], 2)[x.len()..].iter().cloned());
         let vr: Vec<&Tensor> = v.iter().collect();
         let mut o_value = value.call(&xr).unwrap();
         let mut o_tangent = tangent.call(&vr).unwrap();
@@ -113,7 +95,7 @@ fn tall(c: &mut Criterion) {
     let auto = jacobian(&g, "y", &["x"], None, &opts).unwrap();
     let fwd = jacobian(&g, "y", &["x"], Some(wengert::JacobianMode::Forward), &opts).unwrap();
     let rev = jacobian(&g, "y", &["x"], Some(wengert::JacobianMode::Reverse), &opts).unwrap();
-    let ins = values(&g, 3);
+    let ins = values(&g, &[], 3);
     let refs: Vec<&Tensor> = ins.iter().collect();
     eprintln!(
         "jacobian_tall (4 → 1000): automatic choice {:?}; forward / reverse {:.3} (median of 21 alternating calls)",

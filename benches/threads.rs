@@ -14,33 +14,13 @@
 //!
 //! Run with `cargo bench --bench threads`.
 
+mod common;
+
+use common::values;
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use std::time::Instant;
 use wengert::{models, value_and_grad, DType, GradFn, Graph, Options, Tensor};
-
-fn inputs(f: &GradFn) -> Vec<Tensor> {
-    let mut state = 12345u64;
-    f.graph()
-        .inputs()
-        .iter()
-        .map(|i| {
-            let n = i.ty.num_elements();
-            let v: Vec<f64> = (0..n)
-                .map(|j| {
-                    if i.name == "t" {
-                        return if j % 10 == (j / 10) % 10 { 1.0 } else { 0.0 };
-                    }
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    (((state >> 33) as f64 / (1u64 << 31) as f64) - 0.5) * 0.1
-                })
-                .collect();
-            Tensor::from_vec(i.ty.shape.clone(), v).unwrap().convert(i.ty.dtype)
-        })
-        .collect()
-}
 
 fn workloads() -> Vec<(String, Graph)> {
     let mut v: Vec<(String, Graph)> = [32, 128, 1024]
@@ -70,7 +50,7 @@ fn steps(c: &mut Criterion) {
             .into_iter()
             .map(|t| value_and_grad(&g, &wrt, &Options::default().with_threads(t)).unwrap())
             .collect();
-        let ins = inputs(&fs[0]);
+        let ins = values(fs[0].graph(), &[], 12345);
         let refs: Vec<&Tensor> = ins.iter().collect();
         let mut outs: Vec<Vec<Tensor>> = fs.iter().map(|f| f.call(&refs).unwrap()).collect();
         let mut time = |k: usize| {

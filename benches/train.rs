@@ -8,34 +8,13 @@
 //! The step's time over the gradient's is printed first as the median of
 //! 21 alternating calls. One thread. Run with `cargo bench --bench train`.
 
+mod common;
+
+use common::values;
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use std::time::Instant;
 use wengert::{models, value_and_grad, DType, Graph, Optimizer, Options, StepConfig, Tensor, TrainStep};
-
-fn values(g: &Graph, names: &[&str], seed: u64) -> Vec<Tensor> {
-    let mut state = seed;
-    names
-        .iter()
-        .map(|n| {
-            let ty = &g.input(n).unwrap().ty;
-            let v: Vec<f64> = (0..ty.num_elements())
-                .map(|j| {
-                    if *n == "t" || *n == "xs" || *n == "ts" {
-                        // One-hot along the last axis.
-                        let k = *ty.shape.last().unwrap();
-                        return if j % k == (j / k) % k { 1.0 } else { 0.0 };
-                    }
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    (((state >> 33) as f64 / (1u64 << 31) as f64) - 0.5) * 0.1
-                })
-                .collect();
-            Tensor::from_vec(ty.shape.clone(), v).unwrap().convert(ty.dtype)
-        })
-        .collect()
-}
 
 fn bench(c: &mut Criterion, name: &str, g: &Graph, params: &[&str]) {
     let opts = Options::default().with_threads(1);

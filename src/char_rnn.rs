@@ -5,7 +5,7 @@
 //! bits per character, and sampling. `examples/char_rnn.rs` drives it.
 
 use crate::api::{compile, Error, Executable, Options};
-use crate::models::{char_rnn, char_rnn_cell, CHAR_RNN_PARAMS};
+use crate::models::{char_rnn, char_rnn_cell};
 use crate::optim::{Optimizer, StepConfig, TrainStep};
 use std::io::Read;
 use std::path::Path;
@@ -288,10 +288,5 @@ impl Trainer {
     /// the loop's stored states, as planned).
     pub fn step_arena_bytes(&self) -> usize {
         self.step.executable().memory().arena_bytes
-    }
-
-    /// Names of the parameters, in order.
-    pub fn param_names() -> [&'static str; 5] {
-        CHAR_RNN_PARAMS
     }
 }

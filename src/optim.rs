@@ -124,6 +124,26 @@ pub struct StepGraph {
     pub state: Vec<String>,
 }
 
+impl StepGraph {
+    /// The optimizer state at its start: zeros of each state input's type.
+    pub fn zero_state(&self) -> Result<Vec<Tensor>, Error> {
+        self.state
+            .iter()
+            .map(|s| {
+                let ty = self
+                    .graph
+                    .input(s)
+                    .map(|i| i.ty.clone())
+                    .ok_or_else(|| PassError::Internal {
+                        node: s.clone(),
+                        message: "the step graph lost a state input".into(),
+                    })?;
+                Ok(Tensor::try_zeros(ty)?)
+            })
+            .collect()
+    }
+}
+
 /// What [`append_update`] added: the state inputs' names, and the nodes
 /// of the new parameters and the new state.
 struct Update {
@@ -398,17 +418,7 @@ impl TrainStep {
             }
             values.push(t.clone());
         }
-        for s in &graph.state {
-            let ty = graph
-                .graph
-                .input(s)
-                .map(|i| i.ty.clone())
-                .ok_or_else(|| PassError::Internal {
-                    node: s.clone(),
-                    message: "the step graph lost a state input".into(),
-                })?;
-            values.push(Tensor::try_zeros(ty)?);
-        }
+        values.extend(graph.zero_state()?);
         let next = exe.new_outputs()?;
         let dtype = g
             .ty(g.output(loss).map(|o| o.node).ok_or_else(|| PassError::Internal {
@@ -582,21 +592,7 @@ impl UpdateStep {
     ) -> Result<UpdateStep, Error> {
         let graph = update_graph(params, config)?;
         let exe = compile(&graph.graph, options)?;
-        let state = graph
-            .state
-            .iter()
-            .map(|s| {
-                let ty = graph
-                    .graph
-                    .input(s)
-                    .map(|i| i.ty.clone())
-                    .ok_or_else(|| PassError::Internal {
-                        node: s.clone(),
-                        message: "the update graph lost a state input".into(),
-                    })?;
-                Ok(Tensor::try_zeros(ty)?)
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
+        let state = graph.zero_state()?;
         let next = exe.new_outputs()?;
         Ok(UpdateStep {
             exe,

@@ -280,82 +280,17 @@ fn check_op(name: &str, shapes: &[&[usize]], lo: f64, hi: f64, f: impl for<'b> F
 
 #[test]
 fn unary_rules_match_finite_differences() {
-    let s: &[&[usize]] = &[&[2, 3]];
-    check_op("neg", s, -2.0, 2.0, |x| -x[0]);
-    check_op("exp", s, -2.0, 2.0, |x| x[0].exp());
-    check_op("log", s, 0.3, 3.0, |x| x[0].log());
-    check_op("sin", s, -3.0, 3.0, |x| x[0].sin());
-    check_op("cos", s, -3.0, 3.0, |x| x[0].cos());
-    check_op("tanh", s, -2.0, 2.0, |x| x[0].tanh());
-    check_op("sqrt", s, 0.3, 3.0, |x| x[0].sqrt());
-    check_op("erf", s, -2.0, 2.0, |x| x[0].erf());
-    check_op("expm1", s, -2.0, 2.0, |x| x[0].expm1());
-    check_op("log1p", s, -0.7, 3.0, |x| x[0].log1p());
-    // Away from the kink at 0: |x| ≥ 0.1 on both sides.
-    check_op("abs+", s, 0.1, 2.0, |x| x[0].abs());
-    check_op("abs-", s, -2.0, -0.1, |x| x[0].abs());
-    check_op("relu+", s, 0.1, 2.0, |x| x[0].relu());
-    check_op("relu-", s, -2.0, -0.1, |x| x[0].relu());
-    for p in [2.0, 3.0, -1.0, 0.5, 1.5, -2.5] {
-        check_op(&format!("pow{p}"), s, 0.3, 2.0, move |x| x[0].powf(p));
-    }
-    check_op("sigmoid", s, -3.0, 3.0, |x| x[0].sigmoid());
+    common::ops::unary_cases(&mut |n, s, lo, hi, f| check_op(n, s, lo, hi, f));
 }
 
 #[test]
 fn binary_rules_with_broadcasting_match_finite_differences() {
-    let shapes: [&[&[usize]]; 4] = [
-        &[&[2, 3], &[2, 3]],
-        &[&[2, 3], &[3]],
-        &[&[2, 1], &[1, 3]],
-        &[&[], &[2, 3]],
-    ];
-    for s in shapes {
-        check_op("add", s, -2.0, 2.0, |x| x[0] + x[1]);
-        check_op("sub", s, -2.0, 2.0, |x| x[0] - x[1]);
-        check_op("mul", s, -2.0, 2.0, |x| x[0] * x[1]);
-        check_op("div", s, 0.5, 2.0, |x| x[0] / x[1]);
-        check_op("max", s, -2.0, 2.0, |x| x[0].max(x[1]));
-        check_op("min", s, -2.0, 2.0, |x| x[0].min(x[1]));
-        check_op("select", s, -2.0, 2.0, |x| {
-            x[0].gt(x[1]).select(x[0] * x[1], x[0] - x[1])
-        });
-    }
+    common::ops::binary_cases(&mut |n, s, lo, hi, f| check_op(n, s, lo, hi, f));
 }
 
 #[test]
 fn shape_rules_match_finite_differences() {
-    check_op("broadcast", &[&[3, 1]], -1.0, 1.0, |x| x[0].broadcast_to(&[2, 3, 4]));
-    check_op("reshape", &[&[2, 3, 4]], -1.0, 1.0, |x| x[0].reshape(&[4, 6]));
-    check_op("transpose", &[&[2, 3, 4]], -1.0, 1.0, |x| x[0].transpose(&[1, 2, 0]));
-    for axes in [vec![0], vec![1], vec![2], vec![0, 2], vec![1, 2], vec![0, 1, 2]] {
-        let a = axes.clone();
-        check_op("reduce_sum", &[&[2, 3, 4]], -1.0, 1.0, move |x| x[0].sum(&a));
-        let a = axes.clone();
-        check_op("reduce_max", &[&[2, 3, 4]], -1.0, 1.0, move |x| x[0].max_over(&a));
-        check_op("mean", &[&[2, 3, 4]], -1.0, 1.0, move |x| x[0].mean(&axes));
-    }
-    check_op("matmul", &[&[2, 3], &[3, 4]], -1.0, 1.0, |x| x[0].matmul(x[1]));
-    check_op("matmul_t", &[&[3, 2], &[3, 4]], -1.0, 1.0, |x| x[0].t().matmul(x[1]));
-    check_op("batched_matmul", &[&[2, 2, 3], &[2, 3, 4]], -1.0, 1.0, |x| {
-        x[0].matmul(x[1])
-    });
-    check_op("slice", &[&[3, 4]], -1.0, 1.0, |x| x[0].slice(&[1, 0], &[3, 3]));
-    check_op("pad", &[&[2, 3]], -1.0, 1.0, |x| x[0].pad(&[1, 0], &[0, 2]));
-    check_op("concat0", &[&[2, 3], &[1, 3]], -1.0, 1.0, |x| {
-        x[0].builder().concat(&[x[0], x[1]], 0)
-    });
-    check_op("concat1", &[&[2, 3], &[2, 2]], -1.0, 1.0, |x| {
-        x[0].builder().concat(&[x[0], x[1], x[0]], 1)
-    });
-    check_op("softmax", &[&[2, 4]], -2.0, 2.0, |x| x[0].softmax(1));
-    check_op("linear", &[&[4, 3], &[3, 2], &[2]], -1.0, 1.0, |x| {
-        x[0].linear(x[1], x[2])
-    });
-    // Softmax cross-entropy against differentiable targets: both rules.
-    check_op("softmax_cross_entropy", &[&[3, 4], &[3, 4]], 0.1, 1.0, |x| {
-        x[0].softmax_cross_entropy(x[1])
-    });
+    common::ops::shape_cases(&mut |n, s, lo, hi, f| check_op(n, s, lo, hi, f));
 }
 
 // ----- awkward points -----

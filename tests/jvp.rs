@@ -49,21 +49,10 @@ fn check(g: &Graph, x: &[Tensor], tol: f64) {
     let tout = interpret(&t.graph, &tin).unwrap();
     // Central differences along v.
     let h = 1e-6;
-    let shifted = |s: f64| -> Vec<Tensor> {
-        let mut ins = x.to_vec();
-        for (w, vv) in wrt.iter().zip(&v) {
-            let k = g.inputs().iter().position(|i| i.name == *w).unwrap();
-            let xs: Vec<f64> = ins[k]
-                .to_f64_vec()
-                .iter()
-                .zip(vv.to_f64_vec())
-                .map(|(a, b)| a + s * b)
-                .collect();
-            ins[k] = tensor(ins[k].shape(), xs);
-        }
-        ins
-    };
-    let (up, down) = (interpret(g, &shifted(h)).unwrap(), interpret(g, &shifted(-h)).unwrap());
+    let (up, down) = (
+        interpret(g, &moved(g, x, &wrt, &v, h)).unwrap(),
+        interpret(g, &moved(g, x, &wrt, &v, -h)).unwrap(),
+    );
     for (k, oname) in t.tangent_outputs.iter().enumerate() {
         let o = g.outputs().iter().position(|o| &o.name == oname).unwrap();
         let fd: Vec<f64> = up[o]
@@ -120,6 +109,22 @@ fn check(g: &Graph, x: &[Tensor], tol: f64) {
             &format!("{name}: compiled output {k}"),
         );
     }
+}
+
+/// `x` with each input named in `wrt` moved by `s·v` (its tangent).
+fn moved(g: &Graph, x: &[Tensor], wrt: &[&str], v: &[Tensor], s: f64) -> Vec<Tensor> {
+    let mut ins = x.to_vec();
+    for (w, vv) in wrt.iter().zip(v) {
+        let k = g.inputs().iter().position(|i| i.name == *w).unwrap();
+        let xs: Vec<f64> = ins[k]
+            .to_f64_vec()
+            .iter()
+            .zip(vv.to_f64_vec())
+            .map(|(a, b)| a + s * b)
+            .collect();
+        ins[k] = tensor(ins[k].shape(), xs);
+    }
+    ins
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -187,73 +192,19 @@ fn check_f32(g: &Graph, x: &[Tensor]) {
 
 #[test]
 fn unary_tangents_match_differences_and_their_vjps() {
-    let s: &[&[usize]] = &[&[2, 3]];
-    check_op("neg", s, -2.0, 2.0, |x| -x[0]);
-    check_op("exp", s, -2.0, 2.0, |x| x[0].exp());
-    check_op("log", s, 0.3, 3.0, |x| x[0].log());
-    check_op("sin", s, -3.0, 3.0, |x| x[0].sin());
-    check_op("cos", s, -3.0, 3.0, |x| x[0].cos());
-    check_op("tanh", s, -2.0, 2.0, |x| x[0].tanh());
-    check_op("sqrt", s, 0.3, 3.0, |x| x[0].sqrt());
-    check_op("erf", s, -2.0, 2.0, |x| x[0].erf());
-    check_op("expm1", s, -2.0, 2.0, |x| x[0].expm1());
-    check_op("log1p", s, -0.7, 3.0, |x| x[0].log1p());
-    check_op("abs+", s, 0.1, 2.0, |x| x[0].abs());
-    check_op("abs-", s, -2.0, -0.1, |x| x[0].abs());
-    check_op("relu+", s, 0.1, 2.0, |x| x[0].relu());
-    check_op("relu-", s, -2.0, -0.1, |x| x[0].relu());
-    for p in [2.0, 3.0, -1.0, 0.5, 1.5, -2.5] {
-        check_op(&format!("pow{p}"), s, 0.3, 2.0, move |x| x[0].powf(p));
-    }
-    check_op("sigmoid", s, -3.0, 3.0, |x| x[0].sigmoid());
+    common::ops::unary_cases(&mut |n, s, lo, hi, f| check_op(n, s, lo, hi, f));
 }
 
 #[test]
 fn binary_tangents_with_broadcasting() {
-    let shapes: [&[&[usize]]; 4] = [
-        &[&[2, 3], &[2, 3]],
-        &[&[2, 3], &[3]],
-        &[&[2, 1], &[1, 3]],
-        &[&[], &[2, 3]],
-    ];
-    for s in shapes {
-        check_op("add", s, -2.0, 2.0, |x| x[0] + x[1]);
-        check_op("sub", s, -2.0, 2.0, |x| x[0] - x[1]);
-        check_op("mul", s, -2.0, 2.0, |x| x[0] * x[1]);
-        check_op("div", s, 0.5, 2.0, |x| x[0] / x[1]);
-        check_op("max", s, -2.0, 2.0, |x| x[0].max(x[1]));
-        check_op("min", s, -2.0, 2.0, |x| x[0].min(x[1]));
-        check_op("select", s, -2.0, 2.0, |x| {
-            x[0].gt(x[1]).select(x[0] * x[1], x[0] - x[1])
-        });
-    }
+    common::ops::binary_cases(&mut |n, s, lo, hi, f| check_op(n, s, lo, hi, f));
 }
 
 #[test]
 fn shape_ops_contractions_and_softmax_cross_entropy() {
-    check_op("broadcast", &[&[3, 1]], -1.0, 1.0, |x| x[0].broadcast_to(&[2, 3, 4]));
-    check_op("reshape", &[&[2, 3, 4]], -1.0, 1.0, |x| x[0].reshape(&[4, 6]));
-    check_op("transpose", &[&[2, 3, 4]], -1.0, 1.0, |x| x[0].transpose(&[1, 2, 0]));
-    for axes in [vec![0], vec![1, 2], vec![0, 1, 2]] {
-        let a = axes.clone();
-        check_op("reduce_sum", &[&[2, 3, 4]], -1.0, 1.0, move |x| x[0].sum(&a));
-        check_op("reduce_max", &[&[2, 3, 4]], -1.0, 1.0, move |x| x[0].max_over(&axes));
-    }
-    check_op("matmul", &[&[2, 3], &[3, 4]], -1.0, 1.0, |x| x[0].matmul(x[1]));
-    check_op("batched_matmul", &[&[2, 2, 3], &[2, 3, 4]], -1.0, 1.0, |x| {
-        x[0].matmul(x[1])
-    });
-    check_op("slice", &[&[3, 4]], -1.0, 1.0, |x| x[0].slice(&[1, 0], &[3, 3]));
-    check_op("pad", &[&[2, 3]], -1.0, 1.0, |x| x[0].pad(&[1, 0], &[0, 2]));
-    check_op("concat", &[&[2, 3], &[2, 2]], -1.0, 1.0, |x| {
-        x[0].builder().concat(&[x[0], x[1], x[0]], 1)
-    });
-    check_op("softmax", &[&[2, 4]], -2.0, 2.0, |x| x[0].softmax(1));
-    check_op("softmax_cross_entropy", &[&[3, 4], &[3, 4]], 0.1, 1.0, |x| {
-        x[0].softmax_cross_entropy(x[1])
-    });
     // (`convert` through f32 has no useful finite difference at h = 1e-6;
     // the fuzzer checks its rule by `uᵀ(J v) = (uᵀ J) v`.)
+    common::ops::shape_cases(&mut |n, s, lo, hi, f| check_op(n, s, lo, hi, f));
 }
 
 #[test]
@@ -393,21 +344,8 @@ fn hvp_matches_differences_of_the_gradient() {
     args.extend(v.iter());
     let out = exe.call(&args).unwrap();
     // (∇f(x + hv) − ∇f(x − hv)) / 2h.
-    let grad_at = |s: f64| {
-        let mut ins = x.clone();
-        for (w, vv) in wrt.iter().zip(&v) {
-            let k = g.inputs().iter().position(|i| i.name == *w).unwrap();
-            let xs: Vec<f64> = ins[k]
-                .to_f64_vec()
-                .iter()
-                .zip(vv.to_f64_vec())
-                .map(|(a, b)| a + s * b)
-                .collect();
-            ins[k] = tensor(ins[k].shape(), xs);
-        }
-        let gg = autodiff(&g, &wrt, &[]).unwrap();
-        interpret(&gg.graph, &ins).unwrap()[gg.primal_outputs..].to_vec()
-    };
+    let gg = autodiff(&g, &wrt, &[]).unwrap();
+    let grad_at = |s: f64| interpret(&gg.graph, &moved(&g, &x, &wrt, &v, s)).unwrap()[gg.primal_outputs..].to_vec();
     let h = 1e-5;
     let (up, down) = (grad_at(h), grad_at(-h));
     for (k, w) in wrt.iter().enumerate() {

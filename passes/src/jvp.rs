@@ -23,7 +23,7 @@
 use crate::autodiff::wrt_nodes;
 use crate::emit::Emitter;
 use crate::error::PassError;
-use crate::vjp::{pow_rule, unary_rule};
+use crate::vjp::{pow_rule, softmax_parts, unary_rule, SoftmaxParts};
 use std::sync::Arc;
 use wengert_ir::scan::Scan;
 use wengert_ir::{verify, BinaryOp, CmpOp, Graph, NodeId, Op, UnaryOp};
@@ -290,14 +290,14 @@ pub fn jvp_rule(
         // exponentials (stable for logits of ±1e4).
         Op::SoftmaxCrossEntropy => {
             let (z, t) = (args[0], args[1]);
-            let zs = e.shape(z);
-            let last = zs.len() - 1;
-            let rows = (zs[..last].iter().product::<usize>()).max(1);
-            let m = e.op(Op::ReduceMax { axes: vec![last] }, &[z])?;
-            let mb = e.expand_reduced(m, &[last], &zs)?;
-            let shifted = e.sub(z, mb)?;
-            let ex = e.unary(UnaryOp::Exp, shifted)?;
-            let s = e.reduce_sum(ex, vec![last])?;
+            let SoftmaxParts {
+                zs,
+                last,
+                rows,
+                shifted,
+                ex,
+                s,
+            } = softmax_parts(e, z)?;
             let mut terms = Vec::new();
             if let Some(zd) = dots[0] {
                 let tsum = e.reduce_sum(t, vec![last])?;

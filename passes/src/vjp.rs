@@ -227,14 +227,14 @@ pub fn vjp(e: &mut Emitter<'_>, y: NodeId, ybar: NodeId, wants: &[bool]) -> Resu
         // logits of ±1e4 stay finite and a −inf logit gives p = 0 exactly.
         Op::SoftmaxCrossEntropy => {
             let (z, t) = (args[0], args[1]);
-            let zs = e.shape(z);
-            let last = zs.len() - 1;
-            let rows = (zs[..last].iter().product::<usize>()).max(1);
-            let m = e.op(Op::ReduceMax { axes: vec![last] }, &[z])?;
-            let mb = e.expand_reduced(m, &[last], &zs)?;
-            let shifted = e.sub(z, mb)?;
-            let ex = e.unary(UnaryOp::Exp, shifted)?;
-            let s = e.reduce_sum(ex, vec![last])?;
+            let SoftmaxParts {
+                zs,
+                last,
+                rows,
+                shifted,
+                ex,
+                s,
+            } = softmax_parts(e, z)?;
             let scale = if e.is_one(ybar) {
                 e.scalar(e.dtype(z), 1.0 / rows as f64)
             } else {
@@ -274,6 +274,38 @@ pub fn vjp(e: &mut Emitter<'_>, y: NodeId, ybar: NodeId, wants: &[bool]) -> Resu
                 message: "loops are differentiated by `scan_vjp`, through autodiff".into(),
             })
         }
+    })
+}
+
+/// The row-wise pieces of softmax cross-entropy's derivative, shared by
+/// its VJP and JVP: `z`'s shape, its last axis, the number of rows, `z`
+/// shifted by its row maximum, the shifted exponentials and their row
+/// sums (stable for logits of ±1e4; a −inf logit gives p = 0 exactly).
+pub(crate) struct SoftmaxParts {
+    pub zs: Vec<usize>,
+    pub last: usize,
+    pub rows: usize,
+    pub shifted: NodeId,
+    pub ex: NodeId,
+    pub s: NodeId,
+}
+
+pub(crate) fn softmax_parts(e: &mut Emitter<'_>, z: NodeId) -> Result<SoftmaxParts, PassError> {
+    let zs = e.shape(z);
+    let last = zs.len() - 1;
+    let rows = (zs[..last].iter().product::<usize>()).max(1);
+    let m = e.op(Op::ReduceMax { axes: vec![last] }, &[z])?;
+    let mb = e.expand_reduced(m, &[last], &zs)?;
+    let shifted = e.sub(z, mb)?;
+    let ex = e.unary(UnaryOp::Exp, shifted)?;
+    let s = e.reduce_sum(ex, vec![last])?;
+    Ok(SoftmaxParts {
+        zs,
+        last,
+        rows,
+        shifted,
+        ex,
+        s,
     })
 }
 

@@ -238,10 +238,10 @@ fn probe_seconds() -> (f64, f64) {
 /// loops outright are timed under each candidate when first compiled (a
 /// run takes under ~0.7 ms here, so timing costs a few milliseconds, once
 /// per shape per process): which family is fastest depends on the shape.
-/// On Zen 4, the same session: AVX-512 took 0.92× AVX2's time for the
-/// chain's `X·W` (64×512×512) but 2.2× for its `Ȳ·Wᵀ` (same sizes, B
-/// transposed); for an `n = 10` output 0.84×; for the MLP's 1024-row
-/// products the two were within 3%. Larger products take the machine's
+/// On Zen 4 (BENCHMARKS.md's GEMM table): AVX-512 took 0.89× AVX2's time
+/// for the chain's `X·W` (64×512×512) but 2.04× for its `Ȳ·Wᵀ` (same
+/// sizes, B transposed); 0.81× for the MLP's `Ȳ·W2ᵀ` (k = 10, B = 1024);
+/// for the MLP's large 1024-row products the two were within 7%. Larger products take the machine's
 /// family (their timing would cost tens of milliseconds of compile time).
 pub const CALIBRATED_PRODUCT: i64 = 1 << 25;
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod gen;
+pub mod ops;
 
 use wengert::{Graph, Tensor};
 

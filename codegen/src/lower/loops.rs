@@ -56,8 +56,38 @@ impl Lowerer<'_> {
         cranelift_codegen::ir::Block,
         cranelift_codegen::ir::Block,
     ) {
-        let var = fb.declare_var(types::I64);
         let init = fb.ins().iconst(types::I64, start);
+        Self::loop_header(fb, init, |fb, i| fb.ins().icmp_imm_s(IntCC::SignedLessThan, i, end))
+    }
+
+    /// [`Self::begin_loop`] with bounds known only at run time (a range
+    /// function's `start..end`).
+    pub(crate) fn begin_loop_between(
+        fb: &mut FunctionBuilder,
+        start: Value,
+        end: Value,
+    ) -> (
+        Variable,
+        Value,
+        cranelift_codegen::ir::Block,
+        cranelift_codegen::ir::Block,
+    ) {
+        Self::loop_header(fb, start, |fb, i| fb.ins().icmp(IntCC::SignedLessThan, i, end))
+    }
+
+    /// The header both forms share: the counter from `init`, the test
+    /// `more(counter)`, the body and exit blocks.
+    fn loop_header(
+        fb: &mut FunctionBuilder,
+        init: Value,
+        more: impl FnOnce(&mut FunctionBuilder, Value) -> Value,
+    ) -> (
+        Variable,
+        Value,
+        cranelift_codegen::ir::Block,
+        cranelift_codegen::ir::Block,
+    ) {
+        let var = fb.declare_var(types::I64);
         fb.def_var(var, init);
         let header = fb.create_block();
         let body = fb.create_block();
@@ -65,7 +95,7 @@ impl Lowerer<'_> {
         fb.ins().jump(header, &[]);
         fb.switch_to_block(header);
         let i = fb.use_var(var);
-        let more = fb.ins().icmp_imm_s(IntCC::SignedLessThan, i, end);
+        let more = more(fb, i);
         fb.ins().brif(more, body, &[], exit, &[]);
         fb.switch_to_block(body);
         (var, i, header, exit)

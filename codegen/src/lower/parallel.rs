@@ -144,17 +144,7 @@ impl Lowerer<'_> {
                 bufs,
                 scalars,
             };
-            let var = kb.declare_var(types::I64);
-            kb.def_var(var, start);
-            let header = kb.create_block();
-            let body = kb.create_block();
-            let exit = kb.create_block();
-            kb.ins().jump(header, &[]);
-            kb.switch_to_block(header);
-            let i = kb.use_var(var);
-            let more = kb.ins().icmp(IntCC::SignedLessThan, i, end);
-            kb.ins().brif(more, body, &[], exit, &[]);
-            kb.switch_to_block(body);
+            let (var, i, header, exit) = Self::begin_loop_between(&mut kb, start, end);
             let mut idx = vec![i];
             self.emit_outer(&mut kb, &bound, &mut idx);
             self.end_loop(&mut kb, var, i, 1, header, exit);
