@@ -31,7 +31,7 @@ pub use error::{IrError, ParseError, Problem};
 pub use graph::{is_identifier, Graph, Input, Mark, Node, NodeId, Output};
 pub use infer::infer;
 pub use interp::{interpret, interpret_named};
-pub use op::{Attr, BinaryOp, CmpOp, Op, OpClass, OpFacts, UnaryOp};
+pub use op::{Attr, BinaryOp, CmpOp, Op, OpClass, OpFacts, OpKind, UnaryOp};
 pub use parse::{parse, parse_literal};
 pub use scan::Scan;
 pub use tensor::{Element, Tensor};

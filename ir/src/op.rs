@@ -314,8 +314,8 @@ impl Op {
 }
 
 /// Everything the passes need to know about an op besides its meaning:
-/// its mnemonic, class, cost and operand count. [`Op::facts`] declares
-/// them together, one line per op; `name`, `class`, `cost`, `arity` and
+/// its mnemonic, class, cost and operand count, declared once per op kind
+/// in the `op_kinds!` table; `name`, `class`, `cost`, `arity` and
 /// `recomputable` read them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpFacts {
@@ -337,48 +337,121 @@ pub struct OpFacts {
     pub recomputable: bool,
 }
 
-impl Op {
-    /// The op's facts, one declaration per op (the elementwise families
-    /// take theirs from their own tables, `unary_ops!` and friends).
-    pub fn facts(&self) -> OpFacts {
-        use OpClass::*;
-        // (name, class, cost, arity); recomputability follows the class.
-        let (name, class, cost, arity) = match self {
-            Op::Input { .. } => ("input", Leaf, 1, Some(0)),
-            Op::Const { .. } => ("const", Leaf, 1, Some(0)),
-            Op::Unary(u) => (u.name(), Elementwise, u.cost(), Some(1)),
-            Op::Binary(b) => (b.name(), Elementwise, b.cost(), Some(2)),
-            // Repeated multiplication, or a library call.
-            Op::Pow { .. } => ("pow", Elementwise, 8, Some(1)),
-            // A comparison, and the select or conversion it feeds.
-            Op::Compare(c) => (c.name(), Elementwise, 2, Some(2)),
-            Op::Select => ("select", Elementwise, 2, Some(3)),
-            Op::Convert { .. } => ("convert", Elementwise, 2, Some(1)),
-            Op::Broadcast { .. } => ("broadcast", View, 1, Some(1)),
-            Op::Reshape { .. } => ("reshape", View, 1, Some(1)),
-            Op::Transpose { .. } => ("transpose", View, 1, Some(1)),
-            Op::Slice { .. } => ("slice", View, 1, Some(1)),
-            Op::Get { .. } => ("get", View, 1, Some(1)),
-            Op::ReduceSum { .. } => ("reduce_sum", Reduction, 1, Some(1)),
-            Op::ReduceMax { .. } => ("reduce_max", Reduction, 1, Some(1)),
-            Op::MatMul => ("matmul", Contraction, 1, Some(2)),
-            Op::Pad { .. } => ("pad", Copy, 1, Some(1)),
-            Op::Concat { .. } => ("concat", Copy, 1, None),
-            Op::SoftmaxCrossEntropy => ("softmax_cross_entropy", Composite, 1, Some(2)),
-            Op::Scan(_) => ("scan", Region, 1, None),
-        };
-        let recomputable = match class {
-            Leaf | Elementwise | Copy => true,
-            View => !matches!(self, Op::Get { .. }),
-            Reduction | Contraction | Composite | Region => false,
-        };
-        OpFacts {
-            name,
-            class,
-            cost,
-            arity,
-            recomputable,
+/// Declares every op kind once: the elementwise families take their
+/// entries from their own tables (`unary_ops!`, `binary_ops!`,
+/// `cmp_ops!`); every other kind is one line here with its mnemonic,
+/// class, cost and operand count. `OpKind`, `OpKind::all` (the parser's
+/// names and the table-driven tests) and `OpKind::facts` are derived from
+/// it; `Op::kind` and `Op::from_parts` are exhaustive matches over it, so
+/// a new variant of [`Op`] is reported by the compiler in each.
+macro_rules! op_kinds {
+    ($( $(#[doc = $doc:literal])* $variant:ident = $name:literal, $class:ident, cost $cost:literal, arity $arity:expr; )*) => {
+        /// An op without its payload: which variant it is (and, for the
+        /// elementwise families, which member).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum OpKind {
+            Unary(UnaryOp),
+            Binary(BinaryOp),
+            Compare(CmpOp),
+            $( $(#[doc = $doc])* $variant, )*
         }
+
+        impl OpKind {
+            const OTHERS: [OpKind; [$($name),*].len()] = [$(OpKind::$variant),*];
+
+            /// Every op kind: the families' members, then the others in
+            /// declaration order.
+            pub fn all() -> impl Iterator<Item = OpKind> {
+                UnaryOp::ALL
+                    .into_iter()
+                    .map(OpKind::Unary)
+                    .chain(BinaryOp::ALL.into_iter().map(OpKind::Binary))
+                    .chain(CmpOp::ALL.into_iter().map(OpKind::Compare))
+                    .chain(Self::OTHERS)
+            }
+
+            /// The kind's facts (see [`OpFacts`]).
+            pub fn facts(self) -> OpFacts {
+                let (name, class, cost, arity) = match self {
+                    OpKind::Unary(u) => (u.name(), OpClass::Elementwise, u.cost(), Some(1)),
+                    OpKind::Binary(b) => (b.name(), OpClass::Elementwise, b.cost(), Some(2)),
+                    // A comparison, and the select or conversion it feeds.
+                    OpKind::Compare(c) => (c.name(), OpClass::Elementwise, 2, Some(2)),
+                    $( OpKind::$variant => ($name, OpClass::$class, $cost, $arity), )*
+                };
+                let recomputable = match class {
+                    OpClass::Leaf | OpClass::Elementwise | OpClass::Copy => true,
+                    OpClass::View => self != OpKind::Get,
+                    OpClass::Reduction | OpClass::Contraction | OpClass::Composite | OpClass::Region => false,
+                };
+                OpFacts {
+                    name,
+                    class,
+                    cost,
+                    arity,
+                    recomputable,
+                }
+            }
+
+            /// The mnemonic of the text format.
+            pub fn name(self) -> &'static str {
+                self.facts().name
+            }
+        }
+    };
+}
+
+op_kinds! {
+    Input = "input", Leaf, cost 1, arity Some(0);
+    Const = "const", Leaf, cost 1, arity Some(0);
+    /// Repeated multiplication, or a library call.
+    Pow = "pow", Elementwise, cost 8, arity Some(1);
+    Select = "select", Elementwise, cost 2, arity Some(3);
+    Convert = "convert", Elementwise, cost 2, arity Some(1);
+    Broadcast = "broadcast", View, cost 1, arity Some(1);
+    Reshape = "reshape", View, cost 1, arity Some(1);
+    Transpose = "transpose", View, cost 1, arity Some(1);
+    Slice = "slice", View, cost 1, arity Some(1);
+    Get = "get", View, cost 1, arity Some(1);
+    ReduceSum = "reduce_sum", Reduction, cost 1, arity Some(1);
+    ReduceMax = "reduce_max", Reduction, cost 1, arity Some(1);
+    MatMul = "matmul", Contraction, cost 1, arity Some(2);
+    Pad = "pad", Copy, cost 1, arity Some(1);
+    Concat = "concat", Copy, cost 1, arity None;
+    SoftmaxCrossEntropy = "softmax_cross_entropy", Composite, cost 1, arity Some(2);
+    Scan = "scan", Region, cost 1, arity None;
+}
+
+impl Op {
+    /// Which kind of op this is.
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::Input { .. } => OpKind::Input,
+            Op::Const { .. } => OpKind::Const,
+            Op::Unary(u) => OpKind::Unary(*u),
+            Op::Binary(b) => OpKind::Binary(*b),
+            Op::Pow { .. } => OpKind::Pow,
+            Op::Compare(c) => OpKind::Compare(*c),
+            Op::Select => OpKind::Select,
+            Op::Convert { .. } => OpKind::Convert,
+            Op::Broadcast { .. } => OpKind::Broadcast,
+            Op::Reshape { .. } => OpKind::Reshape,
+            Op::Transpose { .. } => OpKind::Transpose,
+            Op::ReduceSum { .. } => OpKind::ReduceSum,
+            Op::ReduceMax { .. } => OpKind::ReduceMax,
+            Op::MatMul => OpKind::MatMul,
+            Op::Slice { .. } => OpKind::Slice,
+            Op::Pad { .. } => OpKind::Pad,
+            Op::Concat { .. } => OpKind::Concat,
+            Op::SoftmaxCrossEntropy => OpKind::SoftmaxCrossEntropy,
+            Op::Scan(_) => OpKind::Scan,
+            Op::Get { .. } => OpKind::Get,
+        }
+    }
+
+    /// The op's facts (see [`OpFacts`]), from its kind's declaration.
+    pub fn facts(&self) -> OpFacts {
+        self.kind().facts()
     }
 
     /// The op's class (see [`OpClass`]).
@@ -490,49 +563,46 @@ impl Op {
             )),
             None => Err(format!("`{name}` needs the attribute `{key}`")),
         };
-        let op = if let Some(u) = UnaryOp::ALL.into_iter().find(|u| u.name() == name) {
-            Op::Unary(u)
-        } else if let Some(b) = BinaryOp::ALL.into_iter().find(|b| b.name() == name) {
-            Op::Binary(b)
-        } else if let Some(c) = CmpOp::ALL.into_iter().find(|c| c.name() == name) {
-            Op::Compare(c)
-        } else {
-            match name {
-                "pow" => match get("exponent") {
-                    Some(Attr::Float(e)) => Op::Pow { exponent: *e },
-                    Some(Attr::Int(e)) => Op::Pow { exponent: *e as f64 },
-                    _ => return Err("`pow` needs a numeric attribute `exponent`".into()),
-                },
-                "select" => Op::Select,
-                "convert" => match get("to") {
-                    Some(Attr::DType(d)) => Op::Convert { to: *d },
-                    _ => return Err("`convert` needs the attribute `to` naming f32, f64 or bool".into()),
-                },
-                "broadcast" => Op::Broadcast { shape: ints("shape")? },
-                "reshape" => Op::Reshape { shape: ints("shape")? },
-                "transpose" => Op::Transpose { perm: ints("perm")? },
-                "reduce_sum" => Op::ReduceSum { axes: ints("axes")? },
-                "reduce_max" => Op::ReduceMax { axes: ints("axes")? },
-                "matmul" => Op::MatMul,
-                "slice" => Op::Slice {
-                    start: ints("start")?,
-                    end: ints("end")?,
-                },
-                "pad" => Op::Pad {
-                    low: ints("low")?,
-                    high: ints("high")?,
-                },
-                "concat" => match get("axis") {
-                    Some(Attr::Int(a)) => Op::Concat { axis: *a },
-                    _ => return Err("`concat` needs an integer attribute `axis`".into()),
-                },
-                "softmax_cross_entropy" => Op::SoftmaxCrossEntropy,
-                "scan" => return Err("`scan` needs a body: `scan[…] %operands { graph … }`".into()),
-                "get" => return Err("`get` is built by the parser from its declared type".into()),
-                "input" => return Err("inputs are declared in the graph header, not with `input`".into()),
-                "const" => return Err("`const` takes a literal, not operands".into()),
-                _ => return Err(format!("unknown op `{name}`")),
-            }
+        let Some(kind) = OpKind::all().find(|k| k.name() == name) else {
+            return Err(format!("unknown op `{name}`"));
+        };
+        let op = match kind {
+            OpKind::Unary(u) => Op::Unary(u),
+            OpKind::Binary(b) => Op::Binary(b),
+            OpKind::Compare(c) => Op::Compare(c),
+            OpKind::Pow => match get("exponent") {
+                Some(Attr::Float(e)) => Op::Pow { exponent: *e },
+                Some(Attr::Int(e)) => Op::Pow { exponent: *e as f64 },
+                _ => return Err("`pow` needs a numeric attribute `exponent`".into()),
+            },
+            OpKind::Select => Op::Select,
+            OpKind::Convert => match get("to") {
+                Some(Attr::DType(d)) => Op::Convert { to: *d },
+                _ => return Err("`convert` needs the attribute `to` naming f32, f64 or bool".into()),
+            },
+            OpKind::Broadcast => Op::Broadcast { shape: ints("shape")? },
+            OpKind::Reshape => Op::Reshape { shape: ints("shape")? },
+            OpKind::Transpose => Op::Transpose { perm: ints("perm")? },
+            OpKind::ReduceSum => Op::ReduceSum { axes: ints("axes")? },
+            OpKind::ReduceMax => Op::ReduceMax { axes: ints("axes")? },
+            OpKind::MatMul => Op::MatMul,
+            OpKind::Slice => Op::Slice {
+                start: ints("start")?,
+                end: ints("end")?,
+            },
+            OpKind::Pad => Op::Pad {
+                low: ints("low")?,
+                high: ints("high")?,
+            },
+            OpKind::Concat => match get("axis") {
+                Some(Attr::Int(a)) => Op::Concat { axis: *a },
+                _ => return Err("`concat` needs an integer attribute `axis`".into()),
+            },
+            OpKind::SoftmaxCrossEntropy => Op::SoftmaxCrossEntropy,
+            OpKind::Scan => return Err("`scan` needs a body: `scan[…] %operands { graph … }`".into()),
+            OpKind::Get => return Err("`get` is built by the parser from its declared type".into()),
+            OpKind::Input => return Err("inputs are declared in the graph header, not with `input`".into()),
+            OpKind::Const => return Err("`const` takes a literal, not operands".into()),
         };
         let known = op.attrs();
         for (k, _) in attrs {
@@ -541,5 +611,52 @@ impl Op {
             }
         }
         Ok(op)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The op table is the parser's name list: every kind has its own
+    /// mnemonic, and every kind the text format spells with a mnemonic
+    /// parses back to itself (inputs, constants, loops and `get` have
+    /// syntax of their own and are refused with a message saying so).
+    #[test]
+    fn every_kind_has_a_unique_name_that_parses_back_to_it() {
+        let candidates: Vec<Vec<(String, Attr)>> = [
+            vec![],
+            vec![("exponent", Attr::Float(2.0))],
+            vec![("to", Attr::DType(DType::F32))],
+            vec![("shape", Attr::Ints(vec![2, 3]))],
+            vec![("perm", Attr::Ints(vec![1, 0]))],
+            vec![("axes", Attr::Ints(vec![0]))],
+            vec![("start", Attr::Ints(vec![0])), ("end", Attr::Ints(vec![1]))],
+            vec![("low", Attr::Ints(vec![0])), ("high", Attr::Ints(vec![1]))],
+            vec![("axis", Attr::Int(0))],
+        ]
+        .into_iter()
+        .map(|attrs| attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        .collect();
+        let mut names = std::collections::HashSet::new();
+        for kind in OpKind::all() {
+            assert!(names.insert(kind.name()), "`{}` named twice", kind.name());
+            let built: Vec<Op> = candidates
+                .iter()
+                .filter_map(|attrs| Op::from_parts(kind.name(), attrs).ok())
+                .collect();
+            if matches!(kind, OpKind::Input | OpKind::Const | OpKind::Scan | OpKind::Get) {
+                assert!(built.is_empty(), "{kind:?} has syntax of its own");
+                continue;
+            }
+            assert_eq!(built.len(), 1, "{kind:?}: exactly one attribute set fits");
+            assert_eq!(built[0].kind(), kind);
+            assert_eq!(built[0].facts(), kind.facts());
+            let attrs: Vec<(String, Attr)> = built[0].attrs().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            assert_eq!(Op::from_parts(kind.name(), &attrs).as_ref(), Ok(&built[0]));
+        }
+        assert!(Op::from_parts("frobnicate", &[])
+            .unwrap_err()
+            .contains("unknown op `frobnicate`"));
     }
 }
