@@ -67,6 +67,15 @@ impl Options {
         self
     }
 
+    /// These options with inputs donated to outputs, by name (input,
+    /// output): the compiled function updates them in place through
+    /// `Executable::call_donated`, and compiling fails, naming the pair,
+    /// if the graph reads an input after its output overwrites it.
+    pub fn with_donations(mut self, pairs: &[(&str, &str)]) -> Options {
+        self.codegen.donate = pairs.iter().map(|&(i, o)| (i.to_string(), o.to_string())).collect();
+        self
+    }
+
     /// These options with `WENGERT_DUMP` applied (read once per compile).
     fn resolved(&self) -> Options {
         Options {

@@ -24,7 +24,7 @@ pub use api::{
     Options, Residuals, ScalarFn, StepBuffers,
 };
 pub use forward::{hessian, hessian_graph, hvp, hvp_graph, jacobian, jvp, Hessian, Jacobian, JacobianMode};
-pub use optim::{step_graph, update_graph, Optimizer, StepConfig, StepGraph, TrainStep, UpdateStep};
+pub use optim::{step_graph, update_graph, Optimizer, StepConfig, StepGraph, StepMemory, TrainStep, UpdateStep};
 pub use weights::{load_safetensors, save_safetensors};
 pub use wengert_codegen as codegen;
 pub use wengert_codegen::CodegenOptions;

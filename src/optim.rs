@@ -364,20 +364,57 @@ pub fn step_graph(g: &Graph, loss: &str, params: &[&str], config: &StepConfig) -
 }
 
 /// A compiled training step that owns the parameters and the optimizer
-/// state. Each [`TrainStep::step`] reads them and writes their next values
-/// into a second set of buffers, which then take their place (two sets in
-/// memory: updating in place, aliasing inputs to outputs, is not built).
+/// state and updates them in place: each is one buffer, donated to the
+/// step's output of its next value (`Options::with_donations`), so memory
+/// is parameters + state + the step's arena + the loss (see
+/// [`TrainStep::memory`]), with no second set, and a step allocates
+/// nothing but its two scalar inputs.
 pub struct TrainStep {
     exe: Executable,
     graph: StepGraph,
-    /// For each model input: `Ok(k)` parameter k, `Err(k)` data input k.
-    sources: Vec<Result<usize, usize>>,
     data_names: Vec<String>,
+    /// Parameters then optimizer state, in the order of the step graph's
+    /// state inputs: the donated buffers.
     values: Vec<Tensor>,
-    next: Vec<Tensor>,
+    /// The loss (the only output not donated).
+    loss: Vec<Tensor>,
     /// Steps taken.
     pub steps: u64,
     dtype: DType,
+}
+
+/// Memory of a training step, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepMemory {
+    pub params: usize,
+    pub state: usize,
+    /// The compiled step's arena (its intermediates).
+    pub arena: usize,
+    /// Outputs other than the updated buffers (the loss).
+    pub outputs: usize,
+}
+
+impl StepMemory {
+    /// Everything the step holds.
+    pub fn total(&self) -> usize {
+        self.params + self.state + self.arena + self.outputs
+    }
+}
+
+/// The (input, output) names of a step or update graph's buffers updated
+/// in place: each parameter and state input with its `new_` output.
+fn donated_pairs(sg: &StepGraph) -> Vec<(String, String)> {
+    sg.params
+        .iter()
+        .chain(&sg.state)
+        .map(|name| (name.clone(), format!("new_{name}")))
+        .collect()
+}
+
+/// `options` with `pairs` donated.
+fn donating(options: &Options, pairs: &[(String, String)]) -> Options {
+    let names: Vec<(&str, &str)> = pairs.iter().map(|(i, o)| (i.as_str(), o.as_str())).collect();
+    options.clone().with_donations(&names)
 }
 
 impl TrainStep {
@@ -392,18 +429,12 @@ impl TrainStep {
     ) -> Result<TrainStep, Error> {
         let names: Vec<&str> = params.iter().map(|(n, _)| *n).collect();
         let graph = step_graph(g, loss, &names, config)?;
-        let exe = compile(&graph.graph, options)?;
-        let mut data_names = Vec::new();
-        let sources = g
+        let exe = compile(&graph.graph, &donating(options, &donated_pairs(&graph)))?;
+        let data_names = g
             .inputs()
             .iter()
-            .map(|i| match names.iter().position(|n| *n == i.name) {
-                Some(k) => Ok(k),
-                None => {
-                    data_names.push(i.name.clone());
-                    Err(data_names.len() - 1)
-                }
-            })
+            .filter(|i| !names.contains(&i.name.as_str()))
+            .map(|i| i.name.clone())
             .collect();
         let mut values = Vec::new();
         for (name, t) in params {
@@ -419,27 +450,27 @@ impl TrainStep {
             values.push(t.clone());
         }
         values.extend(graph.zero_state()?);
-        let next = exe.new_outputs()?;
         let dtype = g
             .ty(g.output(loss).map(|o| o.node).ok_or_else(|| PassError::Internal {
                 node: loss.to_string(),
                 message: "no loss".into(),
             })?)
             .dtype;
+        let loss = vec![Tensor::scalar(dtype, 0.0)];
         Ok(TrainStep {
             exe,
             graph,
-            sources,
             data_names,
             values,
-            next,
+            loss,
             steps: 0,
             dtype,
         })
     }
 
     /// One step on `data` (the model's data inputs, in the model's order)
-    /// with learning rate `lr`; returns the loss before the update.
+    /// with learning rate `lr`; returns the loss before the update. The
+    /// parameters and state are updated in their own buffers.
     pub fn step(&mut self, data: &[&Tensor], lr: f64) -> Result<f64, Error> {
         if data.len() != self.data_names.len() {
             return Err(wengert_runtime::RuntimeError::Other(format!(
@@ -453,24 +484,25 @@ impl TrainStep {
         self.steps += 1;
         let lr_t = Tensor::scalar(self.dtype, lr);
         let step_t = Tensor::scalar(self.dtype, self.steps as f64);
-        let n_params = self.graph.params.len();
-        let mut inputs: Vec<&Tensor> = self
-            .sources
-            .iter()
-            .map(|s| match *s {
-                Ok(k) => &self.values[k],
-                Err(k) => data[k],
-            })
-            .collect();
-        inputs.extend(self.values[n_params..].iter());
+        // The inputs not donated, in the graph's order: the data (the
+        // model's inputs that are not parameters), then `lr` and `step`.
+        let mut inputs: Vec<&Tensor> = data.to_vec();
         inputs.push(&lr_t);
         inputs.push(&step_t);
-        self.exe.call_into(&inputs, &mut self.next)?;
-        // next = [loss, new params…, new state…]: swap into place.
-        for (k, v) in self.values.iter_mut().enumerate() {
-            std::mem::swap(v, &mut self.next[1 + k]);
+        self.exe.call_donated(&inputs, &mut self.values, &mut self.loss)?;
+        Ok(self.loss[0].to_f64_vec().first().copied().unwrap_or(f64::NAN))
+    }
+
+    /// What the step holds in memory.
+    pub fn memory(&self) -> StepMemory {
+        let n_params = self.graph.params.len();
+        let bytes = |ts: &[Tensor]| ts.iter().map(|t| t.ty().size_bytes()).sum();
+        StepMemory {
+            params: bytes(&self.values[..n_params]),
+            state: bytes(&self.values[n_params..]),
+            arena: self.exe.memory().arena_bytes,
+            outputs: bytes(&self.loss),
         }
-        Ok(self.next[0].to_f64_vec().first().copied().unwrap_or(f64::NAN))
     }
 
     /// The current value of parameter `name`.
@@ -485,6 +517,16 @@ impl TrainStep {
     /// The parameters, in the order given to [`TrainStep::new`].
     pub fn params(&self) -> impl Iterator<Item = (&str, &Tensor)> {
         self.graph.params.iter().map(String::as_str).zip(&self.values)
+    }
+
+    /// The optimizer state, by state input name (`<state>_<param>`).
+    pub fn state(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        let n_params = self.graph.params.len();
+        self.graph
+            .state
+            .iter()
+            .map(String::as_str)
+            .zip(&self.values[n_params..])
     }
 
     /// Writes the parameters to `path` as safetensors.
@@ -571,12 +613,13 @@ pub fn update_graph(params: &[(&str, wengert_ir::TensorType)], config: &StepConf
     })
 }
 
-/// The compiled update of [`update_graph`] with its optimizer state.
+/// The compiled update of [`update_graph`] with its optimizer state, both
+/// updated in place (the parameters in the caller's buffers, the state in
+/// its own).
 pub struct UpdateStep {
     exe: Executable,
     n_params: usize,
     state: Vec<Tensor>,
-    next: Vec<Tensor>,
     /// Updates applied.
     pub steps: u64,
     dtype: DType,
@@ -591,20 +634,19 @@ impl UpdateStep {
         options: &Options,
     ) -> Result<UpdateStep, Error> {
         let graph = update_graph(params, config)?;
-        let exe = compile(&graph.graph, options)?;
+        let exe = compile(&graph.graph, &donating(options, &donated_pairs(&graph)))?;
         let state = graph.zero_state()?;
-        let next = exe.new_outputs()?;
         Ok(UpdateStep {
             exe,
             n_params: params.len(),
             state,
-            next,
             steps: 0,
             dtype: params.first().map_or(DType::F32, |(_, t)| t.dtype),
         })
     }
 
-    /// Updates `params` in place by `grads` with learning rate `lr`.
+    /// Updates `params` in place (their own buffers) by `grads` with
+    /// learning rate `lr`.
     pub fn apply(&mut self, params: &mut [Tensor], grads: &[&Tensor], lr: f64) -> Result<(), Error> {
         if params.len() != self.n_params || grads.len() != self.n_params {
             return Err(wengert_runtime::RuntimeError::Other(format!(
@@ -618,18 +660,21 @@ impl UpdateStep {
         self.steps += 1;
         let lr_t = Tensor::scalar(self.dtype, lr);
         let step_t = Tensor::scalar(self.dtype, self.steps as f64);
-        let mut inputs: Vec<&Tensor> = params.iter().collect();
-        inputs.extend(grads.iter().copied());
-        inputs.extend(self.state.iter());
+        let mut inputs: Vec<&Tensor> = grads.to_vec();
         inputs.push(&lr_t);
         inputs.push(&step_t);
-        self.exe.call_into(&inputs, &mut self.next)?;
-        for (k, p) in params.iter_mut().enumerate() {
-            std::mem::swap(p, &mut self.next[k]);
+        // The donated buffers side by side: the caller's parameters (moved
+        // in and back, their heap buffers untouched), then the state.
+        let mut donated: Vec<Tensor> = params
+            .iter_mut()
+            .map(|p| std::mem::replace(p, Tensor::scalar(DType::F32, 0.0)))
+            .collect();
+        donated.append(&mut self.state);
+        let result = self.exe.call_donated(&inputs, &mut donated, &mut []);
+        self.state = donated.split_off(self.n_params);
+        for (p, d) in params.iter_mut().zip(donated) {
+            *p = d;
         }
-        for (k, s) in self.state.iter_mut().enumerate() {
-            std::mem::swap(s, &mut self.next[self.n_params + k]);
-        }
-        Ok(())
+        Ok(result?)
     }
 }

@@ -219,6 +219,46 @@ fn check(f64: bool, shapes: &[Vec<usize>], program: &[Instr], outputs: usize, se
     };
     let cut = compile(&g, &tiny).map_err(|e| TestCaseError::fail(format!("compile in segments: {e}\n{text}")))?;
     compare("jit in segments", &g, &jit, &cut.call(&refs).unwrap(), true)?;
+    // Donation: each output takes the buffer of the first unused input of
+    // its type where the check allows it; updated in place, the results are
+    // those of separate buffers, bit for bit.
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for o in g.outputs() {
+        let ty = g.ty(o.node);
+        if let Some(i) = g
+            .inputs()
+            .iter()
+            .find(|i| &i.ty == ty && !pairs.iter().any(|(n, _)| n == &i.name))
+        {
+            pairs.push((i.name.clone(), o.name.clone()));
+        }
+    }
+    for pair in &pairs {
+        let named = [(pair.0.as_str(), pair.1.as_str())];
+        match compile(&g, &tiny.clone().with_donations(&named)) {
+            Err(wengert::Error::Codegen(wengert::codegen::CodegenError::Donation { .. })) => {}
+            Err(e) => {
+                return Err(TestCaseError::fail(format!(
+                    "compile with donation {named:?}: {e}\n{text}"
+                )))
+            }
+            Ok(exe) => {
+                let (i, j) = exe.donations()[0];
+                let mut donated = vec![inputs[i].clone()];
+                let rest: Vec<&Tensor> = inputs
+                    .iter()
+                    .enumerate()
+                    .filter(|&(k, _)| k != i)
+                    .map(|(_, t)| t)
+                    .collect();
+                let mut outs: Vec<Tensor> = exe.new_outputs().unwrap();
+                outs.remove(j);
+                exe.call_donated(&rest, &mut donated, &mut outs).unwrap();
+                outs.insert(j, donated.pop().unwrap());
+                compare(&format!("donating {named:?}"), &g, &jit, &outs, true)?;
+            }
+        }
+    }
     // Gradients: the whole pipeline against the interpreter's gradient.
     let wrt = g.differentiable_inputs();
     let grad = wengert::autodiff(&g, &wrt, &[]).map_err(|e| TestCaseError::fail(format!("autodiff: {e}\n{text}")))?;

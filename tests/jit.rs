@@ -740,3 +740,88 @@ fn special_values_match_the_interpreter_bit_for_bit() {
         }
     }
 }
+
+// ----- donation (inputs updated in place) -----
+
+/// A graph whose outputs `new_p` and `new_q` may take the buffers of
+/// inputs `p` and `q`: `s` reads all of `p` before `new_p` is written.
+fn donation_graph() -> Graph {
+    let b = GraphBuilder::new("donate");
+    let p = b.input("p", DType::F64, &[5, 3]);
+    let q = b.input("q", DType::F64, &[]);
+    let x = b.input("x", DType::F64, &[5, 3]);
+    let s = p.matmul(p.t()).sum_all();
+    let new_p = (p * 2.0 + x).tanh();
+    let new_q = q.exp() + s;
+    b.build(&[("s", s), ("new_p", new_p), ("new_q", new_q)]).unwrap()
+}
+
+#[test]
+fn donated_buffers_are_updated_in_place_as_separate_buffers_would_be() {
+    let g = donation_graph();
+    let pairs = [("p", "new_p"), ("q", "new_q")];
+    let exe = compile(&g, &Options::default().with_donations(&pairs)).unwrap();
+    assert_eq!(exe.donations(), &[(0, 1), (1, 2)]);
+    let mut rng = Rng::new(77);
+    let p = Tensor::from_vec(vec![5, 3], rng.vec(15, -1.0, 1.0)).unwrap();
+    let q = Tensor::scalar(DType::F64, 0.25);
+    let x = Tensor::from_vec(vec![5, 3], rng.vec(15, -1.0, 1.0)).unwrap();
+    // Separate buffers (an executable with donations still takes them).
+    let want = exe.call(&[&p, &q, &x]).unwrap();
+    let mut state = vec![p.clone(), q.clone()];
+    let at = [state[0].as_ptr(), state[1].as_ptr()];
+    let mut s = vec![Tensor::scalar(DType::F64, 0.0)];
+    exe.call_donated(&[&x], &mut state, &mut s).unwrap();
+    assert_eq!([state[0].as_ptr(), state[1].as_ptr()], at);
+    assert_eq!(s[0].to_f64_vec(), want[0].to_f64_vec());
+    assert_eq!(state[0].to_f64_vec(), want[1].to_f64_vec());
+    assert_eq!(state[1].to_f64_vec(), want[2].to_f64_vec());
+    // Wrong counts and types are errors, not calls.
+    let e = exe
+        .call_donated(&[&x], &mut state[..1], &mut s)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2 buffer(s) in place, got 1"), "{e}");
+    let mut wrong = vec![q.clone(), q.clone()];
+    let e = exe.call_donated(&[&x], &mut wrong, &mut s).unwrap_err().to_string();
+    assert!(e.contains("p") && e.contains("donated buffer 0"), "{e}");
+}
+
+#[test]
+fn unsafe_donations_are_refused_naming_the_pair_and_the_reader() {
+    let refused = |g: &Graph, pairs: &[(&str, &str)], want: &[&str]| {
+        let e = compile(g, &Options::default().with_donations(pairs))
+            .unwrap_err()
+            .to_string();
+        for w in want {
+            assert!(e.contains(w), "expected `{w}` in: {e}\n{g}");
+        }
+    };
+    let g = donation_graph();
+    refused(&g, &[("x", "s")], &["donating input `x` to output `s`", "types differ"]);
+    refused(&g, &[("nope", "s")], &["no input `nope`"]);
+    refused(&g, &[("p", "new_p"), ("p", "new_q")], &["already donated"]);
+    // Read after the write: the product runs after `new_p`.
+    let b = GraphBuilder::new("late");
+    let p = b.input("p", DType::F64, &[3, 3]);
+    let new_p = p * 2.0;
+    let late = p.matmul(p.t());
+    let g = b.build(&[("new_p", new_p), ("late", late)]).unwrap();
+    refused(&g, &[("p", "new_p")], &["reads the input after", "matmul"]);
+    // The output is the input transposed: a copy over itself.
+    let b = GraphBuilder::new("view");
+    let p = b.input("p", DType::F64, &[3, 3]);
+    let g = b.build(&[("new_p", p.t())]).unwrap();
+    refused(&g, &[("p", "new_p")], &["view"]);
+    // The old value is an output too.
+    let b = GraphBuilder::new("old");
+    let p = b.input("p", DType::F64, &[3, 3]);
+    let g = b.build(&[("old", p), ("new_p", p + 1.0)]).unwrap();
+    refused(&g, &[("p", "new_p")], &["output `old` is the input's old value"]);
+    // An elementwise update reading another element (a transposed view)
+    // in the kernel that writes it.
+    let b = GraphBuilder::new("shifted");
+    let p = b.input("p", DType::F64, &[3, 3]);
+    let g = b.build(&[("new_p", p + p.t())]).unwrap();
+    refused(&g, &[("p", "new_p")], &["reads other elements"]);
+}

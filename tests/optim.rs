@@ -388,3 +388,117 @@ fn the_update_alone_equals_the_whole_step() {
         assert_eq!(&params[1], whole.param("b").unwrap());
     }
 }
+
+/// Donation: the step reads and writes one set of buffers. After each
+/// step every parameter and state tensor is still the buffer it was
+/// (pointer identity), its values are bit for bit those of the same step
+/// compiled without donation (separate output buffers), and the step's
+/// memory is parameters + state + arena + loss.
+#[test]
+fn the_step_updates_parameters_and_state_in_place() {
+    use wengert::{compile, step_graph};
+    let g = models::mlp(16, 6, 8, 3, DType::F32, false).unwrap();
+    let mut rng = Rng::new(21);
+    let x = tensor(&[16, 6], rng.vec(96, -1.0, 1.0)).convert(DType::F32);
+    let t = tensor(
+        &[16, 3],
+        (0..48).map(|i| if i % 3 == (i / 3) % 3 { 1.0 } else { 0.0 }).collect(),
+    )
+    .convert(DType::F32);
+    for (name, config) in configs() {
+        let init: Vec<(&str, Tensor)> = models::MLP_PARAMS
+            .iter()
+            .map(|p| {
+                let ty = &g.input(p).unwrap().ty;
+                (
+                    *p,
+                    tensor(&ty.shape, rng.vec(ty.num_elements(), -0.3, 0.3)).convert(DType::F32),
+                )
+            })
+            .collect();
+        let mut step = TrainStep::new(&g, "loss", &init, &config, &Options::default()).unwrap();
+        let n_state = step.graph().state.len();
+        assert_eq!(
+            step.executable().donations().len(),
+            models::MLP_PARAMS.len() + n_state,
+            "{name}"
+        );
+        let pointers =
+            |s: &TrainStep| -> Vec<*const u8> { s.params().chain(s.state()).map(|(_, t)| t.as_ptr()).collect() };
+        let before = pointers(&step);
+        // The same step with separate buffers, swapped after each call.
+        let sg = step_graph(&g, "loss", &models::MLP_PARAMS, &config).unwrap();
+        let plain = compile(&sg.graph, &Options::default()).unwrap();
+        assert!(plain.donations().is_empty());
+        let mut values: Vec<Tensor> = init.iter().map(|(_, t)| t.clone()).collect();
+        values.extend(sg.zero_state().unwrap());
+        let data_before = (x.to_f64_vec(), t.to_f64_vec());
+        for s in 1..=3 {
+            let lr = 0.05 / s as f64;
+            let loss = step.step(&[&x, &t], lr).unwrap();
+            let lr_t = Tensor::scalar(DType::F32, lr);
+            let s_t = Tensor::scalar(DType::F32, s as f64);
+            // The step graph's inputs: the model's (parameters and data in
+            // its order), the state, `lr`, `step`.
+            let mut ordered: Vec<&Tensor> = Vec::new();
+            let mut data = [&x, &t].into_iter();
+            for i in g.inputs() {
+                match models::MLP_PARAMS.iter().position(|p| *p == i.name) {
+                    Some(k) => ordered.push(&values[k]),
+                    None => ordered.push(data.next().unwrap()),
+                }
+            }
+            ordered.extend(values[models::MLP_PARAMS.len()..].iter());
+            ordered.push(&lr_t);
+            ordered.push(&s_t);
+            let out = plain.call(&ordered).unwrap();
+            assert_eq!(
+                loss.to_bits(),
+                out[0].to_f64_vec()[0].to_bits(),
+                "{name} step {s}: loss"
+            );
+            for (k, (label, got)) in step.params().chain(step.state()).enumerate() {
+                assert_eq!(got.to_f64_vec(), out[1 + k].to_f64_vec(), "{name} step {s}: {label}");
+            }
+            values = out[1..].to_vec();
+            assert_eq!(pointers(&step), before, "{name} step {s}: a buffer moved");
+        }
+        assert_eq!((x.to_f64_vec(), t.to_f64_vec()), data_before, "{name}: data written");
+        let m = step.memory();
+        let bytes = |ts: &[(&str, &Tensor)]| ts.iter().map(|(_, t)| t.len() * 4).sum::<usize>();
+        assert_eq!(m.params, bytes(&step.params().collect::<Vec<_>>()));
+        assert_eq!(m.state, bytes(&step.state().collect::<Vec<_>>()));
+        assert_eq!(m.outputs, 4, "{name}: only the loss besides the donated buffers");
+        assert_eq!(m.arena, step.executable().memory().arena_bytes);
+    }
+}
+
+/// The update alone (`UpdateStep`) updates the caller's parameters in
+/// their own buffers.
+#[test]
+fn the_update_alone_writes_the_callers_buffers() {
+    use wengert::{TensorType, UpdateStep};
+    let types = [
+        ("w", TensorType::new(DType::F64, vec![3, 2])),
+        ("c", TensorType::new(DType::F64, vec![])),
+    ];
+    let named: Vec<(&str, TensorType)> = types.iter().map(|(n, t)| (*n, t.clone())).collect();
+    let mut update = UpdateStep::new(&named, &StepConfig::new(Optimizer::adam()), &Options::default()).unwrap();
+    let mut params = vec![tensor(&[3, 2], vec![1.0; 6]), Tensor::scalar(DType::F64, 2.0)];
+    let grads = [tensor(&[3, 2], vec![0.5; 6]), Tensor::scalar(DType::F64, -1.0)];
+    let before: Vec<*const u8> = params.iter().map(|t| t.as_ptr()).collect();
+    update.apply(&mut params, &[&grads[0], &grads[1]], 0.1).unwrap();
+    assert_eq!(params.iter().map(|t| t.as_ptr()).collect::<Vec<_>>(), before);
+    // Adam's first step moves each parameter by lr against its gradient's
+    // sign (m̂ / √v̂ = ±1, up to ε).
+    for (v, g) in params[0].to_f64_vec().iter().zip([0.5; 6]) {
+        assert!((v - (1.0 - 0.1 * f64::signum(g))).abs() < 1e-6, "{v}");
+    }
+    assert!((params[1].to_f64_vec()[0] - 2.1).abs() < 1e-6);
+    // A wrong count is an error, and the parameters are left as they were.
+    let e = update
+        .apply(&mut params[..1], &[&grads[0]], 0.1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2 parameters"), "{e}");
+}

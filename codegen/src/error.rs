@@ -18,6 +18,13 @@ pub enum CodegenError {
     /// (`WENGERT_GEMM=avx512` on a CPU without AVX-512).
     #[error("{0}")]
     Environment(String),
+    /// An input cannot share its buffer with the output it is donated to.
+    #[error("donating input `{input}` to output `{output}`: {message}")]
+    Donation {
+        input: String,
+        output: String,
+        message: String,
+    },
     #[error("cannot write dumps to {path}: {message}")]
     Dump { path: String, message: String },
 }

@@ -30,6 +30,12 @@ pub struct CodegenOptions {
     /// count. Default: `pool::default_threads()` (`WENGERT_THREADS`, else
     /// the cores available to the process).
     pub threads: usize,
+    /// Inputs that share their buffer with an output, by name (input,
+    /// output): the call updates them in place
+    /// (`Executable::call_donated`). Each pair is proven safe on the final
+    /// graph (`donate::check_donations`), else compiling fails naming it.
+    /// Every graph compiled with these options must have the names.
+    pub donate: Vec<(String, String)>,
 }
 
 impl Default for CodegenOptions {
@@ -39,6 +45,7 @@ impl Default for CodegenOptions {
             keep_text: false,
             segment_nodes: crate::lower::SEGMENT_NODES,
             threads: wengert_runtime::pool::default_threads(),
+            donate: Vec::new(),
         }
     }
 }
@@ -114,12 +121,14 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
         bodies: Default::default(),
         kernel_log: opts.keep_text.then(String::new),
         threads: opts.threads.max(1),
+        donated_inputs: Vec::new(),
     };
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = module.make_context();
     let mut compiled = Vec::new();
     for (i, g) in graphs.iter().enumerate() {
         verify(g)?;
+        let donated = crate::donate::check_donations(g, &opts.donate)?;
         let name = format!("wg{i}_{}", g.name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
         let mut jc = JitContext {
             module: &mut module,
@@ -132,7 +141,12 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
         // Loop bodies first: the loops that call them need their ids.
         let mut bodies = Bodies::default();
         jc.define_bodies(g, &name, &mut bodies)?;
-        let Some(mut main) = jc.define(g, &name, Abi::PointerArray)? else {
+        // The entry's donated inputs are loaded in program order (bodies
+        // were defined above with none).
+        jc.state.donated_inputs = donated.iter().map(|&(i, _)| i).collect();
+        let main = jc.define(g, &name, Abi::PointerArray);
+        jc.state.donated_inputs.clear();
+        let Some(mut main) = main? else {
             unreachable!("the pointer-array entry serves every graph");
         };
         // A loop's frame holds its body's frame below it.
@@ -167,17 +181,17 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
                 main.disasm.push_str(&format!("\n; packed scalar entry\n{}", p.disasm));
             }
         }
-        compiled.push((main, packed, kernels));
+        compiled.push((main, packed, kernels, donated));
     }
     module
         .finalize_definitions()
         .map_err(|e| CodegenError::Cranelift(e.to_string()))?;
     let pointers: Vec<_> = compiled
         .into_iter()
-        .map(|(main, packed, kernels)| {
+        .map(|(main, packed, kernels, donated)| {
             let ptr = module.get_finalized_function(main.id);
             let packed_ptr = packed.map(|p| module.get_finalized_function(p.id));
-            (main, ptr, packed_ptr, kernels)
+            (main, ptr, packed_ptr, kernels, donated)
         })
         .collect();
     let owner: Arc<dyn Send + Sync> = Arc::new(JitCode {
@@ -185,7 +199,7 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
         _state: state,
     });
     let mut out = Vec::new();
-    for (g, (main, ptr, packed_ptr, kernels)) in graphs.iter().zip(pointers) {
+    for (g, (main, ptr, packed_ptr, kernels, donated)) in graphs.iter().zip(pointers) {
         // SAFETY: the function was defined with the signature
         // `fn(*const *mut u8)` under the platform's C calling convention.
         let entry = unsafe { std::mem::transmute::<*const u8, EntryFn>(ptr) };
@@ -214,6 +228,12 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
             .with_frame_bytes(main.frame_bytes)
         };
         exe = exe.with_kernels(kernels);
+        if !donated.is_empty() {
+            // SAFETY: `check_donations` proved that no element of a donated
+            // input is read after its output overwrites it, and the entry
+            // loads donated inputs in program order.
+            exe = unsafe { exe.with_donations(donated) };
+        }
         if let Some(ptr) = packed_ptr {
             // SAFETY: defined with `fn(*const u8, *mut u8)` under the C
             // calling convention, reading the graph's scalar inputs packed

@@ -6,7 +6,10 @@
 //!   registers, broadcast registers or strided memory views (its `math`
 //!   module: inline vectorized f32 exp, log, sin, cos, tanh).
 //! - [`jit`]: ISA settings, the JIT module and the code owner.
+//! - [`donate`]: which inputs may share their buffer with an output (an
+//!   update in place), proven on the final graph.
 
+pub mod donate;
 pub mod error;
 pub mod jit;
 pub mod kernel;

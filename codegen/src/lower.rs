@@ -114,6 +114,9 @@ pub struct ModuleState {
     pub kernel_log: Option<String>,
     /// Threads a call may use (`CodegenOptions::threads`).
     pub threads: usize,
+    /// Inputs of the function being lowered that share their buffer with
+    /// an output (`crate::donate`): their loads are not `readonly`.
+    pub donated_inputs: Vec<usize>,
 }
 
 pub struct Lowerer<'m> {

@@ -224,6 +224,9 @@ pub struct Executable {
     /// The loop kernels code generation emitted, as text (kept with the
     /// CLIF).
     kernels: String,
+    /// (input, output) pairs that share one buffer in
+    /// [`Executable::call_donated`].
+    donated: Vec<(usize, usize)>,
     _code: CodeOwner,
 }
 
@@ -268,6 +271,7 @@ impl Executable {
             clif,
             disasm,
             kernels: String::new(),
+            donated: Vec::new(),
             _code: code,
         }
     }
@@ -282,6 +286,27 @@ impl Executable {
     pub unsafe fn with_frame_bytes(mut self, frame_bytes: usize) -> Executable {
         self.frame_bytes = frame_bytes;
         self
+    }
+
+    /// Records which inputs may share their buffer with an output, as
+    /// (input index, output index) pairs: [`Executable::call_donated`]
+    /// passes one buffer for both.
+    ///
+    /// # Safety
+    /// For each pair, the code must read no element of the input after
+    /// writing that element's place in the output (and no other element
+    /// after writing any), so that sharing the buffer gives the results of
+    /// separate buffers.
+    pub unsafe fn with_donations(mut self, pairs: Vec<(usize, usize)>) -> Executable {
+        self.donated = pairs;
+        self
+    }
+
+    /// The (input index, output index) pairs updated in place by
+    /// [`Executable::call_donated`], in the order its `donated` buffers
+    /// take.
+    pub fn donations(&self) -> &[(usize, usize)] {
+        &self.donated
     }
 
     /// The size of the native stack frame of the compiled function.
@@ -492,6 +517,80 @@ impl Executable {
     /// types: a loop that reuses its outputs allocates nothing per call.
     pub fn call_into(&self, inputs: &[&Tensor], outputs: &mut [Tensor]) -> Result<(), RuntimeError> {
         self.call_into_iter(inputs.iter().copied(), outputs.iter_mut())
+    }
+
+    /// Runs the code with the donated buffers updated in place (compiled
+    /// with `CodegenOptions::donate`): `donated[k]` is both the input and
+    /// the output of pair `k` of [`Executable::donations`]; `inputs` are
+    /// the other inputs and `outputs` the other outputs, each in
+    /// declaration order. Nothing is allocated and nothing is copied: a
+    /// training step's parameters and optimizer state stay in one set of
+    /// buffers (the exclusive borrow keeps anyone else from reading them
+    /// while they change).
+    pub fn call_donated(
+        &self,
+        inputs: &[&Tensor],
+        donated: &mut [Tensor],
+        outputs: &mut [Tensor],
+    ) -> Result<(), RuntimeError> {
+        let (n_in, n_out, n_d) = (self.inputs.len(), self.outputs.len(), self.donated.len());
+        if donated.len() != n_d {
+            return Err(RuntimeError::Other(format!(
+                "`{}` updates {n_d} buffer(s) in place, got {}",
+                self.name,
+                donated.len()
+            )));
+        }
+        if inputs.len() + n_d != n_in {
+            return Err(self.input_count_error(inputs.len() + n_d));
+        }
+        if outputs.len() + n_d != n_out {
+            return Err(self.output_count_error(outputs.len() + n_d));
+        }
+        let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); n_in + n_out + 1];
+        for (k, (&(i, j), t)) in self.donated.iter().zip(donated.iter_mut()).enumerate() {
+            check_input(&self.inputs[i], t).map_err(|e| match e {
+                RuntimeError::Input { name, message } => RuntimeError::Input {
+                    name,
+                    message: format!("{message} (donated buffer {k})"),
+                },
+                other => other,
+            })?;
+            let p = t.as_mut_ptr();
+            ptrs[i] = p;
+            ptrs[n_in + j] = p;
+        }
+        let mut rest = inputs.iter();
+        for (i, decl) in self.inputs.iter().enumerate() {
+            if self.donated.iter().any(|&(d, _)| d == i) {
+                continue;
+            }
+            let t = rest.next().ok_or_else(|| self.input_count_error(i))?;
+            check_input(decl, t)?;
+            // Generated code never writes through input pointers (a donated
+            // input's pointer is its output's).
+            ptrs[i] = t.as_ptr() as *mut u8;
+        }
+        let mut rest = outputs.iter_mut();
+        for (j, (name, ty)) in self.outputs.iter().enumerate() {
+            if self.donated.iter().any(|&(_, d)| d == j) {
+                continue;
+            }
+            let t = rest.next().ok_or_else(|| self.output_count_error(j))?;
+            if t.dtype() != ty.dtype || !same_shape(t.shape(), &ty.shape) {
+                return Err(RuntimeError::Output {
+                    name: name.clone(),
+                    message: format!("expected {ty}, got {}", t.ty()),
+                });
+            }
+            ptrs[n_in + j] = t.as_mut_ptr();
+        }
+        // SAFETY: every pointer was checked against the type the code was
+        // compiled for; a donated pair gets one buffer, which the code was
+        // proven to read before writing (`with_donations`); the exclusive
+        // borrows keep the other outputs distinct from each other and from
+        // the inputs.
+        unsafe { run_entry(self.entry, &mut ptrs, self.arena_bytes, self.frame_bytes) }
     }
 
     /// [`Executable::call_into`] over inputs and outputs given as

@@ -70,8 +70,19 @@ impl Lowerer<'_> {
     /// its first side-effecting user: a sum of 10,000 scalar inputs kept
     /// all 10,000 loaded values alive to the final store, and register
     /// allocation took seconds.)
+    ///
+    /// A donated input is overwritten by its output during the call: its
+    /// load is an ordinary one, which stays before the store.
     pub(crate) fn load_input(&mut self, fb: &mut FunctionBuilder, v: &View) -> Value {
-        self.load_with(fb, v, 0, flags().with_readonly().with_can_move())
+        let donated = match self.bases.get(&v.ptr) {
+            Some(Base::Input(i)) => self.state.donated_inputs.contains(i),
+            _ => true,
+        };
+        if donated {
+            self.load_with(fb, v, 0, flags())
+        } else {
+            self.load_with(fb, v, 0, flags().with_readonly().with_can_move())
+        }
     }
 
     pub(crate) fn load_with(&mut self, fb: &mut FunctionBuilder, v: &View, index: i64, flags: MemFlagsData) -> Value {
