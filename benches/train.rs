@@ -32,6 +32,21 @@ fn bench(c: &mut Criterion, name: &str, g: &Graph, params: &[&str]) {
         ..StepConfig::new(Optimizer::adam())
     };
     let mut step = TrainStep::new(g, "loss", &init, &config, &opts).unwrap();
+    // Memory: one set of parameters and state (donated to the step's
+    // outputs), the arena, the loss.
+    let m = step.memory();
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    eprintln!(
+        "train_step/{name}: memory {:.2} MiB = params {:.2} + Adam state {:.2} + arena {:.2} (written: {:.2}) + loss {} B; \
+         separate output buffers would add {:.2} MiB",
+        mib(m.total()),
+        mib(m.params),
+        mib(m.state),
+        mib(m.arena),
+        mib(step.executable().measure_arena().unwrap()),
+        m.outputs,
+        mib(m.params + m.state),
+    );
     let grad = value_and_grad(g, params, &opts).unwrap();
     let all: Vec<Tensor> = g
         .inputs()
