@@ -299,6 +299,24 @@ fn check(f64: bool, shapes: &[Vec<usize>], program: &[Instr], outputs: usize, se
             &tgot,
         )?;
     }
+    // Loops that recompute their states (the runtime's schedule calling
+    // compiled bodies, cut into segments of a few nodes): the gradients of
+    // storing the trajectory, up to a split-transposed weight gradient's
+    // summation order.
+    if g.has_regions() {
+        for loops in [wengert::LoopPolicy::Binomial(2), wengert::LoopPolicy::Every(2)] {
+            let options = Options { loops, ..tiny.clone() };
+            let f = value_and_grad(&g, &wrt, &options)
+                .map_err(|e| TestCaseError::fail(format!("{loops:?}: {e}\n{text}")))?;
+            compare(
+                &format!("{loops:?}"),
+                &grad.graph,
+                &gjit,
+                &f.call(&grefs).unwrap(),
+                false,
+            )?;
+        }
+    }
     // Every checkpoint policy: the same gradients bit for bit.
     for policy in ["sqrt", "segments=2", "mincut", "slots=2", "budget=1KiB"] {
         let options = Options {

@@ -690,3 +690,46 @@ fn inlined_loop_bodies_with_many_buffers_read_each_steps_pointers() {
         }
     }
 }
+
+/// The memory plan decides all storage, loops included: a loop's pointer
+/// arrays, carries, copies and its body's arena are workspace the plan
+/// reserves. The code never writes past the planned arena, and the arena
+/// it is given is no larger, for the joint function and both halves,
+/// storing the trajectory and recomputing it.
+#[test]
+fn the_planned_arena_bounds_what_loops_use() {
+    use wengert::{models, value_and_grad, LoopPolicy, Options};
+    let graphs = [
+        (models::scalar_recurrence(100, true).unwrap(), vec!["a", "b", "x"]),
+        (models::rnn(50, 16, DType::F32, true).unwrap(), vec!["W", "b"]),
+        (models::tanh_chain_scan(8, 4, 16, DType::F32).unwrap(), vec!["W"]),
+        (
+            models::char_rnn(12, 4, 10, 8).unwrap(),
+            models::CHAR_RNN_PARAMS.to_vec(),
+        ),
+    ];
+    for (g, wrt) in &graphs {
+        for loops in [LoopPolicy::SaveAll, LoopPolicy::Binomial(3), LoopPolicy::Every(4)] {
+            let options = Options {
+                loops,
+                ..Options::default()
+            };
+            let f = value_and_grad(g, wrt, &options).unwrap_or_else(|e| panic!("{} {loops:?}: {e}", g.name));
+            let m = f.measure_memory().unwrap();
+            let exes = [
+                f.joint(),
+                f.forward_executable().unwrap(),
+                f.backward_executable().unwrap(),
+            ];
+            for ((what, c), exe) in [("joint", m.joint), ("forward", m.forward), ("backward", m.backward)]
+                .into_iter()
+                .zip(exes)
+            {
+                let at = format!("{} {loops:?} {what}: {c:?}", g.name);
+                assert!(c.measured <= c.planned, "{at}: wrote past the plan");
+                assert!(exe.memory().arena_bytes <= c.planned, "{at}: given more than the plan");
+                assert!(c.planned > 0, "{at}");
+            }
+        }
+    }
+}

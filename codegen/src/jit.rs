@@ -126,6 +126,25 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = module.make_context();
     let mut compiled = Vec::new();
+    // Code generation obeys a memory plan: a graph that has none (no
+    // value placed in an arena, here or in a loop body) gets one.
+    let planned: Vec<std::borrow::Cow<Graph>> = graphs
+        .iter()
+        .map(|&g| {
+            verify(g)?;
+            if has_plan(g) {
+                Ok(std::borrow::Cow::Borrowed(g))
+            } else {
+                wengert_passes::memory::memory_plan(g)
+                    .map(std::borrow::Cow::Owned)
+                    .map_err(|e| CodegenError::Unsupported {
+                        node: g.name.clone(),
+                        message: format!("memory plan: {e}"),
+                    })
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    let graphs: Vec<&Graph> = planned.iter().map(|g| g.as_ref()).collect();
     for (i, g) in graphs.iter().enumerate() {
         verify(g)?;
         let donated = crate::donate::check_donations(g, &opts.donate)?;
@@ -246,6 +265,14 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
     Ok(out)
 }
 
+/// Whether `g` (or a loop body in it) has values placed by a memory plan.
+/// (A planned graph that needs no arena looks unplanned; planning it again
+/// changes nothing.)
+fn has_plan(g: &Graph) -> bool {
+    g.node_ids()
+        .any(|id| g.node(id).arena.is_some() || matches!(g.op(id), wengert_ir::Op::Scan(scan) if has_plan(&scan.body)))
+}
+
 /// Whether all inputs and outputs of `g` are scalars of one float dtype
 /// (the graphs that get a packed entry).
 fn is_all_scalar(g: &Graph) -> bool {
@@ -275,6 +302,8 @@ struct Bodies {
 struct Defined {
     id: FuncId,
     arena_bytes: usize,
+    /// Of which the spill area (see `lower::Segments`).
+    spill_bytes: usize,
     /// The native stack frame's size (below the frame pointer).
     frame_bytes: usize,
     clif: String,
@@ -336,6 +365,7 @@ impl JitContext<'_> {
         let entry = self.finish(name, &sig, g)?;
         let frame_bytes = entry.frame_bytes + parts.iter().map(|p| p.frame_bytes).max().unwrap_or(0) + 64;
         let arena_bytes = parts.iter().map(|p| p.arena_bytes).max().unwrap_or(0);
+        let spill_bytes = parts.iter().map(|p| p.spill_bytes).max().unwrap_or(0);
         let mut clif = entry.clif;
         let mut disasm = entry.disasm;
         for (k, p) in parts.iter().enumerate() {
@@ -347,6 +377,7 @@ impl JitContext<'_> {
         Ok(Some(Defined {
             id: entry.id,
             arena_bytes,
+            spill_bytes,
             frame_bytes,
             clif,
             disasm,
@@ -388,6 +419,7 @@ impl JitContext<'_> {
                         crate::lower::BodyFn {
                             id: defined.id,
                             arena_bytes: defined.arena_bytes,
+                            spill_bytes: defined.spill_bytes,
                         },
                     );
                 }
@@ -422,6 +454,7 @@ impl JitContext<'_> {
                 crate::lower::BodyFn {
                     id: defined.id,
                     arena_bytes: defined.arena_bytes,
+                    spill_bytes: defined.spill_bytes,
                 },
             );
         }
@@ -475,6 +508,7 @@ impl JitContext<'_> {
         }
         let mut defined = self.finish(name, &sig, g)?;
         defined.arena_bytes = lowered.arena_bytes;
+        defined.spill_bytes = lowered.spill_bytes;
         Ok(Some((defined, lowered.done)))
     }
 
@@ -519,6 +553,7 @@ impl JitContext<'_> {
         Ok(Defined {
             id,
             arena_bytes: 0,
+            spill_bytes: 0,
             frame_bytes,
             clif,
             disasm,

@@ -138,7 +138,20 @@ pub struct Lowerer<'m> {
     /// read long after it was written, or in a later segment, gets a fresh
     /// pointer then (see `lower_graph`'s `materialize`).
     bases: HashMap<Value, Base>,
-    arena_bytes: usize,
+    /// The workspace of the node being lowered (see
+    /// `wengert_passes::memory::workspace_bytes`): where it starts in the
+    /// arena, how much of it is taken, how much the plan gives.
+    workspace_base: usize,
+    workspace_used: usize,
+    workspace_limit: usize,
+    /// The most workspace any node of this function used.
+    workspace_high: usize,
+    /// The spill area (see `Segments`): its start and the bytes taken.
+    spill_base: usize,
+    spill_bytes: usize,
+    /// The first node that needed storage the plan did not give it (the
+    /// lowering goes on so that it can end cleanly, then fails).
+    unplanned: Option<String>,
 }
 
 fn mem_type(d: DType) -> Type {
@@ -292,8 +305,16 @@ pub(crate) fn lower_into(
         outline_math: false,
         arena_slot,
         bases: HashMap::new(),
-        arena_bytes: seg.arena_bytes,
+        workspace_base: seg.workspace_base,
+        workspace_used: 0,
+        workspace_limit: 0,
+        workspace_high: seg.workspace_high,
+        spill_base: seg.spill_base,
+        spill_bytes: seg.spill_bytes,
+        unplanned: None,
     };
+    let workspace = std::mem::take(&mut seg.workspace);
+    let copies = std::mem::take(&mut seg.copies);
     let used_outside = std::mem::take(&mut seg.used_outside);
     let dest = std::mem::take(&mut seg.dest);
     let mut locs = std::mem::take(&mut seg.locs);
@@ -305,7 +326,12 @@ pub(crate) fn lower_into(
         let ptr = match (dest[id.index()], g.node(id).arena) {
             (Some(j), _) => lw.pointer(fb, &ptrs, n_in, Base::Output(j)),
             (None, Some(off)) => lw.arena_at(fb, off),
-            (None, None) => return lw.alloc(fb, &ty.shape, ty.dtype),
+            (None, None) => {
+                // The plan gave no buffer: an error once the node is done.
+                lw.unplanned
+                    .get_or_insert_with(|| format!("{} has no planned buffer", g.value_name(id)));
+                return lw.alloc(fb, &ty.shape, ty.dtype);
+            }
         };
         View {
             ptr,
@@ -387,9 +413,12 @@ pub(crate) fn lower_into(
                 }
             }
             seg.touched.extend(&members);
+            lw.begin_node(members.iter().map(|m| workspace[m.index()]).sum());
             lower_fused(&mut lw, fb, g, &members, &mut locs, &used_outside, &place, &materialize)?;
+            lw.end_node(g, id)?;
             continue;
         }
+        lw.begin_node(workspace[id.index()]);
         let args = g.args(id);
         for &a in &args {
             materialize(&mut lw, fb, &mut locs, a);
@@ -498,24 +527,38 @@ pub(crate) fn lower_into(
                     Loc::Mem(v)
                 }
             },
-            Op::Reshape { shape } => match &arg_locs[0] {
-                Loc::Reg(v) => Loc::Reg(*v),
-                Loc::Splat(v, _) => Loc::Splat(*v, shape.clone()),
-                Loc::Mem(view) => {
-                    let view = if view.is_contiguous() {
-                        view.clone()
-                    } else {
-                        let dst = lw.alloc(fb, &view.shape, view.dtype);
-                        lw.copy_into(fb, &Loc::Mem(view.clone()), &dst)?;
-                        dst
-                    };
-                    Loc::Mem(View {
-                        shape: shape.clone(),
-                        strides: row_major_strides(shape).iter().map(|&s| s as isize).collect(),
-                        ..view
-                    })
+            // A copy where the plan says so (`memory::reshape_copies`: a
+            // broadcast register or memory that is not contiguous), into the
+            // buffer it gave; else a view of contiguous memory, or the
+            // register itself.
+            Op::Reshape { shape } => {
+                let row_major = |v: View| View {
+                    shape: shape.clone(),
+                    strides: row_major_strides(shape).iter().map(|&s| s as isize).collect(),
+                    ..v
+                };
+                match &arg_locs[0] {
+                    Loc::Reg(v) => Loc::Reg(*v),
+                    from if copies[id.index()] => {
+                        let from_shape = g.ty(args[0]).shape.clone();
+                        let dst = place(&mut lw, fb, id);
+                        let dst = View {
+                            strides: row_major_strides(&from_shape).iter().map(|&s| s as isize).collect(),
+                            shape: from_shape,
+                            ..dst
+                        };
+                        lw.copy_into(fb, from, &dst)?;
+                        Loc::Mem(row_major(dst))
+                    }
+                    Loc::Mem(view) if view.is_contiguous() => Loc::Mem(row_major(view.clone())),
+                    Loc::Splat(..) | Loc::Mem(_) => {
+                        return Err(CodegenError::Unsupported {
+                            node: g.value_name(id),
+                            message: "internal error: a reshape of strided memory the plan did not copy".into(),
+                        });
+                    }
                 }
-            },
+            }
             Op::ReduceSum { axes } | Op::ReduceMax { axes } => {
                 let is_max = matches!(g.op(id), Op::ReduceMax { .. });
                 let out = fresh(&mut lw, fb);
@@ -625,6 +668,7 @@ pub(crate) fn lower_into(
             }
         };
         locs[id.index()] = Some(loc);
+        lw.end_node(g, id)?;
     }
     let done = at >= g.len();
     if done {
@@ -663,9 +707,9 @@ pub(crate) fn lower_into(
         }
         let ty = g.ty(id);
         let spill = |lw: &mut Lowerer, fb: &mut FunctionBuilder, v: Value| {
-            let slot = lw.alloc(fb, &[1], ty.dtype);
-            fb.ins().store(flags(), v, slot.ptr, 0);
-            slot.ptr
+            let ptr = lw.spill_slot(fb);
+            fb.ins().store(flags(), v, ptr, 0);
+            ptr
         };
         let (ptr, offset, strides) = match loc {
             Loc::Mem(view) => (view.ptr, view.offset, view.strides),
@@ -684,13 +728,17 @@ pub(crate) fn lower_into(
         });
     }
     seg.next = at;
-    seg.arena_bytes = lw.arena_bytes;
+    seg.workspace_high = lw.workspace_high;
+    seg.spill_bytes = lw.spill_bytes;
+    seg.workspace = workspace;
+    seg.copies = copies;
     seg.used_outside = used_outside;
     seg.dest = dest;
     seg.locs = locs;
     seg.carried = carried;
     Ok(Lowered {
-        arena_bytes: lw.arena_bytes,
+        arena_bytes: lw.arena_end(seg.buffers_end),
+        spill_bytes: lw.spill_bytes,
         done,
     })
 }

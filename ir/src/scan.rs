@@ -74,6 +74,26 @@ pub struct Regen {
     pub every: usize,
 }
 
+impl Regen {
+    /// The states a schedule over `length` steps keeps at once: `slots`,
+    /// or under `every` the checkpoints before every `every`-th step and
+    /// the states of the segment being reversed, `⌈T/k⌉ + k − 1`.
+    pub fn slot_count(&self, length: usize) -> usize {
+        if self.every > 0 {
+            every_slots(length, self.every)
+        } else {
+            self.slots.max(1)
+        }
+    }
+}
+
+/// The states the "every `k` steps" reversal of `l` steps keeps at once
+/// (see `wengert_runtime::revolve::reverse_every`): `⌈l/k⌉ + k − 1`.
+pub fn every_slots(l: usize, k: usize) -> usize {
+    let k = k.max(1);
+    (l.div_ceil(k) + k - 1).max(1)
+}
+
 impl Scan {
     /// How many stacked inputs the body reads (including recomputed
     /// states, see [`Regen`]).

@@ -8,10 +8,21 @@
 //! and an elementwise result takes over the buffer of an operand that dies
 //! at that very node (same size, read with the same layout), which makes
 //! the update in place. Views (`broadcast`, `transpose`, `slice`,
-//! `reshape`) own no memory: they keep the value they view alive.
+//! `reshape`) own no memory: they keep the value they view alive, except
+//! a `reshape` of a value that is not contiguous in memory, which is a
+//! copy with a buffer of its own.
+//!
+//! The plan decides all storage, and code generation obeys it (it fails
+//! rather than allocate on its own): the buffers of values (`Node::arena`,
+//! or an output buffer, [`output_dests`]), and one *workspace* region after
+//! them, as large as the largest node's [`workspace_bytes`], which each node
+//! uses while it runs (copies of GEMM operands, a loop's pointer arrays,
+//! carries and its body's own arena). [`arena_bytes`] is the whole. The
+//! rules that decide how code generation holds a value ([`forms`]) live
+//! here, beside the plan that depends on them.
 
 use crate::error::PassError;
-use wengert_ir::{verify, DType, Graph, NodeId, Op, OpClass};
+use wengert_ir::{row_major_strides, verify, DType, Graph, NodeId, Op, OpClass, Scan};
 
 const ALIGN: usize = 64;
 
@@ -36,7 +47,8 @@ fn is_elementwise(op: &Op) -> bool {
 
 /// Whether code generation computes this node into a memory buffer.
 pub fn needs_buffer(g: &Graph, id: NodeId, used_outside_kernel: bool) -> bool {
-    let big = g.ty(id).num_elements() > 1;
+    // (An empty value is memory of no bytes, as code generation makes it.)
+    let big = g.ty(id).num_elements() != 1;
     let op = g.op(id);
     // Kernel members read only inside their kernel live in registers,
     // except a kernel's leading matmul: GEMM writes its result to memory,
@@ -147,13 +159,16 @@ pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassErr
             None => id.index(),
         };
     }
-    // The buffer each value lives in (views share their operand's).
+    // The buffer each value lives in (views share their operand's; a
+    // reshape that copies has its own).
+    let copies = reshape_copies(g);
     let mut owner: Vec<NodeId> = g.node_ids().collect();
     for id in g.node_ids() {
-        if is_view(g.op(id)) {
+        if is_view(g.op(id)) && !copies[id.index()] {
             owner[id.index()] = owner[g.args(id)[0].index()];
         }
     }
+    let (dest, _) = output_dests(g);
     let used_outside = used_outside_kernel(g);
     let mut last_use = vec![0usize; n];
     for id in g.node_ids() {
@@ -162,9 +177,7 @@ pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassErr
             last_use[o] = last_use[o].max(pos[id.index()]);
         }
     }
-    let mut is_output = vec![false; n];
     for o in g.outputs() {
-        is_output[o.node.index()] = true;
         last_use[owner[o.node.index()].index()] = usize::MAX;
     }
     let mut stats = MemoryStats::default();
@@ -183,7 +196,7 @@ pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassErr
         // the node itself runs.
         let (size, last) = if scratch > 0 {
             (scratch.div_ceil(ALIGN) * ALIGN, p)
-        } else if needs_buffer(g, id, used_outside[id.index()]) && !is_output[id.index()] {
+        } else if (needs_buffer(g, id, used_outside[id.index()]) || copies[id.index()]) && dest[id.index()].is_none() {
             (g.ty(id).size_bytes().div_ceil(ALIGN) * ALIGN, last_use[id.index()])
         } else {
             continue;
@@ -255,7 +268,288 @@ pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassErr
         out.annotate(id, kernel, offset[id.index()]);
     }
     verify(&out)?;
+    // The workspace after the buffers: the plan's whole arena.
+    stats.arena_bytes = arena_bytes(&out);
     Ok((out, stats))
+}
+
+/// How code generation holds a value (its `Loc`), as far as storage
+/// depends on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// One element in a register.
+    Reg,
+    /// One register value broadcast to a shape. (If it crosses into a
+    /// later segment of a large graph, it is spilled and becomes memory
+    /// with zero strides: the rules below treat it as memory that is not
+    /// contiguous.)
+    Splat,
+    /// Memory with these element strides.
+    Mem(Vec<isize>),
+}
+
+/// Whether memory of `shape` with `strides` is row-major contiguous (axes
+/// of extent 1 may have any stride).
+pub fn is_contiguous(shape: &[usize], strides: &[isize]) -> bool {
+    let rm = row_major_strides(shape);
+    shape
+        .iter()
+        .zip(strides.iter().zip(&rm))
+        .all(|(&d, (&s, &r))| d == 1 || s == r as isize)
+}
+
+/// How code generation holds each value of `g`: one-element values in
+/// registers (a reduction's or a product's stay in memory), views as
+/// strides over their operand's memory, every other value in row-major
+/// memory. Code generation follows the same rules (`codegen::lower`).
+pub fn forms(g: &Graph) -> Vec<Form> {
+    let mut forms: Vec<Form> = Vec::with_capacity(g.len());
+    for id in g.node_ids() {
+        let ty = g.ty(id);
+        let one = ty.num_elements() == 1;
+        let row_major = || Form::Mem(row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect());
+        let arg = |k: usize| &forms[g.args(id)[k].index()];
+        let form = match g.op(id) {
+            Op::Input { .. }
+            | Op::Const { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Pow { .. }
+            | Op::Compare(_)
+            | Op::Select
+            | Op::Convert { .. } => {
+                if one {
+                    Form::Reg
+                } else {
+                    row_major()
+                }
+            }
+            Op::ReduceSum { .. } | Op::ReduceMax { .. } | Op::MatMul | Op::Pad { .. } | Op::Concat { .. } => {
+                row_major()
+            }
+            Op::Scan(_) | Op::Get { .. } => row_major(),
+            Op::SoftmaxCrossEntropy => Form::Reg,
+            Op::Broadcast { shape } => match arg(0) {
+                Form::Reg | Form::Splat if one => Form::Reg,
+                Form::Reg | Form::Splat => Form::Splat,
+                Form::Mem(strides) => {
+                    let from = &g.ty(g.args(id)[0]).shape;
+                    let lead = shape.len() - from.len();
+                    Form::Mem(
+                        (0..shape.len())
+                            .map(|a| {
+                                if a < lead || (from[a - lead] == 1 && shape[a] != 1) {
+                                    0
+                                } else {
+                                    strides[a - lead]
+                                }
+                            })
+                            .collect(),
+                    )
+                }
+            },
+            Op::Transpose { perm } => match arg(0) {
+                Form::Reg => Form::Reg,
+                Form::Splat => Form::Splat,
+                Form::Mem(strides) => Form::Mem(perm.iter().map(|&p| strides[p]).collect()),
+            },
+            Op::Slice { .. } => match arg(0) {
+                Form::Reg => Form::Reg,
+                Form::Splat if one => Form::Reg,
+                Form::Splat => Form::Splat,
+                Form::Mem(strides) => Form::Mem(strides.clone()),
+            },
+            // Contiguous memory is viewed under the new shape; anything
+            // else is copied into the reshape's own buffer
+            // ([`reshape_copies`]).
+            Op::Reshape { .. } => match arg(0) {
+                Form::Reg => Form::Reg,
+                Form::Splat | Form::Mem(_) => row_major(),
+            },
+        };
+        forms.push(form);
+    }
+    forms
+}
+
+/// Which `reshape`s copy their operand into a buffer of their own: those
+/// of a value not contiguous in memory (a transposed, sliced or broadcast
+/// view, or a broadcast register).
+pub fn reshape_copies(g: &Graph) -> Vec<bool> {
+    let forms = forms(g);
+    g.node_ids()
+        .map(|id| {
+            let Op::Reshape { .. } = g.op(id) else { return false };
+            let a = g.args(id)[0];
+            match &forms[a.index()] {
+                Form::Reg => false,
+                Form::Splat => true,
+                Form::Mem(strides) => !is_contiguous(&g.ty(a).shape, strides),
+            }
+        })
+        .collect()
+}
+
+/// Whether `id` is a `get` of a loop's result: the loop writes that result
+/// straight into the output buffer when the `get` is an output.
+pub fn is_loop_result(g: &Graph, id: NodeId) -> bool {
+    matches!(g.op(id), Op::Get { .. }) && g.args(id).first().is_some_and(|&s| matches!(g.op(s), Op::Scan(_)))
+}
+
+/// The output buffer each node is computed into, if any, and which outputs
+/// are so computed (the others are copied into theirs after every node):
+/// the first output naming a node that computes fresh memory, or a chain
+/// of reshapes of one that view it (a reshape of fresh, contiguous memory
+/// is the same bytes: a loop body's `reshape` of a matrix-vector product
+/// was computed in the arena and copied to its output every step).
+pub fn output_dests(g: &Graph) -> (Vec<Option<usize>>, Vec<bool>) {
+    let copies = reshape_copies(g);
+    let mut dest: Vec<Option<usize>> = vec![None; g.len()];
+    let mut written = vec![false; g.outputs().len()];
+    for (j, o) in g.outputs().iter().enumerate() {
+        let mut chain = vec![o.node];
+        let mut v = o.node;
+        while let (Op::Reshape { .. }, Some(&a), false) = (g.op(v), g.args(v).first(), copies[v.index()]) {
+            v = a;
+            chain.push(v);
+        }
+        let fresh = needs_buffer(g, v, true) || copies[v.index()] || is_loop_result(g, v);
+        if fresh && chain.iter().all(|c| dest[c.index()].is_none()) {
+            for c in chain {
+                dest[c.index()] = Some(j);
+            }
+            written[j] = true;
+        }
+    }
+    (dest, written)
+}
+
+/// Bytes of a value that code generation copies into the workspace
+/// (64-byte aligned, as every workspace piece is).
+fn piece(bytes: usize) -> usize {
+    bytes.div_ceil(ALIGN) * ALIGN
+}
+
+/// The bytes of workspace a node needs while it runs (nothing after): for
+/// a matrix product, copies of operands a GEMM cannot read in place (a
+/// register, or a broadcast view); for a loop, what [`loop_workspace`]
+/// says. Code generation takes its temporaries from this and fails if they
+/// would not fit.
+pub fn workspace_bytes(g: &Graph, forms: &[Form], id: NodeId) -> usize {
+    match g.op(id) {
+        Op::MatMul => g
+            .args(id)
+            .iter()
+            .map(|&a| {
+                let ty = g.ty(a);
+                let copied = match &forms[a.index()] {
+                    Form::Reg | Form::Splat => true,
+                    Form::Mem(strides) => strides.iter().zip(&ty.shape).any(|(&s, &d)| s == 0 && d != 1),
+                };
+                if copied {
+                    piece(ty.size_bytes())
+                } else {
+                    0
+                }
+            })
+            .sum(),
+        Op::Scan(scan) => loop_workspace(g, forms, id, scan),
+        Op::Input { .. }
+        | Op::Const { .. }
+        | Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Pow { .. }
+        | Op::Compare(_)
+        | Op::Select
+        | Op::Convert { .. }
+        | Op::Broadcast { .. }
+        | Op::Reshape { .. }
+        | Op::Transpose { .. }
+        | Op::ReduceSum { .. }
+        | Op::ReduceMax { .. }
+        | Op::Slice { .. }
+        | Op::Pad { .. }
+        | Op::Concat { .. }
+        | Op::SoftmaxCrossEntropy
+        | Op::Get { .. } => 0,
+    }
+}
+
+/// A loop's workspace (`codegen::lower::scan`): its body's pointer array
+/// (a word per input and output and one for the body's arena), the body's
+/// arena ([`arena_bytes`] of the body), two buffers per carry, and a
+/// contiguous copy of each const and stacked input that is not contiguous
+/// memory; a loop that recomputes states (`regen`) adds its slots, two
+/// work states, the forward body's array, arena and result rows, and the
+/// schedule's descriptor.
+fn loop_workspace(g: &Graph, forms: &[Form], id: NodeId, scan: &Scan) -> usize {
+    let args = g.args(id);
+    let copy = |a: NodeId| {
+        let contiguous = match &forms[a.index()] {
+            Form::Reg | Form::Splat => false,
+            Form::Mem(strides) => is_contiguous(&g.ty(a).shape, strides),
+        };
+        if contiguous {
+            0
+        } else {
+            piece(g.ty(a).size_bytes())
+        }
+    };
+    let array = |s: &Scan| piece((s.body.inputs().len() + s.body.outputs().len() + 1) * 8);
+    let carries = |s: &Scan| -> usize {
+        s.body.inputs()[s.n_consts..s.n_consts + s.n_carry]
+            .iter()
+            .map(|i| 2 * piece(i.ty.size_bytes()))
+            .sum()
+    };
+    // Every operand may be copied (consts and stacked inputs; the initial
+    // carries are copied into the carry buffers counted above).
+    let operands: usize = args
+        .iter()
+        .enumerate()
+        .filter(|&(k, _)| k < scan.n_consts || k >= scan.n_consts + scan.n_carry)
+        .map(|(_, &a)| copy(a))
+        .sum();
+    let own = array(scan) + piece(arena_bytes(&scan.body)) + carries(scan) + operands;
+    let Some(regen) = &scan.regen else {
+        return own;
+    };
+    let f = &regen.forward;
+    let mut state = 0;
+    for i in &f.body.inputs()[f.n_consts..f.n_consts + f.n_carry] {
+        state += piece(i.ty.size_bytes());
+    }
+    let state = state.max(ALIGN);
+    let rows: usize = f
+        .result_types()
+        .iter()
+        .skip(f.n_carry)
+        .map(|t| piece(t.size_bytes().checked_div(scan.length).unwrap_or(0).max(1)))
+        .sum();
+    let frows = f.body.inputs().len() - f.n_consts - f.n_carry + f.result_types().len() - f.n_carry;
+    let brows = scan.body.inputs().len() + scan.result_types().len();
+    let words = 16 + 4 * f.n_carry + 3 * frows + 6 * scan.n_carry + 3 * brows;
+    own + (regen.slot_count(scan.length) + 2) * state + array(f) + piece(arena_bytes(&f.body)) + rows + piece(words * 8)
+}
+
+/// One past the last byte of the planned buffers (the workspace starts at
+/// the next 64-byte boundary).
+pub fn buffers_end(g: &Graph) -> usize {
+    g.node_ids()
+        .filter_map(|id| g.node(id).arena.map(|off| off + placed_bytes(g, id)))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The whole arena of a planned graph: its buffers, then a workspace as
+/// large as its largest node's ([`workspace_bytes`]).
+pub fn arena_bytes(g: &Graph) -> usize {
+    let forms = forms(g);
+    let workspace = g.node_ids().map(|id| workspace_bytes(g, &forms, id)).max().unwrap_or(0);
+    match workspace {
+        0 => buffers_end(g),
+        w => piece(buffers_end(g)) + w,
+    }
 }
 
 /// Plans the arena of `g` (see the module documentation).

@@ -270,10 +270,7 @@ pub unsafe extern "C" fn wengert_revolve(desc: *const i64) {
 /// It advances `(⌈T/k⌉ − 1)·k` steps to place the checkpoints (the forward
 /// loop itself stores none) and `T − ⌈T/k⌉` inside the segments:
 /// [`every_advances`].
-pub fn every_slots(l: usize, k: usize) -> usize {
-    let k = k.max(1);
-    (l.div_ceil(k) + k - 1).max(1)
-}
+pub use wengert_ir::scan::every_slots;
 
 /// The steps [`reverse_every`] advances for `l` steps and segments of `k`.
 pub fn every_advances(l: usize, k: usize) -> u64 {

@@ -34,11 +34,42 @@ impl Lowerer<'_> {
         ptr
     }
 
-    /// A fresh contiguous arena slot of the given shape.
+    /// Starts a node (or a fused kernel) that the plan gives `limit`
+    /// bytes of workspace.
+    pub(crate) fn begin_node(&mut self, limit: usize) {
+        self.workspace_used = 0;
+        self.workspace_limit = limit;
+    }
+
+    /// Ends the node begun last: an error if it took storage the plan did
+    /// not give it (code generation obeys the plan, it does not allocate).
+    pub(crate) fn end_node(&mut self, g: &Graph, id: NodeId) -> Result<(), CodegenError> {
+        let over = self.workspace_used > self.workspace_limit;
+        if let Some(message) = self.unplanned.take() {
+            return Err(CodegenError::Unsupported {
+                node: g.value_name(id),
+                message: format!("internal error: {message}"),
+            });
+        }
+        if over {
+            return Err(CodegenError::Unsupported {
+                node: g.value_name(id),
+                message: format!(
+                    "internal error: {} bytes of workspace where the memory plan gives {}",
+                    self.workspace_used, self.workspace_limit
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// A contiguous piece of the current node's workspace (64-byte
+    /// aligned), valid until the node is done.
     pub(crate) fn alloc(&mut self, fb: &mut FunctionBuilder, shape: &[usize], dtype: DType) -> View {
         let bytes = wengert_ir::num_elements(shape) * dtype.size_bytes();
-        let off = self.arena_bytes;
-        self.arena_bytes += bytes.div_ceil(64) * 64;
+        let off = self.workspace_base + self.workspace_used;
+        self.workspace_used += bytes.div_ceil(64) * 64;
+        self.workspace_high = self.workspace_high.max(self.workspace_used);
         let ptr = self.arena_at(fb, off);
         View {
             ptr,
@@ -46,6 +77,34 @@ impl Lowerer<'_> {
             shape: shape.to_vec(),
             strides: row_major_strides(shape).iter().map(|&s| s as isize).collect(),
             dtype,
+        }
+    }
+
+    /// Lets the current node use `bytes` more workspace than the plan
+    /// gives it: a loop body's spill area (see `Segments`), which the plan
+    /// cannot know.
+    pub(crate) fn allow_workspace(&mut self, bytes: usize) {
+        self.workspace_limit += bytes;
+    }
+
+    /// A slot of the spill area for one register value that crosses into
+    /// a later segment (see `Segments`).
+    pub(crate) fn spill_slot(&mut self, fb: &mut FunctionBuilder) -> Value {
+        let off = self.spill_base + self.spill_bytes;
+        self.spill_bytes += 64;
+        self.arena_at(fb, off)
+    }
+
+    /// One past the last arena byte this function uses: the planned
+    /// buffers (which end at `buffers_end`), the workspace it used, the
+    /// spill area.
+    pub(crate) fn arena_end(&self, buffers_end: usize) -> usize {
+        if self.spill_bytes > 0 {
+            self.spill_base + self.spill_bytes
+        } else if self.workspace_high > 0 {
+            self.workspace_base + self.workspace_high
+        } else {
+            buffers_end
         }
     }
 

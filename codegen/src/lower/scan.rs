@@ -23,6 +23,8 @@ pub struct BodyFn {
     pub id: cranelift_module::FuncId,
     /// Bytes of arena the body uses (given to it as its own region).
     pub arena_bytes: usize,
+    /// Of which its spill area (see `Segments`), beyond its memory plan.
+    pub spill_bytes: usize,
 }
 
 /// Bodies of at most this many nodes are lowered into their loop rather
@@ -188,6 +190,7 @@ impl Lowerer<'_> {
         // An inlined body's arena is placed once its lowering says how
         // large it is (see `pre` below).
         if let Some(body) = body {
+            self.allow_workspace(body.spill_bytes);
             let body_arena = if body.arena_bytes > 0 {
                 self.alloc(fb, &[body.arena_bytes], DType::Bool).ptr
             } else {
@@ -490,11 +493,7 @@ impl Lowerer<'_> {
             state_bytes += fins[nfc + k].ty.size_bytes().div_ceil(64) * 64;
         }
         let state_bytes = state_bytes.max(64);
-        let slots = if regen.every > 0 {
-            wengert_runtime::revolve::every_slots(t_len, regen.every)
-        } else {
-            regen.slots.max(1)
-        };
+        let slots = regen.slot_count(t_len);
         let slot_base = self.alloc(fb, &[slots * state_bytes], DType::Bool).ptr;
         let work_a = self.alloc(fb, &[state_bytes], DType::Bool).ptr;
         let work_b = self.alloc(fb, &[state_bytes], DType::Bool).ptr;
@@ -503,6 +502,7 @@ impl Lowerer<'_> {
         let fn_in = fins.len();
         let fn_out = f.n_results();
         let farray = self.alloc(fb, &[fn_in + fn_out + 1], DType::F64).ptr;
+        self.allow_workspace(fwd.spill_bytes + bwd.spill_bytes);
         let farena = if fwd.arena_bytes > 0 {
             self.alloc(fb, &[fwd.arena_bytes], DType::Bool).ptr
         } else {

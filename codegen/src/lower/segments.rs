@@ -6,7 +6,12 @@ use super::*;
 
 /// Result of lowering one graph.
 pub struct Lowered {
+    /// The arena the function uses: the planned buffers, the workspace it
+    /// used, and the spill area if values crossed segments.
     pub arena_bytes: usize,
+    /// Of which the spill area (see [`Segments`]), which the memory plan
+    /// does not count.
+    pub spill_bytes: usize,
     /// Whether the graph's last node was lowered (else the next segment
     /// starts where this one stopped).
     pub done: bool,
@@ -42,7 +47,10 @@ pub(crate) struct Carried {
 /// register allocators walk the values live into each block), and a huge
 /// function's frame can outgrow a thread's stack. Values cross segments
 /// in memory: buffers by their base, scalars in registers by a store to
-/// the arena.
+/// the arena's spill area. That area, after the memory plan's arena, is
+/// the one piece of storage code generation decides itself: how a graph
+/// is cut into functions is its own business (like a stack frame's spill
+/// slots), so the plan cannot know which register values cross a cut.
 pub struct Segments {
     /// The first node of the next segment.
     pub(crate) next: usize,
@@ -52,8 +60,21 @@ pub struct Segments {
     pub(crate) carried: Vec<Option<Carried>>,
     /// The nodes given a location in the current segment.
     pub(crate) touched: Vec<NodeId>,
-    /// The arena's bump pointer (after the memory plan's region).
-    pub(crate) arena_bytes: usize,
+    /// Where the planned workspace starts (see `wengert_passes::memory`),
+    /// the end of the planned buffers, and the most workspace a segment
+    /// used so far.
+    pub(crate) workspace_base: usize,
+    pub(crate) buffers_end: usize,
+    pub(crate) workspace_high: usize,
+    /// Per node: the workspace the plan gives it.
+    pub(crate) workspace: Vec<usize>,
+    /// Per node: whether it is a `reshape` that copies (into its planned
+    /// buffer).
+    pub(crate) copies: Vec<bool>,
+    /// Where the spill area starts (after the planned arena) and the
+    /// bytes spilled so far.
+    pub(crate) spill_base: usize,
+    pub(crate) spill_bytes: usize,
     pub(crate) used_outside: Vec<bool>,
     /// Output buffers that nodes are computed into, and which outputs
     /// those cover.
@@ -72,39 +93,13 @@ impl Segments {
     /// Lowering state for `g`, cut into segments of about `max_nodes`
     /// nodes (never inside a fused kernel).
     pub fn new(g: &Graph, max_nodes: usize) -> Segments {
-        // Values placed by the memory plan occupy the start of the arena;
-        // temporaries of the lowering itself are bump-allocated after them.
-        let planned_end = g
-            .node_ids()
-            .filter_map(|id| {
-                g.node(id)
-                    .arena
-                    .map(|off| off + wengert_passes::memory::placed_bytes(g, id))
-            })
-            .max()
-            .unwrap_or(0);
-        // Outputs computed in place: the first output naming a node that
-        // computes fresh memory, or a reshape of one (a reshape of fresh,
-        // contiguous memory is the same bytes: a loop body's `reshape` of
-        // a matrix-vector product was computed in the arena and copied to
-        // its output every step).
-        let mut dest: Vec<Option<usize>> = vec![None; g.len()];
-        let mut written = vec![false; g.outputs().len()];
-        for (j, o) in g.outputs().iter().enumerate() {
-            let mut chain = vec![o.node];
-            let mut v = o.node;
-            while let (Op::Reshape { .. }, Some(&a)) = (g.op(v), g.args(v).first()) {
-                v = a;
-                chain.push(v);
-            }
-            let fresh = computes_fresh_memory(g, v) || is_loop_result(g, v);
-            if fresh && chain.iter().all(|c| dest[c.index()].is_none()) {
-                for c in chain {
-                    dest[c.index()] = Some(j);
-                }
-                written[j] = true;
-            }
-        }
+        // The plan's arena: its buffers, then the workspace each node
+        // uses while it runs; spills go after all of it.
+        use wengert_passes::memory;
+        let forms = memory::forms(g);
+        let workspace: Vec<usize> = g.node_ids().map(|id| memory::workspace_bytes(g, &forms, id)).collect();
+        let buffers_end = memory::buffers_end(g);
+        let (dest, written) = memory::output_dests(g);
         let mut last_use = vec![0usize; g.len()];
         for id in g.node_ids() {
             for a in g.args(id) {
@@ -119,28 +114,20 @@ impl Segments {
             locs: vec![None; g.len()],
             carried: vec![None; g.len()],
             touched: Vec::new(),
-            arena_bytes: planned_end.div_ceil(64) * 64,
-            used_outside: wengert_passes::memory::used_outside_kernel(g),
+            workspace_base: buffers_end.div_ceil(64) * 64,
+            buffers_end,
+            workspace_high: 0,
+            spill_base: memory::arena_bytes(g).div_ceil(64) * 64,
+            spill_bytes: 0,
+            workspace,
+            copies: memory::reshape_copies(g),
+            used_outside: memory::used_outside_kernel(g),
             dest,
             written,
             last_use,
             max_nodes: max_nodes.max(1),
         }
     }
-}
-
-/// Whether a node's result is computed into fresh memory (so that, if it is
-/// an output, it can be computed straight into the output buffer): the
-/// memory plan's own rule, for a value read outside any kernel.
-pub(crate) fn computes_fresh_memory(g: &Graph, id: NodeId) -> bool {
-    wengert_passes::memory::needs_buffer(g, id, true)
-}
-
-/// Whether `id` is a `get` of a loop's result: the loop writes that result
-/// straight into the output buffer when the `get` is an output (a stacked
-/// gradient of 64 MiB was otherwise written to the arena and copied).
-pub(crate) fn is_loop_result(g: &Graph, id: NodeId) -> bool {
-    matches!(g.op(id), Op::Get { .. }) && g.args(id).first().is_some_and(|&s| matches!(g.op(s), Op::Scan(_)))
 }
 
 /// The output buffer result `index` of loop `scan` is written to, if a

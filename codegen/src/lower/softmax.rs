@@ -37,8 +37,7 @@ pub(crate) fn lower_softmax_xent(
     let z = nd(&arg_locs[0]);
     let t = nd(&arg_locs[1]);
     // Row maxima, row sums and the loss accumulator: in the scratch the
-    // memory plan placed (`memory::softmax_xent_scratch`), else
-    // bump-allocated.
+    // memory plan placed (`memory::softmax_xent_scratch`).
     let (m, s, r, loss) = match g.node(id).arena {
         Some(off) => {
             let ([m_at, s_at, r_at, loss_at], _) = wengert_passes::memory::softmax_xent_scratch(rows, dt);
@@ -56,12 +55,16 @@ pub(crate) fn lower_softmax_xent(
                 at(fb, loss_at, 1),
             )
         }
-        None => (
-            lw.alloc(fb, &[rows], dt),
-            lw.alloc(fb, &[rows], dt),
-            lw.alloc(fb, &[rows], dt),
-            lw.alloc(fb, &[1], dt),
-        ),
+        None => {
+            lw.unplanned
+                .get_or_insert_with(|| "softmax cross-entropy without its planned scratch".into());
+            (
+                lw.alloc(fb, &[rows], dt),
+                lw.alloc(fb, &[rows], dt),
+                lw.alloc(fb, &[rows], dt),
+                lw.alloc(fb, &[1], dt),
+            )
+        }
     };
     let row_view = |v: &View| {
         Loc::Mem(View {
