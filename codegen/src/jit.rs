@@ -265,12 +265,23 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
     Ok(out)
 }
 
-/// Whether `g` (or a loop body in it) has values placed by a memory plan.
-/// (A planned graph that needs no arena looks unplanned; planning it again
-/// changes nothing.)
+/// Whether `g` needs no (new) memory plan: it has one (a value placed in
+/// an arena, here or in a loop body), or nothing in it could need storage
+/// (only leaves, one-element elementwise values and views that are not
+/// reshapes: a scalar graph, which planning again would leave as it is).
 fn has_plan(g: &Graph) -> bool {
-    g.node_ids()
-        .any(|id| g.node(id).arena.is_some() || matches!(g.op(id), wengert_ir::Op::Scan(scan) if has_plan(&scan.body)))
+    use wengert_ir::{Op, OpClass};
+    let placed = |g: &Graph| {
+        g.node_ids()
+            .any(|id| g.node(id).arena.is_some() || matches!(g.op(id), Op::Scan(scan) if has_plan(&scan.body)))
+    };
+    let may_need_storage = g.node_ids().any(|id| match g.op(id).class() {
+        OpClass::Leaf => false,
+        OpClass::Elementwise => g.ty(id).num_elements() != 1,
+        OpClass::View => matches!(g.op(id), Op::Reshape { .. }),
+        OpClass::Reduction | OpClass::Contraction | OpClass::Copy | OpClass::Composite | OpClass::Region => true,
+    });
+    !may_need_storage || placed(g)
 }
 
 /// Whether all inputs and outputs of `g` are scalars of one float dtype

@@ -161,14 +161,15 @@ pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassErr
     }
     // The buffer each value lives in (views share their operand's; a
     // reshape that copies has its own).
-    let copies = reshape_copies(g);
+    let forms = forms(g);
+    let copies = copies_of(g, &forms);
     let mut owner: Vec<NodeId> = g.node_ids().collect();
     for id in g.node_ids() {
         if is_view(g.op(id)) && !copies[id.index()] {
             owner[id.index()] = owner[g.args(id)[0].index()];
         }
     }
-    let (dest, _) = output_dests(g);
+    let (dest, _) = dests_of(g, &copies);
     let used_outside = used_outside_kernel(g);
     let mut last_use = vec![0usize; n];
     for id in g.node_ids() {
@@ -269,7 +270,7 @@ pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassErr
     }
     verify(&out)?;
     // The workspace after the buffers: the plan's whole arena.
-    stats.arena_bytes = arena_bytes(&out);
+    stats.arena_bytes = arena_of(&out, &forms);
     Ok((out, stats))
 }
 
@@ -376,7 +377,10 @@ pub fn forms(g: &Graph) -> Vec<Form> {
 /// of a value not contiguous in memory (a transposed, sliced or broadcast
 /// view, or a broadcast register).
 pub fn reshape_copies(g: &Graph) -> Vec<bool> {
-    let forms = forms(g);
+    copies_of(g, &forms(g))
+}
+
+fn copies_of(g: &Graph, forms: &[Form]) -> Vec<bool> {
     g.node_ids()
         .map(|id| {
             let Op::Reshape { .. } = g.op(id) else { return false };
@@ -403,7 +407,10 @@ pub fn is_loop_result(g: &Graph, id: NodeId) -> bool {
 /// is the same bytes: a loop body's `reshape` of a matrix-vector product
 /// was computed in the arena and copied to its output every step).
 pub fn output_dests(g: &Graph) -> (Vec<Option<usize>>, Vec<bool>) {
-    let copies = reshape_copies(g);
+    dests_of(g, &reshape_copies(g))
+}
+
+fn dests_of(g: &Graph, copies: &[bool]) -> (Vec<Option<usize>>, Vec<bool>) {
     let mut dest: Vec<Option<usize>> = vec![None; g.len()];
     let mut written = vec![false; g.outputs().len()];
     for (j, o) in g.outputs().iter().enumerate() {
@@ -544,11 +551,50 @@ pub fn buffers_end(g: &Graph) -> usize {
 /// The whole arena of a planned graph: its buffers, then a workspace as
 /// large as its largest node's ([`workspace_bytes`]).
 pub fn arena_bytes(g: &Graph) -> usize {
-    let forms = forms(g);
-    let workspace = g.node_ids().map(|id| workspace_bytes(g, &forms, id)).max().unwrap_or(0);
+    arena_of(g, &forms(g))
+}
+
+fn arena_of(g: &Graph, forms: &[Form]) -> usize {
+    let workspace = g.node_ids().map(|id| workspace_bytes(g, forms, id)).max().unwrap_or(0);
     match workspace {
         0 => buffers_end(g),
         w => piece(buffers_end(g)) + w,
+    }
+}
+
+/// Everything code generation needs to obey the plan of `g`, computed
+/// once: per node its form, whether a reshape copies, its output buffer,
+/// its workspace; which outputs are computed in place; the buffers' end
+/// and the whole arena.
+pub struct Storage {
+    pub forms: Vec<Form>,
+    pub copies: Vec<bool>,
+    pub dest: Vec<Option<usize>>,
+    pub written: Vec<bool>,
+    pub workspace: Vec<usize>,
+    pub buffers_end: usize,
+    pub arena_bytes: usize,
+}
+
+/// The [`Storage`] of a planned graph.
+pub fn storage(g: &Graph) -> Storage {
+    let forms = forms(g);
+    let copies = copies_of(g, &forms);
+    let (dest, written) = dests_of(g, &copies);
+    let workspace: Vec<usize> = g.node_ids().map(|id| workspace_bytes(g, &forms, id)).collect();
+    let buffers_end = buffers_end(g);
+    let arena_bytes = match workspace.iter().copied().max().unwrap_or(0) {
+        0 => buffers_end,
+        w => piece(buffers_end) + w,
+    };
+    Storage {
+        forms,
+        copies,
+        dest,
+        written,
+        workspace,
+        buffers_end,
+        arena_bytes,
     }
 }
 

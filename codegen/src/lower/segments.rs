@@ -96,10 +96,7 @@ impl Segments {
         // The plan's arena: its buffers, then the workspace each node
         // uses while it runs; spills go after all of it.
         use wengert_passes::memory;
-        let forms = memory::forms(g);
-        let workspace: Vec<usize> = g.node_ids().map(|id| memory::workspace_bytes(g, &forms, id)).collect();
-        let buffers_end = memory::buffers_end(g);
-        let (dest, written) = memory::output_dests(g);
+        let storage = memory::storage(g);
         let mut last_use = vec![0usize; g.len()];
         for id in g.node_ids() {
             for a in g.args(id) {
@@ -114,16 +111,16 @@ impl Segments {
             locs: vec![None; g.len()],
             carried: vec![None; g.len()],
             touched: Vec::new(),
-            workspace_base: buffers_end.div_ceil(64) * 64,
-            buffers_end,
+            workspace_base: storage.buffers_end.div_ceil(64) * 64,
+            buffers_end: storage.buffers_end,
             workspace_high: 0,
-            spill_base: memory::arena_bytes(g).div_ceil(64) * 64,
+            spill_base: storage.arena_bytes.div_ceil(64) * 64,
             spill_bytes: 0,
-            workspace,
-            copies: memory::reshape_copies(g),
+            workspace: storage.workspace,
+            copies: storage.copies,
             used_outside: memory::used_outside_kernel(g),
-            dest,
-            written,
+            dest: storage.dest,
+            written: storage.written,
             last_use,
             max_nodes: max_nodes.max(1),
         }
