@@ -81,11 +81,8 @@ pub struct View {
 
 impl View {
     fn is_contiguous(&self) -> bool {
-        let rm = row_major_strides(&self.shape);
-        self.shape
-            .iter()
-            .zip(self.strides.iter().zip(&rm))
-            .all(|(&d, (&s, &r))| d == 1 || s == r as isize)
+        // The memory plan's rule, which its decisions assume.
+        wengert_passes::memory::is_contiguous(&self.shape, &self.strides)
     }
 }
 

@@ -290,8 +290,12 @@ pub enum Form {
 }
 
 /// Whether memory of `shape` with `strides` is row-major contiguous (axes
-/// of extent 1 may have any stride).
+/// of extent 1 may have any stride; an empty view is contiguous, as a
+/// spilled empty register value is memory with zero strides).
 pub fn is_contiguous(shape: &[usize], strides: &[isize]) -> bool {
+    if shape.contains(&0) {
+        return true;
+    }
     let rm = row_major_strides(shape);
     shape
         .iter()
