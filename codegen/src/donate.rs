@@ -28,7 +28,6 @@
 //! `readonly` ones of other inputs, which Cranelift may move past a store).
 
 use crate::error::CodegenError;
-use crate::lower::Segments;
 use wengert_ir::{Graph, NodeId, Op, OpClass};
 
 /// Checks that each `(input, output)` pair, by name, may share one buffer
@@ -58,7 +57,7 @@ pub fn check_donations(g: &Graph, pairs: &[(String, String)]) -> Result<Vec<(usi
             owner[id.index()] = owner[g.args(id)[0].index()];
         }
     }
-    let seg = Segments::new(g, usize::MAX);
+    let (dest, written) = wengert_passes::memory::output_dests(g);
     let mut resolved: Vec<(usize, usize)> = Vec::new();
     for (input, output) in pairs {
         let i = g
@@ -104,7 +103,7 @@ pub fn check_donations(g: &Graph, pairs: &[(String, String)]) -> Result<Vec<(usi
                 ));
             }
         }
-        if !seg.written[j] {
+        if !written[j] {
             // Copied at the end: from another buffer, or from `p` as is.
             if reads_p(out_node) && out_node != p {
                 return Err(refuse(
@@ -120,7 +119,7 @@ pub fn check_donations(g: &Graph, pairs: &[(String, String)]) -> Result<Vec<(usi
         }
         // The node that computes the output in place.
         let w = out_node;
-        if seg.dest[w.index()] != Some(j) || !matches!(g.op(w).class(), OpClass::Elementwise) {
+        if dest[w.index()] != Some(j) || !matches!(g.op(w).class(), OpClass::Elementwise) {
             return Err(refuse(
                 input,
                 output,

@@ -270,16 +270,16 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
 /// (only leaves, one-element elementwise values and views that are not
 /// reshapes: a scalar graph, which planning again would leave as it is).
 fn has_plan(g: &Graph) -> bool {
-    use wengert_ir::{Op, OpClass};
+    use wengert_passes::memory;
     let placed = |g: &Graph| {
-        g.node_ids()
-            .any(|id| g.node(id).arena.is_some() || matches!(g.op(id), Op::Scan(scan) if has_plan(&scan.body)))
+        g.node_ids().any(|id| {
+            g.node(id).arena.is_some() || matches!(g.op(id), wengert_ir::Op::Scan(scan) if has_plan(&scan.body))
+        })
     };
-    let may_need_storage = g.node_ids().any(|id| match g.op(id).class() {
-        OpClass::Leaf => false,
-        OpClass::Elementwise => g.ty(id).num_elements() != 1,
-        OpClass::View => matches!(g.op(id), Op::Reshape { .. }),
-        OpClass::Reduction | OpClass::Contraction | OpClass::Copy | OpClass::Composite | OpClass::Region => true,
+    let may_need_storage = g.node_ids().any(|id| {
+        memory::needs_buffer(g, id, true)
+            || memory::scratch_bytes(g, id) > 0
+            || matches!(g.op(id), wengert_ir::Op::Reshape { .. })
     });
     !may_need_storage || placed(g)
 }
@@ -313,8 +313,6 @@ struct Bodies {
 struct Defined {
     id: FuncId,
     arena_bytes: usize,
-    /// Of which the spill area (see `lower::Segments`).
-    spill_bytes: usize,
     /// The native stack frame's size (below the frame pointer).
     frame_bytes: usize,
     clif: String,
@@ -339,6 +337,25 @@ impl JitContext<'_> {
             Abi::PointerArray => self.opts.segment_nodes,
             Abi::PackedScalars => usize::MAX,
         };
+        self.define_cut(g, name, abi, max_nodes)
+    }
+
+    /// A loop body's function: never cut into segments, so that it has no
+    /// spill area and its arena is the one its memory plan gives (which
+    /// the loop's planned workspace holds; a body's spills past it
+    /// overwrote the caller's spill slots).
+    fn define_body(&mut self, g: &Graph, name: &str) -> Result<Option<Defined>, CodegenError> {
+        self.define_cut(g, name, Abi::PointerArray, usize::MAX)
+    }
+
+    /// [`JitContext::define`] with segments of at most `max_nodes` nodes.
+    fn define_cut(
+        &mut self,
+        g: &Graph,
+        name: &str,
+        abi: Abi,
+        max_nodes: usize,
+    ) -> Result<Option<Defined>, CodegenError> {
         let mut seg = Segments::new(g, max_nodes);
         let mut parts: Vec<Defined> = Vec::new();
         loop {
@@ -376,7 +393,6 @@ impl JitContext<'_> {
         let entry = self.finish(name, &sig, g)?;
         let frame_bytes = entry.frame_bytes + parts.iter().map(|p| p.frame_bytes).max().unwrap_or(0) + 64;
         let arena_bytes = parts.iter().map(|p| p.arena_bytes).max().unwrap_or(0);
-        let spill_bytes = parts.iter().map(|p| p.spill_bytes).max().unwrap_or(0);
         let mut clif = entry.clif;
         let mut disasm = entry.disasm;
         for (k, p) in parts.iter().enumerate() {
@@ -388,7 +404,6 @@ impl JitContext<'_> {
         Ok(Some(Defined {
             id: entry.id,
             arena_bytes,
-            spill_bytes,
             frame_bytes,
             clif,
             disasm,
@@ -413,7 +428,7 @@ impl JitContext<'_> {
                 if !self.state.bodies.contains_key(&forward) {
                     self.define_bodies(&regen.forward.body, name, &mut inner)?;
                     let body_name = format!("{name}_loop{}", self.state.bodies.len());
-                    let Some(defined) = self.define(&regen.forward.body, &body_name, Abi::PointerArray)? else {
+                    let Some(defined) = self.define_body(&regen.forward.body, &body_name)? else {
                         unreachable!("the pointer-array entry serves every graph");
                     };
                     inner.frame_bytes = inner.frame_bytes.max(defined.frame_bytes + 64);
@@ -430,7 +445,6 @@ impl JitContext<'_> {
                         crate::lower::BodyFn {
                             id: defined.id,
                             arena_bytes: defined.arena_bytes,
-                            spill_bytes: defined.spill_bytes,
                         },
                     );
                 }
@@ -448,7 +462,7 @@ impl JitContext<'_> {
             }
             // Numbered across the module (inner bodies are defined first).
             let body_name = format!("{name}_loop{}", self.state.bodies.len());
-            let Some(defined) = self.define(&scan.body, &body_name, Abi::PointerArray)? else {
+            let Some(defined) = self.define_body(&scan.body, &body_name)? else {
                 unreachable!("the pointer-array entry serves every graph");
             };
             acc.frame_bytes = acc.frame_bytes.max(defined.frame_bytes + inner.frame_bytes + 64);
@@ -465,7 +479,6 @@ impl JitContext<'_> {
                 crate::lower::BodyFn {
                     id: defined.id,
                     arena_bytes: defined.arena_bytes,
-                    spill_bytes: defined.spill_bytes,
                 },
             );
         }
@@ -519,7 +532,6 @@ impl JitContext<'_> {
         }
         let mut defined = self.finish(name, &sig, g)?;
         defined.arena_bytes = lowered.arena_bytes;
-        defined.spill_bytes = lowered.spill_bytes;
         Ok(Some((defined, lowered.done)))
     }
 
@@ -564,7 +576,6 @@ impl JitContext<'_> {
         Ok(Defined {
             id,
             arena_bytes: 0,
-            spill_bytes: 0,
             frame_bytes,
             clif,
             disasm,

@@ -735,7 +735,6 @@ pub(crate) fn lower_into(
     seg.carried = carried;
     Ok(Lowered {
         arena_bytes: lw.arena_end(seg.buffers_end),
-        spill_bytes: lw.spill_bytes,
         done,
     })
 }

@@ -567,11 +567,10 @@ fn arena_of(g: &Graph, forms: &[Form]) -> usize {
 }
 
 /// Everything code generation needs to obey the plan of `g`, computed
-/// once: per node its form, whether a reshape copies, its output buffer,
-/// its workspace; which outputs are computed in place; the buffers' end
-/// and the whole arena.
+/// once: per node whether a reshape copies, its output buffer, its
+/// workspace; which outputs are computed in place; the buffers' end and
+/// the whole arena.
 pub struct Storage {
-    pub forms: Vec<Form>,
     pub copies: Vec<bool>,
     pub dest: Vec<Option<usize>>,
     pub written: Vec<bool>,
@@ -592,7 +591,6 @@ pub fn storage(g: &Graph) -> Storage {
         w => piece(buffers_end) + w,
     };
     Storage {
-        forms,
         copies,
         dest,
         written,

@@ -80,13 +80,6 @@ impl Lowerer<'_> {
         }
     }
 
-    /// Lets the current node use `bytes` more workspace than the plan
-    /// gives it: a loop body's spill area (see `Segments`), which the plan
-    /// cannot know.
-    pub(crate) fn allow_workspace(&mut self, bytes: usize) {
-        self.workspace_limit += bytes;
-    }
-
     /// A slot of the spill area for one register value that crosses into
     /// a later segment (see `Segments`).
     pub(crate) fn spill_slot(&mut self, fb: &mut FunctionBuilder) -> Value {
@@ -133,14 +126,12 @@ impl Lowerer<'_> {
     /// A donated input is overwritten by its output during the call: its
     /// load is an ordinary one, which stays before the store.
     pub(crate) fn load_input(&mut self, fb: &mut FunctionBuilder, v: &View) -> Value {
-        let donated = match self.bases.get(&v.ptr) {
-            Some(Base::Input(i)) => self.state.donated_inputs.contains(i),
-            _ => true,
-        };
-        if donated {
-            self.load_with(fb, v, 0, flags())
-        } else {
+        let unchanging =
+            matches!(self.bases.get(&v.ptr), Some(Base::Input(i)) if !self.state.donated_inputs.contains(i));
+        if unchanging {
             self.load_with(fb, v, 0, flags().with_readonly().with_can_move())
+        } else {
+            self.load_with(fb, v, 0, flags())
         }
     }
 

@@ -23,8 +23,6 @@ pub struct BodyFn {
     pub id: cranelift_module::FuncId,
     /// Bytes of arena the body uses (given to it as its own region).
     pub arena_bytes: usize,
-    /// Of which its spill area (see `Segments`), beyond its memory plan.
-    pub spill_bytes: usize,
 }
 
 /// Bodies of at most this many nodes are lowered into their loop rather
@@ -190,7 +188,6 @@ impl Lowerer<'_> {
         // An inlined body's arena is placed once its lowering says how
         // large it is (see `pre` below).
         if let Some(body) = body {
-            self.allow_workspace(body.spill_bytes);
             let body_arena = if body.arena_bytes > 0 {
                 self.alloc(fb, &[body.arena_bytes], DType::Bool).ptr
             } else {
@@ -502,7 +499,6 @@ impl Lowerer<'_> {
         let fn_in = fins.len();
         let fn_out = f.n_results();
         let farray = self.alloc(fb, &[fn_in + fn_out + 1], DType::F64).ptr;
-        self.allow_workspace(fwd.spill_bytes + bwd.spill_bytes);
         let farena = if fwd.arena_bytes > 0 {
             self.alloc(fb, &[fwd.arena_bytes], DType::Bool).ptr
         } else {

@@ -9,9 +9,6 @@ pub struct Lowered {
     /// The arena the function uses: the planned buffers, the workspace it
     /// used, and the spill area if values crossed segments.
     pub arena_bytes: usize,
-    /// Of which the spill area (see [`Segments`]), which the memory plan
-    /// does not count.
-    pub spill_bytes: usize,
     /// Whether the graph's last node was lowered (else the next segment
     /// starts where this one stopped).
     pub done: bool,
