@@ -206,7 +206,6 @@ fn append_update(
     let mut new_state = Vec::new();
     for (k, (&p, &gr)) in p_nodes.iter().zip(&grads).enumerate() {
         let shape = e.shape(p);
-        let lr_b = e.broadcast(lr, &shape)?;
         match config.optimizer {
             Optimizer::Sgd {
                 momentum,
@@ -233,6 +232,7 @@ fn append_update(
                 } else {
                     g1
                 };
+                let lr_b = e.broadcast(lr, &shape)?;
                 let upd = e.binary(BinaryOp::Mul, lr_b, d)?;
                 new_params.push(e.sub(p, upd)?);
             }
@@ -264,21 +264,33 @@ fn append_update(
                     let one = e.scalar(dtype, 1.0);
                     e.sub(one, pw)
                 };
+                // PyTorch's form of the bias correction: the two
+                // corrections fold into scalars (lr / c1 and 1 / √c2), so
+                // each element pays one square root and one division, not
+                // three divisions (the update of the MLP's first layer was
+                // bound by them):
+                //   p' = p − (lr/c1)·m' / (√v' · (1/√c2) + ε).
                 let c1 = correction(&mut e, beta1)?;
                 let c2 = correction(&mut e, beta2)?;
-                let c1b = e.broadcast(c1, &shape)?;
-                let c2b = e.broadcast(c2, &shape)?;
-                let mhat = e.div(m1, c1b)?;
-                let vhat = e.div(v1, c2b)?;
-                let root = e.unary(UnaryOp::Sqrt, vhat)?;
+                let s1 = e.div(lr, c1)?;
+                let one = e.scalar(dtype, 1.0);
+                let rc2 = e.unary(UnaryOp::Sqrt, c2)?;
+                let r2 = e.div(one, rc2)?;
+                let s1b = e.broadcast(s1, &shape)?;
+                let r2b = e.broadcast(r2, &shape)?;
+                let root = e.unary(UnaryOp::Sqrt, v1)?;
+                let scaled = e.binary(BinaryOp::Mul, root, r2b)?;
                 let epsb = e.full_like(root, eps)?;
-                let den = e.add(root, epsb)?;
-                let mut dir = e.div(mhat, den)?;
+                let den = e.add(scaled, epsb)?;
+                let num = e.binary(BinaryOp::Mul, s1b, m1)?;
+                let mut upd = e.div(num, den)?;
                 if weight_decay != 0.0 && decoupled {
-                    let wd = e.mul_scalar(weight_decay, p)?;
-                    dir = e.add(dir, wd)?;
+                    // AdamW: p' = p − (lr/c1)·m'/(…) − (lr·λ)·p.
+                    let lw = e.mul_scalar(weight_decay, lr)?;
+                    let lwb = e.broadcast(lw, &shape)?;
+                    let wd = e.binary(BinaryOp::Mul, lwb, p)?;
+                    upd = e.add(upd, wd)?;
                 }
-                let upd = e.binary(BinaryOp::Mul, lr_b, dir)?;
                 new_params.push(e.sub(p, upd)?);
                 new_state.push(m1);
                 new_state.push(v1);

@@ -98,11 +98,12 @@ impl Reference {
                         let v1 = beta2 * st[1][i] + (1.0 - beta2) * (g1 * g1);
                         let c1 = 1.0 - (beta1.ln() * self.t).exp();
                         let c2 = 1.0 - (beta2.ln() * self.t).exp();
-                        let mut dir = (m1 / c1) / ((v1 / c2).sqrt() + eps);
+                        let (s1, r2) = (lr / c1, 1.0 / c2.sqrt());
+                        let mut upd = (s1 * m1) / (v1.sqrt() * r2 + eps);
                         if weight_decay != 0.0 && decoupled {
-                            dir += weight_decay * p[i];
+                            upd += (weight_decay * lr) * p[i];
                         }
-                        p[i] -= lr * dir;
+                        p[i] -= upd;
                         st[0][i] = m1;
                         st[1][i] = v1;
                     }

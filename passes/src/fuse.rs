@@ -14,6 +14,10 @@
 //!   pass over the GEMM output;
 //! - sibling groups of one shape that read a common input merge into one
 //!   multi-output kernel;
+//! - an elementwise node that reads the results of several groups of its
+//!   shape merges them all (when none reads a reduction of another), so a
+//!   value one of them hands another is never stored: Adam's update of a
+//!   weight is one pass over it, not one per operand chain;
 //! - nothing is ever duplicated, so an expensive producer (exp, log, tanh,
 //!   matmul) is computed once however many consumers it has;
 //! - a cheap elementwise tail (one instruction per element, such as the
@@ -149,6 +153,25 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
                     group[me] = Some(Group { shape, matmul: false });
                     continue;
                 };
+                // The other operands' groups of this shape join too: a node
+                // that reads two kernels' results makes them one loop, so
+                // what one hands the other is never stored (Adam's update
+                // of a weight was four passes over it, one per operand
+                // chain: the scaled gradient, the second moment, the
+                // denominator, the first moment and the parameter).
+                if !group[gi].as_ref().is_some_and(|gr| gr.matmul) {
+                    for &a in &args {
+                        let ai = units.unit(a);
+                        let joins = ai != gi
+                            && group[ai].as_ref().is_some_and(|gr| !gr.matmul && gr.shape == shape)
+                            && units.members(ai).len() + units.members(gi).len() <= MAX_GROUP
+                            && !reads_reduction_of(&units, &kinds, gi, ai)
+                            && !reads_reduction_of(&units, &kinds, ai, gi);
+                        if joins && units.try_merge(gi, ai) {
+                            group[ai] = None;
+                        }
+                    }
+                }
                 // Pull in operands that are lone elementwise nodes of the
                 // same shape used only here (not into a matmul group: the
                 // matmul must stay its first member).
@@ -344,6 +367,17 @@ pub fn fuse(g: &Graph) -> Result<Graph, PassError> {
     }
     verify(&out)?;
     Ok(out)
+}
+
+/// Whether a member of unit `a` reads a reduction computed in unit `b`
+/// (then the two cannot be one loop: the reduction is complete only after
+/// it).
+fn reads_reduction_of(units: &Units, kinds: &[Kind], a: usize, b: usize) -> bool {
+    units
+        .members(a)
+        .iter()
+        .flat_map(|&m| units.args(m))
+        .any(|&x| kinds[x.index()] == Kind::Reduction && units.unit(x) == b)
 }
 
 /// Moves cheap elementwise tails into the kernel that reads them (see the
