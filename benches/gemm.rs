@@ -1,7 +1,9 @@
 //! Every matrix product of the MLP (784-256-10 at B = 32, 128, 1024) and
 //! of the 64-layer 512² tanh chain (B = 64), forward and backward with the
 //! transposed operands read in place, under each GEMM kernel family this
-//! CPU runs, one thread and two; and which family `gemm::choose` picks.
+//! CPU runs in both orientations (`-direct`: a row-major C computed as
+//! written rather than as `Cᵀ = Bᵀ·Aᵀ`), one thread and two; and what
+//! `gemm::choose` picks.
 //!
 //! `gemm/<shape>/<kernel>-t<threads>`; the chosen family is printed before
 //! the measurements. Run with `cargo bench --bench gemm`.
@@ -9,7 +11,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use std::time::Duration;
-use wengert_runtime::gemm::{self, GemmKernel, GemmParams};
+use wengert_runtime::gemm::{self, GemmChoice, GemmKernel, GemmParams};
 
 /// `(name, m, k, n, A transposed, B transposed)`: `C[m,n] = A·B` with A
 /// read as the transpose of a row-major `[k, m]` when transposed, B as the
@@ -68,14 +70,23 @@ fn products(c: &mut Criterion) {
                 p.threads
             );
         }
-        for &kernel in &kernels {
+        for choice in kernels.iter().flat_map(|&kernel| {
+            let directs: &[bool] = if kernel == GemmKernel::Loops {
+                &[false]
+            } else {
+                &[false, true]
+            };
+            directs.iter().map(move |&direct| GemmChoice { kernel, direct })
+        }) {
             // Loops on the large products take seconds and teach nothing.
-            if kernel == GemmKernel::Loops && m * n * k > 4 * gemm::SMALL_PRODUCT as usize {
+            if choice.kernel == GemmKernel::Loops && m * n * k > 4 * gemm::SMALL_PRODUCT as usize {
                 continue;
             }
             for threads in [1, 2] {
-                let p = params(m, k, n, at, bt, kernel, threads);
-                grp.bench_function(format!("{name}/{}-t{threads}", kernel.name()), |bch| {
+                let mut p = params(m, k, n, at, bt, choice.kernel, threads);
+                choice.apply(&mut p);
+                let label = choice.name().replace(' ', "-");
+                grp.bench_function(format!("{name}/{label}-t{threads}"), |bch| {
                     bch.iter(|| unsafe { gemm::wengert_gemm_f32(&p, a.as_ptr(), b.as_ptr(), out.as_mut_ptr()) });
                 });
                 black_box(&out);

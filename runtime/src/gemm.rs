@@ -22,7 +22,7 @@ pub use small::try_dot_rows8;
 use std::sync::OnceLock;
 
 /// Shapes and strides of one (batched) product `C = A·B`, laid out as the
-/// generated code stores it: fourteen `i64`s.
+/// generated code stores it: fifteen `i64`s.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmParams {
@@ -45,6 +45,44 @@ pub struct GemmParams {
     pub kernel: i64,
     /// Threads to use (1: the caller's thread only).
     pub threads: i64,
+    /// 1: a row-major C is computed as written, the microkernels storing
+    /// its tiles by rows; 0: as `Cᵀ = Bᵀ·Aᵀ` (the `gemm` crate's own
+    /// choice). Which is faster depends on the operands' layouts: the
+    /// chain's `Ȳ·Wᵀ` took 1.36× less time as written on a Xeon (the
+    /// transposed form must repack all of `W` by rows, as written only
+    /// `Ȳ`), other products 1.2–1.5× more. See [`GemmChoice`].
+    pub direct: i64,
+}
+
+/// What [`choose`] decides for one product: the kernel family and, for
+/// the `gemm` crate's families, whether a row-major C is computed as
+/// written ([`GemmParams::direct`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GemmChoice {
+    pub kernel: GemmKernel,
+    pub direct: bool,
+}
+
+impl GemmChoice {
+    /// The family in its default orientation.
+    pub fn of(kernel: GemmKernel) -> GemmChoice {
+        GemmChoice { kernel, direct: false }
+    }
+
+    /// `avx512`, or `avx512 direct` when computed as written.
+    pub fn name(self) -> String {
+        if self.direct {
+            format!("{} direct", self.kernel.name())
+        } else {
+            self.kernel.name().to_string()
+        }
+    }
+
+    /// Writes the choice into `p`'s kernel and orientation.
+    pub fn apply(self, p: &mut GemmParams) {
+        p.kernel = self.kernel.code();
+        p.direct = i64::from(self.direct);
+    }
 }
 
 /// Products of at most this many multiply-adds are computed by plain
@@ -250,29 +288,30 @@ pub const CALIBRATED_PRODUCT: i64 = 1 << 25;
 /// - `WENGERT_GEMM`'s family if set;
 /// - loops up to [`SMALL_PRODUCT`] multiply-adds;
 /// - below [`CALIBRATED_PRODUCT`], the fastest of loops (up to four times
-///   [`SMALL_PRODUCT`]) and the families this CPU runs, timed on this
-///   shape and layout once per process; another family than
-///   [`machine_family`] must win by 5% (so that noise rarely flips a
-///   choice between runs: which family computes a product decides its
+///   [`SMALL_PRODUCT`]) and the families this CPU runs, each in both
+///   orientations ([`GemmParams::direct`]), timed on this shape and
+///   layout once per process; another choice than [`machine_family`] in
+///   its default orientation must win by 5% (so that noise rarely flips
+///   a choice between runs: which code computes a product decides its
 ///   last bits);
 /// - else [`machine_family`].
-pub fn choose(p: &GemmParams, f64: bool) -> Result<GemmKernel, String> {
+pub fn choose(p: &GemmParams, f64: bool) -> Result<GemmChoice, String> {
     if let Some(k) = forced_kernel()? {
-        return Ok(k);
+        return Ok(GemmChoice::of(k));
     }
     let macs = p.m.saturating_mul(p.n).saturating_mul(p.k);
     if macs <= SMALL_PRODUCT {
-        return Ok(GemmKernel::Loops);
+        return Ok(GemmChoice::of(GemmKernel::Loops));
     }
     if macs >= CALIBRATED_PRODUCT {
-        return Ok(machine_family());
+        return Ok(GemmChoice::of(machine_family()));
     }
     // The layout that matters is which stride of each operand is 1. The
     // thread count is not part of the key, and timing runs on one thread:
     // the family must not depend on the thread count, since it decides
     // the product's last bits.
     let key: Key = (f64, p.m, p.n, p.k, p.a_cs == 1, p.b_cs == 1);
-    static CHOSEN: OnceLock<std::sync::Mutex<std::collections::HashMap<Key, GemmKernel>>> = OnceLock::new();
+    static CHOSEN: OnceLock<std::sync::Mutex<std::collections::HashMap<Key, GemmChoice>>> = OnceLock::new();
     let table = CHOSEN.get_or_init(Default::default);
     // Held while timing, so that two compiles of the same shape at once
     // agree (the second waits and reads the first's choice).
@@ -294,15 +333,25 @@ pub fn choose(p: &GemmParams, f64: bool) -> Result<GemmKernel, String> {
 type Key = (bool, i64, i64, i64, bool, bool);
 
 /// The fastest candidate for the product `key` describes (see [`choose`]).
-fn calibrate<T: Element + From<f32>>(key: &Key) -> GemmKernel {
+fn calibrate<T: Element + From<f32>>(key: &Key) -> GemmChoice {
     let &(_, m, n, k, a_rows, b_rows) = key;
     let (mu, nu, ku) = (m as usize, n as usize, k as usize);
-    let default = machine_family();
+    let default = GemmChoice::of(machine_family());
     let mut candidates = vec![default];
-    for c in [GemmKernel::Loops, GemmKernel::Fma, GemmKernel::Avx512] {
-        let fits = c != GemmKernel::Loops || m * n * k <= 4 * SMALL_PRODUCT;
-        if c != default && c.available() && fits {
-            candidates.push(c);
+    for kernel in [GemmKernel::Loops, GemmKernel::Fma, GemmKernel::Avx512] {
+        let fits = kernel != GemmKernel::Loops || m * n * k <= 4 * SMALL_PRODUCT;
+        // Orientation means something only to the crate's families, and
+        // only for a C of more than one column (C is row-major here).
+        let directs: &[bool] = if kernel == GemmKernel::Loops || n == 1 {
+            &[false]
+        } else {
+            &[false, true]
+        };
+        for &direct in directs {
+            let c = GemmChoice { kernel, direct };
+            if c != default && kernel.available() && fits {
+                candidates.push(c);
+            }
         }
     }
     // Timing allocates the three operands: not for products whose
@@ -319,12 +368,16 @@ fn calibrate<T: Element + From<f32>>(key: &Key) -> GemmKernel {
     let (b_rs, b_cs) = if b_rows { (n, 1) } else { (1, k) };
     let params: Vec<GemmParams> = candidates
         .iter()
-        .map(|&kernel| GemmParams {
-            a_rs,
-            a_cs,
-            b_rs,
-            b_cs,
-            ..GemmParams::contiguous(mu, nu, ku, kernel, 1)
+        .map(|&c| {
+            let mut q = GemmParams {
+                a_rs,
+                a_cs,
+                b_rs,
+                b_cs,
+                ..GemmParams::contiguous(mu, nu, ku, c.kernel, 1)
+            };
+            c.apply(&mut q);
+            q
         })
         .collect();
     let mut best = vec![f64::INFINITY; candidates.len()];
@@ -386,6 +439,7 @@ impl GemmParams {
             b_bs: (k * n) as i64,
             kernel: kernel.code(),
             threads: threads as i64,
+            direct: 0,
         }
     }
 }
@@ -475,8 +529,9 @@ unsafe fn product<T: Element>(p: &GemmParams, a: *const T, b: *const T, c: *mut 
         let f = T::family(kernel);
         // The microkernels write C by columns: a row-major C is computed
         // as `Cᵀ = Bᵀ·Aᵀ` (what the crate's front door does; without it
-        // the MLP step measured 10–30% slower).
-        let (m, n, c_cs, c_rs, l, l_cs, l_rs, r, r_cs, r_rs) = if p.c_cs.abs() < p.c_rs.abs() {
+        // the MLP step measured 10–30% slower), unless calibration found
+        // the product faster as written (`direct`).
+        let (m, n, c_cs, c_rs, l, l_cs, l_rs, r, r_cs, r_rs) = if p.c_cs.abs() < p.c_rs.abs() && p.direct == 0 {
             (p.n, p.m, p.c_rs, p.c_cs, bi, p.b_rs, p.b_cs, ai, p.a_rs, p.a_cs)
         } else {
             (p.m, p.n, p.c_cs, p.c_rs, ai, p.a_cs, p.a_rs, bi, p.b_cs, p.b_rs)
@@ -554,7 +609,13 @@ mod tests {
             (9, 1, 3),
             (40, 40, 40),
         ] {
-            for kernel in GemmKernel::ALL.into_iter().filter(|k| k.available()) {
+            let orientations = [false, true];
+            let choices = GemmKernel::ALL
+                .into_iter()
+                .filter(|k| k.available())
+                .flat_map(|kernel| orientations.map(|direct| GemmChoice { kernel, direct }));
+            for choice in choices {
+                let kernel = choice.kernel;
                 for a_row_major in [true, false] {
                     for b_row_major in [true, false] {
                         let av: Vec<f32> = (0..m * k).map(|_| next() as f32).collect();
@@ -576,6 +637,7 @@ mod tests {
                             b_bs: 0,
                             kernel: kernel.code(),
                             threads: 1,
+                            direct: i64::from(choice.direct),
                         };
                         let mut c = vec![0f32; m * n];
                         unsafe { wengert_gemm_f32(&p, av.as_ptr(), bv.as_ptr(), c.as_mut_ptr()) };
@@ -590,7 +652,7 @@ mod tests {
                                 let got = c[i * n + j] as f64;
                                 assert!(
                                 (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                                "{m}x{n}x{k} {kernel:?} a_row={a_row_major} b_row={b_row_major} [{i},{j}]: {got} vs {want}"
+                                "{m}x{n}x{k} {choice:?} a_row={a_row_major} b_row={b_row_major} [{i},{j}]: {got} vs {want}"
                             );
                             }
                         }
@@ -619,13 +681,16 @@ mod tests {
                     if !kernel.available() || (kernel == GemmKernel::Scalar && m * n * k > 1 << 22) {
                         continue;
                     }
-                    for (a_rows, b_rows) in [(true, true), (false, true), (true, false)] {
+                    for (a_rows, b_rows, direct) in
+                        [(true, true, 0), (false, true, 0), (true, false, 0), (true, false, 1)]
+                    {
                         let run = |threads: usize| {
                             let p = GemmParams {
                                 a_rs: if a_rows { k as i64 } else { 1 },
                                 a_cs: if a_rows { 1 } else { m as i64 },
                                 b_rs: if b_rows { n as i64 } else { 1 },
                                 b_cs: if b_rows { 1 } else { k as i64 },
+                                direct,
                                 ..GemmParams::contiguous(m, n, k, kernel, threads)
                             };
                             let mut c = vec![T::default(); m * n];
@@ -636,7 +701,7 @@ mod tests {
                         for threads in [2, 3] {
                             assert!(
                                 run(threads) == one,
-                                "{m}x{n}x{k} {kernel:?} rows {a_rows}/{b_rows}: {threads} threads differ from one"
+                                "{m}x{n}x{k} {kernel:?} rows {a_rows}/{b_rows} direct {direct}: {threads} threads differ from one"
                             );
                         }
                     }
@@ -652,13 +717,13 @@ mod tests {
     fn calibration_picks_an_available_family_and_keeps_it() {
         let p = GemmParams::contiguous(256, 10, 256, GemmKernel::Loops, 1);
         let first = choose(&p, false).unwrap();
-        assert!(first.available());
+        assert!(first.kernel.available());
         for _ in 0..3 {
             assert_eq!(choose(&p, false).unwrap(), first);
         }
         let tiny = GemmParams::contiguous(8, 8, 8, GemmKernel::Fma, 1);
         if forced_kernel().unwrap().is_none() {
-            assert_eq!(choose(&tiny, true).unwrap(), GemmKernel::Loops);
+            assert_eq!(choose(&tiny, true).unwrap(), GemmChoice::of(GemmKernel::Loops));
         }
     }
 }

@@ -52,11 +52,12 @@ impl Lowerer<'_> {
             },
             kernel: 0,
             threads: wengert_runtime::gemm::threads_for(m, n, kk, self.state.threads) as i64,
+            direct: 0,
         });
         let mut params = params;
-        let kernel = wengert_runtime::gemm::choose(&params, dtype == DType::F64).map_err(CodegenError::Environment)?;
-        params.kernel = kernel.code();
-        if kernel == GemmKernel::Loops {
+        let choice = wengert_runtime::gemm::choose(&params, dtype == DType::F64).map_err(CodegenError::Environment)?;
+        choice.apply(&mut params);
+        if choice.kernel == GemmKernel::Loops {
             params.threads = 1;
         }
         if let Some(log) = &mut self.state.kernel_log {
@@ -69,7 +70,7 @@ impl Lowerer<'_> {
                 } else {
                     String::new()
                 },
-                kernel.name(),
+                choice.name(),
                 params.threads
             );
         }
