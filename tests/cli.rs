@@ -485,3 +485,41 @@ fn jvp_jacobian_and_hessian_commands() {
     );
     assert!(bad.stderr.contains("nope"), "{}", bad.stderr);
 }
+
+/// `WENGERT_DENORMALS=flush` makes the interpreter and compiled code alike
+/// flush subnormal results to zero; by default (and with `keep`) they are
+/// kept, and both paths agree either way.
+#[test]
+fn the_denormal_mode_applies_to_the_interpreter_and_the_jit() {
+    let dir = std::env::temp_dir().join(format!("wengert-denormals-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tiny.wg");
+    // 1e-20² = 1e-40 is below f32's least normal number (1.18e-38).
+    std::fs::write(
+        &file,
+        "graph @tiny(%x: f32[]) -> (y: f32[]) {\n  %y = mul %x, %x\n  return %y\n}\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let run = |mode: Option<&str>, cmd: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_wengert"));
+        c.args([cmd, file, "-i", "x=1e-20"]);
+        match mode {
+            Some(m) => c.env("WENGERT_DENORMALS", m),
+            None => c.env_remove("WENGERT_DENORMALS"),
+        };
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let v: f32 = text.trim().trim_start_matches("y = ").parse().unwrap();
+        v
+    };
+    for cmd in ["eval", "run"] {
+        for mode in [None, Some("keep")] {
+            let y = run(mode, cmd);
+            assert!(y > 0.0 && y < f32::MIN_POSITIVE, "{cmd} {mode:?}: {y}");
+        }
+        assert_eq!(run(Some("flush"), cmd).to_bits(), 0, "{cmd} flush");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

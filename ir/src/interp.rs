@@ -52,6 +52,8 @@ pub fn check_inputs(g: &Graph, inputs: &[Tensor]) -> Result<(), IrError> {
 /// Evaluates `g` on `inputs` (in the order of `g.inputs()`); returns the
 /// outputs in the order of `g.outputs()`.
 pub fn interpret(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
+    // Subnormals are kept or flushed as compiled code does.
+    let _fp = crate::fpenv::scoped();
     verify(g)?;
     check_inputs(g, inputs)?;
     run(g, inputs)
@@ -481,6 +483,9 @@ fn softmax_cross_entropy<T: Element + Float>(z: &[T], t: &[T], k: usize) -> T {
 /// Evaluates one op on its operand values; `ty` is the node's type. The
 /// operands' types are checked against the op's shape rule first.
 pub fn eval_op(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Tensor, String> {
+    // Constant folding calls this at compile time: it must compute what
+    // the compiled code would (`crate::fpenv`).
+    let _fp = crate::fpenv::scoped();
     if !matches!(op, Op::Input { .. }) {
         let tys: Vec<&TensorType> = args.iter().map(|t| t.ty()).collect();
         let inferred = crate::infer::infer(op, &tys)?;

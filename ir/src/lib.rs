@@ -14,6 +14,7 @@
 pub mod builder;
 pub mod dot;
 pub mod error;
+pub mod fpenv;
 pub mod graph;
 pub mod infer;
 pub mod interp;

@@ -98,6 +98,8 @@ unsafe impl Send for SendPtrs {}
 #[inline]
 unsafe fn call_entry(entry: EntryFn, ptrs: &[*mut u8], frame_bytes: usize) -> Result<(), RuntimeError> {
     if frame_bytes <= INLINE_FRAME_LIMIT {
+        // The process's subnormal mode for the call (`wengert_ir::fpenv`).
+        let _fp = wengert_ir::fpenv::scoped();
         // SAFETY: per the caller.
         unsafe { entry(ptrs.as_ptr()) };
         return Ok(());
@@ -121,6 +123,7 @@ unsafe fn call_on_thread(entry: EntryFn, ptrs: &[*mut u8], frame_bytes: usize) -
             .stack_size(frame_bytes.saturating_add(CALLEE_STACK))
             .spawn_scoped(scope, move || {
                 let p = p;
+                let _fp = wengert_ir::fpenv::scoped();
                 // SAFETY: per the caller; the scope outlives the call.
                 unsafe { entry(p.0) }
             })
@@ -763,6 +766,7 @@ impl<T: Element, const N: usize, const M: usize> ScalarFn<'_, T, N, M> {
     #[inline]
     pub fn call(&self, inputs: [T; N]) -> [T; M] {
         let mut out = [T::default(); M];
+        let _fp = wengert_ir::fpenv::scoped();
         // SAFETY: `scalar_fn` checked that the packed entry reads N and
         // writes M scalars of dtype T; the arrays hold exactly those.
         unsafe { (self.entry)(inputs.as_ptr() as *const u8, out.as_mut_ptr() as *mut u8) };

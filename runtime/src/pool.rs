@@ -51,6 +51,9 @@ pub fn pool() -> Option<&'static rayon::ThreadPool> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(default_threads())
             .thread_name(|i| format!("wengert-{i}"))
+            // Workers run only wengert's work: they keep the process's
+            // subnormal mode for good (`wengert_ir::fpenv`).
+            .start_handler(|_| wengert_ir::fpenv::enter_for_thread())
             .build()
             .ok()
     })
