@@ -34,3 +34,15 @@ pub fn values(g: &Graph, names: &[&str], seed: u64) -> Vec<Tensor> {
         })
         .collect()
 }
+
+/// Puts the process in JAX's floating-point mode, subnormals flushed to
+/// zero (XLA's CPU runtime always flushes), for the benchmarks whose
+/// figures BENCHMARKS.md sets beside JAX's; with them kept, vanishing
+/// gradients (the RNN's, the deep chain's) turn subnormal and Intel CPUs
+/// slow down many times over (the default-mode figures are in
+/// BENCHMARKS.md). Call first, before anything computes.
+#[allow(dead_code)]
+pub fn flush_denormals_as_jax_does() {
+    wengert::set_flush_denormals(true).unwrap();
+    eprintln!("subnormals flushed to zero (as JAX does)");
+}

@@ -39,6 +39,7 @@ fn ratio(mut a: impl FnMut(), mut b: impl FnMut()) -> f64 {
 }
 
 fn mlp(c: &mut Criterion) {
+    common::flush_denormals_as_jax_does();
     let opts = Options::default().with_threads(1);
     let params = models::MLP_PARAMS;
     let mut group = c.benchmark_group("forward_mode");

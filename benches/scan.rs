@@ -9,6 +9,10 @@
 //!   T = 100, 1,000 and 100,000 (and of the unrolled RNN at T = 100, 1000).
 //!
 //! Run with `cargo bench --bench scan`. Single-threaded by construction.
+//! Subnormals are flushed to zero, as JAX does (`common::flush_denormals_as_jax_does`).
+
+#[allow(dead_code)]
+mod common;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
@@ -57,6 +61,7 @@ fn bench_step(c: &mut Criterion, group: &str, name: &str, g: &Graph) {
 }
 
 fn loops(c: &mut Criterion) {
+    common::flush_denormals_as_jax_does();
     for t in [100, 1000] {
         bench_step(
             c,

@@ -37,6 +37,7 @@ fn workloads() -> Vec<(String, Graph)> {
 }
 
 fn steps(c: &mut Criterion) {
+    common::flush_denormals_as_jax_does();
     eprintln!(
         "pool: {} thread(s); gemm {}",
         wengert::runtime::pool::default_threads(),

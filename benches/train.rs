@@ -84,6 +84,7 @@ fn bench(c: &mut Criterion, name: &str, g: &Graph, params: &[&str]) {
 }
 
 fn steps(c: &mut Criterion) {
+    common::flush_denormals_as_jax_does();
     let mlp = models::mlp(128, 784, 256, 10, DType::F32, false).unwrap();
     bench(c, "mlp_128", &mlp, &models::MLP_PARAMS);
     let rnn = models::char_rnn(256, 32, 63, 256).unwrap();

@@ -65,6 +65,9 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    // As JAX does: gradients that vanish through the recurrence turn
+    // subnormal, and x86 arithmetic on subnormals is many times slower.
+    wengert::set_flush_denormals(true)?;
     std::fs::create_dir_all(&args.out)?;
     let corpus = Corpus::load(&args.data, 0.05)?;
     println!(

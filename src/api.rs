@@ -25,6 +25,9 @@ pub enum Error {
     /// A file could not be read or written, or holds what it should not.
     #[error("{path}: {message}")]
     File { path: String, message: String },
+    /// The subnormal mode was already fixed otherwise.
+    #[error("cannot {asked} subnormal numbers: this process already {fixed} them (WENGERT_DENORMALS, or a computation that ran first); set the mode before anything runs")]
+    Denormals { asked: &'static str, fixed: &'static str },
 }
 
 /// Compilation options.
@@ -569,4 +572,20 @@ pub struct StepBuffers {
     pub outputs: Vec<Tensor>,
     pub residuals: Residuals,
     pub grads: Vec<Tensor>,
+}
+
+/// Makes this process flush subnormal numbers to zero (`true`, as XLA and
+/// so JAX do on the CPU) or keep them (`false`, IEEE 754, the default),
+/// in compiled code and the interpreter alike (`wengert_ir::fpenv`).
+/// Training wants `true`: vanishing gradients and Adam's second moment
+/// become subnormal, and x86 arithmetic on subnormals is slow (the scan
+/// benchmark's RNN gradient took 12× longer on an Intel Xeon with them
+/// kept). Call it before anything runs; the mode is one per process.
+pub fn set_flush_denormals(flush: bool) -> Result<(), Error> {
+    let word = |f: bool| if f { "flush" } else { "keep" };
+    let fixed = |f: bool| if f { "flushes" } else { "keeps" };
+    wengert_ir::fpenv::set_flush_denormals(flush).map_err(|now| Error::Denormals {
+        asked: word(flush),
+        fixed: fixed(now),
+    })
 }

@@ -20,8 +20,8 @@ pub mod optim;
 pub mod weights;
 
 pub use api::{
-    compile, value_and_grad, value_and_grad_with_seeds, ArenaCheck, Bound, Error, Executable, GradFn, MeasuredMemory,
-    Options, Residuals, ScalarFn, StepBuffers,
+    compile, set_flush_denormals, value_and_grad, value_and_grad_with_seeds, ArenaCheck, Bound, Error, Executable,
+    GradFn, MeasuredMemory, Options, Residuals, ScalarFn, StepBuffers,
 };
 pub use forward::{hessian, hessian_graph, hvp, hvp_graph, jacobian, jvp, Hessian, Jacobian, JacobianMode};
 pub use optim::{step_graph, update_graph, Optimizer, StepConfig, StepGraph, StepMemory, TrainStep, UpdateStep};

@@ -523,3 +523,14 @@ fn the_denormal_mode_applies_to_the_interpreter_and_the_jit() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The mode is fixed once per process: asking for the other one later is
+/// an error that says which mode holds.
+#[test]
+fn a_late_change_of_the_denormal_mode_is_an_error_naming_the_mode() {
+    let now = wengert::ir::fpenv::flush_denormals();
+    assert!(wengert::set_flush_denormals(now).is_ok());
+    let e = wengert::set_flush_denormals(!now).unwrap_err().to_string();
+    let held = if now { "flushes" } else { "keeps" };
+    assert!(e.contains("already") && e.contains(held), "{e}");
+}

@@ -9,8 +9,9 @@
 //! (its executions run under `ScopedFlushDenormal`); PyTorch keeps them
 //! unless `torch.set_flush_denormal(True)`.
 //!
-//! The mode is one per process, read once from `WENGERT_DENORMALS`
-//! (`keep` or `flush`), because the thread pool is shared by every
+//! The mode is one per process, set by [`set_flush_denormals`] before
+//! anything runs or else read once from `WENGERT_DENORMALS` (`keep` or
+//! `flush`), because the thread pool is shared by every
 //! executable: a mode per executable could not be given to the pool's
 //! workers that run part of a product. Under `flush`, compiled code (on
 //! the caller's thread and the pool's workers) and the reference
@@ -29,8 +30,23 @@ pub const DENORMALS_ENV: &str = "WENGERT_DENORMALS";
 /// module documentation). An unrecognized value keeps them: the mode
 /// changes results, so only an explicit `flush` turns it on.
 pub fn flush_denormals() -> bool {
-    static FLUSH: OnceLock<bool> = OnceLock::new();
     *FLUSH.get_or_init(|| std::env::var(DENORMALS_ENV).is_ok_and(|v| v.trim().eq_ignore_ascii_case("flush")))
+}
+
+static FLUSH: OnceLock<bool> = OnceLock::new();
+
+/// Fixes the process's mode (`true`: flush) if nothing has read it yet;
+/// then `WENGERT_DENORMALS` is not consulted. `Err(mode)` gives the mode
+/// already fixed when it differs (by the environment variable or an
+/// earlier computation: the pool's workers may already run in it).
+pub fn set_flush_denormals(flush: bool) -> Result<(), bool> {
+    let _ = FLUSH.set(flush);
+    let now = flush_denormals();
+    if now == flush {
+        Ok(())
+    } else {
+        Err(now)
+    }
 }
 
 /// MXCSR's flush-to-zero (bit 15) and denormals-are-zero (bit 6) bits.
