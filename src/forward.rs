@@ -174,12 +174,17 @@ pub fn jacobian(
     } else {
         JacobianMode::Reverse
     });
+    // The seed is passed by position; its name only has to be free.
+    let seed_name = std::iter::once("jacobian_seed".to_string())
+        .chain((1..).map(|k| format!("jacobian_seed_{k}")))
+        .find(|n| g.input(n).is_none())
+        .unwrap_or_default();
     let seeds: Vec<(&str, Seed)> = g
         .outputs()
         .iter()
         .map(|o| {
             let s = if o.name == of {
-                Seed::Input("jacobian_seed".into())
+                Seed::Input(seed_name.clone())
             } else {
                 Seed::Zero
             };
@@ -341,6 +346,22 @@ pub fn hessian_graph(g: &Graph, of: &str, wrt: &[&str]) -> Result<Graph, Error> 
         .collect();
     // Which nodes depend on a tangent (copied per column).
     let depends = h.dependents(&tangent_inputs);
+    let hvp_outputs: Vec<wengert_ir::NodeId> = h.outputs()[wrt.len()..].iter().map(|o| o.node).collect();
+    // Which nodes an HVP output needs: only those are copied (the
+    // gradient's own outputs and the tangents of values no HVP output
+    // reads would be copied once per column and then thrown away, and
+    // the graph has n columns).
+    let mut live = vec![false; h.len()];
+    for &o in &hvp_outputs {
+        live[o.index()] = true;
+    }
+    for id in h.node_ids().rev() {
+        if live[id.index()] {
+            for a in h.args(id) {
+                live[a.index()] = true;
+            }
+        }
+    }
     let mut out = Graph::new(format!("{}.hessian", g.name));
     let mut shared: Vec<Option<wengert_ir::NodeId>> = vec![None; h.len()];
     for i in g.inputs() {
@@ -350,7 +371,6 @@ pub fn hessian_graph(g: &Graph, of: &str, wrt: &[&str]) -> Result<Graph, Error> 
         })?;
         shared[node.index()] = Some(out.add_input(&i.name, i.ty.clone(), i.differentiable)?);
     }
-    let hvp_outputs: Vec<wengert_ir::NodeId> = h.outputs()[wrt.len()..].iter().map(|o| o.node).collect();
     let mut columns = Vec::with_capacity(n);
     let (mut block, mut within) = (0, 0);
     for _ in 0..n {
@@ -367,7 +387,8 @@ pub fn hessian_graph(g: &Graph, of: &str, wrt: &[&str]) -> Result<Graph, Error> 
             map[t.index()] = Some(out.add_const(Tensor::from_vec(ty.shape.clone(), v)?.convert(dtype)));
         }
         for id in h.node_ids() {
-            if map[id.index()].is_some() || (!depends[id.index()] && shared[id.index()].is_some()) {
+            if !live[id.index()] || map[id.index()].is_some() || (!depends[id.index()] && shared[id.index()].is_some())
+            {
                 continue;
             }
             let args = h

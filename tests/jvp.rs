@@ -486,3 +486,57 @@ fn empty_and_nan_maxima_have_zero_tangents_and_empty_wrt_is_an_error() {
     let e = hessian(&g, "y", &[], &Options::default()).err().unwrap().to_string();
     assert!(e.contains("no inputs to differentiate"), "{e}");
 }
+
+/// The names forward mode adds (`tangent_<input>`, `tangent_<output>`)
+/// must be free, and an error says which one is taken; the Jacobian's
+/// reverse-mode seed takes a free name of its own.
+#[test]
+fn name_collisions_are_errors_naming_the_name_or_avoided() {
+    let b = GraphBuilder::new("taken");
+    let x = b.input("x", DType::F64, &[]);
+    let t = b.input("tangent_x", DType::F64, &[]);
+    let g = b.build(&[("y", x * t)]).unwrap();
+    let e = jvp_graph(&g, &["x"]).unwrap_err().to_string();
+    assert!(e.contains("`tangent_x`") && e.contains("rename"), "{e}");
+
+    let b = GraphBuilder::new("taken_out");
+    let x = b.input("x", DType::F64, &[]);
+    let g = b.build(&[("y", x * 2.0), ("tangent_y", x * 3.0)]).unwrap();
+    let e = jvp_graph(&g, &["x"]).unwrap_err().to_string();
+    assert!(e.contains("`tangent_y`") && e.contains("output `y`"), "{e}");
+
+    // An input already called `jacobian_seed`: reverse mode still works.
+    let b = GraphBuilder::new("seeded");
+    let x = b.input("x", DType::F64, &[2]);
+    let s = b.input("jacobian_seed", DType::F64, &[]);
+    let g = b.build(&[("y", (x * s).sum_all())]).unwrap();
+    let j = jacobian(&g, "y", &["x"], Some(JacobianMode::Reverse), &Options::default()).unwrap();
+    let ins = [tensor(&[2], vec![1.0, 2.0]), Tensor::scalar(DType::F64, 3.0)];
+    let refs: Vec<&Tensor> = ins.iter().collect();
+    assert_eq!(j.call(&refs).unwrap().to_f64_vec(), vec![3.0, 3.0]);
+}
+
+/// The Hessian graph holds only what its output needs: nothing of the
+/// gradient outputs or of unused tangents is copied into its columns.
+#[test]
+fn the_hessian_graph_has_no_dead_nodes() {
+    let g = models::mlp(2, 3, 2, 2, DType::F64, false).unwrap();
+    let h = wengert::hessian_graph(&g, "loss", &["W1", "b1"]).unwrap();
+    let mut live = vec![false; h.len()];
+    for o in h.outputs() {
+        live[o.node.index()] = true;
+    }
+    for id in h.node_ids().rev() {
+        if live[id.index()] {
+            for a in h.args(id) {
+                live[a.index()] = true;
+            }
+        }
+    }
+    let dead: Vec<String> = h
+        .node_ids()
+        .filter(|&id| !live[id.index()] && !matches!(h.op(id), wengert::Op::Input { .. }))
+        .map(|id| h.value_name(id))
+        .collect();
+    assert!(dead.is_empty(), "dead nodes: {dead:?}");
+}

@@ -53,6 +53,28 @@ pub fn tangent_name(name: &str) -> String {
 pub fn jvp(g: &Graph, wrt: &[&str]) -> Result<TangentGraph, PassError> {
     verify(g)?;
     let wrt_ids = wrt_nodes(g, wrt)?;
+    // The names this pass adds must be free: say which one is taken
+    // rather than fail later on a duplicate.
+    for &name in wrt {
+        let t = tangent_name(name);
+        if g.input(&t).is_some() {
+            return Err(PassError::BadWrt {
+                name: name.to_string(),
+                reason: format!(
+                    "the graph already has an input named `{t}`, the name of its tangent input; rename that input"
+                ),
+            });
+        }
+    }
+    for o in g.outputs() {
+        let t = tangent_name(&o.name);
+        if g.ty(o.node).dtype.is_float() && g.outputs().iter().any(|p| p.name == t) {
+            return Err(PassError::BadWrt {
+                name: wrt.join(", "),
+                reason: format!("the graph already has an output named `{t}`, the name of output `{}`'s tangent; rename that output", o.name),
+            });
+        }
+    }
     let mut out = g.clone();
     out.clear_outputs();
     out.name = format!("{}.jvp", g.name);

@@ -383,8 +383,18 @@ fn calibrate<T: Element + From<f32>>(key: &Key) -> GemmChoice {
     let mut best = vec![f64::INFINITY; candidates.len()];
     // Round robin, so that a slow moment of the machine hits every
     // candidate alike; the first round warms caches and is not counted.
-    // Fewer rounds for larger products bound the compile time spent.
-    let rounds = if m * n * k <= 1 << 22 { 6 } else { 4 };
+    // Fewer rounds for larger products bound the compile time spent;
+    // more for products of a few microseconds, where one slow moment of
+    // the machine is larger than the gap between candidates (a Xeon chose
+    // a kernel 1.37× slower than the best for a 2 µs product with five
+    // timed rounds). Twenty rounds of such products cost well under 1 ms.
+    let rounds = if m * n * k <= 1 << 18 {
+        21
+    } else if m * n * k <= 1 << 22 {
+        6
+    } else {
+        4
+    };
     for round in 0..rounds {
         for (i, q) in params.iter().enumerate() {
             let t = std::time::Instant::now();
