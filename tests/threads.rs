@@ -66,7 +66,9 @@ fn one_two_and_three_threads_give_identical_bits() {
 
 #[test]
 fn many_callers_share_the_pool_and_get_serial_results() {
-    for (name, g) in models().into_iter().take(2) {
+    // The two MLPs and the chain, whose backward products run in
+    // concurrent pairs.
+    for (name, g) in models().into_iter().take(3) {
         let wrt = g.differentiable_inputs();
         let f = value_and_grad_with_seeds(&g, &wrt, &[], &Options::default().with_threads(2)).unwrap();
         let inputs: Vec<Vec<Tensor>> = (0..4).map(|k| inputs_of(&g, &[], 50 + k)).collect();
@@ -141,4 +143,56 @@ fn parallel_kernels_give_identical_bits_and_the_interpreters_values() {
     )
     .unwrap();
     assert!(exe.kernels().contains("parallel: rows of axis 0"), "{}", exe.kernels());
+}
+
+/// Two independent large products in a row (the chain's backward: `Xᵀ·Ȳ`
+/// and `Ȳ·Wᵀ`) run at once on two threads, and the step gives the bits
+/// of the serial one and the interpreter's values.
+#[test]
+fn independent_products_run_in_pairs_with_the_serial_results() {
+    let g = models::tanh_chain(3, 64, 256, DType::F32).unwrap();
+    let wrt = g.differentiable_inputs();
+    let grad = wengert::autodiff(&g, &wrt, &[]).unwrap().graph;
+    let inputs = common::random_inputs(&grad, &mut Rng::new(3), -0.2, 0.2);
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let want = wengert::interpret(&grad, &inputs).unwrap();
+    let compile = |threads: usize| {
+        wengert::compile(
+            &grad,
+            &Options {
+                codegen: wengert::CodegenOptions {
+                    keep_text: true,
+                    threads,
+                    ..Default::default()
+                },
+                ..Options::default()
+            },
+        )
+        .unwrap()
+    };
+    let serial = compile(1);
+    let paired = compile(2);
+    assert!(!serial.kernels().contains("concurrent"), "{}", serial.kernels());
+    let pairs = paired.kernels().matches("(concurrent with the next)").count();
+    assert!(
+        pairs >= 2,
+        "expected the backward products in pairs:\n{}",
+        paired.kernels()
+    );
+    let one = serial.call(&refs).unwrap();
+    for _ in 0..5 {
+        assert!(
+            paired.call(&refs).unwrap() == one,
+            "paired products differ from serial ones"
+        );
+    }
+    for (k, (a, w)) in one.iter().zip(&want).enumerate() {
+        let (a, w) = (a.to_f64_vec(), w.to_f64_vec());
+        let scale = w.iter().fold(1.0f64, |s, v| s.max(v.abs()));
+        let worst = a.iter().zip(&w).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+        assert!(
+            worst <= 1e-4 * scale,
+            "output {k}: off the interpreter by {worst} (scale {scale})"
+        );
+    }
 }

@@ -149,6 +149,9 @@ pub struct Lowerer<'m> {
     /// The first node that needed storage the plan did not give it (the
     /// lowering goes on so that it can end cleanly, then fails).
     unplanned: Option<String>,
+    /// A large product not yet called, which may run concurrently with
+    /// the next one (see `lower/gemm.rs`).
+    pending_gemm: Option<gemm::PendingGemm>,
 }
 
 fn mem_type(d: DType) -> Type {
@@ -309,6 +312,7 @@ pub(crate) fn lower_into(
         spill_base: seg.spill_base,
         spill_bytes: seg.spill_bytes,
         unplanned: None,
+        pending_gemm: None,
     };
     let workspace = std::mem::take(&mut seg.workspace);
     let copies = std::mem::take(&mut seg.copies);
@@ -395,6 +399,13 @@ pub(crate) fn lower_into(
         lowered_nodes += 1;
         if matches!(g.op(id), Op::Input { .. }) {
             continue;
+        }
+        // A deferred product is called before any node that emits code,
+        // except a view (no code) and another product, which may pair
+        // with it.
+        let leads_with_product = matches!(g.op(id), Op::MatMul);
+        if !leads_with_product && !matches!(g.op(id), Op::Transpose { .. } | Op::Slice { .. }) {
+            lw.flush_gemm(fb)?;
         }
         if let Some(k) = g.node(id).kernel {
             // A fused kernel: this node and the following ones with the same mark.
@@ -573,10 +584,13 @@ pub(crate) fn lower_into(
             }
             Op::MatMul => {
                 let (a_ty, b_ty) = (g.ty(args[0]).clone(), g.ty(args[1]).clone());
+                if !gemm::in_place(&arg_locs[0]) || !gemm::in_place(&arg_locs[1]) {
+                    lw.flush_gemm(fb)?;
+                }
                 let a = lw.materialize(fb, &arg_locs[0], &a_ty.shape, a_ty.dtype, false)?;
                 let b = lw.materialize(fb, &arg_locs[1], &b_ty.shape, b_ty.dtype, false)?;
                 let out = fresh(&mut lw, fb);
-                lw.gemm(fb, &a, &b, &out)?;
+                lw.gemm_deferrable(fb, &a, &b, &out)?;
                 // A one-element result stays in memory and is loaded where it
                 // is read (see `materialize`): loaded here, it would sit in
                 // a register until its last reader, perhaps the backward's
@@ -667,6 +681,7 @@ pub(crate) fn lower_into(
         locs[id.index()] = Some(loc);
         lw.end_node(g, id)?;
     }
+    lw.flush_gemm(fb)?;
     let done = at >= g.len();
     if done {
         // Outputs not computed in place.

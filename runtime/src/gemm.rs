@@ -595,6 +595,62 @@ macro_rules! gemm_entry {
 gemm_entry!(wengert_gemm_f32, f32);
 gemm_entry!(wengert_gemm_f64, f64);
 
+/// Two independent products at once on the pool (one on the caller's
+/// thread, one stolen by a worker), or one after the other without a
+/// pool. Code generation pairs only products that neither read nor write
+/// each other's memory, each with `threads = 1`, so the results are those
+/// of the two calls in order.
+///
+/// # Safety
+/// As for two calls of the single entry, and the two products must not
+/// touch each other's outputs.
+unsafe fn pair<T: Element>(p: [&GemmParams; 2], a: [*const T; 2], b: [*const T; 2], c: [*mut T; 2]) {
+    let job = |i: usize| {
+        let (a, b, c) = (SendPtr(a[i] as *mut T), SendPtr(b[i] as *mut T), SendPtr(c[i]));
+        let p = p[i];
+        move || {
+            let (a, b, c) = (a, b, c);
+            // SAFETY: per the caller.
+            unsafe { product::<T>(p, a.0, b.0, c.0) }
+        }
+    };
+    match crate::pool::pool() {
+        Some(pool) => {
+            pool.join(job(0), job(1));
+        }
+        None => {
+            job(0)();
+            job(1)();
+        }
+    }
+}
+
+macro_rules! gemm_pair_entry {
+    ($name:ident, $t:ty) => {
+        /// `C1 = A1·B1` and `C2 = A2·B2` at once (see [`pair`]).
+        ///
+        /// # Safety
+        /// As [`pair`]: generated code passes valid parameter blocks and
+        /// buffers, and independent products.
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "C" fn $name(
+            p1: *const GemmParams,
+            a1: *const $t,
+            b1: *const $t,
+            c1: *mut $t,
+            p2: *const GemmParams,
+            a2: *const $t,
+            b2: *const $t,
+            c2: *mut $t,
+        ) {
+            unsafe { pair::<$t>([&*p1, &*p2], [a1, a2], [b1, b2], [c1, c2]) }
+        }
+    };
+}
+
+gemm_pair_entry!(wengert_gemm_pair_f32, f32);
+gemm_pair_entry!(wengert_gemm_pair_f64, f64);
+
 #[cfg(test)]
 mod tests {
     use super::*;

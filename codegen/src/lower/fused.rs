@@ -32,6 +32,11 @@ pub(crate) fn lower_fused(
             let (a_ty, b_ty) = (g.ty(args[0]).clone(), g.ty(args[1]).clone());
             let a_loc = locs[args[0].index()].clone().expect("operands precede");
             let b_loc = locs[args[1].index()].clone().expect("operands precede");
+            // Copying an operand would write memory a deferred product may
+            // still read: call that one first.
+            if !gemm::in_place(&a_loc) || !gemm::in_place(&b_loc) {
+                lw.flush_gemm(fb)?;
+            }
             let a = lw.materialize(fb, &a_loc, &a_ty.shape, a_ty.dtype, false)?;
             let b = lw.materialize(fb, &b_loc, &b_ty.shape, b_ty.dtype, false)?;
             // Its planned buffer (the memory plan gives a leading matmul

@@ -1,12 +1,79 @@
 //! Matrix products: a call to the runtime's GEMM entry with a constant
 //! parameter block of shapes and strides.
+//!
+//! Two independent large products in a row run concurrently, one thread
+//! each (`wengert_gemm_pair_*`), when the executable may use threads: the
+//! backward of a linear layer computes `Xᵀ·Ȳ` and `Ȳ·Wᵀ` from the same
+//! `Ȳ`, and a 64-row product splits badly over two threads (on a Xeon the
+//! chain's pair took 340 µs concurrently against 440 µs one after the
+//! other on two threads). A lone product is therefore *deferred*
+//! ([`Lowerer::gemm_deferrable`]): its call is emitted when the next
+//! product comes, as a pair if the two are independent, or before any
+//! other code ([`Lowerer::flush_gemm`]). Each product of a pair runs on
+//! one thread; which thread never changes its bits.
 
 use super::*;
 use wengert_runtime::gemm::GemmKernel;
 
+/// A product whose call has not been emitted yet.
+pub(crate) struct PendingGemm {
+    params: Box<GemmParams>,
+    a: View,
+    b: View,
+    out: View,
+}
+
+/// Products of at least this many multiply-adds may wait to pair with
+/// the next one: below, a worker's wake-up (tens of microseconds on a
+/// shared machine) costs more than the overlap gains.
+pub const PAIRED_PRODUCT: usize = 1 << 22;
+
+/// Whether an operand location is read by GEMM where it is (no copy, so
+/// no code that writes memory; see `Lowerer::materialize`).
+pub(crate) fn in_place(loc: &Loc) -> bool {
+    matches!(loc, Loc::Mem(v) if v.strides.iter().zip(&v.shape).all(|(&s, &d)| s != 0 || d == 1))
+}
+
+/// Where a view's elements lie: its base and the byte range it spans.
+fn extent(bases: &HashMap<Value, Base>, v: &View) -> Option<(Base, i64, i64)> {
+    let base = *bases.get(&v.ptr)?;
+    let size = v.dtype.size_bytes() as i64;
+    let (mut lo, mut hi) = (v.offset, v.offset);
+    for (&d, &s) in v.shape.iter().zip(&v.strides) {
+        let span = (d as i64 - 1) * s as i64;
+        if span < 0 {
+            lo += span;
+        } else {
+            hi += span;
+        }
+    }
+    Some((base, lo * size, (hi + 1) * size))
+}
+
 impl Lowerer<'_> {
+    /// Whether the views may share memory (unknown bases may).
+    fn may_overlap(&self, x: &View, y: &View) -> bool {
+        let (Some((bx, lx, hx)), Some((by, ly, hy))) = (extent(&self.bases, x), extent(&self.bases, y)) else {
+            return true;
+        };
+        match (bx, by) {
+            (Base::Arena(ox), Base::Arena(oy)) => {
+                let (lx, hx, ly, hy) = (ox as i64 + lx, ox as i64 + hx, oy as i64 + ly, oy as i64 + hy);
+                lx < hy && ly < hx
+            }
+            (Base::Input(i), Base::Input(j)) | (Base::Output(i), Base::Output(j)) => i == j,
+            (Base::Addr(p), Base::Addr(q)) => p == q,
+            // An output may share its buffer with a donated input.
+            (Base::Input(i), Base::Output(_)) | (Base::Output(_), Base::Input(i)) => {
+                self.state.donated_inputs.contains(&i)
+            }
+            (Base::Arena(_), _) | (Base::Input(_), _) | (Base::Output(_), _) | (Base::Addr(_), _) => false,
+        }
+    }
+
     /// `out = a·b` (2-D or batched) by a call to the GEMM kernel with the
-    /// views' strides; `out` is contiguous.
+    /// views' strides; `out` is contiguous. A deferred product runs first,
+    /// or with this one if the two are independent.
     pub(crate) fn gemm(
         &mut self,
         fb: &mut FunctionBuilder,
@@ -14,17 +81,116 @@ impl Lowerer<'_> {
         b: &View,
         out: &View,
     ) -> Result<(), CodegenError> {
+        let Some(params) = self.gemm_params(fb, a, b, out)? else {
+            return Ok(());
+        };
+        let Some(first) = self.pending_gemm.take() else {
+            return self.call_gemm(fb, params, a, b, out);
+        };
+        // Independent: neither writes what the other reads or writes (the
+        // memory plan assumed they run in order: this one's output may
+        // reuse memory the first one read last).
+        let independent = !self.may_overlap(&first.out, a)
+            && !self.may_overlap(&first.out, b)
+            && !self.may_overlap(&first.out, out)
+            && !self.may_overlap(out, &first.a)
+            && !self.may_overlap(out, &first.b)
+            && params.kernel != GemmKernel::Loops.code()
+            && macs(&params) >= PAIRED_PRODUCT;
+        if !independent {
+            let PendingGemm {
+                params: p,
+                a: fa,
+                b: fbv,
+                out: fo,
+            } = first;
+            self.call_gemm(fb, p, &fa, &fbv, &fo)?;
+            return self.call_gemm(fb, params, a, b, out);
+        }
+        let (mut p1, mut p2) = (first.params, params);
+        p1.threads = 1;
+        p2.threads = 1;
+        let dtype = out.dtype;
+        self.log_gemm(&p1, dtype, " (concurrent with the next)");
+        self.log_gemm(&p2, dtype, " (concurrent with the previous)");
+        let rf = if dtype == DType::F32 {
+            RuntimeFn::GemmPairF32
+        } else {
+            RuntimeFn::GemmPairF64
+        };
+        let f = self.import(fb, rf);
+        let mut args = Vec::with_capacity(8);
+        for (p, a, b, c) in [(&p1, &first.a, &first.b, &first.out), (&p2, a, b, out)] {
+            args.extend(self.gemm_args(fb, p, a, b, c));
+        }
+        self.state.gemm_params.push(p1);
+        self.state.gemm_params.push(p2);
+        fb.ins().call(f, &args);
+        Ok(())
+    }
+
+    /// As [`Self::gemm`], but a large product on more than one thread
+    /// waits for the next product, to run with it (see the module
+    /// documentation). Its caller makes sure its operands are read in
+    /// place (`in_place`): a copy would sit in workspace the next node
+    /// reuses.
+    pub(crate) fn gemm_deferrable(
+        &mut self,
+        fb: &mut FunctionBuilder,
+        a: &View,
+        b: &View,
+        out: &View,
+    ) -> Result<(), CodegenError> {
+        if self.pending_gemm.is_some() || self.state.threads < 2 {
+            return self.gemm(fb, a, b, out);
+        }
+        let Some(params) = self.gemm_params(fb, a, b, out)? else {
+            return Ok(());
+        };
+        if params.kernel == GemmKernel::Loops.code() || macs(&params) < PAIRED_PRODUCT {
+            return self.call_gemm(fb, params, a, b, out);
+        }
+        self.pending_gemm = Some(PendingGemm {
+            params,
+            a: a.clone(),
+            b: b.clone(),
+            out: out.clone(),
+        });
+        Ok(())
+    }
+
+    /// Emits the deferred product's call, if any.
+    pub(crate) fn flush_gemm(&mut self, fb: &mut FunctionBuilder) -> Result<(), CodegenError> {
+        match self.pending_gemm.take() {
+            Some(PendingGemm { params, a, b, out }) => self.call_gemm(fb, params, &a, &b, &out),
+            None => Ok(()),
+        }
+    }
+
+    /// The parameter block of `out = a·b`, its kernel chosen; `None` when
+    /// there is nothing to multiply (an empty output, or `k = 0`, which
+    /// fills `out` with zeros here).
+    fn gemm_params(
+        &mut self,
+        fb: &mut FunctionBuilder,
+        a: &View,
+        b: &View,
+        out: &View,
+    ) -> Result<Option<Box<GemmParams>>, CodegenError> {
         let r = a.shape.len();
         let (m, kk, n) = (a.shape[r - 2], a.shape[r - 1], b.shape[r - 1]);
         let batch = if r == 3 { a.shape[0] } else { 1 };
         let dtype = out.dtype;
         if m * n == 0 {
-            return Ok(());
+            return Ok(None);
         }
         if kk == 0 {
-            return self.fill(fb, out, 0.0);
+            // Code that writes memory: a deferred product runs first.
+            self.flush_gemm(fb)?;
+            self.fill(fb, out, 0.0)?;
+            return Ok(None);
         }
-        let params = Box::new(GemmParams {
+        let mut params = Box::new(GemmParams {
             m: m as i64,
             n: n as i64,
             k: kk as i64,
@@ -54,40 +220,86 @@ impl Lowerer<'_> {
             threads: wengert_runtime::gemm::threads_for(m, n, kk, self.state.threads) as i64,
             direct: 0,
         });
-        let mut params = params;
         let choice = wengert_runtime::gemm::choose(&params, dtype == DType::F64).map_err(CodegenError::Environment)?;
         choice.apply(&mut params);
         if choice.kernel == GemmKernel::Loops {
             params.threads = 1;
         }
-        if let Some(log) = &mut self.state.kernel_log {
-            use std::fmt::Write;
-            let _ = writeln!(
-                log,
-                "gemm [{m}, {kk}] x [{kk}, {n}]{} {dtype} kernel={} threads={}",
-                if batch > 1 {
-                    format!(" batch {batch}")
-                } else {
-                    String::new()
-                },
-                choice.name(),
-                params.threads
-            );
-        }
-        let paddr = &*params as *const GemmParams as i64;
-        self.state.gemm_params.push(params);
-        let rf = if dtype == DType::F32 {
+        Ok(Some(params))
+    }
+
+    /// Emits one product's call.
+    fn call_gemm(
+        &mut self,
+        fb: &mut FunctionBuilder,
+        params: Box<GemmParams>,
+        a: &View,
+        b: &View,
+        out: &View,
+    ) -> Result<(), CodegenError> {
+        self.log_gemm(&params, out.dtype, "");
+        let rf = if out.dtype == DType::F32 {
             RuntimeFn::GemmF32
         } else {
             RuntimeFn::GemmF64
         };
         let f = self.import(fb, rf);
-        let size = dtype.size_bytes() as i64;
-        let pv = fb.ins().iconst(types::I64, paddr);
+        let args = self.gemm_args(fb, &params, a, b, out);
+        self.state.gemm_params.push(params);
+        fb.ins().call(f, &args);
+        Ok(())
+    }
+
+    /// The call's arguments: the parameter block's address and the three
+    /// data pointers.
+    fn gemm_args(
+        &mut self,
+        fb: &mut FunctionBuilder,
+        params: &GemmParams,
+        a: &View,
+        b: &View,
+        out: &View,
+    ) -> [Value; 4] {
+        let size = out.dtype.size_bytes() as i64;
+        // The block is boxed: its address stays put when the box moves
+        // into `gemm_params`.
+        let pv = fb.ins().iconst(types::I64, params as *const GemmParams as i64);
         let ap = fb.ins().iadd_imm_s(a.ptr, a.offset * size);
         let bp = fb.ins().iadd_imm_s(b.ptr, b.offset * size);
         let cp = fb.ins().iadd_imm_s(out.ptr, out.offset * size);
-        fb.ins().call(f, &[pv, ap, bp, cp]);
-        Ok(())
+        [pv, ap, bp, cp]
     }
+
+    fn log_gemm(&mut self, p: &GemmParams, dtype: DType, note: &str) {
+        if let Some(log) = &mut self.state.kernel_log {
+            use std::fmt::Write;
+            let choice = wengert_runtime::gemm::GemmChoice {
+                kernel: GemmKernel::ALL
+                    .get(p.kernel as usize)
+                    .copied()
+                    .unwrap_or(GemmKernel::Loops),
+                direct: p.direct != 0,
+            };
+            let (m, kk, n) = (p.m, p.k, p.n);
+            let _ = writeln!(
+                log,
+                "gemm [{m}, {kk}] x [{kk}, {n}]{} {dtype} kernel={} threads={}{note}",
+                if p.batch > 1 {
+                    format!(" batch {}", p.batch)
+                } else {
+                    String::new()
+                },
+                choice.name(),
+                p.threads
+            );
+        }
+    }
+}
+
+/// A product's multiply-adds.
+fn macs(p: &GemmParams) -> usize {
+    (p.m as usize)
+        .saturating_mul(p.n as usize)
+        .saturating_mul(p.k as usize)
+        .saturating_mul(p.batch as usize)
 }
