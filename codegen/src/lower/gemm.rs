@@ -96,7 +96,8 @@ impl Lowerer<'_> {
             && !self.may_overlap(out, &first.a)
             && !self.may_overlap(out, &first.b)
             && params.kernel != GemmKernel::Loops.code()
-            && macs(&params) >= PAIRED_PRODUCT;
+            && macs(&params) >= PAIRED_PRODUCT
+            && balanced(macs(&first.params), macs(&params));
         if !independent {
             let PendingGemm {
                 params: p,
@@ -294,6 +295,18 @@ impl Lowerer<'_> {
             );
         }
     }
+}
+
+/// Whether two products are close enough in size to gain from running at
+/// once, one thread each: the pair takes as long as the larger one alone,
+/// while one after the other on `s` threads they take `(t₁ + t₂)/s`; with
+/// `s` ≈ 1.4–1.8 here, the larger may be at most 1.25× the smaller (the
+/// chain's backward pairs equal products; the char-RNN's weight
+/// gradients after its loop, 537M and 132M multiply-adds, would take
+/// longer paired).
+fn balanced(x: usize, y: usize) -> bool {
+    let (lo, hi) = (x.min(y), x.max(y));
+    hi.saturating_mul(4) <= lo.saturating_mul(5)
 }
 
 /// A product's multiply-adds.
