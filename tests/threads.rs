@@ -196,3 +196,43 @@ fn independent_products_run_in_pairs_with_the_serial_results() {
         );
     }
 }
+
+/// The training step with its parameters and Adam's state donated (updated
+/// in place) on two threads: after a few steps, the parameters are the
+/// bits of the one-thread step's. Its products (64×512×512) run on two
+/// threads; its weight-gradient products carry the update as their
+/// epilogue, so they are not paired (only lone products wait for a
+/// partner).
+#[test]
+fn a_donated_training_step_on_two_threads_matches_one_thread() {
+    use wengert::{Optimizer, StepConfig, TrainStep};
+    let g = models::tanh_chain(3, 64, 512, DType::F32).unwrap();
+    let names = ["W1", "W2", "W3"];
+    let mut rng = Rng::new(17);
+    let init: Vec<(&str, Tensor)> = names
+        .iter()
+        .map(|n| {
+            let ty = &g.input(n).unwrap().ty;
+            let v: Vec<f64> = (0..ty.num_elements()).map(|_| rng.uniform(-0.1, 0.1)).collect();
+            (*n, Tensor::from_vec(ty.shape.clone(), v).unwrap().convert(ty.dtype))
+        })
+        .collect();
+    let x_ty = &g.input("x").unwrap().ty;
+    let xv: Vec<f64> = (0..x_ty.num_elements()).map(|_| rng.uniform(-0.5, 0.5)).collect();
+    let x = Tensor::from_vec(x_ty.shape.clone(), xv).unwrap().convert(x_ty.dtype);
+    let config = StepConfig {
+        clip_norm: Some(1.0),
+        ..StepConfig::new(Optimizer::adam())
+    };
+    let run = |threads: usize| {
+        let mut step = TrainStep::new(&g, "loss", &init, &config, &Options::default().with_threads(threads)).unwrap();
+        let losses: Vec<f64> = (0..4).map(|_| step.step(&[&x], 1e-3).unwrap()).collect();
+        let params: Vec<Tensor> = step.params().map(|(_, t)| t.clone()).collect();
+        (losses, params)
+    };
+    let (losses1, params1) = run(1);
+    let (losses2, params2) = run(2);
+    assert_eq!(losses1, losses2);
+    assert!(losses1[3] < losses1[0], "the loss falls: {losses1:?}");
+    assert!(params1 == params2, "two threads changed the parameters' bits");
+}
