@@ -49,6 +49,25 @@ pub fn set_flush_denormals(flush: bool) -> Result<(), bool> {
     }
 }
 
+/// `x`, or zero of its sign if `x` is subnormal and this process flushes:
+/// what DAZ makes of an operand, applied by hand before a library
+/// function whose code reads the operand's bits (glibc's `log` rescales
+/// a subnormal by a multiplication that DAZ turns into zero, then reads
+/// the exponent of the result: `logf` of 2⁻¹⁴⁹ came out as ln 2⁻¹⁵⁰, where
+/// compiled code, whose `log` reads the operand as zero, gave −∞).
+#[inline]
+pub fn flushed<T: num_traits::Float>(x: T) -> T {
+    if x.is_subnormal() && flush_denormals() {
+        if x.is_sign_negative() {
+            -T::zero()
+        } else {
+            T::zero()
+        }
+    } else {
+        x
+    }
+}
+
 /// MXCSR's flush-to-zero (bit 15) and denormals-are-zero (bit 6) bits.
 #[cfg(target_arch = "x86_64")]
 const FTZ_DAZ: u32 = (1 << 15) | (1 << 6);

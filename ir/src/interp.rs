@@ -303,6 +303,10 @@ pub fn integer_exponent(p: f64) -> Option<i64> {
 
 /// The scalar semantics of a unary op.
 pub fn unary_scalar<T: Float>(op: UnaryOp, x: T) -> T {
+    // The library functions below see a flushed operand as compiled code
+    // does (`crate::fpenv::flushed`; a no-op unless subnormals are
+    // flushed).
+    let x = crate::fpenv::flushed(x);
     match op {
         UnaryOp::Neg => -x,
         UnaryOp::Exp => x.exp(),
@@ -362,6 +366,7 @@ pub fn binary_scalar<T: Float>(op: BinaryOp, a: T, b: T) -> T {
 
 /// The scalar semantics of `pow` with a constant exponent.
 pub fn pow_scalar<T: Float>(x: T, p: f64) -> T {
+    let x = crate::fpenv::flushed(x);
     match integer_exponent(p) {
         Some(n) => powi_exact(x, n),
         None if p == 0.5 => x.sqrt(),

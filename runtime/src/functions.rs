@@ -71,7 +71,7 @@ runtime_fns! {
     TanhF64 = "wengert_tanh_f64", (F64) -> (F64), libm_f64::tanh;
     PowF64 = "wengert_pow_f64", (F64, F64) -> (F64), libm_f64::pow;
     /// Both sin and cos of one value, written through two pointers.
-    SincosF64 = "wengert_sincos_f64", (F64, I64, I64) -> (), libm_f64::sincos;
+    SincosF64 = "wengert_sincos_f64", (F64, I64, I64) -> (), libm_f64::sincos_flushed;
     ErfF64 = "wengert_erf_f64", (F64) -> (F64), libm_f64::erf;
     Expm1F64 = "wengert_expm1_f64", (F64) -> (F64), libm_f64::expm1;
     Log1pF64 = "wengert_log1p_f64", (F64) -> (F64), libm_f64::log1p;
@@ -97,34 +97,35 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
 /// Calling glibc's symbols directly measured slower here (case 1's
 /// gradient: 20 ns against 13 ns through the wrapper).
 pub mod libm_f64 {
+    use wengert_ir::fpenv::flushed;
     pub extern "C" fn exp(x: f64) -> f64 {
-        x.exp()
+        flushed(x).exp()
     }
     pub extern "C" fn log(x: f64) -> f64 {
-        x.ln()
+        flushed(x).ln()
     }
     pub extern "C" fn sin(x: f64) -> f64 {
-        x.sin()
+        flushed(x).sin()
     }
     pub extern "C" fn cos(x: f64) -> f64 {
-        x.cos()
+        flushed(x).cos()
     }
     pub extern "C" fn tanh(x: f64) -> f64 {
-        x.tanh()
+        flushed(x).tanh()
     }
     pub extern "C" fn pow(x: f64, p: f64) -> f64 {
-        x.powf(p)
+        flushed(x).powf(p)
     }
     /// The `libm` crate's `erf` (Rust's standard library has none); f32
     /// values come widened, as the interpreter computes them.
     pub extern "C" fn erf(x: f64) -> f64 {
-        libm::erf(x)
+        libm::erf(flushed(x))
     }
     pub extern "C" fn expm1(x: f64) -> f64 {
-        x.exp_m1()
+        flushed(x).exp_m1()
     }
     pub extern "C" fn log1p(x: f64) -> f64 {
-        x.ln_1p()
+        flushed(x).ln_1p()
     }
     // glibc's `sincos` (both at the cost of about one; what LLVM calls for
     // Rust's `sin` and `cos` of one value). Called directly: a Rust wrapper
@@ -132,18 +133,29 @@ pub mod libm_f64 {
     unsafe extern "C" {
         pub fn sincos(x: f64, sin: *mut f64, cos: *mut f64);
     }
+    /// glibc's `sincos` of the operand as the interpreter sees it (a
+    /// subnormal flushed when the process flushes; see `fpenv::flushed`).
+    ///
+    /// # Safety
+    /// `sin` and `cos` point to writable f64s (generated code passes two
+    /// stack slots).
+    pub unsafe extern "C" fn sincos_flushed(x: f64, sin: *mut f64, cos: *mut f64) {
+        // SAFETY: per the caller.
+        unsafe { sincos(flushed(x), sin, cos) }
+    }
 }
 
 /// f32 fallbacks: the inline sin/cos polynomials cover |x| ≤ 8192; larger
 /// arguments (rare) call these, which reduce exactly.
 pub mod libm_f32 {
+    use wengert_ir::fpenv::flushed;
     pub extern "C" fn sin(x: f32) -> f32 {
-        x.sin()
+        flushed(x).sin()
     }
     pub extern "C" fn cos(x: f32) -> f32 {
-        x.cos()
+        flushed(x).cos()
     }
     pub extern "C" fn pow(x: f32, p: f32) -> f32 {
-        x.powf(p)
+        flushed(x).powf(p)
     }
 }
