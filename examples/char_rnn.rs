@@ -65,9 +65,12 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    // As JAX does: gradients that vanish through the recurrence turn
+    // Subnormals flushed, as JAX does, unless WENGERT_DENORMALS says
+    // otherwise: gradients that vanish through the recurrence turn
     // subnormal, and x86 arithmetic on subnormals is many times slower.
-    wengert::set_flush_denormals(true)?;
+    if std::env::var_os(wengert::ir::fpenv::DENORMALS_ENV).is_none() {
+        wengert::set_flush_denormals(true)?;
+    }
     std::fs::create_dir_all(&args.out)?;
     let corpus = Corpus::load(&args.data, 0.05)?;
     println!(
