@@ -236,3 +236,32 @@ fn a_donated_training_step_on_two_threads_matches_one_thread() {
     assert!(losses1[3] < losses1[0], "the loss falls: {losses1:?}");
     assert!(params1 == params2, "two threads changed the parameters' bits");
 }
+
+/// Two independent large products of different element types are not
+/// paired (one entry computes a pair, in one type), and compute what they
+/// compute on one thread.
+#[test]
+fn products_of_different_element_types_are_not_paired() {
+    let b = wengert::GraphBuilder::new("mixed");
+    let a = b.input("a", DType::F32, &[64, 256]);
+    let w = b.input("w", DType::F32, &[256, 256]);
+    let c = b.input("c", DType::F64, &[64, 256]);
+    let v = b.input("v", DType::F64, &[256, 256]);
+    let g = b.build(&[("y", a.matmul(w)), ("z", c.matmul(v))]).unwrap();
+    let inputs = common::random_inputs(&g, &mut Rng::new(5), -1.0, 1.0);
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let compile = |threads: usize| {
+        let options = Options {
+            codegen: wengert::CodegenOptions {
+                keep_text: true,
+                threads,
+                ..Default::default()
+            },
+            ..Options::default()
+        };
+        wengert::compile(&g, &options).unwrap()
+    };
+    let two = compile(2);
+    assert!(!two.kernels().contains("concurrent"), "{}", two.kernels());
+    assert!(two.call(&refs).unwrap() == compile(1).call(&refs).unwrap());
+}

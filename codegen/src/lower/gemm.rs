@@ -95,6 +95,8 @@ impl Lowerer<'_> {
             && !self.may_overlap(&first.out, out)
             && !self.may_overlap(out, &first.a)
             && !self.may_overlap(out, &first.b)
+            // One entry serves both: one element type.
+            && first.out.dtype == out.dtype
             && params.kernel != GemmKernel::Loops.code()
             && macs(&params) >= PAIRED_PRODUCT
             && balanced(macs(&first.params), macs(&params));
