@@ -534,3 +534,49 @@ fn a_late_change_of_the_denormal_mode_is_an_error_naming_the_mode() {
     let held = if now { "flushes" } else { "keeps" };
     assert!(e.contains("already") && e.contains(held), "{e}");
 }
+
+/// In either mode the interpreter and compiled code agree on a subnormal
+/// operand: negation and `abs` are bit operations that keep it, library
+/// functions (`log`) see it as zero when flushing, as the compiled code's
+/// inline math does.
+#[test]
+fn subnormal_operands_agree_between_interpreter_and_jit_in_both_modes() {
+    let dir = std::env::temp_dir().join(format!("wengert-subnormal-ops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ops.wg");
+    std::fs::write(
+        &file,
+        "graph @ops(%x: f32[]) -> (n: f32[], a: f32[], l: f32[]) {\n  %n = neg %x\n  %a = abs %n\n  %l = log %x\n  return %n, %a, %l\n}\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let run = |mode: &str, cmd: &str| -> Vec<f32> {
+        let out = Command::new(env!("CARGO_BIN_EXE_wengert"))
+            .args([cmd, file, "-i", "x=1e-40"])
+            .env("WENGERT_DENORMALS", mode)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| l.split(" = ").nth(1).unwrap().trim().parse().unwrap())
+            .collect()
+    };
+    for mode in ["keep", "flush"] {
+        let (interp, jit) = (run(mode, "eval"), run(mode, "run"));
+        assert_eq!(
+            interp.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            jit.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{mode}: interpreter {interp:?}, compiled {jit:?}"
+        );
+        assert!(
+            interp[0] < 0.0 && interp[0] > -f32::MIN_POSITIVE,
+            "{mode}: neg keeps the bits: {interp:?}"
+        );
+        if mode == "flush" {
+            assert_eq!(interp[2], f32::NEG_INFINITY, "flush: log sees zero");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -303,17 +303,19 @@ pub fn integer_exponent(p: f64) -> Option<i64> {
 
 /// The scalar semantics of a unary op.
 pub fn unary_scalar<T: Float>(op: UnaryOp, x: T) -> T {
-    // The library functions below see a flushed operand as compiled code
-    // does (`crate::fpenv::flushed`; a no-op unless subnormals are
-    // flushed).
-    let x = crate::fpenv::flushed(x);
+    // Library functions see a flushed operand as compiled code does
+    // (`crate::fpenv::flushed`; a no-op unless subnormals are flushed).
+    // The others are single instructions that follow the hardware mode
+    // like compiled code's (negation and `abs` are bit operations, which
+    // no mode flushes).
+    let lib = crate::fpenv::flushed(x);
     match op {
         UnaryOp::Neg => -x,
-        UnaryOp::Exp => x.exp(),
-        UnaryOp::Log => x.ln(),
-        UnaryOp::Sin => x.sin(),
-        UnaryOp::Cos => x.cos(),
-        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Exp => lib.exp(),
+        UnaryOp::Log => lib.ln(),
+        UnaryOp::Sin => lib.sin(),
+        UnaryOp::Cos => lib.cos(),
+        UnaryOp::Tanh => lib.tanh(),
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Abs => x.abs(),
         UnaryOp::Relu => {
@@ -325,9 +327,9 @@ pub fn unary_scalar<T: Float>(op: UnaryOp, x: T) -> T {
         }
         // Computed in f64 and rounded once, for f32 too: generated code
         // calls the same functions, so the two agree bit for bit.
-        UnaryOp::Erf => via_f64(x, libm::erf),
-        UnaryOp::Expm1 => via_f64(x, f64::exp_m1),
-        UnaryOp::Log1p => via_f64(x, f64::ln_1p),
+        UnaryOp::Erf => via_f64(lib, libm::erf),
+        UnaryOp::Expm1 => via_f64(lib, f64::exp_m1),
+        UnaryOp::Log1p => via_f64(lib, f64::ln_1p),
     }
 }
 
@@ -366,11 +368,11 @@ pub fn binary_scalar<T: Float>(op: BinaryOp, a: T, b: T) -> T {
 
 /// The scalar semantics of `pow` with a constant exponent.
 pub fn pow_scalar<T: Float>(x: T, p: f64) -> T {
-    let x = crate::fpenv::flushed(x);
     match integer_exponent(p) {
         Some(n) => powi_exact(x, n),
         None if p == 0.5 => x.sqrt(),
-        None => x.powf(T::from(p).unwrap_or_else(T::nan)),
+        // A library function: it sees a flushed operand (see above).
+        None => crate::fpenv::flushed(x).powf(T::from(p).unwrap_or_else(T::nan)),
     }
 }
 

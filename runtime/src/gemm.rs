@@ -50,7 +50,8 @@ pub struct GemmParams {
     /// choice). Which is faster depends on the operands' layouts: the
     /// chain's `Ȳ·Wᵀ` took 1.36× less time as written on a Xeon (the
     /// transposed form must repack all of `W` by rows, as written only
-    /// `Ȳ`), other products 1.2–1.5× more. See [`GemmChoice`].
+    /// `Ȳ`), other products 1.2× to 5.5× more (`mlp32_xt_dh`). See
+    /// [`GemmChoice`].
     pub direct: i64,
 }
 
@@ -75,6 +76,14 @@ impl GemmChoice {
             format!("{} direct", self.kernel.name())
         } else {
             self.kernel.name().to_string()
+        }
+    }
+
+    /// The choice written in `p` (see [`GemmChoice::apply`]).
+    pub fn of_params(p: &GemmParams) -> GemmChoice {
+        GemmChoice {
+            kernel: GemmKernel::from_code(p.kernel),
+            direct: p.direct != 0,
         }
     }
 
@@ -387,7 +396,7 @@ fn calibrate<T: Element + From<f32>>(key: &Key) -> GemmChoice {
     // more for products of a few microseconds, where one slow moment of
     // the machine is larger than the gap between candidates (a Xeon chose
     // a kernel 1.37× slower than the best for a 2 µs product with five
-    // timed rounds). Twenty rounds of such products cost well under 1 ms.
+    // timed rounds). Twenty-one rounds of such products cost well under 1 ms.
     let rounds = if m * n * k <= 1 << 18 {
         21
     } else if m * n * k <= 1 << 22 {

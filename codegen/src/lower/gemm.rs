@@ -97,8 +97,7 @@ impl Lowerer<'_> {
             && !self.may_overlap(out, &first.b)
             // One entry serves both: one element type.
             && first.out.dtype == out.dtype
-            && params.kernel != GemmKernel::Loops.code()
-            && macs(&params) >= PAIRED_PRODUCT
+            && pairable(&params)
             && balanced(macs(&first.params), macs(&params));
         if !independent {
             let PendingGemm {
@@ -150,7 +149,7 @@ impl Lowerer<'_> {
         let Some(params) = self.gemm_params(fb, a, b, out)? else {
             return Ok(());
         };
-        if params.kernel == GemmKernel::Loops.code() || macs(&params) < PAIRED_PRODUCT {
+        if !pairable(&params) {
             return self.call_gemm(fb, params, a, b, out);
         }
         self.pending_gemm = Some(PendingGemm {
@@ -276,13 +275,7 @@ impl Lowerer<'_> {
     fn log_gemm(&mut self, p: &GemmParams, dtype: DType, note: &str) {
         if let Some(log) = &mut self.state.kernel_log {
             use std::fmt::Write;
-            let choice = wengert_runtime::gemm::GemmChoice {
-                kernel: GemmKernel::ALL
-                    .get(p.kernel as usize)
-                    .copied()
-                    .unwrap_or(GemmKernel::Loops),
-                direct: p.direct != 0,
-            };
+            let choice = wengert_runtime::gemm::GemmChoice::of_params(p);
             let (m, kk, n) = (p.m, p.k, p.n);
             let _ = writeln!(
                 log,
@@ -297,6 +290,12 @@ impl Lowerer<'_> {
             );
         }
     }
+}
+
+/// Whether a product is worth running beside another: one of the
+/// `gemm` crate's families, and large enough to pay for a worker.
+fn pairable(p: &GemmParams) -> bool {
+    p.kernel != GemmKernel::Loops.code() && macs(p) >= PAIRED_PRODUCT
 }
 
 /// Whether two products are close enough in size to gain from running at
