@@ -118,6 +118,7 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
         math_helpers: Default::default(),
         consts: Vec::new(),
         gemm_params: Vec::new(),
+        ordered_params: Vec::new(),
         bodies: Default::default(),
         kernel_log: opts.keep_text.then(String::new),
         threads: opts.threads.max(1),

@@ -104,6 +104,8 @@ pub struct ModuleState {
     pub math_helpers: HashMap<(&'static str, Type), FuncId>,
     pub consts: Vec<Tensor>,
     pub gemm_params: Vec<Box<GemmParams>>,
+    /// Parameter blocks of `matmul_acc` calls (kept alive as GEMM's are).
+    pub ordered_params: Vec<Box<wengert_runtime::gemm::ordered::OrderedParams>>,
     /// Compiled loop bodies, by [`body_key`].
     pub bodies: HashMap<usize, BodyFn>,
     /// The kernels emitted, as text (`Kernel::describe`), when dumps are
@@ -595,6 +597,14 @@ pub(crate) fn lower_into(
                 // is read (see `materialize`): loaded here, it would sit in
                 // a register until its last reader, perhaps the backward's
                 // end.
+                Loc::Mem(out)
+            }
+            Op::MatMulAcc { blocks } => {
+                let (a_ty, b_ty) = (g.ty(args[1]).clone(), g.ty(args[2]).clone());
+                let a = lw.materialize(fb, &arg_locs[1], &a_ty.shape, a_ty.dtype, false)?;
+                let b = lw.materialize(fb, &arg_locs[2], &b_ty.shape, b_ty.dtype, false)?;
+                let out = fresh(&mut lw, fb);
+                lw.ordered_product(fb, &arg_locs[0], &a, &b, &out, *blocks)?;
                 Loc::Mem(out)
             }
             Op::Pad { low, .. } => {

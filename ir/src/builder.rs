@@ -720,6 +720,14 @@ impl<'b> Var<'b> {
     pub fn matmul(self, other: Var<'b>) -> Var<'b> {
         self.b.node(Op::MatMul, &[self, other])
     }
+    /// `self + a·b` for `self: [m,n]`, `a: [m,k]`, `b: [k,n]`, summed in
+    /// a defined order, bit for bit the same on every path: from `self`,
+    /// one fused multiply-add per product, the contraction axis as
+    /// `blocks` equal runs taken last run first (`Op::MatMulAcc`).
+    #[track_caller]
+    pub fn matmul_acc(self, a: Var<'b>, b: Var<'b>, blocks: usize) -> Var<'b> {
+        self.b.node(Op::MatMulAcc { blocks }, &[self, a, b])
+    }
     /// A linear layer `x W + b`, with `b` broadcast over the batch.
     #[track_caller]
     pub fn linear(self, w: Var<'b>, b: Var<'b>) -> Var<'b> {

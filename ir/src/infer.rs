@@ -153,6 +153,22 @@ fn infer_unchecked(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> 
                 )),
             }
         }
+        Op::MatMulAcc { blocks } => {
+            let (c, a, b) = (args[0], args[1], args[2]);
+            same_float(name, a, b)?;
+            same_float(name, c, a)?;
+            match (c.shape.as_slice(), a.shape.as_slice(), b.shape.as_slice()) {
+                ([m0, n0], [m, k1], [k2, n]) if k1 == k2 && m0 == m && n0 == n => {
+                    if *blocks == 0 || k1 % blocks != 0 {
+                        return Err(format!(
+                            "`matmul_acc` needs `blocks` ≥ 1 dividing the contraction extent {k1}, got {blocks}"
+                        ));
+                    }
+                    Ok(c.clone())
+                }
+                _ => Err(format!("`matmul_acc` needs [m,n], [m,k] x [k,n], got {c}, {a} x {b}")),
+            }
+        }
         Op::Slice { start, end } => {
             let t = args[0];
             if start.len() != t.rank() || end.len() != t.rank() {

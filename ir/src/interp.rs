@@ -618,6 +618,26 @@ pub fn eval_op(op: &Op, args: &[&Tensor], ty: &TensorType) -> Result<Tensor, Str
             }
             out
         }),
+        Op::MatMulAcc { blocks } => float_dtype!(ty.dtype, T => {
+            let (c, a, b) = (args[0], args[1], args[2]);
+            let (m, kk, n) = (a.shape()[0], a.shape()[1], b.shape()[1]);
+            let run = kk / (*blocks).max(1);
+            let mut out = c.clone();
+            let (x, y) = (a.data::<T>(), b.data::<T>());
+            let o = out.data_mut::<T>();
+            for i in 0..m {
+                for j in 0..n {
+                    let mut acc = o[i * n + j];
+                    for blk in (0..*blocks).rev() {
+                        for p in blk * run..(blk + 1) * run {
+                            acc = x[i * kk + p].mul_add(y[p * n + j], acc);
+                        }
+                    }
+                    o[i * n + j] = acc;
+                }
+            }
+            out
+        }),
         Op::Slice { start, .. } => {
             let x = args[0];
             let in_strides = row_major_strides(x.shape());

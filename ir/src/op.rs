@@ -211,6 +211,20 @@ pub enum Op {
     /// Matrix product `[m,k] x [k,n] -> [m,n]`, or batched
     /// `[b,m,k] x [b,k,n] -> [b,m,n]`.
     MatMul,
+    /// `c + a·b` for `c: [m,n]`, `a: [m,K]`, `b: [K,n]`, summed in one
+    /// fixed order: each result element starts from `c` and adds the `K`
+    /// products one fused multiply-add at a time, the contraction axis
+    /// taken as `blocks` equal runs, last run first, each run in
+    /// ascending order (`blocks = 1`: ascending). A backward loop that
+    /// accumulates a weight gradient step by step (`acc += A_t·B_t`, the
+    /// steps last to first) and one product over all the steps' stacked
+    /// factors after the loop then give the same bits: what makes every
+    /// checkpoint policy's gradient identical (`scan_vjp`). Unlike
+    /// `matmul`, whose summation order is the library's, its result is
+    /// defined to the bit.
+    MatMulAcc {
+        blocks: usize,
+    },
     /// Elements `start[i] .. end[i]` of each axis.
     Slice {
         start: Vec<usize>,
@@ -306,6 +320,7 @@ impl Op {
             Op::Slice { start, end } => Payload::Pair(start, end),
             Op::Pad { low, high } => Payload::Pair(low, high),
             Op::Concat { axis } => Payload::Index(*axis),
+            Op::MatMulAcc { blocks } => Payload::Index(*blocks),
             Op::Select | Op::MatMul | Op::SoftmaxCrossEntropy => Payload::None,
             Op::Scan(scan) => Payload::Body(Arc::as_ptr(scan) as usize),
             Op::Get { index, ty } => Payload::Get(*index, ty),
@@ -416,6 +431,7 @@ op_kinds! {
     ReduceSum = "reduce_sum", Reduction, cost 1, arity Some(1);
     ReduceMax = "reduce_max", Reduction, cost 1, arity Some(1);
     MatMul = "matmul", Contraction, cost 1, arity Some(2);
+    MatMulAcc = "matmul_acc", Contraction, cost 1, arity Some(3);
     Pad = "pad", Copy, cost 1, arity Some(1);
     Concat = "concat", Copy, cost 1, arity None;
     SoftmaxCrossEntropy = "softmax_cross_entropy", Composite, cost 1, arity Some(2);
@@ -440,6 +456,7 @@ impl Op {
             Op::ReduceSum { .. } => OpKind::ReduceSum,
             Op::ReduceMax { .. } => OpKind::ReduceMax,
             Op::MatMul => OpKind::MatMul,
+            Op::MatMulAcc { .. } => OpKind::MatMulAcc,
             Op::Slice { .. } => OpKind::Slice,
             Op::Pad { .. } => OpKind::Pad,
             Op::Concat { .. } => OpKind::Concat,
@@ -525,6 +542,7 @@ impl Op {
             Op::Slice { start, end } => vec![("end", Attr::Ints(end.clone())), ("start", Attr::Ints(start.clone()))],
             Op::Pad { low, high } => vec![("high", Attr::Ints(high.clone())), ("low", Attr::Ints(low.clone()))],
             Op::Concat { axis } => vec![("axis", Attr::Int(*axis))],
+            Op::MatMulAcc { blocks } => vec![("blocks", Attr::Int(*blocks))],
             Op::Scan(scan) => {
                 let mut attrs = vec![
                     ("carry", Attr::Int(scan.n_carry)),
@@ -586,6 +604,10 @@ impl Op {
             OpKind::ReduceSum => Op::ReduceSum { axes: ints("axes")? },
             OpKind::ReduceMax => Op::ReduceMax { axes: ints("axes")? },
             OpKind::MatMul => Op::MatMul,
+            OpKind::MatMulAcc => match get("blocks") {
+                Some(Attr::Int(b)) => Op::MatMulAcc { blocks: *b },
+                _ => return Err("`matmul_acc` needs an integer attribute `blocks`".into()),
+            },
             OpKind::Slice => Op::Slice {
                 start: ints("start")?,
                 end: ints("end")?,
@@ -634,6 +656,7 @@ mod tests {
             vec![("start", Attr::Ints(vec![0])), ("end", Attr::Ints(vec![1]))],
             vec![("low", Attr::Ints(vec![0])), ("high", Attr::Ints(vec![1]))],
             vec![("axis", Attr::Int(0))],
+            vec![("blocks", Attr::Int(1))],
         ]
         .into_iter()
         .map(|attrs| attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())

@@ -306,6 +306,15 @@ pub fn jvp_rule(
             sum(e, l, r)?
         }
 
+        // Y = C + A·B: Ẏ = Ċ + Ȧ·B + A·Ḃ.
+        Op::MatMulAcc { .. } => {
+            let (a, b) = (args[1], args[2]);
+            let l = dots[1].map(|ad| e.op(Op::MatMul, &[ad, b])).transpose()?;
+            let r = dots[2].map(|bd| e.op(Op::MatMul, &[a, bd])).transpose()?;
+            let ab = sum(e, l, r)?;
+            sum(e, dots[0], ab)?
+        }
+
         // L = mean over B rows of −Σₖ tₖ·log pₖ, p = softmax(z):
         //   L̇ = Σ ((p·Σt − t)·ż + (logsumexp(z) − z)·ṫ) / B,
         // the transpose of the fused VJP, from the row-max-shifted

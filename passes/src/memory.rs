@@ -53,7 +53,7 @@ pub fn needs_buffer(g: &Graph, id: NodeId, used_outside_kernel: bool) -> bool {
     // Kernel members read only inside their kernel live in registers,
     // except a kernel's leading matmul: GEMM writes its result to memory,
     // which the kernel's loop then reads.
-    if g.node(id).kernel.is_some() && !used_outside_kernel && !matches!(op, Op::MatMul) {
+    if g.node(id).kernel.is_some() && !used_outside_kernel && !matches!(op, Op::MatMul | Op::MatMulAcc { .. }) {
         return false;
     }
     match op.class() {
@@ -95,6 +95,7 @@ pub fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
         | Op::ReduceSum { .. }
         | Op::ReduceMax { .. }
         | Op::MatMul
+        | Op::MatMulAcc { .. }
         | Op::Slice { .. }
         | Op::Pad { .. }
         | Op::Concat { .. }
@@ -221,9 +222,16 @@ pub fn memory_plan_with_stats(g: &Graph) -> Result<(Graph, MemoryStats), PassErr
         let mut chosen = None;
         // Only a node outside any kernel (its reads at this position are its
         // own operands), and only if no other operand views the same buffer.
-        if is_elementwise(g.op(id)) && g.node(id).kernel.is_none() {
+        // `matmul_acc` adds to its accumulator (operand 0) element by
+        // element: that one operand may pass its buffer on.
+        let candidates = match g.op(id) {
+            Op::MatMulAcc { .. } => 1,
+            op if is_elementwise(op) => usize::MAX,
+            _ => 0,
+        };
+        if candidates > 0 && g.node(id).kernel.is_none() {
             let args = g.args(id);
-            for &a in &args {
+            for &a in args.iter().take(candidates) {
                 let same_layout = owner[a.index()] == a && g.ty(a) == g.ty(id);
                 let viewed_elsewhere = args.iter().any(|&b| b != a && owner[b.index()] == a);
                 if same_layout
@@ -329,9 +337,12 @@ pub fn forms(g: &Graph) -> Vec<Form> {
                     row_major()
                 }
             }
-            Op::ReduceSum { .. } | Op::ReduceMax { .. } | Op::MatMul | Op::Pad { .. } | Op::Concat { .. } => {
-                row_major()
-            }
+            Op::ReduceSum { .. }
+            | Op::ReduceMax { .. }
+            | Op::MatMul
+            | Op::MatMulAcc { .. }
+            | Op::Pad { .. }
+            | Op::Concat { .. } => row_major(),
             Op::Scan(_) | Op::Get { .. } => row_major(),
             Op::SoftmaxCrossEntropy => Form::Reg,
             Op::Broadcast { shape } => match arg(0) {
@@ -448,9 +459,11 @@ fn piece(bytes: usize) -> usize {
 /// would not fit.
 pub fn workspace_bytes(g: &Graph, forms: &[Form], id: NodeId) -> usize {
     match g.op(id) {
-        Op::MatMul => g
+        // (`matmul_acc` copies its accumulator into its own buffer.)
+        Op::MatMul | Op::MatMulAcc { .. } => g
             .args(id)
             .iter()
+            .skip(matches!(g.op(id), Op::MatMulAcc { .. }) as usize)
             .map(|&a| {
                 let ty = g.ty(a);
                 let copied = match &forms[a.index()] {

@@ -38,15 +38,16 @@
 //!
 //! The recomputing schedules do not split the transpose (below): its
 //! stacked factors are O(T) memory, which those schedules exist to avoid.
-//! So their weight gradients are summed step by step, and agree with
-//! SaveAll's to rounding, not bit for bit (all other results agree
-//! exactly).
+//! So their weight gradients are summed step by step (`matmul_acc` into
+//! the accumulator, steps last to first), and the split's one product
+//! after the loop sums in that same order (`matmul_acc` over the stacked
+//! factors): every policy gives the same bits.
 //!
 //! **Split transpose.** A const's per-step adjoint that is one matrix
 //! product `A_t · B_t` (the weight gradient `ḡ_t h_tᵀ` of `W h`) is not
 //! accumulated by `T` small products in the serial loop: the loop stacks
 //! `A_t` (and `B_t`, unless it is a view of what the loop already reads
-//! stacked), and one GEMM after the loop computes
+//! stacked), and one product after the loop (`matmul_acc`, in the order the loop meets the steps) computes
 //! `Σ_t A_t B_t = [A_0 … A_{T−1}] · [B_0; …; B_{T−1}]`.
 
 use crate::autodiff::{autodiff, Seed};
@@ -467,7 +468,16 @@ pub fn plan(scan: &Scan, wants: &[bool], policy: LoopPolicy) -> Result<LoopPlan,
     }
     for (n, &i) in accumulated.iter().enumerate() {
         let g = mapped(&wmap, grad_node(&ins[i].name)?)?;
-        let sum = Emitter { g: &mut w, at: g }.add(acc_in[n], g)?;
+        // A per-step product is added in `matmul_acc`'s order, the one
+        // the split transpose's product after the loop follows: every
+        // policy then gives the same bits.
+        let sum = match (w.op(g), w.ty(g).rank()) {
+            (Op::MatMul, 2) => {
+                let (a, b) = (w.args(g)[0], w.args(g)[1]);
+                Emitter { g: &mut w, at: g }.op(Op::MatMulAcc { blocks: 1 }, &[acc_in[n], a, b])?
+            }
+            _ => Emitter { g: &mut w, at: g }.add(acc_in[n], g)?,
+        };
         w.add_output(&format!("cbar{i}"), sum)?;
     }
     let mut stacked = Vec::new();
@@ -691,7 +701,13 @@ pub fn emit_backward(
             e.reshape(at, &[m, t * k])?
         };
         let b2 = e.reshape(b, &[t * k, n])?;
-        adjoints[s.operand] = Some(e.op(Op::MatMul, &[a2, b2])?);
+        // Summed as the backward loop meets the steps (last first, unless
+        // the forward ran in reverse), which is the order a recomputing
+        // schedule accumulates them in (`matmul_acc`).
+        let blocks = if forward.reverse { 1 } else { t.max(1) };
+        let zero = e.scalar(e.dtype(a2), 0.0);
+        let zeros = e.broadcast(zero, &[m, n])?;
+        adjoints[s.operand] = Some(e.op(Op::MatMulAcc { blocks }, &[zeros, a2, b2])?);
     }
     Ok(adjoints)
 }

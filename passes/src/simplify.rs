@@ -243,6 +243,7 @@ impl Rewriter {
             | Op::Convert { .. }
             | Op::ReduceMax { .. }
             | Op::MatMul
+            | Op::MatMulAcc { .. }
             | Op::Slice { .. }
             | Op::Pad { .. }
             | Op::Concat { .. }

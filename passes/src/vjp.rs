@@ -184,6 +184,26 @@ pub fn vjp(e: &mut Emitter<'_>, y: NodeId, ybar: NodeId, wants: &[bool]) -> Resu
             vec![abar, bbar]
         }
 
+        // Y = C + A·B (in a fixed order): C̄ = Ȳ, Ā = Ȳ·Bᵀ, B̄ = Aᵀ·Ȳ. The
+        // order only fixes rounding; the adjoints are plain products.
+        Op::MatMulAcc { .. } => {
+            let (a, b) = (args[1], args[2]);
+            let cbar = want(0).then_some(ybar);
+            let abar = if want(1) {
+                let bt = e.op(Op::Transpose { perm: vec![1, 0] }, &[b])?;
+                Some(e.op(Op::MatMul, &[ybar, bt])?)
+            } else {
+                None
+            };
+            let bbar = if want(2) {
+                let at = e.op(Op::Transpose { perm: vec![1, 0] }, &[a])?;
+                Some(e.op(Op::MatMul, &[at, ybar])?)
+            } else {
+                None
+            };
+            vec![cbar, abar, bbar]
+        }
+
         // y = x[start..end]: x̄ = ȳ padded with zeros back to x's shape.
         Op::Slice { start, end } => {
             let xs = e.shape(x);

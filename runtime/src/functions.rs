@@ -4,6 +4,7 @@
 //! or a signature (a new function is a new table entry, and the JIT
 //! registers exactly the table).
 
+use crate::gemm::ordered::{wengert_matmul_acc_f32, wengert_matmul_acc_f64};
 use crate::gemm::{wengert_gemm_f32, wengert_gemm_f64, wengert_gemm_pair_f32, wengert_gemm_pair_f64};
 
 /// A machine type of a runtime function's parameter or result.
@@ -66,6 +67,10 @@ runtime_fns! {
     /// parameter block and pointers, then the second's.
     GemmPairF32 = "wengert_gemm_pair_f32", (I64, I64, I64, I64, I64, I64, I64, I64) -> (), wengert_gemm_pair_f32;
     GemmPairF64 = "wengert_gemm_pair_f64", (I64, I64, I64, I64, I64, I64, I64, I64) -> (), wengert_gemm_pair_f64;
+    /// `C += A·B` summed in the defined order of `matmul_acc` over the
+    /// parameter block (`gemm::ordered::OrderedParams`).
+    MatMulAccF32 = "wengert_matmul_acc_f32", (I64, I64, I64, I64) -> (), wengert_matmul_acc_f32;
+    MatMulAccF64 = "wengert_matmul_acc_f64", (I64, I64, I64, I64) -> (), wengert_matmul_acc_f64;
     ExpF64 = "wengert_exp_f64", (F64) -> (F64), libm_f64::exp;
     LogF64 = "wengert_log_f64", (F64) -> (F64), libm_f64::log;
     TanhF64 = "wengert_tanh_f64", (F64) -> (F64), libm_f64::tanh;

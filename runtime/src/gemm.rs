@@ -15,6 +15,7 @@
 //! never the sum over `k`, so every thread count gives the same bits.
 
 mod family;
+pub mod ordered;
 mod small;
 
 use gemm_common::Parallelism;

@@ -243,7 +243,16 @@ impl Builder {
                 } else {
                     self.adapt(y, &[k, n])
                 };
-                self.add(Op::MatMul, &[xm, ym])
+                if p & 16 != 0 {
+                    // The ordered product, onto an accumulator, its
+                    // contraction summed in one run or in runs of one.
+                    let m = self.shape(xm)[0];
+                    let c = self.adapt(y, &[m, n]);
+                    let blocks = if p & 32 != 0 && k > 0 { k } else { 1 };
+                    self.add(Op::MatMulAcc { blocks }, &[c, xm, ym])
+                } else {
+                    self.add(Op::MatMul, &[xm, ym])
+                }
             }
             11 => {
                 // Batched [b,m,k] x [b,k,n].

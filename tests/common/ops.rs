@@ -63,6 +63,7 @@ fn group_of(kind: OpKind) -> Option<Group> {
         | OpKind::ReduceSum
         | OpKind::ReduceMax
         | OpKind::MatMul
+        | OpKind::MatMulAcc
         | OpKind::Pad
         | OpKind::Concat
         | OpKind::SoftmaxCrossEntropy
@@ -179,6 +180,11 @@ fn kind_cases(kind: OpKind, check: &mut Check<'_>) {
             check("matmul", &[&[2, 3], &[3, 4]], -1.0, 1.0, &|x| x[0].matmul(x[1]));
             check("batched_matmul", &[&[2, 2, 3], &[2, 3, 4]], -1.0, 1.0, &|x| {
                 x[0].matmul(x[1])
+            });
+        }
+        OpKind::MatMulAcc => {
+            check("matmul_acc", &[&[2, 4], &[2, 6], &[6, 4]], -1.0, 1.0, &|x| {
+                x[0].matmul_acc(x[1], x[2], 3)
             });
         }
         OpKind::Slice => {

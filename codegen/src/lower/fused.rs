@@ -45,6 +45,20 @@ pub(crate) fn lower_fused(
             lw.gemm(fb, &a, &b, &out)?;
             locs[first.index()] = Some(Loc::Mem(out));
             rest = tail;
+        } else if let Op::MatMulAcc { blocks } = g.op(first) {
+            let args = g.args(first);
+            for &a in &args {
+                materialize(lw, fb, locs, a);
+            }
+            let loc = |i: usize| locs[args[i].index()].clone().expect("operands precede");
+            let (a_ty, b_ty) = (g.ty(args[1]).clone(), g.ty(args[2]).clone());
+            lw.flush_gemm(fb)?;
+            let a = lw.materialize(fb, &loc(1), &a_ty.shape, a_ty.dtype, false)?;
+            let b = lw.materialize(fb, &loc(2), &b_ty.shape, b_ty.dtype, false)?;
+            let out = place(lw, fb, first);
+            lw.ordered_product(fb, &loc(0), &a, &b, &out, *blocks)?;
+            locs[first.index()] = Some(Loc::Mem(out));
+            rest = tail;
         }
     }
     if rest.is_empty() {

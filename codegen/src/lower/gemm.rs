@@ -272,6 +272,68 @@ impl Lowerer<'_> {
         [pv, ap, bp, cp]
     }
 
+    /// `out = c + a·b` summed in `matmul_acc`'s defined order: `c` copied
+    /// into `out` (unless it is `out` itself, when the memory plan put the
+    /// result in place), then the runtime's ordered kernel adds the
+    /// products to it. `out` is contiguous and overlaps neither `a` nor
+    /// `b` (the plan gives a contraction a buffer of its own).
+    pub(crate) fn ordered_product(
+        &mut self,
+        fb: &mut FunctionBuilder,
+        c: &Loc,
+        a: &View,
+        b: &View,
+        out: &View,
+        blocks: usize,
+    ) -> Result<(), CodegenError> {
+        // Code that writes memory: a deferred product runs first.
+        self.flush_gemm(fb)?;
+        let same = matches!(c, Loc::Mem(v) if v.ptr == out.ptr && v.offset == out.offset && v.strides == out.strides);
+        if !same {
+            self.copy_into(fb, c, out)?;
+        }
+        let (m, kk, n) = (a.shape[0], a.shape[1], b.shape[1]);
+        if m * n * kk == 0 {
+            return Ok(());
+        }
+        let params = Box::new(wengert_runtime::gemm::ordered::OrderedParams {
+            m: m as i64,
+            n: n as i64,
+            k: kk as i64,
+            blocks: blocks as i64,
+            a_rs: a.strides[0] as i64,
+            a_cs: a.strides[1] as i64,
+            b_rs: b.strides[0] as i64,
+            b_cs: b.strides[1] as i64,
+            c_rs: out.strides[0] as i64,
+            c_cs: out.strides[1] as i64,
+            threads: self.state.threads as i64,
+        });
+        if let Some(log) = &mut self.state.kernel_log {
+            use std::fmt::Write;
+            let _ = writeln!(
+                log,
+                "matmul_acc [{m}, {kk}] x [{kk}, {n}] {} blocks={blocks} threads={}",
+                out.dtype, params.threads
+            );
+        }
+        let rf = if out.dtype == DType::F32 {
+            RuntimeFn::MatMulAccF32
+        } else {
+            RuntimeFn::MatMulAccF64
+        };
+        let f = self.import(fb, rf);
+        let size = out.dtype.size_bytes() as i64;
+        // The block is boxed: its address stays put when the box moves.
+        let pv = fb.ins().iconst(types::I64, &*params as *const _ as i64);
+        let ap = fb.ins().iadd_imm_s(a.ptr, a.offset * size);
+        let bp = fb.ins().iadd_imm_s(b.ptr, b.offset * size);
+        let cp = fb.ins().iadd_imm_s(out.ptr, out.offset * size);
+        self.state.ordered_params.push(params);
+        fb.ins().call(f, &[pv, ap, bp, cp]);
+        Ok(())
+    }
+
     fn log_gemm(&mut self, p: &GemmParams, dtype: DType, note: &str) {
         if let Some(log) = &mut self.state.kernel_log {
             use std::fmt::Write;

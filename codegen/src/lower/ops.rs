@@ -23,6 +23,7 @@ pub(crate) fn elementwise_expr(op: &Op, xs: &[usize]) -> Option<KExpr> {
         | Op::ReduceSum { .. }
         | Op::ReduceMax { .. }
         | Op::MatMul
+        | Op::MatMulAcc { .. }
         | Op::Slice { .. }
         | Op::Pad { .. }
         | Op::Concat { .. }
