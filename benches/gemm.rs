@@ -7,10 +7,17 @@
 //!
 //! `gemm/<shape>/<kernel>-t<threads>`; the chosen family is printed before
 //! the measurements. Run with `cargo bench --bench gemm`.
+//!
+//! `ordered/<shape>/{gemm,ordered}-t<threads>`: the products a backward
+//! loop's split transpose computes after the loop (the RNN of the scan
+//! benchmark, the char-RNN's recurrent and input weights), by the chosen
+//! GEMM and by `matmul_acc`'s ordered kernel, which sums in the loop's
+//! order so that every checkpoint policy gives the same bits.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use std::time::Duration;
+use wengert_runtime::gemm::ordered::{wengert_matmul_acc_f32, OrderedParams};
 use wengert_runtime::gemm::{self, GemmChoice, GemmKernel, GemmParams};
 
 /// `(name, m, k, n, A transposed, B transposed)`: `C[m,n] = A·B` with A
@@ -96,5 +103,62 @@ fn products(c: &mut Criterion) {
     grp.finish();
 }
 
-criterion_group!(benches, products);
+/// `(name, m, K, n, blocks, A transposed)` of split-transpose products.
+fn split_shapes() -> Vec<(&'static str, usize, usize, usize, usize, bool)> {
+    vec![
+        ("rnn_h64_t1000", 64, 1000, 64, 1000, true),
+        ("charrnn_whh", 256, 256 * 32, 256, 256, false),
+        ("charrnn_wxh", 65, 256 * 32, 256, 256, false),
+    ]
+}
+
+fn ordered_products(c: &mut Criterion) {
+    let mut grp = c.benchmark_group("ordered");
+    grp.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    for (name, m, k, n, blocks, at) in split_shapes() {
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let mut out = vec![0f32; m * n];
+        for threads in [1, 2] {
+            let mut p = params(
+                m,
+                k,
+                n,
+                at,
+                false,
+                GemmKernel::Loops,
+                gemm::threads_for(m, n, k, threads),
+            );
+            gemm::choose(&p, false).unwrap().apply(&mut p);
+            grp.bench_function(format!("{name}/gemm-t{threads}"), |bch| {
+                bch.iter(|| unsafe { gemm::wengert_gemm_f32(&p, a.as_ptr(), b.as_ptr(), out.as_mut_ptr()) });
+            });
+            let q = OrderedParams {
+                m: m as i64,
+                n: n as i64,
+                k: k as i64,
+                blocks: blocks as i64,
+                a_rs: p.a_rs,
+                a_cs: p.a_cs,
+                b_rs: n as i64,
+                b_cs: 1,
+                c_rs: n as i64,
+                c_cs: 1,
+                threads: threads as i64,
+            };
+            grp.bench_function(format!("{name}/ordered-t{threads}"), |bch| {
+                bch.iter(|| {
+                    out.fill(0.0);
+                    unsafe { wengert_matmul_acc_f32(&q, a.as_ptr(), b.as_ptr(), out.as_mut_ptr()) }
+                });
+            });
+            black_box(&out);
+        }
+    }
+    grp.finish();
+}
+
+criterion_group!(benches, products, ordered_products);
 criterion_main!(benches);

@@ -16,7 +16,9 @@
 //! elements and split `C` among threads: every path computes every
 //! element by the same chain and gives the same bits.
 
-use super::small::{has_avx2_fma, MulAdd};
+#[cfg(target_arch = "x86_64")]
+use super::small::has_avx2_fma;
+use super::small::MulAdd;
 
 /// Shapes and element strides of `C += A·B` in the defined order.
 #[repr(C)]
@@ -38,37 +40,193 @@ pub struct OrderedParams {
     pub threads: i64,
 }
 
-/// Contraction indices per chunk: a chunk's slices of A and B stay in
-/// cache while every tile of `C` passes over them.
-const CHUNK: usize = 256;
+/// Contraction indices per chunk: a chunk's rows of A's columns and its
+/// packed panel of B stay in cache while every tile of `C` passes over
+/// them.
+const CHUNK: usize = 128;
 /// Rows of a register tile.
-const MR: usize = 4;
+const MR: usize = 6;
 
-/// The contraction index's chunks in the defined order: runs last to
-/// first, each cut into ascending chunks of at most [`CHUNK`].
-fn chunks(k: usize, blocks: usize) -> impl Iterator<Item = (usize, usize)> {
+/// The contraction indices in the defined order (runs last to first,
+/// each ascending), cut into chunks of at most [`CHUNK`] indices, each
+/// chunk a list of ascending ranges.
+fn chunks(k: usize, blocks: usize) -> Vec<Vec<(usize, usize)>> {
     let run = k.checked_div(blocks).unwrap_or(0);
-    (0..blocks).rev().flat_map(move |blk| {
-        let (lo, hi) = (blk * run, (blk + 1) * run);
-        (lo..hi).step_by(CHUNK).map(move |q| (q, (q + CHUNK).min(hi)))
-    })
+    let mut out: Vec<Vec<(usize, usize)>> = Vec::new();
+    let mut filled = CHUNK;
+    for blk in (0..blocks).rev() {
+        let (mut lo, hi) = (blk * run, (blk + 1) * run);
+        while lo < hi {
+            if filled == CHUNK {
+                out.push(Vec::new());
+                filled = 0;
+            }
+            let take = (hi - lo).min(CHUNK - filled);
+            if let Some(last) = out.last_mut() {
+                last.push((lo, lo + take));
+            }
+            filled += take;
+            lo += take;
+        }
+    }
+    out
 }
 
-/// Columns `j0..j1` of `C` over contraction indices `q0..q1`.
+/// Where one tile's operands are: its rows of A (read where they are),
+/// the panel of B packed in the chunk's order (`NR` elements per
+/// contraction index), and C's tile, `width ≤ NR` columns of it valid.
+struct Tile<T> {
+    a: *const T,
+    ars: isize,
+    acs: isize,
+    packed: *const T,
+    c: *mut T,
+    crs: isize,
+    ccs: isize,
+    width: usize,
+}
+
+/// `R` rows × `NR` columns of C over one chunk, element by element: each
+/// a chain of fused multiply-adds in the chunk's order (the kernel for
+/// CPUs without AVX2, and the definition the vector kernels follow).
 ///
 /// # Safety
-/// The strides address only valid elements; no other thread writes these
-/// columns of `C`.
+/// The tile's pointers address valid elements for `R` rows, `width`
+/// columns and the contraction indices of `runs`.
 #[inline(always)]
-unsafe fn columns<T: MulAdd, const NR: usize>(
-    p: &OrderedParams,
-    a: *const T,
-    b: *const T,
-    c: *mut T,
-    (j0, j1): (usize, usize),
-    (q0, q1): (usize, usize),
-) {
+unsafe fn tile_scalar<T: MulAdd, const R: usize, const NR: usize>(t: &Tile<T>, runs: &[(usize, usize)]) {
+    for r in 0..R {
+        for s in 0..t.width {
+            let cp = unsafe { t.c.offset(r as isize * t.crs + s as isize * t.ccs) };
+            let mut v = unsafe { *cp };
+            let mut u = 0;
+            for &(q0, q1) in runs {
+                for q in q0..q1 {
+                    let x = unsafe { *t.a.offset(r as isize * t.ars + q as isize * t.acs) };
+                    v = x.mul_add(unsafe { *t.packed.add(u * NR + s) }, v);
+                    u += 1;
+                }
+            }
+            unsafe { *cp = v };
+        }
+    }
+}
+
+/// [`tile_scalar`] in AVX2 registers: `R` rows of two vectors each, one
+/// vector fused multiply-add per product lane (the scalar chain lane by
+/// lane, so the same bits).
+#[cfg(target_arch = "x86_64")]
+macro_rules! avx2_tile {
+    ($name:ident, $t:ty, $v:ty, $lanes:literal, $set1:ident, $fma:ident, $load:ident, $store:ident) => {
+        /// # Safety
+        /// The CPU has AVX2 and FMA; as for [`tile_scalar`].
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $name<const R: usize>(t: &Tile<$t>, runs: &[(usize, usize)]) {
+            use std::arch::x86_64::*;
+            const NR: usize = 2 * $lanes;
+            let mut acc: [[$v; 2]; R] = [[$set1(0.0); 2]; R];
+            let mut row = [0 as $t; NR];
+            for (r, regs) in acc.iter_mut().enumerate() {
+                for (s, x) in row.iter_mut().enumerate().take(t.width) {
+                    *x = unsafe { *t.c.offset(r as isize * t.crs + s as isize * t.ccs) };
+                }
+                *regs = unsafe { [$load(row.as_ptr()), $load(row.as_ptr().add($lanes))] };
+            }
+            let mut bp = t.packed;
+            for &(q0, q1) in runs {
+                let mut ap = unsafe { t.a.offset(q0 as isize * t.acs) };
+                for _ in q0..q1 {
+                    let (b0, b1) = unsafe { ($load(bp), $load(bp.add($lanes))) };
+                    for (r, regs) in acc.iter_mut().enumerate() {
+                        let x = $set1(unsafe { *ap.offset(r as isize * t.ars) });
+                        regs[0] = $fma(x, b0, regs[0]);
+                        regs[1] = $fma(x, b1, regs[1]);
+                    }
+                    bp = unsafe { bp.add(NR) };
+                    ap = unsafe { ap.offset(t.acs) };
+                }
+            }
+            for (r, regs) in acc.iter().enumerate() {
+                unsafe {
+                    $store(row.as_mut_ptr(), regs[0]);
+                    $store(row.as_mut_ptr().add($lanes), regs[1]);
+                }
+                for (s, x) in row.iter().enumerate().take(t.width) {
+                    unsafe { *t.c.offset(r as isize * t.crs + s as isize * t.ccs) = *x };
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+avx2_tile!(
+    tile_avx2_f32,
+    f32,
+    __m256,
+    8,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps
+);
+#[cfg(target_arch = "x86_64")]
+avx2_tile!(
+    tile_avx2_f64,
+    f64,
+    __m256d,
+    4,
+    _mm256_set1_pd,
+    _mm256_fmadd_pd,
+    _mm256_loadu_pd,
+    _mm256_storeu_pd
+);
+
+/// The element types of the ordered product: the tile in the best form
+/// this CPU runs (every form computes every element by the same chain).
+trait Ordered: MulAdd + Send + Sync {
+    /// Columns of a packed panel: two AVX2 vectors.
+    const NR: usize;
+
+    /// # Safety
+    /// As for [`tile_scalar`].
+    unsafe fn tile<const R: usize>(t: &Tile<Self>, runs: &[(usize, usize)]);
+}
+
+macro_rules! ordered_type {
+    ($t:ty, $avx2:ident, $nr:literal) => {
+        impl Ordered for $t {
+            const NR: usize = $nr;
+
+            unsafe fn tile<const R: usize>(t: &Tile<$t>, runs: &[(usize, usize)]) {
+                #[cfg(target_arch = "x86_64")]
+                if has_avx2_fma() {
+                    // SAFETY: the CPU has the features the kernel was compiled for.
+                    return unsafe { $avx2::<R>(t, runs) };
+                }
+                // Without hardware FMA, `mul_add` is a (slow, exact)
+                // library call; such CPUs are rare among those this runs on.
+                unsafe { tile_scalar::<$t, R, $nr>(t, runs) }
+            }
+        }
+    };
+}
+
+ordered_type!(f32, tile_avx2_f32, 16);
+ordered_type!(f64, tile_avx2_f64, 8);
+
+/// Columns `j0..j1` of `C` over the whole contraction: chunk by chunk
+/// (in the defined order), panel by panel of `NR` columns with B's panel
+/// packed contiguously in the chunk's order (packing copies values: the
+/// bits stay; unpacked, a row stride of 1 KiB put a panel's rows in a
+/// few cache sets), then every tile of rows, reading A where it is.
+///
+/// # Safety
+/// `p`'s strides address only valid elements; no other thread writes
+/// these columns of C.
+unsafe fn column_range<T: Ordered>(p: &OrderedParams, a: *const T, b: *const T, c: *mut T, j0: usize, j1: usize) {
     let m = p.m as usize;
+    let nr = T::NR;
     let (ars, acs, brs, bcs, crs, ccs) = (
         p.a_rs as isize,
         p.a_cs as isize,
@@ -77,124 +235,78 @@ unsafe fn columns<T: MulAdd, const NR: usize>(
         p.c_rs as isize,
         p.c_cs as isize,
     );
-    let at = |i: usize, q: usize| unsafe { *a.offset(i as isize * ars + q as isize * acs) };
-    let cp = |i: usize, j: usize| unsafe { c.offset(i as isize * crs + j as isize * ccs) };
-    let mut j = j0;
-    // Register tiles of MR × NR where B's rows are contiguous.
-    if bcs == 1 {
-        while j + NR <= j1 {
-            let mut i = 0;
-            while i + MR <= m {
-                let mut acc = [[T::default(); NR]; MR];
-                for (r, row) in acc.iter_mut().enumerate() {
-                    for (s, v) in row.iter_mut().enumerate() {
-                        *v = unsafe { *cp(i + r, j + s) };
-                    }
+    let mut packed = vec![T::default(); CHUNK * nr];
+    // Long rows of A (a row-major A of many steps: 32 KiB apart in the
+    // char-RNN) are copied per chunk into rows of CHUNK elements; then A,
+    // like B, is read in the chunk's order, as one run.
+    let pack_a = acs == 1 && ars.unsigned_abs() > CHUNK;
+    let mut packed_a = vec![T::default(); if pack_a { m * CHUNK } else { 0 }];
+    for chunk_runs in chunks(p.k as usize, p.blocks as usize) {
+        let len: usize = chunk_runs.iter().map(|&(q0, q1)| q1 - q0).sum();
+        let whole = [(0, len)];
+        let (a, ars, acs, runs) = if pack_a {
+            for (i, dst) in packed_a.chunks_exact_mut(CHUNK).enumerate() {
+                let mut u = 0;
+                for &(q0, q1) in &chunk_runs {
+                    // SAFETY: row i of A holds elements q0..q1 contiguously.
+                    let src = unsafe { std::slice::from_raw_parts(a.offset(i as isize * ars + q0 as isize), q1 - q0) };
+                    dst[u..u + (q1 - q0)].copy_from_slice(src);
+                    u += q1 - q0;
                 }
+            }
+            (packed_a.as_ptr(), CHUNK as isize, 1, &whole[..])
+        } else {
+            (a, ars, acs, &chunk_runs[..])
+        };
+        let mut j = j0;
+        while j < j1 {
+            let width = (j1 - j).min(nr);
+            let mut rows = packed.chunks_exact_mut(nr);
+            for &(q0, q1) in &chunk_runs {
                 for q in q0..q1 {
-                    // SAFETY: row q of B holds NR contiguous elements from j.
-                    let brow = unsafe { std::slice::from_raw_parts(b.offset(q as isize * brs + j as isize), NR) };
-                    for (r, row) in acc.iter_mut().enumerate() {
-                        let x = at(i + r, q);
-                        for (v, &y) in row.iter_mut().zip(brow) {
-                            *v = x.mul_add(y, *v);
+                    let (Some(dst), src) = (rows.next(), unsafe { b.offset(q as isize * brs + j as isize * bcs) })
+                    else {
+                        break;
+                    };
+                    if bcs == 1 {
+                        // SAFETY: row q of B holds `width` contiguous elements from j.
+                        dst[..width].copy_from_slice(unsafe { std::slice::from_raw_parts(src, width) });
+                    } else {
+                        for (s, x) in dst[..width].iter_mut().enumerate() {
+                            *x = unsafe { *src.offset(s as isize * bcs) };
                         }
                     }
                 }
-                for (r, row) in acc.iter().enumerate() {
-                    for (s, v) in row.iter().enumerate() {
-                        unsafe { *cp(i + r, j + s) = *v };
-                    }
-                }
-                i += MR;
             }
-            // Leftover rows: one row of NR at a time.
+            let mut i = 0;
             while i < m {
-                let mut acc = [T::default(); NR];
-                for (s, v) in acc.iter_mut().enumerate() {
-                    *v = unsafe { *cp(i, j + s) };
-                }
-                for q in q0..q1 {
-                    let brow = unsafe { std::slice::from_raw_parts(b.offset(q as isize * brs + j as isize), NR) };
-                    let x = at(i, q);
-                    for (v, &y) in acc.iter_mut().zip(brow) {
-                        *v = x.mul_add(y, *v);
+                let t = Tile {
+                    a: unsafe { a.offset(i as isize * ars) },
+                    ars,
+                    acs,
+                    packed: packed.as_ptr(),
+                    c: unsafe { c.offset(i as isize * crs + j as isize * ccs) },
+                    crs,
+                    ccs,
+                    width,
+                };
+                // Leftover rows in one tile of their own height.
+                let rows = (m - i).min(MR);
+                unsafe {
+                    match rows {
+                        6 => T::tile::<6>(&t, runs),
+                        5 => T::tile::<5>(&t, runs),
+                        4 => T::tile::<4>(&t, runs),
+                        3 => T::tile::<3>(&t, runs),
+                        2 => T::tile::<2>(&t, runs),
+                        _ => T::tile::<1>(&t, runs),
                     }
                 }
-                for (s, v) in acc.iter().enumerate() {
-                    unsafe { *cp(i, j + s) = *v };
-                }
-                i += 1;
+                i += rows;
             }
-            j += NR;
+            j += width;
         }
     }
-    // Leftover columns (or strided B): element by element, the same chain.
-    for jj in j..j1 {
-        for i in 0..m {
-            let mut v = unsafe { *cp(i, jj) };
-            for q in q0..q1 {
-                v = at(i, q).mul_add(unsafe { *b.offset(q as isize * brs + jj as isize * bcs) }, v);
-            }
-            unsafe { *cp(i, jj) = v };
-        }
-    }
-}
-
-/// Columns `j0..j1` of `C` over the whole contraction, chunk by chunk.
-///
-/// # Safety
-/// As for [`columns`].
-#[inline(always)]
-unsafe fn column_range<T: MulAdd, const NR: usize>(
-    p: &OrderedParams,
-    a: *const T,
-    b: *const T,
-    c: *mut T,
-    j0: usize,
-    j1: usize,
-) {
-    for (q0, q1) in chunks(p.k as usize, p.blocks as usize) {
-        unsafe { columns::<T, NR>(p, a, b, c, (j0, j1), (q0, q1)) };
-    }
-}
-
-/// [`column_range`] compiled for AVX2 with FMA.
-///
-/// # Safety
-/// The CPU has AVX2 and FMA; as for [`columns`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn column_range_avx2<T: MulAdd, const NR: usize>(
-    p: &OrderedParams,
-    a: *const T,
-    b: *const T,
-    c: *mut T,
-    j0: usize,
-    j1: usize,
-) {
-    unsafe { column_range::<T, NR>(p, a, b, c, j0, j1) }
-}
-
-/// Columns `j0..j1` in the best form this CPU runs (the same bits in
-/// every form: one fused multiply-add per product).
-///
-/// # Safety
-/// As for [`columns`].
-unsafe fn column_range_dispatch<T: MulAdd, const NR: usize>(
-    p: &OrderedParams,
-    a: *const T,
-    b: *const T,
-    c: *mut T,
-    j0: usize,
-    j1: usize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has the features the function was compiled for.
-        return unsafe { column_range_avx2::<T, NR>(p, a, b, c, j0, j1) };
-    }
-    unsafe { column_range::<T, NR>(p, a, b, c, j0, j1) }
 }
 
 /// Multiply-adds below which a product runs on one thread.
@@ -212,28 +324,30 @@ unsafe impl<T> Sync for SendPtr<T> {}
 /// # Safety
 /// `p`'s strides address only valid elements of `a`, `b` and `c`; `c`
 /// does not overlap `a` or `b`.
-unsafe fn ordered<T: MulAdd + Send + Sync, const NR: usize>(p: &OrderedParams, a: *const T, b: *const T, c: *mut T) {
+unsafe fn ordered<T: Ordered>(p: &OrderedParams, a: *const T, b: *const T, c: *mut T) {
     let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
     if m == 0 || n == 0 || k == 0 || p.blocks <= 0 {
         return;
     }
     let macs = m.saturating_mul(n).saturating_mul(k);
-    let panels = n.div_ceil(NR);
+    let nr = T::NR;
+    let panels = n.div_ceil(nr);
     if p.threads <= 1 || macs < PARALLEL_MACS || panels < 2 || crate::pool::pool().is_none() {
-        return unsafe { column_range_dispatch::<T, NR>(p, a, b, c, 0, n) };
+        return unsafe { column_range::<T>(p, a, b, c, 0, n) };
     }
-    // Pieces of whole NR-column panels, a few per thread.
-    let pieces = panels.min(4 * p.threads as usize);
+    // One piece of whole NR-column panels per thread: each piece packs
+    // A's chunks again, so more pieces would cost more than they balance.
+    let pieces = panels.min(p.threads as usize);
     let per = panels.div_ceil(pieces);
     let (ap, bp, cp) = (SendPtr(a as *mut T), SendPtr(b as *mut T), SendPtr(c));
     let (ap, bp, cp) = (&ap, &bp, &cp);
     crate::pool::install(|| {
         use rayon::prelude::*;
         (0..panels.div_ceil(per)).into_par_iter().for_each(|piece| {
-            let j0 = piece * per * NR;
-            let j1 = ((piece + 1) * per * NR).min(n);
+            let j0 = piece * per * nr;
+            let j1 = ((piece + 1) * per * nr).min(n);
             // SAFETY: pieces write disjoint columns of C.
-            unsafe { column_range_dispatch::<T, NR>(p, ap.0, bp.0, cp.0, j0, j1) };
+            unsafe { column_range::<T>(p, ap.0, bp.0, cp.0, j0, j1) };
         });
     });
 }
@@ -245,7 +359,7 @@ unsafe fn ordered<T: MulAdd + Send + Sync, const NR: usize>(p: &OrderedParams, a
 /// elements of `a`, `b` and `c`; `c` overlaps neither `a` nor `b`.
 /// Generated code guarantees both.
 pub unsafe extern "C" fn wengert_matmul_acc_f32(p: *const OrderedParams, a: *const f32, b: *const f32, c: *mut f32) {
-    unsafe { ordered::<f32, 16>(&*p, a, b, c) }
+    unsafe { ordered::<f32>(&*p, a, b, c) }
 }
 
 /// `C += A·B` (f64) in the defined order; as [`wengert_matmul_acc_f32`].
@@ -253,7 +367,7 @@ pub unsafe extern "C" fn wengert_matmul_acc_f32(p: *const OrderedParams, a: *con
 /// # Safety
 /// As for [`wengert_matmul_acc_f32`].
 pub unsafe extern "C" fn wengert_matmul_acc_f64(p: *const OrderedParams, a: *const f64, b: *const f64, c: *mut f64) {
-    unsafe { ordered::<f64, 8>(&*p, a, b, c) }
+    unsafe { ordered::<f64>(&*p, a, b, c) }
 }
 
 #[cfg(test)]
