@@ -43,7 +43,7 @@ pub struct OrderedParams {
 /// Contraction indices per chunk: a chunk's rows of A's columns and its
 /// packed panel of B stay in cache while every tile of `C` passes over
 /// them.
-const CHUNK: usize = 128;
+const CHUNK: usize = 256;
 /// Rows of a register tile.
 const MR: usize = 6;
 
@@ -126,9 +126,15 @@ macro_rules! avx2_tile {
             const NR: usize = 2 * $lanes;
             let mut acc: [[$v; 2]; R] = [[$set1(0.0); 2]; R];
             let mut row = [0 as $t; NR];
+            let direct = t.ccs == 1 && t.width == NR;
             for (r, regs) in acc.iter_mut().enumerate() {
+                let cr = unsafe { t.c.offset(r as isize * t.crs) };
+                if direct {
+                    *regs = unsafe { [$load(cr), $load(cr.add($lanes))] };
+                    continue;
+                }
                 for (s, x) in row.iter_mut().enumerate().take(t.width) {
-                    *x = unsafe { *t.c.offset(r as isize * t.crs + s as isize * t.ccs) };
+                    *x = unsafe { *cr.offset(s as isize * t.ccs) };
                 }
                 *regs = unsafe { [$load(row.as_ptr()), $load(row.as_ptr().add($lanes))] };
             }
@@ -147,6 +153,14 @@ macro_rules! avx2_tile {
                 }
             }
             for (r, regs) in acc.iter().enumerate() {
+                if direct {
+                    let cr = unsafe { t.c.offset(r as isize * t.crs) };
+                    unsafe {
+                        $store(cr, regs[0]);
+                        $store(cr.add($lanes), regs[1]);
+                    }
+                    continue;
+                }
                 unsafe {
                     $store(row.as_mut_ptr(), regs[0]);
                     $store(row.as_mut_ptr().add($lanes), regs[1]);
