@@ -51,6 +51,23 @@ fn random(shape: &[usize], d: DType, rng: &mut Rng, lo: f64, hi: f64) -> Tensor 
 /// Builds a graph from `f` over inputs of the given shapes and checks it on
 /// random inputs in [lo, hi).
 fn check_op(name: &str, d: DType, shapes: &[&[usize]], lo: f64, hi: f64, f: impl for<'b> Fn(&[Var<'b>]) -> Var<'b>) {
+    check_op_within(name, d, shapes, lo, hi, tol(d), f)
+}
+
+/// [`check_op`] bit for bit.
+fn check_exact(name: &str, d: DType, shapes: &[&[usize]], f: impl for<'b> Fn(&[Var<'b>]) -> Var<'b>) {
+    check_op_within(name, d, shapes, -1.0, 1.0, 0.0, f)
+}
+
+fn check_op_within(
+    name: &str,
+    d: DType,
+    shapes: &[&[usize]],
+    lo: f64,
+    hi: f64,
+    tol: f64,
+    f: impl for<'b> Fn(&[Var<'b>]) -> Var<'b>,
+) {
     let b = GraphBuilder::new(name);
     let xs: Vec<Var> = shapes
         .iter()
@@ -61,7 +78,7 @@ fn check_op(name: &str, d: DType, shapes: &[&[usize]], lo: f64, hi: f64, f: impl
     let g = b.build(&[("y", y)]).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut rng = Rng::new(shapes.iter().map(|s| s.iter().sum::<usize>() as u64).sum::<u64>() + 17);
     let inputs: Vec<Tensor> = shapes.iter().map(|s| random(s, d, &mut rng, lo, hi)).collect();
-    check_jit(&g, &inputs, tol(d));
+    check_jit(&g, &inputs, tol);
 }
 
 #[test]
@@ -261,6 +278,65 @@ fn index_ops_matmul_and_softmax_cross_entropy() {
             });
         }
     }
+}
+
+#[test]
+fn matmul_acc_is_the_interpreter_bit_for_bit_in_every_layout() {
+    // The ordered product's result is defined to the bit (one fused
+    // multiply-add per product, runs of the contraction last first), in
+    // f32 as in f64: transposed operands read in place, an accumulator
+    // that is a view, a broadcast or a dying temporary (computed in
+    // place), a fused epilogue, and a product large enough to split
+    // its columns among threads.
+    for d in [DType::F32, DType::F64] {
+        for n in [1, 3, 17, 64] {
+            let k = 2 * n;
+            check_exact("acc", d, &[&[3, 5], &[3, k], &[k, 5]], move |x| {
+                x[0].matmul_acc(x[1], x[2], 1)
+            });
+            check_exact("acc_runs", d, &[&[3, 5], &[3, k], &[k, 5]], move |x| {
+                x[0].matmul_acc(x[1], x[2], k / 2)
+            });
+            check_exact("acc_views", d, &[&[5, 3], &[k, 3], &[5, k]], move |x| {
+                x[0].t().matmul_acc(x[1].t(), x[2].t(), 2)
+            });
+            check_exact("acc_broadcast", d, &[&[], &[n, k], &[k, n]], move |x| {
+                x[0].broadcast_to(&[n, n]).matmul_acc(x[1], x[2], k)
+            });
+            check_exact("acc_in_place", d, &[&[n, 4], &[n, k], &[k, 4]], move |x| {
+                // (The memory plan puts the result in the temporary's buffer:
+                // a transposed reader does not fuse.)
+                (x[0] * 3.0).matmul_acc(x[1], x[2], 1).t() * 0.5
+            });
+            check_exact("acc_epilogue", d, &[&[4, n], &[4, k], &[k, n]], move |x| {
+                x[0].matmul_acc(x[1], x[2], 1).relu() * 2.0 + x[0]
+            });
+        }
+        check_exact("acc_threads", d, &[&[64, 130], &[64, 512], &[512, 130]], |x| {
+            x[0].matmul_acc(x[1], x[2], 8)
+        });
+    }
+}
+
+#[test]
+fn matmul_acc_operands_are_checked_with_the_users_line() {
+    let b = GraphBuilder::new("bad_acc");
+    let c = b.input("c", DType::F32, &[2, 3]);
+    let a = b.input("a", DType::F32, &[2, 4]);
+    let m = b.input("m", DType::F32, &[4, 3]);
+    let y = c.matmul_acc(a, m, 3);
+    let err = b.build(&[("y", y)]).unwrap_err().to_string();
+    assert!(
+        err.contains("`blocks` ≥ 1 dividing the contraction extent 4, got 3"),
+        "{err}"
+    );
+    assert!(err.contains("jit.rs"), "{err}");
+    let text = "graph @g(%c: f32[2,3], %a: f32[2,4], %b: f32[4,2]) -> (y: f32[2,3]) {\n  %y: f32[2,3] = matmul_acc[blocks=1] %c, %a, %b\n  return %y\n}\n";
+    let err = wengert::ir::parse(text).unwrap_err().to_string();
+    assert!(
+        err.starts_with("2:") && err.contains("`matmul_acc` needs [m,n], [m,k] x [k,n]"),
+        "{err}"
+    );
 }
 
 // ----- the inline math -----
