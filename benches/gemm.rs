@@ -17,7 +17,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use std::time::Duration;
-use wengert_runtime::gemm::ordered::{wengert_matmul_acc_f32, OrderedParams};
+use wengert_runtime::gemm::ordered::{wengert_matmul_acc_f32, wide_tiles, OrderedParams};
 use wengert_runtime::gemm::{self, GemmChoice, GemmKernel, GemmParams};
 
 /// `(name, m, k, n, A transposed, B transposed)`: `C[m,n] = A·B` with A
@@ -147,6 +147,7 @@ fn ordered_products(c: &mut Criterion) {
                 c_rs: n as i64,
                 c_cs: 1,
                 threads: threads as i64,
+                wide: wide_tiles() as i64,
             };
             grp.bench_function(format!("{name}/ordered-t{threads}"), |bch| {
                 bch.iter(|| {

@@ -308,13 +308,16 @@ impl Lowerer<'_> {
             c_rs: out.strides[0] as i64,
             c_cs: out.strides[1] as i64,
             threads: self.state.threads as i64,
+            wide: wengert_runtime::gemm::ordered::wide_tiles() as i64,
         });
         if let Some(log) = &mut self.state.kernel_log {
             use std::fmt::Write;
             let _ = writeln!(
                 log,
-                "matmul_acc [{m}, {kk}] x [{kk}, {n}] {} blocks={blocks} threads={}",
-                out.dtype, params.threads
+                "matmul_acc [{m}, {kk}] x [{kk}, {n}] {} blocks={blocks} threads={}{}",
+                out.dtype,
+                params.threads,
+                if params.wide != 0 { " avx512" } else { "" }
             );
         }
         let rf = if out.dtype == DType::F32 {

@@ -38,6 +38,33 @@ pub struct OrderedParams {
     pub c_cs: i64,
     /// Threads the product may use (each takes whole columns of tiles).
     pub threads: i64,
+    /// 1: AVX-512 tiles (twice as wide), where the CPU runs them; what
+    /// [`wide_tiles`] says when the product is compiled. No choice
+    /// changes a bit.
+    pub wide: i64,
+}
+
+/// Whether products should use AVX-512 tiles on this machine: where the
+/// calibrated GEMM family is the AVX-512 one (on Zen 4, whose 512-bit
+/// instructions are two 256-bit halves, it usually is not), or
+/// `WENGERT_GEMM` forces it.
+pub fn wide_tiles() -> bool {
+    match super::forced_kernel() {
+        Ok(Some(k)) => k == super::GemmKernel::Avx512,
+        Ok(None) | Err(_) => super::machine_family() == super::GemmKernel::Avx512,
+    }
+}
+
+/// Whether this CPU runs AVX-512F.
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2_fma() && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Contraction indices per chunk: a chunk's rows of A's columns and its
@@ -112,15 +139,15 @@ unsafe fn tile_scalar<T: MulAdd, const R: usize, const NR: usize>(t: &Tile<T>, r
     }
 }
 
-/// [`tile_scalar`] in AVX2 registers: `R` rows of two vectors each, one
-/// vector fused multiply-add per product lane (the scalar chain lane by
-/// lane, so the same bits).
+/// [`tile_scalar`] in vector registers (AVX2, or AVX-512 for the wide
+/// panels): `R` rows of two vectors each, one vector fused multiply-add
+/// per product lane (the scalar chain lane by lane, so the same bits).
 #[cfg(target_arch = "x86_64")]
-macro_rules! avx2_tile {
-    ($name:ident, $t:ty, $v:ty, $lanes:literal, $set1:ident, $fma:ident, $load:ident, $store:ident) => {
+macro_rules! simd_tile {
+    ($name:ident, $features:literal, $t:ty, $v:ty, $lanes:literal, $set1:ident, $fma:ident, $load:ident, $store:ident) => {
         /// # Safety
-        /// The CPU has AVX2 and FMA; as for [`tile_scalar`].
-        #[target_feature(enable = "avx2,fma")]
+        /// The CPU has the features; as for [`tile_scalar`].
+        #[target_feature(enable = $features)]
         unsafe fn $name<const R: usize>(t: &Tile<$t>, runs: &[(usize, usize)]) {
             use std::arch::x86_64::*;
             const NR: usize = 2 * $lanes;
@@ -174,8 +201,9 @@ macro_rules! avx2_tile {
 }
 
 #[cfg(target_arch = "x86_64")]
-avx2_tile!(
+simd_tile!(
     tile_avx2_f32,
+    "avx2,fma",
     f32,
     __m256,
     8,
@@ -185,8 +213,9 @@ avx2_tile!(
     _mm256_storeu_ps
 );
 #[cfg(target_arch = "x86_64")]
-avx2_tile!(
+simd_tile!(
     tile_avx2_f64,
+    "avx2,fma",
     f64,
     __m256d,
     4,
@@ -195,39 +224,81 @@ avx2_tile!(
     _mm256_loadu_pd,
     _mm256_storeu_pd
 );
+#[cfg(target_arch = "x86_64")]
+simd_tile!(
+    tile_avx512_f32,
+    "avx512f,avx2,fma",
+    f32,
+    __m512,
+    16,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps
+);
+#[cfg(target_arch = "x86_64")]
+simd_tile!(
+    tile_avx512_f64,
+    "avx512f,avx2,fma",
+    f64,
+    __m512d,
+    8,
+    _mm512_set1_pd,
+    _mm512_fmadd_pd,
+    _mm512_loadu_pd,
+    _mm512_storeu_pd
+);
 
 /// The element types of the ordered product: the tile in the best form
 /// this CPU runs (every form computes every element by the same chain).
 trait Ordered: MulAdd + Send + Sync {
-    /// Columns of a packed panel: two AVX2 vectors.
-    const NR: usize;
+    /// Lanes of an AVX2 vector; a panel is two vectors wide, or four
+    /// AVX2 vectors' worth for AVX-512 tiles.
+    const LANES: usize;
+
+    /// Columns of a packed panel.
+    fn nr(wide: bool) -> usize {
+        if wide {
+            4 * Self::LANES
+        } else {
+            2 * Self::LANES
+        }
+    }
 
     /// # Safety
-    /// As for [`tile_scalar`].
-    unsafe fn tile<const R: usize>(t: &Tile<Self>, runs: &[(usize, usize)]);
+    /// As for [`tile_scalar`]; `wide` only where the CPU runs AVX-512,
+    /// and the panel `nr(wide)` columns wide.
+    unsafe fn tile<const R: usize>(t: &Tile<Self>, runs: &[(usize, usize)], wide: bool);
 }
 
 macro_rules! ordered_type {
-    ($t:ty, $avx2:ident, $nr:literal) => {
+    ($t:ty, $avx2:ident, $avx512:ident, $lanes:literal) => {
         impl Ordered for $t {
-            const NR: usize = $nr;
+            const LANES: usize = $lanes;
 
-            unsafe fn tile<const R: usize>(t: &Tile<$t>, runs: &[(usize, usize)]) {
+            unsafe fn tile<const R: usize>(t: &Tile<$t>, runs: &[(usize, usize)], wide: bool) {
                 #[cfg(target_arch = "x86_64")]
-                if has_avx2_fma() {
-                    // SAFETY: the CPU has the features the kernel was compiled for.
-                    return unsafe { $avx2::<R>(t, runs) };
+                {
+                    if wide {
+                        // SAFETY: the caller checked the CPU runs AVX-512.
+                        return unsafe { $avx512::<R>(t, runs) };
+                    }
+                    if has_avx2_fma() {
+                        // SAFETY: the CPU has the features the kernel was compiled for.
+                        return unsafe { $avx2::<R>(t, runs) };
+                    }
                 }
+                let _ = wide;
                 // Without hardware FMA, `mul_add` is a (slow, exact)
                 // library call; such CPUs are rare among those this runs on.
-                unsafe { tile_scalar::<$t, R, $nr>(t, runs) }
+                unsafe { tile_scalar::<$t, R, { 2 * $lanes }>(t, runs) }
             }
         }
     };
 }
 
-ordered_type!(f32, tile_avx2_f32, 16);
-ordered_type!(f64, tile_avx2_f64, 8);
+ordered_type!(f32, tile_avx2_f32, tile_avx512_f32, 8);
+ordered_type!(f64, tile_avx2_f64, tile_avx512_f64, 4);
 
 /// Columns `j0..j1` of `C` over the whole contraction: chunk by chunk
 /// (in the defined order), panel by panel of `NR` columns with B's panel
@@ -240,7 +311,8 @@ ordered_type!(f64, tile_avx2_f64, 8);
 /// these columns of C.
 unsafe fn column_range<T: Ordered>(p: &OrderedParams, a: *const T, b: *const T, c: *mut T, j0: usize, j1: usize) {
     let m = p.m as usize;
-    let nr = T::NR;
+    let wide = p.wide != 0 && has_avx512();
+    let nr = T::nr(wide);
     let (ars, acs, brs, bcs, crs, ccs) = (
         p.a_rs as isize,
         p.a_cs as isize,
@@ -282,12 +354,17 @@ unsafe fn column_range<T: Ordered>(p: &OrderedParams, a: *const T, b: *const T, 
                     else {
                         break;
                     };
-                    if bcs == 1 && width == T::NR {
+                    if bcs == 1 && width == nr {
                         // A copy of constant size, inlined (a call to
                         // `memmove` per row of a panel took 8% of the
                         // char-RNN's step).
-                        // SAFETY: row q of B holds NR contiguous elements from j.
-                        dst.copy_from_slice(unsafe { std::slice::from_raw_parts(src, T::NR) });
+                        // SAFETY: row q of B holds nr contiguous elements from j.
+                        let row = unsafe { std::slice::from_raw_parts(src, nr) };
+                        if nr == 2 * T::LANES {
+                            dst[..2 * T::LANES].copy_from_slice(&row[..2 * T::LANES]);
+                        } else {
+                            dst[..4 * T::LANES].copy_from_slice(&row[..4 * T::LANES]);
+                        }
                     } else {
                         for (s, x) in dst[..width].iter_mut().enumerate() {
                             *x = unsafe { *src.offset(s as isize * bcs) };
@@ -311,12 +388,12 @@ unsafe fn column_range<T: Ordered>(p: &OrderedParams, a: *const T, b: *const T, 
                 let rows = (m - i).min(MR);
                 unsafe {
                     match rows {
-                        6 => T::tile::<6>(&t, runs),
-                        5 => T::tile::<5>(&t, runs),
-                        4 => T::tile::<4>(&t, runs),
-                        3 => T::tile::<3>(&t, runs),
-                        2 => T::tile::<2>(&t, runs),
-                        _ => T::tile::<1>(&t, runs),
+                        6 => T::tile::<6>(&t, runs, wide),
+                        5 => T::tile::<5>(&t, runs, wide),
+                        4 => T::tile::<4>(&t, runs, wide),
+                        3 => T::tile::<3>(&t, runs, wide),
+                        2 => T::tile::<2>(&t, runs, wide),
+                        _ => T::tile::<1>(&t, runs, wide),
                     }
                 }
                 i += rows;
@@ -347,7 +424,7 @@ unsafe fn ordered<T: Ordered>(p: &OrderedParams, a: *const T, b: *const T, c: *m
         return;
     }
     let macs = m.saturating_mul(n).saturating_mul(k);
-    let nr = T::NR;
+    let nr = T::nr(p.wide != 0 && has_avx512());
     let panels = n.div_ceil(nr);
     if p.threads <= 1 || macs < PARALLEL_MACS || panels < 2 || crate::pool::pool().is_none() {
         return unsafe { column_range::<T>(p, a, b, c, 0, n) };
@@ -426,7 +503,7 @@ mod tests {
             let c0: Vec<f64> = (0..m * n).map(|_| next()).collect();
             let mut want = c0.clone();
             reference(m, n, k, blocks, &a, &b, &mut want);
-            for threads in [1, 2, 3] {
+            for (threads, wide) in [(1, 0), (2, 0), (3, 0), (1, 1), (2, 1)] {
                 let p = OrderedParams {
                     m: m as i64,
                     n: n as i64,
@@ -439,10 +516,11 @@ mod tests {
                     c_rs: n as i64,
                     c_cs: 1,
                     threads,
+                    wide,
                 };
                 let mut got = c0.clone();
                 unsafe { wengert_matmul_acc_f64(&p, a.as_ptr(), b.as_ptr(), got.as_mut_ptr()) };
-                assert_eq!(got, want, "{m}x{n}x{k}/{blocks}, {threads} threads");
+                assert_eq!(got, want, "{m}x{n}x{k}/{blocks}, {threads} threads, wide {wide}");
                 // f32, and B read by columns (the strided path).
                 let (a32, b32): (Vec<f32>, Vec<f32>) = (
                     a.iter().map(|&x| x as f32).collect(),
