@@ -288,7 +288,10 @@ impl Lowerer<'_> {
     ) -> Result<(), CodegenError> {
         // Code that writes memory: a deferred product runs first.
         self.flush_gemm(fb)?;
-        let same = matches!(c, Loc::Mem(v) if v.ptr == out.ptr && v.offset == out.offset && v.strides == out.strides);
+        // (Each read of an arena buffer is a fresh pointer value: compare
+        // what the pointers are, not the values.)
+        let same = matches!(c, Loc::Mem(v) if v.offset == out.offset && v.strides == out.strides
+            && (v.ptr == out.ptr || matches!((self.bases.get(&v.ptr), self.bases.get(&out.ptr)), (Some(x), Some(y)) if x == y)));
         if !same {
             self.copy_into(fb, c, out)?;
         }
