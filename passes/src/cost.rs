@@ -9,7 +9,9 @@ pub fn node_flops(g: &Graph, id: NodeId) -> u64 {
     let out = g.ty(id).num_elements() as u64;
     match g.op(id).class() {
         OpClass::Contraction => {
-            let a = g.ty(g.args(id)[0]);
+            // The left factor (after `matmul_acc`'s accumulator).
+            let left = matches!(g.op(id), wengert_ir::Op::MatMulAcc { .. }) as usize;
+            let a = g.ty(g.args(id)[left]);
             out * 2 * a.shape[a.rank() - 1] as u64
         }
         OpClass::Reduction => g.ty(g.args(id)[0]).num_elements() as u64,

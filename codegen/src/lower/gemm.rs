@@ -296,7 +296,7 @@ impl Lowerer<'_> {
             self.copy_into(fb, c, out)?;
         }
         let (m, kk, n) = (a.shape[0], a.shape[1], b.shape[1]);
-        if m * n * kk == 0 {
+        if m == 0 || n == 0 || kk == 0 {
             return Ok(());
         }
         let params = Box::new(wengert_runtime::gemm::ordered::OrderedParams {
