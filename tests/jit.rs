@@ -327,9 +327,16 @@ fn matmul_acc_operands_are_checked_with_the_users_line() {
     let y = c.matmul_acc(a, m, 3);
     let err = b.build(&[("y", y)]).unwrap_err().to_string();
     assert!(
-        err.contains("`blocks` ≥ 1 dividing the contraction extent 4, got 3"),
+        err.contains("`blocks` ≥ 1 dividing the contraction extent 4 (1 if it is 0), got 3"),
         "{err}"
     );
+    // Many runs of an empty contraction: refused, not a long loop.
+    let b = GraphBuilder::new("empty_runs");
+    let c = b.input("c", DType::F32, &[2, 3]);
+    let a = b.input("a", DType::F32, &[2, 0]);
+    let m = b.input("m", DType::F32, &[0, 3]);
+    let err = b.build(&[("y", c.matmul_acc(a, m, 1 << 60))]).unwrap_err().to_string();
+    assert!(err.contains("extent 0 (1 if it is 0)"), "{err}");
     assert!(err.contains("jit.rs"), "{err}");
     let text = "graph @g(%c: f32[2,3], %a: f32[2,4], %b: f32[4,2]) -> (y: f32[2,3]) {\n  %y: f32[2,3] = matmul_acc[blocks=1] %c, %a, %b\n  return %y\n}\n";
     let err = wengert::ir::parse(text).unwrap_err().to_string();

@@ -159,9 +159,16 @@ fn infer_unchecked(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> 
             same_float(name, c, a)?;
             match (c.shape.as_slice(), a.shape.as_slice(), b.shape.as_slice()) {
                 ([m0, n0], [m, k1], [k2, n]) if k1 == k2 && m0 == m && n0 == n => {
-                    if *blocks == 0 || k1 % blocks != 0 {
+                    // (An empty contraction has one run: a count of empty
+                    // runs would only be a loop to nowhere.)
+                    let fits = if *k1 == 0 {
+                        *blocks == 1
+                    } else {
+                        *blocks >= 1 && k1 % blocks == 0
+                    };
+                    if !fits {
                         return Err(format!(
-                            "`matmul_acc` needs `blocks` ≥ 1 dividing the contraction extent {k1}, got {blocks}"
+                            "`matmul_acc` needs `blocks` ≥ 1 dividing the contraction extent {k1} (1 if it is 0), got {blocks}"
                         ));
                     }
                     Ok(c.clone())

@@ -704,7 +704,7 @@ pub fn emit_backward(
         // Summed as the backward loop meets the steps (last first, unless
         // the forward ran in reverse), which is the order a recomputing
         // schedule accumulates them in (`matmul_acc`).
-        let blocks = if forward.reverse { 1 } else { t.max(1) };
+        let blocks = if forward.reverse || t * k == 0 { 1 } else { t };
         let zero = e.scalar(e.dtype(a2), 0.0);
         let zeros = e.broadcast(zero, &[m, n])?;
         adjoints[s.operand] = Some(e.op(Op::MatMulAcc { blocks }, &[zeros, a2, b2])?);
