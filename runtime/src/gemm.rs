@@ -504,9 +504,11 @@ impl Element for f64 {
 /// buffers alive and unaliased for the duration of the call).
 #[derive(Clone, Copy)]
 struct SendPtr<T>(*mut T);
-// SAFETY: only moved into a closure that `install` runs to completion
-// before the entry returns; the elements are plain floats.
+// SAFETY: only moved into (or shared with) closures that `install` runs
+// to completion before the entry returns, which write disjoint elements;
+// the elements are plain floats.
 unsafe impl<T: Send> Send for SendPtr<T> {}
+unsafe impl<T: Sync> Sync for SendPtr<T> {}
 
 /// `C = A·B` for every batch item of `p`.
 ///

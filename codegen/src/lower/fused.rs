@@ -24,14 +24,23 @@ pub(crate) fn lower_fused(
 ) -> Result<(), CodegenError> {
     let mut rest = members;
     if let Some((&first, tail)) = members.split_first() {
-        if let Op::MatMul = g.op(first) {
+        // A leading product: `matmul`, or `matmul_acc` (whose factors
+        // follow its accumulator).
+        let factors = if matches!(g.op(first), Op::MatMul) {
+            Some(0)
+        } else if matches!(g.op(first), Op::MatMulAcc { .. }) {
+            Some(1)
+        } else {
+            None
+        };
+        if let Some(f) = factors {
             let args = g.args(first);
             for &a in &args {
                 materialize(lw, fb, locs, a);
             }
-            let (a_ty, b_ty) = (g.ty(args[0]).clone(), g.ty(args[1]).clone());
-            let a_loc = locs[args[0].index()].clone().expect("operands precede");
-            let b_loc = locs[args[1].index()].clone().expect("operands precede");
+            let loc = |i: usize| locs[args[i].index()].clone().expect("operands precede");
+            let (a_ty, b_ty) = (g.ty(args[f]).clone(), g.ty(args[f + 1]).clone());
+            let (a_loc, b_loc) = (loc(f), loc(f + 1));
             // Copying an operand would write memory a deferred product may
             // still read: call that one first.
             if !gemm::in_place(&a_loc) || !gemm::in_place(&b_loc) {
@@ -39,24 +48,14 @@ pub(crate) fn lower_fused(
             }
             let a = lw.materialize(fb, &a_loc, &a_ty.shape, a_ty.dtype, false)?;
             let b = lw.materialize(fb, &b_loc, &b_ty.shape, b_ty.dtype, false)?;
-            // Its planned buffer (the memory plan gives a leading matmul
+            // Its planned buffer (the memory plan gives a leading product
             // one even when only the kernel reads it).
             let out = place(lw, fb, first);
-            lw.gemm(fb, &a, &b, &out)?;
-            locs[first.index()] = Some(Loc::Mem(out));
-            rest = tail;
-        } else if let Op::MatMulAcc { blocks } = g.op(first) {
-            let args = g.args(first);
-            for &a in &args {
-                materialize(lw, fb, locs, a);
+            if let Op::MatMulAcc { blocks } = g.op(first) {
+                lw.ordered_product(fb, &loc(0), &a, &b, &out, *blocks)?;
+            } else {
+                lw.gemm(fb, &a, &b, &out)?;
             }
-            let loc = |i: usize| locs[args[i].index()].clone().expect("operands precede");
-            let (a_ty, b_ty) = (g.ty(args[1]).clone(), g.ty(args[2]).clone());
-            lw.flush_gemm(fb)?;
-            let a = lw.materialize(fb, &loc(1), &a_ty.shape, a_ty.dtype, false)?;
-            let b = lw.materialize(fb, &loc(2), &b_ty.shape, b_ty.dtype, false)?;
-            let out = place(lw, fb, first);
-            lw.ordered_product(fb, &loc(0), &a, &b, &out, *blocks)?;
             locs[first.index()] = Some(Loc::Mem(out));
             rest = tail;
         }

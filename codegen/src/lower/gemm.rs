@@ -13,6 +13,7 @@
 //! one thread; which thread never changes its bits.
 
 use super::*;
+use wengert_runtime::gemm::ordered::{wide_tiles, OrderedParams};
 use wengert_runtime::gemm::GemmKernel;
 
 /// A product whose call has not been emitted yet.
@@ -123,7 +124,7 @@ impl Lowerer<'_> {
         let f = self.import(fb, rf);
         let mut args = Vec::with_capacity(8);
         for (p, a, b, c) in [(&p1, &first.a, &first.b, &first.out), (&p2, a, b, out)] {
-            args.extend(self.gemm_args(fb, p, a, b, c));
+            args.extend(self.product_args(fb, &**p as *const GemmParams as i64, a, b, c));
         }
         self.state.gemm_params.push(p1);
         self.state.gemm_params.push(p2);
@@ -246,26 +247,18 @@ impl Lowerer<'_> {
             RuntimeFn::GemmF64
         };
         let f = self.import(fb, rf);
-        let args = self.gemm_args(fb, &params, a, b, out);
+        let args = self.product_args(fb, &*params as *const GemmParams as i64, a, b, out);
         self.state.gemm_params.push(params);
         fb.ins().call(f, &args);
         Ok(())
     }
 
-    /// The call's arguments: the parameter block's address and the three
-    /// data pointers.
-    fn gemm_args(
-        &mut self,
-        fb: &mut FunctionBuilder,
-        params: &GemmParams,
-        a: &View,
-        b: &View,
-        out: &View,
-    ) -> [Value; 4] {
+    /// A product call's arguments: the parameter block's address (a boxed
+    /// block's, which stays put when the box moves into the module state)
+    /// and the three data pointers.
+    fn product_args(&mut self, fb: &mut FunctionBuilder, block: i64, a: &View, b: &View, out: &View) -> [Value; 4] {
         let size = out.dtype.size_bytes() as i64;
-        // The block is boxed: its address stays put when the box moves
-        // into `gemm_params`.
-        let pv = fb.ins().iconst(types::I64, params as *const GemmParams as i64);
+        let pv = fb.ins().iconst(types::I64, block);
         let ap = fb.ins().iadd_imm_s(a.ptr, a.offset * size);
         let bp = fb.ins().iadd_imm_s(b.ptr, b.offset * size);
         let cp = fb.ins().iadd_imm_s(out.ptr, out.offset * size);
@@ -299,7 +292,7 @@ impl Lowerer<'_> {
         if m == 0 || n == 0 || kk == 0 {
             return Ok(());
         }
-        let params = Box::new(wengert_runtime::gemm::ordered::OrderedParams {
+        let params = Box::new(OrderedParams {
             m: m as i64,
             n: n as i64,
             k: kk as i64,
@@ -311,7 +304,7 @@ impl Lowerer<'_> {
             c_rs: out.strides[0] as i64,
             c_cs: out.strides[1] as i64,
             threads: self.state.threads as i64,
-            wide: wengert_runtime::gemm::ordered::wide_tiles() as i64,
+            wide: wide_tiles() as i64,
         });
         if let Some(log) = &mut self.state.kernel_log {
             use std::fmt::Write;
@@ -329,14 +322,9 @@ impl Lowerer<'_> {
             RuntimeFn::MatMulAccF64
         };
         let f = self.import(fb, rf);
-        let size = out.dtype.size_bytes() as i64;
-        // The block is boxed: its address stays put when the box moves.
-        let pv = fb.ins().iconst(types::I64, &*params as *const _ as i64);
-        let ap = fb.ins().iadd_imm_s(a.ptr, a.offset * size);
-        let bp = fb.ins().iadd_imm_s(b.ptr, b.offset * size);
-        let cp = fb.ins().iadd_imm_s(out.ptr, out.offset * size);
+        let args = self.product_args(fb, &*params as *const OrderedParams as i64, a, b, out);
         self.state.ordered_params.push(params);
-        fb.ins().call(f, &[pv, ap, bp, cp]);
+        fb.ins().call(f, &args);
         Ok(())
     }
 

@@ -19,6 +19,7 @@
 #[cfg(target_arch = "x86_64")]
 use super::small::has_avx2_fma;
 use super::small::MulAdd;
+use super::SendPtr;
 
 /// Shapes and element strides of `C += A·B` in the defined order.
 #[repr(C)]
@@ -321,17 +322,21 @@ unsafe fn column_range<T: Ordered>(p: &OrderedParams, a: *const T, b: *const T, 
         p.c_rs as isize,
         p.c_cs as isize,
     );
-    let mut packed = vec![T::default(); CHUNK * nr];
+    // Buffers for the longest chunk this product has: a loop's
+    // step-by-step accumulation calls this once per step with a short
+    // contraction, and must not clear a whole chunk's worth each time.
+    let chunk = (p.k as usize).min(CHUNK);
+    let mut packed = vec![T::default(); chunk * nr];
     // Long rows of A (a row-major A of many steps: 32 KiB apart in the
-    // char-RNN) are copied per chunk into rows of CHUNK elements; then A,
-    // like B, is read in the chunk's order, as one run.
+    // char-RNN) are copied per chunk into rows of `chunk` elements; then
+    // A, like B, is read in the chunk's order, as one run.
     let pack_a = acs == 1 && ars.unsigned_abs() > CHUNK;
-    let mut packed_a = vec![T::default(); if pack_a { m * CHUNK } else { 0 }];
+    let mut packed_a = vec![T::default(); if pack_a { m * chunk } else { 0 }];
     for chunk_runs in chunks(p.k as usize, p.blocks as usize) {
         let len: usize = chunk_runs.iter().map(|&(q0, q1)| q1 - q0).sum();
         let whole = [(0, len)];
         let (a, ars, acs, runs) = if pack_a {
-            for (i, dst) in packed_a.chunks_exact_mut(CHUNK).enumerate() {
+            for (i, dst) in packed_a.chunks_exact_mut(chunk).enumerate() {
                 let mut u = 0;
                 for &(q0, q1) in &chunk_runs {
                     // SAFETY: row i of A holds elements q0..q1 contiguously.
@@ -340,7 +345,7 @@ unsafe fn column_range<T: Ordered>(p: &OrderedParams, a: *const T, b: *const T, 
                     u += q1 - q0;
                 }
             }
-            (packed_a.as_ptr(), CHUNK as isize, 1, &whole[..])
+            (packed_a.as_ptr(), chunk as isize, 1, &whole[..])
         } else {
             (a, ars, acs, &chunk_runs[..])
         };
@@ -406,12 +411,6 @@ unsafe fn column_range<T: Ordered>(p: &OrderedParams, a: *const T, b: *const T, 
 /// Multiply-adds below which a product runs on one thread.
 const PARALLEL_MACS: usize = 1 << 21;
 
-struct SendPtr<T>(*mut T);
-// SAFETY: shared only with threads that `pool::install` joins before the
-// entry returns, each writing its own columns of C.
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
-
 /// `C += A·B` in the defined order: columns of tiles split among threads
 /// (a fixed split by size, though no split changes a bit).
 ///
@@ -434,6 +433,8 @@ unsafe fn ordered<T: Ordered>(p: &OrderedParams, a: *const T, b: *const T, c: *m
     let pieces = panels.min(p.threads as usize);
     let per = panels.div_ceil(pieces);
     let (ap, bp, cp) = (SendPtr(a as *mut T), SendPtr(b as *mut T), SendPtr(c));
+    // (By reference: a closure naming `ap.0` would capture the bare
+    // pointer.)
     let (ap, bp, cp) = (&ap, &bp, &cp);
     crate::pool::install(|| {
         use rayon::prelude::*;
@@ -469,7 +470,7 @@ mod tests {
     use super::*;
 
     /// The definition, element by element.
-    fn reference(m: usize, n: usize, k: usize, blocks: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
+    fn reference<T: MulAdd>(m: usize, n: usize, k: usize, blocks: usize, a: &[T], b: &[T], c: &mut [T]) {
         let run = k / blocks;
         for i in 0..m {
             for j in 0..n {
@@ -503,6 +504,14 @@ mod tests {
             let c0: Vec<f64> = (0..m * n).map(|_| next()).collect();
             let mut want = c0.clone();
             reference(m, n, k, blocks, &a, &b, &mut want);
+            // f32, and B read by columns (the strided path).
+            let (a32, b32): (Vec<f32>, Vec<f32>) = (
+                a.iter().map(|&x| x as f32).collect(),
+                b.iter().map(|&x| x as f32).collect(),
+            );
+            let bt: Vec<f32> = (0..n * k).map(|t| b32[(t % k) * n + t / k]).collect();
+            let mut want32: Vec<f32> = c0.iter().map(|&x| x as f32).collect();
+            reference(m, n, k, blocks, &a32, &b32, &mut want32);
             for (threads, wide) in [(1, 0), (2, 0), (3, 0), (1, 1), (2, 1)] {
                 let p = OrderedParams {
                     m: m as i64,
@@ -521,25 +530,6 @@ mod tests {
                 let mut got = c0.clone();
                 unsafe { wengert_matmul_acc_f64(&p, a.as_ptr(), b.as_ptr(), got.as_mut_ptr()) };
                 assert_eq!(got, want, "{m}x{n}x{k}/{blocks}, {threads} threads, wide {wide}");
-                // f32, and B read by columns (the strided path).
-                let (a32, b32): (Vec<f32>, Vec<f32>) = (
-                    a.iter().map(|&x| x as f32).collect(),
-                    b.iter().map(|&x| x as f32).collect(),
-                );
-                let bt: Vec<f32> = (0..n * k).map(|t| b32[(t % k) * n + t / k]).collect();
-                let mut want32: Vec<f32> = c0.iter().map(|&x| x as f32).collect();
-                let run = k.checked_div(blocks).unwrap_or(0);
-                for i in 0..m {
-                    for j in 0..n {
-                        let mut v = want32[i * n + j];
-                        for blk in (0..blocks).rev() {
-                            for q in blk * run..(blk + 1) * run {
-                                v = a32[i * k + q].mul_add(b32[q * n + j], v);
-                            }
-                        }
-                        want32[i * n + j] = v;
-                    }
-                }
                 for (bb, b_rs, b_cs) in [(&b32, n as i64, 1), (&bt, 1, k as i64)] {
                     let mut got32: Vec<f32> = c0.iter().map(|&x| x as f32).collect();
                     let p = OrderedParams { b_rs, b_cs, ..p };
