@@ -83,7 +83,27 @@ fn products(c: &mut Criterion) {
             } else {
                 &[false, true]
             };
-            directs.iter().map(move |&direct| GemmChoice { kernel, direct })
+            // Copies only of operands whose rows are not contiguous (the
+            // others are copied as they are: nothing to learn).
+            let copies: Vec<u8> = if kernel == GemmKernel::Loops {
+                vec![]
+            } else {
+                (1..=3u8)
+                    .filter(|&c| (c & 1 == 0 || at) && (c & 2 == 0 || bt))
+                    .collect()
+            };
+            directs
+                .iter()
+                .map(move |&direct| GemmChoice {
+                    kernel,
+                    direct,
+                    copy: 0,
+                })
+                .chain(copies.into_iter().map(move |copy| GemmChoice {
+                    kernel,
+                    direct: false,
+                    copy,
+                }))
         }) {
             // Loops on the large products take seconds and teach nothing.
             if choice.kernel == GemmKernel::Loops && m * n * k > 4 * gemm::SMALL_PRODUCT as usize {

@@ -14,6 +14,7 @@
 //! ([`crate::pool`]); the `gemm` crate splits the output among threads,
 //! never the sum over `k`, so every thread count gives the same bits.
 
+mod copy;
 mod family;
 pub mod ordered;
 mod small;
@@ -54,30 +55,51 @@ pub struct GemmParams {
     /// `Ȳ`), other products 1.2× to 5.5× more (`mlp32_xt_dh`). See
     /// [`GemmChoice`].
     pub direct: i64,
+    /// Operands first copied by rows into a scratch buffer: 1 for A, 2
+    /// for B, 3 for both. The crate's packing of an operand whose rows are
+    /// not contiguous can be slow: on AMD Zen 5 the AVX-512 family took
+    /// 2.3× longer for the chain's `Ȳ·Wᵀ` than for `X·W` of the same
+    /// sizes (in either orientation), far more than copying `Wᵀ` by rows
+    /// costs. See [`GemmChoice`].
+    pub copy: i64,
 }
 
 /// What [`choose`] decides for one product: the kernel family and, for
 /// the `gemm` crate's families, whether a row-major C is computed as
-/// written ([`GemmParams::direct`]).
+/// written ([`GemmParams::direct`]) and which operands are first copied
+/// by rows ([`GemmParams::copy`]: 1 for A, 2 for B).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GemmChoice {
     pub kernel: GemmKernel,
     pub direct: bool,
+    pub copy: u8,
 }
 
 impl GemmChoice {
-    /// The family in its default orientation.
+    /// The family in its default orientation, reading its operands in
+    /// place.
     pub fn of(kernel: GemmKernel) -> GemmChoice {
-        GemmChoice { kernel, direct: false }
+        GemmChoice {
+            kernel,
+            direct: false,
+            copy: 0,
+        }
     }
 
-    /// `avx512`, or `avx512 direct` when computed as written.
+    /// `avx512`, `avx512 direct` when computed as written, `avx512 copy
+    /// B` when B is first copied by rows.
     pub fn name(self) -> String {
+        let mut s = self.kernel.name().to_string();
         if self.direct {
-            format!("{} direct", self.kernel.name())
-        } else {
-            self.kernel.name().to_string()
+            s.push_str(" direct");
         }
+        match self.copy {
+            0 => {}
+            1 => s.push_str(" copy A"),
+            2 => s.push_str(" copy B"),
+            _ => s.push_str(" copy A B"),
+        }
+        s
     }
 
     /// The choice written in `p` (see [`GemmChoice::apply`]).
@@ -85,13 +107,15 @@ impl GemmChoice {
         GemmChoice {
             kernel: GemmKernel::from_code(p.kernel),
             direct: p.direct != 0,
+            copy: (p.copy & 3) as u8,
         }
     }
 
-    /// Writes the choice into `p`'s kernel and orientation.
+    /// Writes the choice into `p`'s kernel, orientation and copies.
     pub fn apply(self, p: &mut GemmParams) {
         p.kernel = self.kernel.code();
         p.direct = i64::from(self.direct);
+        p.copy = i64::from(self.copy & 3);
     }
 }
 
@@ -358,9 +382,28 @@ fn calibrate<T: Element + From<f32>>(key: &Key) -> GemmChoice {
             &[false, true]
         };
         for &direct in directs {
-            let c = GemmChoice { kernel, direct };
+            let c = GemmChoice {
+                kernel,
+                direct,
+                copy: 0,
+            };
             if c != default && kernel.available() && fits {
                 candidates.push(c);
+            }
+        }
+        // Operands whose rows are not contiguous, copied by rows first
+        // (then laid out as the row-major case, whose best orientation is
+        // the crate's own).
+        let copies = u8::from(!a_rows) | (u8::from(!b_rows) << 1);
+        if kernel != GemmKernel::Loops && copies != 0 && kernel.available() {
+            for copy in 1..=3 {
+                if copy & copies == copy {
+                    candidates.push(GemmChoice {
+                        kernel,
+                        direct: false,
+                        copy,
+                    });
+                }
             }
         }
     }
@@ -460,12 +503,13 @@ impl GemmParams {
             kernel: kernel.code(),
             threads: threads as i64,
             direct: 0,
+            copy: 0,
         }
     }
 }
 
 /// The element types of the entries, with their families.
-trait Element: small::MulAdd + Send + Sync {
+trait Element: small::MulAdd + copy::Transpose + Send + Sync {
     const SIZE: usize;
     fn family(kernel: GemmKernel) -> family::FamilyFn<Self>;
 }
@@ -549,44 +593,74 @@ unsafe fn product<T: Element>(p: &GemmParams, a: *const T, b: *const T, c: *mut 
             continue;
         }
         let f = T::family(kernel);
-        // The microkernels write C by columns: a row-major C is computed
-        // as `Cᵀ = Bᵀ·Aᵀ` (what the crate's front door does; without it
-        // the MLP step measured 10–30% slower), unless calibration found
-        // the product faster as written (`direct`).
-        let (m, n, c_cs, c_rs, l, l_cs, l_rs, r, r_cs, r_rs) = if p.c_cs.abs() < p.c_rs.abs() && p.direct == 0 {
-            (p.n, p.m, p.c_rs, p.c_cs, bi, p.b_rs, p.b_cs, ai, p.a_rs, p.a_cs)
-        } else {
-            (p.m, p.n, p.c_cs, p.c_rs, ai, p.a_cs, p.a_rs, bi, p.b_cs, p.b_rs)
-        };
-        let (k, l, r, ci) = (p.k, SendPtr(l as *mut T), SendPtr(r as *mut T), SendPtr(ci));
-        let run = move |par: Parallelism| {
-            let (l, r, ci) = (l, r, ci);
-            // SAFETY: as for the caller; when in the pool, `install` runs
-            // this to the end before returning.
-            unsafe {
-                f(
-                    m as usize,
-                    n as usize,
-                    k as usize,
-                    ci.0,
-                    c_cs as isize,
-                    c_rs as isize,
-                    l.0,
-                    l_cs as isize,
-                    l_rs as isize,
-                    r.0,
-                    r_cs as isize,
-                    r_rs as isize,
-                    par,
-                )
+        let (m, k, n) = (p.m as usize, p.k as usize, p.n as usize);
+        let copy_a = p.copy & 1 != 0;
+        let copy_b = p.copy & 2 != 0;
+        let scratch = if copy_a { m * k } else { 0 } + if copy_b { k * n } else { 0 };
+        copy::with_scratch::<T, _>(scratch, |buf| {
+            let (buf_a, buf_b) = buf.split_at_mut(if copy_a { m * k } else { 0 });
+            let mut q = *p;
+            let (mut ai, mut bi) = (ai, bi);
+            if copy_a {
+                // SAFETY: `p`'s strides address valid elements of A.
+                unsafe { copy::by_rows(m, k, ai, p.a_rs as isize, p.a_cs as isize, buf_a) };
+                (ai, q.a_rs, q.a_cs) = (buf_a.as_ptr(), k as i64, 1);
             }
-        };
-        if p.threads > 1 && crate::pool::pool().is_some() {
-            let threads = p.threads as usize;
-            crate::pool::install(move || run(Parallelism::Rayon(threads)));
-        } else {
-            run(Parallelism::None);
+            if copy_b {
+                // SAFETY: as for A.
+                unsafe { copy::by_rows(k, n, bi, p.b_rs as isize, p.b_cs as isize, buf_b) };
+                (bi, q.b_rs, q.b_cs) = (buf_b.as_ptr(), n as i64, 1);
+            }
+            // SAFETY: as for the caller, with copied operands in `buf`,
+            // which outlives the call.
+            unsafe { crate_product(&q, f, ai, bi, ci) }
+        });
+    }
+}
+
+/// One product by one of the `gemm` crate's families, on the pool when
+/// `p.threads > 1`.
+///
+/// # Safety
+/// As for [`product`], for one batch item.
+unsafe fn crate_product<T: Element>(p: &GemmParams, f: family::FamilyFn<T>, ai: *const T, bi: *const T, ci: *mut T) {
+    // The microkernels write C by columns: a row-major C is computed as
+    // `Cᵀ = Bᵀ·Aᵀ` (what the crate's front door does; without it the MLP
+    // step measured 10–30% slower), unless calibration found the product
+    // faster as written (`direct`).
+    let (m, n, c_cs, c_rs, l, l_cs, l_rs, r, r_cs, r_rs) = if p.c_cs.abs() < p.c_rs.abs() && p.direct == 0 {
+        (p.n, p.m, p.c_rs, p.c_cs, bi, p.b_rs, p.b_cs, ai, p.a_rs, p.a_cs)
+    } else {
+        (p.m, p.n, p.c_cs, p.c_rs, ai, p.a_cs, p.a_rs, bi, p.b_cs, p.b_rs)
+    };
+    let (k, l, r, ci) = (p.k, SendPtr(l as *mut T), SendPtr(r as *mut T), SendPtr(ci));
+    let run = move |par: Parallelism| {
+        let (l, r, ci) = (l, r, ci);
+        // SAFETY: as for the caller; when in the pool, `install` runs
+        // this to the end before returning.
+        unsafe {
+            f(
+                m as usize,
+                n as usize,
+                k as usize,
+                ci.0,
+                c_cs as isize,
+                c_rs as isize,
+                l.0,
+                l_cs as isize,
+                l_rs as isize,
+                r.0,
+                r_cs as isize,
+                r_rs as isize,
+                par,
+            )
         }
+    };
+    if p.threads > 1 && crate::pool::pool().is_some() {
+        let threads = p.threads as usize;
+        crate::pool::install(move || run(Parallelism::Rayon(threads)));
+    } else {
+        run(Parallelism::None);
     }
 }
 
@@ -691,7 +765,20 @@ mod tests {
             let choices = GemmKernel::ALL
                 .into_iter()
                 .filter(|k| k.available())
-                .flat_map(|kernel| orientations.map(|direct| GemmChoice { kernel, direct }));
+                .flat_map(|kernel| {
+                    orientations
+                        .map(|direct| GemmChoice {
+                            kernel,
+                            direct,
+                            copy: 0,
+                        })
+                        .into_iter()
+                        .chain((1..=3).map(move |copy| GemmChoice {
+                            kernel,
+                            direct: false,
+                            copy,
+                        }))
+                });
             for choice in choices {
                 let kernel = choice.kernel;
                 for a_row_major in [true, false] {
@@ -716,6 +803,7 @@ mod tests {
                             kernel: kernel.code(),
                             threads: 1,
                             direct: i64::from(choice.direct),
+                            copy: i64::from(choice.copy),
                         };
                         let mut c = vec![0f32; m * n];
                         unsafe { wengert_gemm_f32(&p, av.as_ptr(), bv.as_ptr(), c.as_mut_ptr()) };
@@ -759,9 +847,14 @@ mod tests {
                     if !kernel.available() || (kernel == GemmKernel::Scalar && m * n * k > 1 << 22) {
                         continue;
                     }
-                    for (a_rows, b_rows, direct) in
-                        [(true, true, 0), (false, true, 0), (true, false, 0), (true, false, 1)]
-                    {
+                    for (a_rows, b_rows, direct, copy) in [
+                        (true, true, 0, 0),
+                        (false, true, 0, 0),
+                        (true, false, 0, 0),
+                        (true, false, 1, 0),
+                        (true, false, 0, 2),
+                        (false, false, 0, 3),
+                    ] {
                         let run = |threads: usize| {
                             let p = GemmParams {
                                 a_rs: if a_rows { k as i64 } else { 1 },
@@ -769,6 +862,7 @@ mod tests {
                                 b_rs: if b_rows { n as i64 } else { 1 },
                                 b_cs: if b_rows { 1 } else { k as i64 },
                                 direct,
+                                copy,
                                 ..GemmParams::contiguous(m, n, k, kernel, threads)
                             };
                             let mut c = vec![T::default(); m * n];
@@ -779,7 +873,7 @@ mod tests {
                         for threads in [2, 3] {
                             assert!(
                                 run(threads) == one,
-                                "{m}x{n}x{k} {kernel:?} rows {a_rows}/{b_rows} direct {direct}: {threads} threads differ from one"
+                                "{m}x{n}x{k} {kernel:?} rows {a_rows}/{b_rows} direct {direct} copy {copy}: {threads} threads differ from one"
                             );
                         }
                     }

@@ -222,6 +222,7 @@ impl Lowerer<'_> {
             kernel: 0,
             threads: wengert_runtime::gemm::threads_for(m, n, kk, self.state.threads) as i64,
             direct: 0,
+            copy: 0,
         });
         let choice = wengert_runtime::gemm::choose(&params, dtype == DType::F64).map_err(CodegenError::Environment)?;
         choice.apply(&mut params);
