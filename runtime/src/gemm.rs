@@ -603,12 +603,12 @@ unsafe fn product<T: Element>(p: &GemmParams, a: *const T, b: *const T, c: *mut 
             let (mut ai, mut bi) = (ai, bi);
             if copy_a {
                 // SAFETY: `p`'s strides address valid elements of A.
-                unsafe { copy::by_rows(m, k, ai, p.a_rs as isize, p.a_cs as isize, buf_a) };
+                unsafe { copy::by_rows_on(p.threads, m, k, ai, p.a_rs as isize, p.a_cs as isize, buf_a) };
                 (ai, q.a_rs, q.a_cs) = (buf_a.as_ptr(), k as i64, 1);
             }
             if copy_b {
                 // SAFETY: as for A.
-                unsafe { copy::by_rows(k, n, bi, p.b_rs as isize, p.b_cs as isize, buf_b) };
+                unsafe { copy::by_rows_on(p.threads, k, n, bi, p.b_rs as isize, p.b_cs as isize, buf_b) };
                 (bi, q.b_rs, q.b_cs) = (buf_b.as_ptr(), n as i64, 1);
             }
             // SAFETY: as for the caller, with copied operands in `buf`,

