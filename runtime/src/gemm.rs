@@ -554,6 +554,14 @@ struct SendPtr<T>(*mut T);
 unsafe impl<T: Send> Send for SendPtr<T> {}
 unsafe impl<T: Sync> Sync for SendPtr<T> {}
 
+impl<T> SendPtr<T> {
+    /// The pointer. A method, so that a closure calling it captures the
+    /// whole (sendable) wrapper, not its raw pointer field.
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 /// `C = A·B` for every batch item of `p`.
 ///
 /// # Safety

@@ -245,11 +245,10 @@ pub(super) unsafe fn by_rows_on<T: Transpose + Send + Sync>(
             .par_chunks_mut(band * cols)
             .enumerate()
             .for_each(|(b, d)| {
-                let src = src;
                 let r0 = b * band;
                 // SAFETY: the band's rows `r0..r0 + d.len() / cols` are
                 // rows of the source (per the caller).
-                unsafe { by_rows(d.len() / cols, cols, src.0.offset(r0 as isize * rs), rs, cs, d) };
+                unsafe { by_rows(d.len() / cols, cols, src.get().offset(r0 as isize * rs), rs, cs, d) };
             });
     });
 }
