@@ -17,12 +17,12 @@ fn tensor(shape: &[usize], v: Vec<f64>) -> Tensor {
 
 /// `Σ (tanh(a·x + b) − y)² / n`: parameters `a`, `b` (f64[8]), data `x`,
 /// `y`; elementwise only.
-fn elementwise_model() -> Graph {
+fn elementwise_model(shape: &[usize]) -> Graph {
     let g = GraphBuilder::new("fit");
-    let a = g.input("a", DType::F64, &[8]);
-    let b = g.input("b", DType::F64, &[8]);
-    let x = g.data("x", DType::F64, &[8]);
-    let y = g.data("y", DType::F64, &[8]);
+    let a = g.input("a", DType::F64, shape);
+    let b = g.input("b", DType::F64, shape);
+    let x = g.data("x", DType::F64, shape);
+    let y = g.data("y", DType::F64, shape);
     let r = (a * x + b).tanh() - y;
     g.build(&[("loss", (r * r).mean_all())]).unwrap()
 }
@@ -32,6 +32,7 @@ fn elementwise_model() -> Graph {
 struct Reference {
     config: StepConfig,
     params: Vec<Vec<f64>>,
+    shapes: Vec<Vec<usize>>,
     state: Vec<Vec<Vec<f64>>>,
     t: f64,
 }
@@ -42,10 +43,16 @@ impl Reference {
         if let Some(c) = self.config.clip_norm {
             let mut total = 0.0;
             for (k, g) in grads.iter().enumerate() {
-                let mut s = 0.0;
-                for v in g {
-                    s += v * v;
+                // A matrix (rank ≥ 2) is summed down its rows into one
+                // row of partial sums, then along that row; a vector in
+                // order.
+                let shape = &self.shapes[k];
+                let row = if shape.len() >= 2 { g.len() / shape[0] } else { g.len() };
+                let mut partial = vec![0.0; row];
+                for (i, v) in g.iter().enumerate() {
+                    partial[i % row] += v * v;
                 }
+                let s = partial.iter().fold(0.0, |s, p| s + p);
                 total = if k == 0 { s } else { total + s };
             }
             let scale = c / total.sqrt().max(c);
@@ -172,6 +179,7 @@ fn run(g: &Graph, params: &[&str], data: &[Tensor], config: StepConfig, steps: u
     let mut reference = Reference {
         config,
         params: init.iter().map(|(_, t)| t.to_f64_vec()).collect(),
+        shapes: init.iter().map(|(_, t)| t.shape().to_vec()).collect(),
         state: init.iter().map(|(_, t)| vec![vec![0.0; t.len()]; 2]).collect(),
         t: 0.0,
     };
@@ -213,11 +221,19 @@ fn run(g: &Graph, params: &[&str], data: &[Tensor], config: StepConfig, steps: u
 
 #[test]
 fn every_optimizer_matches_its_formula_bit_for_bit() {
-    let g = elementwise_model();
-    let mut rng = Rng::new(5);
-    let data = vec![tensor(&[8], rng.vec(8, -1.0, 1.0)), tensor(&[8], rng.vec(8, -0.5, 0.5))];
-    for (name, config) in configs() {
-        run(&g, &["a", "b"], &data, config, 4, true, name);
+    // Vectors and matrices (whose squares clipping sums down the rows
+    // first), compiled in one kernel or as several.
+    for shape in [vec![8], vec![7, 9], vec![3, 2, 5], vec![300, 40]] {
+        let g = elementwise_model(&shape);
+        let n: usize = shape.iter().product();
+        let mut rng = Rng::new(5);
+        let data = vec![
+            tensor(&shape, rng.vec(n, -1.0, 1.0)),
+            tensor(&shape, rng.vec(n, -0.5, 0.5)),
+        ];
+        for (name, config) in configs() {
+            run(&g, &["a", "b"], &data, config, 4, true, &format!("{name} {shape:?}"));
+        }
     }
 }
 
@@ -258,7 +274,7 @@ fn mlp_steps_match_the_reference_and_the_loss_falls() {
 
 #[test]
 fn step_errors_name_the_problem() {
-    let g = elementwise_model();
+    let g = elementwise_model(&[8]);
     let config = StepConfig {
         optimizer: Optimizer::sgd(),
         clip_norm: None,
@@ -342,7 +358,7 @@ fn safetensors_round_trip_and_errors_name_the_tensor() {
         .to_string();
     assert!(e.contains("missing.safetensors"), "{e}");
     // A training step saves and loads its parameters.
-    let g = elementwise_model();
+    let g = elementwise_model(&[8]);
     let config = StepConfig {
         optimizer: Optimizer::adam(),
         clip_norm: None,
@@ -368,7 +384,7 @@ fn safetensors_round_trip_and_errors_name_the_tensor() {
 #[test]
 fn the_update_alone_equals_the_whole_step() {
     use wengert::{value_and_grad, TensorType, UpdateStep};
-    let g = elementwise_model();
+    let g = elementwise_model(&[8]);
     let config = StepConfig {
         clip_norm: Some(0.05),
         ..StepConfig::new(Optimizer::adamw(0.01))
