@@ -547,6 +547,20 @@ fn unrolled_loops_compute_what_the_plain_loop_does() {
                 .unwrap()
                 .call(&refs)
                 .unwrap();
+            // The plain loop (its one-element carries in registers) is the
+            // interpreter's, bit for bit.
+            assert_eq!(
+                want[0].to_f64_vec(),
+                interpret(&plain, &inputs).unwrap()[0].to_f64_vec()
+            );
+            let grads = common::autodiff_gradients(&plain, &inputs, &["a", "h0", "xs"]);
+            for (k, g) in grads.iter().enumerate() {
+                assert_eq!(
+                    &want[1 + k].to_f64_vec(),
+                    g,
+                    "T = {t}, reverse = {reverse}: gradient {k}"
+                );
+            }
             for unroll in [2, 3, 8] {
                 let g = build(unroll);
                 let text = g.to_string();

@@ -696,6 +696,13 @@ pub(crate) fn lower_into(
     if done {
         // Outputs not computed in place.
         for (j, o) in g.outputs().iter().enumerate() {
+            if let Some(slot) = seg.output_regs.as_mut().and_then(|r| r.get_mut(j)) {
+                if g.ty(o.node).num_elements() == 1 {
+                    materialize(&mut lw, fb, &mut locs, o.node);
+                    let loc = locs[o.node.index()].clone().expect("computed");
+                    *slot = Some(lw.scalar_of(fb, &loc));
+                }
+            }
             if seg.written[j] && dest[o.node.index()] == Some(j) {
                 continue;
             }

@@ -270,6 +270,44 @@ impl Lowerer<'_> {
             nxt.push(b.ptr);
         }
         let callee = body.map(|b| self.module.declare_func_in_func(b.id, fb.func));
+        // One-element float carries of an inlined body also travel in a
+        // register (a block parameter): the body reads the register, not
+        // the buffer it also writes (the trajectory's rows and the final
+        // carry still come from memory). Through memory, each step's
+        // carry went store → reload on the loop's critical path: ~12% of
+        // seed case 8's gradient (1,000 dependent `tanh` steps).
+        let reg: Vec<bool> = (0..nk)
+            .map(|k| {
+                let ty = &ins[nc + k].ty;
+                callee.is_none()
+                    && ty.num_elements() == 1
+                    && matches!(ty.dtype, DType::F32 | DType::F64)
+                    && matches!(modes[k], CarryMode::PingPong | CarryMode::Rows(_))
+            })
+            .collect();
+        let reg_type = |k: usize| {
+            if ins[nc + k].ty.dtype == DType::F32 {
+                types::F32
+            } else {
+                types::F64
+            }
+        };
+        let mut vals: Vec<Value> = Vec::new();
+        for k in (0..nk).filter(|&k| reg[k]) {
+            let ty = &ins[nc + k].ty;
+            let first = View {
+                ptr: cur[k],
+                offset: 0,
+                shape: ty.shape.clone(),
+                strides: row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect(),
+                dtype: ty.dtype,
+            };
+            vals.push(self.load_at(fb, &first, 0));
+        }
+        let n_reg = vals.len();
+        // The body's input node of each carry, and its output index in
+        // the lowered body.
+        let carry_node = |k: usize| lowered_body.inputs()[nc + k].node;
 
         // An unrolled loop runs `u` steps per iteration while at least `u`
         // remain, then the remainder loop one at a time:
@@ -289,18 +327,22 @@ impl Lowerer<'_> {
                 for _ in 0..1 + 2 * nk {
                     fb.append_block_param(h, types::I64);
                 }
+                for k in (0..nk).filter(|&k| reg[k]) {
+                    fb.append_block_param(h, reg_type(k));
+                }
                 h
             })
             .collect();
         let zero = fb.ins().iconst(types::I64, 0);
-        let block_args = |i: Value, a: &[Value], b: &[Value]| -> Vec<cranelift_codegen::ir::BlockArg> {
+        let block_args = |i: Value, a: &[Value], b: &[Value], r: &[Value]| -> Vec<cranelift_codegen::ir::BlockArg> {
             std::iter::once(i)
                 .chain(a.iter().copied())
                 .chain(b.iter().copied())
+                .chain(r.iter().copied())
                 .map(cranelift_codegen::ir::BlockArg::from)
                 .collect()
         };
-        let entry_args = block_args(zero, &cur, &nxt);
+        let entry_args = block_args(zero, &cur, &nxt, &vals);
         // With an inlined body, the loop is entered through `pre`, which
         // places the body's arena (filled in after the body is lowered).
         let pre = fb.create_block();
@@ -311,12 +353,13 @@ impl Lowerer<'_> {
             fb.switch_to_block(header);
             let params = fb.block_params(header).to_vec();
             let i = params[0];
-            let (mut cur, mut nxt) = (params[1..1 + nk].to_vec(), params[1 + nk..].to_vec());
+            let (mut cur, mut nxt) = (params[1..1 + nk].to_vec(), params[1 + nk..1 + 2 * nk].to_vec());
+            let mut vals = params[1 + 2 * nk..].to_vec();
             // Leave when fewer than `steps` steps remain: to the remainder
             // loop, or out.
             let last_ok = scan.length as i64 - steps as i64;
             let done = fb.ins().icmp_imm_s(IntCC::SignedGreaterThan, i, last_ok);
-            let leave = block_args(i, &cur, &nxt);
+            let leave = block_args(i, &cur, &nxt, &vals);
             match headers.get(n + 1) {
                 Some(&next) => fb.ins().brif(done, next, &leave, step, &[]),
                 None => fb.ins().brif(done, exit, &leave[1..1 + nk], step, &[]),
@@ -375,6 +418,12 @@ impl Lowerer<'_> {
                         // Each copy is lowered afresh; they run one after
                         // another in one arena region.
                         let mut seg = super::Segments::new(lowered_body, usize::MAX);
+                        for (r, k) in (0..nk).filter(|&k| reg[k]).enumerate() {
+                            seg.locs[carry_node(k).index()] = Some(Loc::Reg(vals[r]));
+                        }
+                        if n_reg > 0 {
+                            seg.output_regs = Some(vec![None; lowered_body.outputs().len()]);
+                        }
                         let lowered = super::lower_into(
                             &mut *self.module,
                             &mut *self.state,
@@ -386,6 +435,14 @@ impl Lowerer<'_> {
                             true,
                         )?;
                         inline_arena = inline_arena.max(lowered.arena_bytes);
+                        let regs = seg.output_regs.take().unwrap_or_default();
+                        for (r, k) in (0..nk).filter(|&k| reg[k]).enumerate() {
+                            let v = out_slot[k].and_then(|slot| regs.get(slot - n_in).copied().flatten());
+                            vals[r] = v.ok_or_else(|| CodegenError::Unsupported {
+                                node: node.to_string(),
+                                message: "internal error: a register carry without its value".into(),
+                            })?;
+                        }
                     }
                 }
                 for k in 0..nk {
@@ -396,7 +453,7 @@ impl Lowerer<'_> {
                 }
             }
             let next_i = fb.ins().iadd_imm_s(i, steps as i64);
-            let back = block_args(next_i, &cur, &nxt);
+            let back = block_args(next_i, &cur, &nxt, &vals);
             fb.ins().jump(header, &back);
         }
 

@@ -81,6 +81,11 @@ pub struct Segments {
     pub(crate) last_use: Vec<usize>,
     /// The most nodes one segment lowers.
     pub(crate) max_nodes: usize,
+    /// When set (a loop body lowered into its loop), the last segment also
+    /// gives each one-element output's value as a register here, so that
+    /// the loop can carry it to the next step without a store and a
+    /// reload on its critical path.
+    pub(crate) output_regs: Option<Vec<Option<cranelift_codegen::ir::Value>>>,
 }
 
 /// The most nodes in one segment of a large graph (see [`Segments`]).
@@ -120,6 +125,7 @@ impl Segments {
             written: storage.written,
             last_use,
             max_nodes: max_nodes.max(1),
+            output_regs: None,
         }
     }
 }
