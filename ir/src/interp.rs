@@ -315,7 +315,16 @@ pub fn unary_scalar<T: Float>(op: UnaryOp, x: T) -> T {
         UnaryOp::Log => lib.ln(),
         UnaryOp::Sin => lib.sin(),
         UnaryOp::Cos => lib.cos(),
-        UnaryOp::Tanh => lib.tanh(),
+        // f64: the project's own definition (`crate::math`), which
+        // compiled code calls too; f32: the platform's `tanhf` (compiled
+        // code inlines a form within 2 ulp of it).
+        UnaryOp::Tanh => {
+            if std::mem::size_of::<T>() == 8 {
+                via_f64(lib, crate::math::tanh_f64)
+            } else {
+                lib.tanh()
+            }
+        }
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Abs => x.abs(),
         UnaryOp::Relu => {

@@ -18,6 +18,7 @@ pub mod fpenv;
 pub mod graph;
 pub mod infer;
 pub mod interp;
+pub mod math;
 pub mod op;
 pub mod parse;
 pub mod print;

@@ -115,8 +115,9 @@ pub mod libm_f64 {
     pub extern "C" fn cos(x: f64) -> f64 {
         flushed(x).cos()
     }
+    /// The project's `tanh` (`wengert_ir::math`), as the interpreter's.
     pub extern "C" fn tanh(x: f64) -> f64 {
-        flushed(x).tanh()
+        wengert_ir::math::tanh_f64(flushed(x))
     }
     pub extern "C" fn pow(x: f64, p: f64) -> f64 {
         flushed(x).powf(p)

@@ -9,7 +9,8 @@
 //! underflow (including subnormal results of exp and subnormal inputs of
 //! log); sin and cos ≤ 2 ulp for |x| ≤ 8192 by Cody–Waite reduction, and
 //! exact libm results beyond (a cold call per vector, rare in practice).
-//! f64 transcendentals call the platform libm (see `lower.rs`).
+//! f64 transcendentals call the runtime's functions (the platform libm's,
+//! or the project's own `tanh`, `wengert_ir::math`; see `lower/ops.rs`).
 
 use super::Lowerer;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
