@@ -56,43 +56,36 @@ pub(super) trait Transpose: Copy {
     unsafe fn block(src: *const Self, src_stride: usize, dst: *mut Self, dst_stride: usize);
 }
 
-impl Transpose for f32 {
-    const EDGE: usize = 8;
-    fn vector() -> bool {
-        super::small::has_avx2_fma()
-    }
-    unsafe fn block(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: per the caller (AVX is part of AVX2).
-        unsafe {
-            transpose8_f32(src, src_stride, dst, dst_stride)
+/// The [`Transpose`] of an element type: its block edge and x86_64
+/// kernel (elsewhere, and where the CPU lacks AVX2, `vector` is false
+/// and `block` copies element by element, never reached by `by_rows`).
+macro_rules! transpose_impl {
+    ($t:ty, $edge:literal, $kernel:ident) => {
+        impl Transpose for $t {
+            const EDGE: usize = $edge;
+            fn vector() -> bool {
+                super::small::has_avx2_fma()
+            }
+            unsafe fn block(src: *const $t, src_stride: usize, dst: *mut $t, dst_stride: usize) {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: per the caller (AVX is part of AVX2).
+                unsafe {
+                    $kernel(src, src_stride, dst, dst_stride)
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                for i in 0..$edge {
+                    for j in 0..$edge {
+                        // SAFETY: per the caller, both blocks are valid.
+                        unsafe { *dst.add(j * dst_stride + i) = *src.add(i * src_stride + j) };
+                    }
+                }
+            }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (src, src_stride, dst, dst_stride);
-            unreachable!("no vector transpose off x86_64")
-        }
-    }
+    };
 }
 
-impl Transpose for f64 {
-    const EDGE: usize = 4;
-    fn vector() -> bool {
-        super::small::has_avx2_fma()
-    }
-    unsafe fn block(src: *const f64, src_stride: usize, dst: *mut f64, dst_stride: usize) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: per the caller.
-        unsafe {
-            transpose4_f64(src, src_stride, dst, dst_stride)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (src, src_stride, dst, dst_stride);
-            unreachable!("no vector transpose off x86_64")
-        }
-    }
-}
+transpose_impl!(f32, 8, transpose8_f32);
+transpose_impl!(f64, 4, transpose4_f64);
 
 /// 8×8 f32 transpose: pairs interleaved, then quads, then 128-bit halves.
 #[cfg(target_arch = "x86_64")]
