@@ -7,15 +7,19 @@
 //! dependent chain on AMD Zen 5 (seed case 8 is 1,000 such calls in a row,
 //! forward); Cephes' form below ~12 ns, within 2 ulp of glibc's.
 
+/// Below this |x|, [`tanh_f64`] takes its rational form.
+pub const TANH_SMALL: f64 = 0.625;
+
 /// Numerator of Cephes' `tanh` rational approximation on |x| < 0.625
-/// (highest power first), in `s = x²`.
-const P: [f64; 3] = [
+/// (highest power first), in `s = x²`. Compiled code emits the same
+/// operations on these (`codegen`'s `lower/math.rs`).
+pub const TANH_P: [f64; 3] = [
     -9.643_991_794_250_523e-1,
     -9.928_772_310_019_186e1,
     -1.614_687_684_417_084_5e3,
 ];
 /// Its denominator, a monic cubic in `s` (the leading 1 implied).
-const Q: [f64; 3] = [
+pub const TANH_Q: [f64; 3] = [
     1.128_116_784_916_329_3e2,
     2.235_488_390_601_004_6e3,
     4.844_063_053_251_255e3,
@@ -32,10 +36,10 @@ const Q: [f64; 3] = [
 /// Within 2 ulp of glibc's `tanh` (tested over [−20, 20]).
 pub fn tanh_f64(x: f64) -> f64 {
     let z = x.abs();
-    if z < 0.625 {
+    if z < TANH_SMALL {
         let s = x * x;
-        let p = (P[0] * s + P[1]) * s + P[2];
-        let q = ((s + Q[0]) * s + Q[1]) * s + Q[2];
+        let p = (TANH_P[0] * s + TANH_P[1]) * s + TANH_P[2];
+        let q = ((s + TANH_Q[0]) * s + TANH_Q[1]) * s + TANH_Q[2];
         // `x·s·P/Q` is +0 for x = −0 (P < 0), and `x + r` always has the
         // sign of x otherwise (|r| < |x|): the sign restores tanh(−0) = −0.
         (x + x * s * p / q).copysign(x)

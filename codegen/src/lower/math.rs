@@ -10,7 +10,9 @@
 //! log); sin and cos ≤ 2 ulp for |x| ≤ 8192 by Cody–Waite reduction, and
 //! exact libm results beyond (a cold call per vector, rare in practice).
 //! f64 transcendentals call the runtime's functions (the platform libm's,
-//! or the project's own `tanh`, `wengert_ir::math`; see `lower/ops.rs`).
+//! or the project's own `tanh`, `wengert_ir::math`; see `lower/ops.rs`),
+//! except `tanh`'s rational branch, which is inlined here operation for
+//! operation (`tanh_f64`).
 
 use super::Lowerer;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
@@ -222,6 +224,60 @@ impl Lowerer<'_> {
         let r = self.sel(fb, is_inf, pinf, r);
         let bad = fb.ins().fcmp(FloatCC::UnorderedOrLessThan, x, zero);
         self.sel(fb, bad, nan, r)
+    }
+
+    /// tanh x in f64, scalar: `wengert_ir::math::tanh_f64` operation for
+    /// operation (the interpreter's definition, so the two agree bit for
+    /// bit), with a branch: the rational form inline below
+    /// [`TANH_SMALL`], else a call of the runtime's copy of the whole
+    /// definition (its large branch, `1 − 2/(e^{2|x|}+1)`). Inline, seed
+    /// case 8's chain of 1,000 `tanh`s no longer pays a call per step;
+    /// and since nothing after the call reads x, x is not spilled around
+    /// it on the inline path (with `exp` called inline and the sign
+    /// restored after the join, x went through the stack every step).
+    pub fn tanh_f64(&mut self, fb: &mut FunctionBuilder, x: Value) -> Value {
+        use wengert_ir::math::{TANH_P, TANH_Q, TANH_SMALL};
+        let ty = types::F64;
+        let z = fb.ins().fabs(x);
+        let small_limit = self.fconst(fb, ty, TANH_SMALL);
+        let small = fb.ins().fcmp(FloatCC::LessThan, z, small_limit);
+        let (rational, large, merge) = (fb.create_block(), fb.create_block(), fb.create_block());
+        fb.append_block_param(merge, ty);
+        fb.ins().brif(small, rational, &[], large, &[]);
+
+        // x + x·s·P(s)/Q(s), s = x², in the definition's order, with the
+        // sign of x.
+        fb.switch_to_block(rational);
+        let s = fb.ins().fmul(x, x);
+        let mut p = self.fconst(fb, ty, TANH_P[0]);
+        for &c in &TANH_P[1..] {
+            let k = self.fconst(fb, ty, c);
+            let ps = fb.ins().fmul(p, s);
+            p = fb.ins().fadd(ps, k);
+        }
+        let mut q = s;
+        for (i, &c) in TANH_Q.iter().enumerate() {
+            let k = self.fconst(fb, ty, c);
+            q = fb.ins().fadd(q, k);
+            if i + 1 < TANH_Q.len() {
+                q = fb.ins().fmul(q, s);
+            }
+        }
+        let xs = fb.ins().fmul(x, s);
+        let xsp = fb.ins().fmul(xs, p);
+        let r = fb.ins().fdiv(xsp, q);
+        let y = fb.ins().fadd(x, r);
+        let y = fb.ins().fcopysign(y, x);
+        fb.ins().jump(merge, &[y.into()]);
+
+        fb.switch_to_block(large);
+        let f = self.import(fb, RuntimeFn::TanhF64);
+        let call = fb.ins().call(f, &[x]);
+        let y = fb.inst_results(call)[0];
+        fb.ins().jump(merge, &[y.into()]);
+
+        fb.switch_to_block(merge);
+        fb.block_params(merge)[0]
     }
 
     /// tanh x (Cephes tanhf): an odd polynomial for |x| < 0.625, else

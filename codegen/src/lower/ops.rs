@@ -93,6 +93,9 @@ impl Lowerer<'_> {
         if dtype == DType::F32 {
             return self.inline_or_outline_f32(fb, m, xt, x);
         }
+        if m == F32Math::Tanh && xt == types::F64 {
+            return self.tanh_f64(fb, x);
+        }
         let f = self.import(fb, f64_fn);
         let call = fb.ins().call(f, &[x]);
         fb.inst_results(call)[0]
