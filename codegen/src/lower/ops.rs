@@ -80,7 +80,9 @@ impl F32Math {
 impl Lowerer<'_> {
     /// A transcendental function with an inline f32 version: f32 values
     /// run the inline polynomial (or its out-of-line copy in large
-    /// kernels), f64 values call `f64_name` (scalar kernels only).
+    /// kernels), f64 values call `f64_fn` (scalar kernels only) — but for
+    /// `tanh`, whose f64 definition is the project's own and whose common
+    /// branch is inlined (`Lowerer::tanh_f64`).
     pub(crate) fn transcendental(
         &mut self,
         fb: &mut FunctionBuilder,
