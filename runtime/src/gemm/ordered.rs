@@ -56,16 +56,9 @@ pub fn wide_tiles() -> bool {
     }
 }
 
-/// Whether this CPU runs AVX-512F.
+/// Whether this CPU runs AVX-512F (what the GEMM family's check says).
 fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        has_avx2_fma() && std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::GemmKernel::Avx512.available()
 }
 
 /// Contraction indices per chunk: a chunk's rows of A's columns and its
