@@ -11,14 +11,39 @@
 //! exact libm results beyond (a cold call per vector, rare in practice).
 //! f64 transcendentals call the runtime's functions (the platform libm's,
 //! or the project's own `tanh`, `wengert_ir::math`; see `lower/ops.rs`),
-//! except `tanh`'s rational branch, which is inlined here operation for
+//! except `tanh`'s polynomial branch, which is inlined here operation for
 //! operation (`tanh_f64`).
 
 use super::Lowerer;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, InstBuilder, Type, Value};
 use cranelift_frontend::FunctionBuilder;
+use wengert_ir::math::{tanh_small, Arith, TANH_SMALL};
 use wengert_runtime::functions::RuntimeFn;
+
+/// The definitions' arithmetic (`wengert_ir::math::Arith`) as f64
+/// instructions: code generation runs a definition written once for the
+/// interpreter and emits its operations in its order.
+struct Emit<'a, 'l, 'f> {
+    l: &'a mut Lowerer<'l>,
+    fb: &'a mut FunctionBuilder<'f>,
+}
+
+impl Arith for Emit<'_, '_, '_> {
+    type V = Value;
+    fn k(&mut self, c: f64) -> Value {
+        self.l.fconst(self.fb, types::F64, c)
+    }
+    fn mul(&mut self, a: Value, b: Value) -> Value {
+        self.fb.ins().fmul(a, b)
+    }
+    fn add(&mut self, a: Value, b: Value) -> Value {
+        self.fb.ins().fadd(a, b)
+    }
+    fn fma(&mut self, a: Value, b: Value, c: Value) -> Value {
+        self.fb.ins().fma(a, b, c)
+    }
+}
 
 /// The integer type with the lanes of a float type.
 pub fn int_type(ty: Type) -> Type {
@@ -226,48 +251,47 @@ impl Lowerer<'_> {
         self.sel(fb, bad, nan, r)
     }
 
-    /// tanh x in f64, scalar: `wengert_ir::math::tanh_f64` operation for
-    /// operation (the interpreter's definition, so the two agree bit for
-    /// bit), with a branch: the rational form inline below
-    /// [`TANH_SMALL`], else a call of the runtime's copy of the whole
-    /// definition (its large branch, `1 − 2/(e^{2|x|}+1)`). Inline, seed
-    /// case 8's chain of 1,000 `tanh`s no longer pays a call per step;
+    /// tanh x in f64, scalar: `wengert_ir::math::tanh_f64` (the
+    /// interpreter's definition, so the two agree bit for bit), with
+    /// branches: for 0 < |x| < [`TANH_SMALL`] the polynomial inline, its
+    /// operations emitted by the definition's own [`tanh_small`] over
+    /// [`Emit`]; ±0 gives x (the sign of x on zero: also a subnormal x
+    /// that the flush mode makes compare equal to zero comes out as the
+    /// interpreter's flushed ±0); otherwise a call of the runtime's copy
+    /// of the whole definition (its large branch, `1 − 2/(e^{2|x|}+1)`).
+    /// Inline, seed case 8's chain of 1,000 `tanh`s pays no call per step,
     /// and since nothing after the call reads x, x is not spilled around
-    /// it on the inline path (with `exp` called inline and the sign
-    /// restored after the join, x went through the stack every step).
+    /// it on the inline path. The zero and large blocks are cold, so the
+    /// polynomial falls through.
     pub fn tanh_f64(&mut self, fb: &mut FunctionBuilder, x: Value) -> Value {
-        use wengert_ir::math::{TANH_P, TANH_Q, TANH_SMALL};
         let ty = types::F64;
         let z = fb.ins().fabs(x);
         let small_limit = self.fconst(fb, ty, TANH_SMALL);
         let small = fb.ins().fcmp(FloatCC::LessThan, z, small_limit);
-        let (rational, large, merge) = (fb.create_block(), fb.create_block(), fb.create_block());
+        let (nonzero, poly, zero, large, merge) = (
+            fb.create_block(),
+            fb.create_block(),
+            fb.create_block(),
+            fb.create_block(),
+            fb.create_block(),
+        );
         fb.append_block_param(merge, ty);
-        fb.ins().brif(small, rational, &[], large, &[]);
+        fb.set_cold_block(zero);
+        fb.set_cold_block(large);
+        fb.ins().brif(small, nonzero, &[], large, &[]);
 
-        // x + x·s·P(s)/Q(s), s = x², in the definition's order, with the
-        // sign of x.
-        fb.switch_to_block(rational);
-        let s = fb.ins().fmul(x, x);
-        let mut p = self.fconst(fb, ty, TANH_P[0]);
-        for &c in &TANH_P[1..] {
-            let k = self.fconst(fb, ty, c);
-            let ps = fb.ins().fmul(p, s);
-            p = fb.ins().fadd(ps, k);
-        }
-        let mut q = s;
-        for (i, &c) in TANH_Q.iter().enumerate() {
-            let k = self.fconst(fb, ty, c);
-            q = fb.ins().fadd(q, k);
-            if i + 1 < TANH_Q.len() {
-                q = fb.ins().fmul(q, s);
-            }
-        }
-        let xs = fb.ins().fmul(x, s);
-        let xsp = fb.ins().fmul(xs, p);
-        let r = fb.ins().fdiv(xsp, q);
-        let y = fb.ins().fadd(x, r);
-        let y = fb.ins().fcopysign(y, x);
+        fb.switch_to_block(nonzero);
+        let zero_c = self.fconst(fb, ty, 0.0);
+        let is_zero = fb.ins().fcmp(FloatCC::Equal, z, zero_c);
+        fb.ins().brif(is_zero, zero, &[], poly, &[]);
+
+        fb.switch_to_block(poly);
+        let y = tanh_small(&mut Emit { l: self, fb }, x);
+        fb.ins().jump(merge, &[y.into()]);
+
+        fb.switch_to_block(zero);
+        let zero_c = self.fconst(fb, ty, 0.0);
+        let y = fb.ins().fcopysign(zero_c, x);
         fb.ins().jump(merge, &[y.into()]);
 
         fb.switch_to_block(large);
