@@ -261,6 +261,12 @@ pub(crate) fn lower_into(
     // such values (10,000 inputs of which two were used took 1 s to
     // compile, 100,000 took minutes).
     let (arena_slot, ptrs) = match abi {
+        // A body inlined into its loop: pointers given by the loop (the
+        // arena's base is still in the array, stored once before the loop).
+        Abi::PointerArray if seg.pointers.is_some() => {
+            let given = seg.pointers.take().unwrap_or_default();
+            (Some((params[0], ((n_in + n_out) * 8) as i32)), Ptrs::Preloaded(given))
+        }
         Abi::PointerArray => {
             let array = params[0];
             // A body inlined into its loop reads an array the loop rewrites
@@ -703,7 +709,7 @@ pub(crate) fn lower_into(
                     *slot = Some(lw.scalar_of(fb, &loc));
                 }
             }
-            if seg.written[j] && dest[o.node.index()] == Some(j) {
+            if seg.written[j] && dest[o.node.index()] == Some(j) || seg.register_only.get(j) == Some(&true) {
                 continue;
             }
             let ty = g.ty(o.node).clone();

@@ -30,6 +30,13 @@ pub struct BodyFn {
 /// Cranelift compiles in linear time, see `Segments`).
 pub const INLINE_BODY_NODES: usize = 512;
 
+/// An inlined body with at most this many inputs and outputs gets their
+/// pointers as values of the loop (`Segments::pointers`); past it, the
+/// loop writes them to the body's pointer array each step (one value per
+/// pointer alive across the loop is what register allocation handles
+/// well only in small numbers).
+const INLINE_POINTERS: usize = 64;
+
 /// Whether the loop's body is lowered into the loop (no call per step).
 /// A loop that recomputes states runs its bodies from the runtime's
 /// schedule, so those are always functions.
@@ -180,6 +187,11 @@ impl Lowerer<'_> {
             }
         }
         let n_out = kept;
+        // An inlined body with few enough pointers takes them as values:
+        // the loop's per-step stores into the pointer array and the body's
+        // reloads (half the instructions of seed case 8's backward step)
+        // go away.
+        let given = body.is_none() && n_in + n_out <= INLINE_POINTERS;
         // The body's pointer array and arena, in this function's arena.
         let array = self.alloc(fb, &[n_in + n_out + 1], DType::F64).ptr;
         let store = |fb: &mut FunctionBuilder, slot: usize, p: Value| {
@@ -196,10 +208,14 @@ impl Lowerer<'_> {
             store(fb, n_in + n_out, body_arena);
         }
         // Consts: fixed for the whole loop.
+        let mut const_ptrs = Vec::with_capacity(nc);
         for k in 0..nc {
             let v = self.contiguous(fb, &args[k], &ins[k].ty.shape, ins[k].ty.dtype)?;
             let p = self.address(fb, &v);
-            store(fb, k, p);
+            if !given {
+                store(fb, k, p);
+            }
+            const_ptrs.push(p);
         }
         // Stacked inputs and outputs: base addresses and row sizes.
         let mut xs = Vec::new();
@@ -305,6 +321,18 @@ impl Lowerer<'_> {
             vals.push(self.load_at(fb, &first, 0));
         }
         let n_reg = vals.len();
+        // A register carry that swaps buffers is read by the next step
+        // from its register alone: the body need not store it, and the
+        // loop writes the last one to the result after leaving.
+        let register_only: Vec<bool> = {
+            let mut r = vec![false; n_out];
+            for k in (0..nk).filter(|&k| reg[k] && modes[k] == CarryMode::PingPong) {
+                if let Some(slot) = out_slot[k] {
+                    r[slot - n_in] = true;
+                }
+            }
+            r
+        };
         // The body's input node of each carry.
         let carry_node = |k: usize| lowered_body.inputs()[nc + k].node;
 
@@ -318,6 +346,9 @@ impl Lowerer<'_> {
         let exit = fb.create_block();
         for _ in 0..nk {
             fb.append_block_param(exit, types::I64);
+        }
+        for k in (0..nk).filter(|&k| reg[k]) {
+            fb.append_block_param(exit, reg_type(k));
         }
         let headers: Vec<_> = loops
             .iter()
@@ -361,7 +392,10 @@ impl Lowerer<'_> {
             let leave = block_args(i, &cur, &nxt, &vals);
             match headers.get(n + 1) {
                 Some(&next) => fb.ins().brif(done, next, &leave, step, &[]),
-                None => fb.ins().brif(done, exit, &leave[1..1 + nk], step, &[]),
+                None => {
+                    let to_exit: Vec<_> = leave[1..1 + nk].iter().chain(&leave[1 + 2 * nk..]).copied().collect();
+                    fb.ins().brif(done, exit, &to_exit, step, &[])
+                }
             };
             fb.switch_to_block(step);
             for j in 0..steps {
@@ -372,6 +406,11 @@ impl Lowerer<'_> {
                 } else {
                     ij
                 };
+                // The body's pointers, when it takes them as values.
+                let mut ptrs: Vec<Option<Value>> = vec![None; if given { n_in + n_out } else { 0 }];
+                for (k, &p) in const_ptrs.iter().enumerate().filter(|_| given) {
+                    ptrs[k] = Some(p);
+                }
                 // Where each carry goes this step.
                 let mut next = Vec::with_capacity(nk);
                 for k in 0..nk {
@@ -398,16 +437,27 @@ impl Lowerer<'_> {
                             fb.ins().select(last, nxt[k], in_row)
                         }
                     };
-                    store(fb, nc + k, cur[k]);
-                    if let Some(slot) = out_slot[k] {
-                        store(fb, slot, to);
+                    if given {
+                        ptrs[nc + k] = Some(cur[k]);
+                        if let Some(slot) = out_slot[k] {
+                            ptrs[slot] = Some(to);
+                        }
+                    } else {
+                        store(fb, nc + k, cur[k]);
+                        if let Some(slot) = out_slot[k] {
+                            store(fb, slot, to);
+                        }
                     }
                     next.push(to);
                 }
                 for &(slot, base, row) in xs.iter().chain(&ys) {
                     let off = fb.ins().imul_imm_s(t, row);
                     let p = fb.ins().iadd(base, off);
-                    store(fb, slot, p);
+                    if given {
+                        ptrs[slot] = Some(p);
+                    } else {
+                        store(fb, slot, p);
+                    }
                 }
                 match callee {
                     Some(callee) => {
@@ -422,6 +472,14 @@ impl Lowerer<'_> {
                         }
                         if n_reg > 0 {
                             seg.output_regs = Some(vec![None; lowered_body.outputs().len()]);
+                            seg.register_only = register_only.clone();
+                        }
+                        if given {
+                            let all: Option<Vec<Value>> = ptrs.iter().copied().collect();
+                            seg.pointers = Some(all.ok_or_else(|| CodegenError::Unsupported {
+                                node: node.to_string(),
+                                message: "internal error: a loop body's pointer was not set".into(),
+                            })?);
                         }
                         let lowered = super::lower_into(
                             &mut *self.module,
@@ -469,8 +527,16 @@ impl Lowerer<'_> {
 
         fb.switch_to_block(exit);
         let finals = fb.block_params(exit).to_vec();
+        let mut final_regs = finals[nk..].iter();
         for k in 0..nk {
             let ty = &ins[nc + k].ty;
+            let reg_value = if reg[k] { final_regs.next().copied() } else { None };
+            if let (Some(v), CarryMode::PingPong) = (reg_value, modes[k]) {
+                // Only the register holds the last carry.
+                let dst = result_at(fb, k);
+                fb.ins().store(MemFlagsData::trusted(), v, dst, 0);
+                continue;
+            }
             let strides: Vec<isize> = row_major_strides(&ty.shape).iter().map(|&s| s as isize).collect();
             let src = View {
                 ptr: finals[k],

@@ -86,6 +86,15 @@ pub struct Segments {
     /// the loop can carry it to the next step without a store and a
     /// reload on its critical path.
     pub(crate) output_regs: Option<Vec<Option<cranelift_codegen::ir::Value>>>,
+    /// Per output, with `output_regs`: the loop takes the register and
+    /// needs nothing in memory (a carry that only the next step reads),
+    /// so the body does not store it.
+    pub(crate) register_only: Vec<bool>,
+    /// When set (a loop body lowered into its loop), the pointers of the
+    /// body's inputs and outputs as values of the loop's own function:
+    /// the body uses them directly rather than through a pointer array
+    /// that the loop would store and the body reload every step.
+    pub(crate) pointers: Option<Vec<cranelift_codegen::ir::Value>>,
 }
 
 /// The most nodes in one segment of a large graph (see [`Segments`]).
@@ -126,6 +135,8 @@ impl Segments {
             last_use,
             max_nodes: max_nodes.max(1),
             output_regs: None,
+            register_only: Vec::new(),
+            pointers: None,
         }
     }
 }
