@@ -265,3 +265,46 @@ fn products_of_different_element_types_are_not_paired() {
     assert!(!two.kernels().contains("concurrent"), "{}", two.kernels());
     assert!(two.call(&refs).unwrap() == compile(1).call(&refs).unwrap());
 }
+
+/// Code with parallel work runs on a worker of the pool
+/// (`Executable::pooled`, with the other workers polling for its work);
+/// code with none (one thread, or products below the parallel size) runs
+/// on the caller's thread. Two such executables called at once from six
+/// threads, where each call's pollers may land on a worker that another
+/// call is waiting on, finish with the serial results.
+#[test]
+fn pooled_calls_from_many_threads_at_once_finish_with_serial_results() {
+    let ms = models();
+    let grad = |g: &Graph, threads: usize| {
+        value_and_grad_with_seeds(
+            g,
+            &g.differentiable_inputs(),
+            &[],
+            &Options::default().with_threads(threads),
+        )
+        .unwrap()
+    };
+    let fs = [grad(&ms[0].1, 2), grad(&ms[2].1, 2)];
+    assert!(fs.iter().all(|f| f.joint().pooled()));
+    assert!(!grad(&ms[0].1, 1).joint().pooled());
+    let small = cases::ALL[0].1().unwrap();
+    assert!(!grad(&small, 2).joint().pooled());
+    let inputs: Vec<Vec<Tensor>> = [&ms[0].1, &ms[2].1].iter().map(|g| inputs_of(g, &[], 90)).collect();
+    let want: Vec<Vec<Tensor>> = fs
+        .iter()
+        .zip(&inputs)
+        .map(|(f, ins)| f.call(&ins.iter().collect::<Vec<_>>()).unwrap())
+        .collect();
+    let (fs, inputs, want) = (&fs, &inputs, &want);
+    std::thread::scope(|s| {
+        for t in 0..6 {
+            s.spawn(move || {
+                for i in 0..8 {
+                    let k = (t + i) % 2;
+                    let refs: Vec<&Tensor> = inputs[k].iter().collect();
+                    assert!(fs[k].call(&refs).unwrap() == want[k], "call {i} of thread {t} differs");
+                }
+            });
+        }
+    });
+}

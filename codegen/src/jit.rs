@@ -123,6 +123,7 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
         kernel_log: opts.keep_text.then(String::new),
         threads: opts.threads.max(1),
         donated_inputs: Vec::new(),
+        uses_pool: false,
     };
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = module.make_context();
@@ -158,6 +159,7 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
             opts,
         };
         let kernels_start = jc.state.kernel_log.as_ref().map_or(0, String::len);
+        jc.state.uses_pool = false;
         // Loop bodies first: the loops that call them need their ids.
         let mut bodies = Bodies::default();
         jc.define_bodies(g, &name, &mut bodies)?;
@@ -201,17 +203,18 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
                 main.disasm.push_str(&format!("\n; packed scalar entry\n{}", p.disasm));
             }
         }
-        compiled.push((main, packed, kernels, donated));
+        let pooled = jc.state.uses_pool;
+        compiled.push((main, packed, kernels, donated, pooled));
     }
     module
         .finalize_definitions()
         .map_err(|e| CodegenError::Cranelift(e.to_string()))?;
     let pointers: Vec<_> = compiled
         .into_iter()
-        .map(|(main, packed, kernels, donated)| {
+        .map(|(main, packed, kernels, donated, pooled)| {
             let ptr = module.get_finalized_function(main.id);
             let packed_ptr = packed.map(|p| module.get_finalized_function(p.id));
-            (main, ptr, packed_ptr, kernels, donated)
+            (main, ptr, packed_ptr, kernels, donated, pooled)
         })
         .collect();
     let owner: Arc<dyn Send + Sync> = Arc::new(JitCode {
@@ -219,7 +222,7 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
         _state: state,
     });
     let mut out = Vec::new();
-    for (g, (main, ptr, packed_ptr, kernels, donated)) in graphs.iter().zip(pointers) {
+    for (g, (main, ptr, packed_ptr, kernels, donated, pooled)) in graphs.iter().zip(pointers) {
         // SAFETY: the function was defined with the signature
         // `fn(*const *mut u8)` under the platform's C calling convention.
         let entry = unsafe { std::mem::transmute::<*const u8, EntryFn>(ptr) };
@@ -247,7 +250,7 @@ pub fn compile_graphs(graphs: &[&Graph], opts: &CodegenOptions) -> Result<Vec<Ex
             )
             .with_frame_bytes(main.frame_bytes)
         };
-        exe = exe.with_kernels(kernels);
+        exe = exe.with_kernels(kernels).with_pool(pooled);
         if !donated.is_empty() {
             // SAFETY: `check_donations` proved that no element of a donated
             // input is read after its output overwrites it, and the entry

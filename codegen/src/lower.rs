@@ -116,6 +116,10 @@ pub struct ModuleState {
     /// Inputs of the function being lowered that share their buffer with
     /// an output (`crate::donate`): their loads are not `readonly`.
     pub donated_inputs: Vec<usize>,
+    /// Whether the graph being compiled (its entry or a loop body) runs
+    /// anything on more than one thread: such an executable is called on
+    /// a worker of the pool (`Executable::with_pool`).
+    pub uses_pool: bool,
 }
 
 pub struct Lowerer<'m> {

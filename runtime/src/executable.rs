@@ -96,8 +96,12 @@ unsafe impl Send for SendPtrs {}
 /// `ptrs` must hold valid buffers of the types `entry` was compiled for,
 /// arena included.
 #[inline]
-unsafe fn call_entry(entry: EntryFn, ptrs: &[*mut u8], frame_bytes: usize) -> Result<(), RuntimeError> {
+unsafe fn call_entry(entry: EntryFn, ptrs: &[*mut u8], frame_bytes: usize, pooled: bool) -> Result<(), RuntimeError> {
     if frame_bytes <= INLINE_FRAME_LIMIT {
+        if pooled {
+            // SAFETY: per the caller.
+            return unsafe { call_pooled(entry, ptrs) };
+        }
         // The process's subnormal mode for the call (`wengert_ir::fpenv`).
         let _fp = wengert_ir::fpenv::scoped();
         // SAFETY: per the caller.
@@ -106,6 +110,24 @@ unsafe fn call_entry(entry: EntryFn, ptrs: &[*mut u8], frame_bytes: usize) -> Re
     }
     // SAFETY: per the caller.
     unsafe { call_on_thread(entry, ptrs, frame_bytes) }
+}
+
+/// [`call_entry`]'s path for code with parallel work: on a worker of the
+/// pool (whose stack holds [`INLINE_FRAME_LIMIT`] and the callees'), in
+/// the process's subnormal mode (the workers' own).
+///
+/// # Safety
+/// As [`call_entry`].
+#[inline(never)]
+unsafe fn call_pooled(entry: EntryFn, ptrs: &[*mut u8]) -> Result<(), RuntimeError> {
+    let p = SendPtrs(ptrs.as_ptr());
+    crate::pool::run_in_pool(move || {
+        let p = p;
+        let _fp = wengert_ir::fpenv::scoped();
+        // SAFETY: per the caller, who waits for this call.
+        unsafe { entry(p.0) }
+    });
+    Ok(())
 }
 
 /// [`call_entry`]'s path for large frames, kept out of line so that the
@@ -149,19 +171,20 @@ unsafe fn run_entry(
     ptrs: &mut [*mut u8],
     arena_bytes: usize,
     frame_bytes: usize,
+    pooled: bool,
 ) -> Result<(), RuntimeError> {
     let last = ptrs.len() - 1;
     if arena_bytes == 0 {
         ptrs[last] = std::ptr::null_mut();
         // SAFETY: per the caller; the code never reads the arena slot.
-        return unsafe { call_entry(entry, ptrs, frame_bytes) };
+        return unsafe { call_entry(entry, ptrs, frame_bytes, pooled) };
     }
     ARENA.with(|arena| {
         let mut arena = arena.borrow_mut();
         grow_arena(&mut arena, arena_bytes)?;
         ptrs[last] = arena.as_mut_ptr() as *mut u8;
         // SAFETY: per the caller, and the arena holds `arena_bytes`.
-        unsafe { call_entry(entry, ptrs, frame_bytes) }
+        unsafe { call_entry(entry, ptrs, frame_bytes, pooled) }
     })
 }
 
@@ -230,6 +253,9 @@ pub struct Executable {
     /// (input, output) pairs that share one buffer in
     /// [`Executable::call_donated`].
     donated: Vec<(usize, usize)>,
+    /// Whether calls run on a worker of the pool (`pool::run_in_pool`):
+    /// set for code with parallel work.
+    pooled: bool,
     _code: CodeOwner,
 }
 
@@ -275,8 +301,26 @@ impl Executable {
             disasm,
             kernels: String::new(),
             donated: Vec::new(),
+            pooled: false,
             _code: code,
         }
+    }
+
+    /// Marks code that runs work on several threads of the pool: it is
+    /// then called on a worker of the pool, with the other workers polling
+    /// for its work until it returns (`pool::run_in_pool`). Called from
+    /// outside, each parallel region handed the whole region to the pool
+    /// and put the caller to sleep until it was done, and idle workers went
+    /// to sleep between regions: the 64-layer chain's two-thread step
+    /// spent a fifth of its time waking threads (~400 regions a step).
+    pub fn with_pool(mut self, pooled: bool) -> Executable {
+        self.pooled = pooled;
+        self
+    }
+
+    /// Whether calls run on a worker of the pool ([`Executable::with_pool`]).
+    pub fn pooled(&self) -> bool {
+        self.pooled
     }
 
     /// Records the size of `entry`'s stack frame (from the compiler), so
@@ -593,7 +637,7 @@ impl Executable {
         // proven to read before writing (`with_donations`); the exclusive
         // borrows keep the other outputs distinct from each other and from
         // the inputs.
-        unsafe { run_entry(self.entry, &mut ptrs, self.arena_bytes, self.frame_bytes) }
+        unsafe { run_entry(self.entry, &mut ptrs, self.arena_bytes, self.frame_bytes, self.pooled) }
     }
 
     /// [`Executable::call_into`] over inputs and outputs given as
@@ -654,7 +698,7 @@ impl Executable {
         }
         // SAFETY: inputs and outputs were checked against the types the code
         // was compiled for; `run_entry` provides an arena of `arena_bytes`.
-        unsafe { run_entry(self.entry, ptrs, self.arena_bytes, self.frame_bytes) }
+        unsafe { run_entry(self.entry, ptrs, self.arena_bytes, self.frame_bytes, self.pooled) }
     }
 }
 
@@ -712,7 +756,7 @@ impl Bound<'_> {
         // reachable mutably); the arena slot points to `self.arena`, which
         // holds `arena_bytes` and is only reached through this pointer.
         debug_assert!(self.arena.len() * 64 >= self.exe.arena_bytes);
-        unsafe { call_entry(self.exe.entry, &self.ptrs, self.exe.frame_bytes) }
+        unsafe { call_entry(self.exe.entry, &self.ptrs, self.exe.frame_bytes, self.exe.pooled) }
     }
 
     pub fn inputs(&self) -> &[Tensor] {

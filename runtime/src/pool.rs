@@ -54,6 +54,9 @@ pub fn pool() -> Option<&'static rayon::ThreadPool> {
             // Workers run only wengert's work: they keep the process's
             // subnormal mode for good (`wengert_ir::fpenv`).
             .start_handler(|_| wengert_ir::fpenv::enter_for_thread())
+            // Executables with parallel work run on a worker
+            // (`run_in_pool`): as much stack as a caller's frame may need.
+            .stack_size(crate::executable::INLINE_FRAME_LIMIT + (8 << 20))
             .build()
             .ok()
     })
@@ -69,6 +72,55 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         Some(p) => p.install(f),
         None => f(),
     }
+}
+
+std::thread_local! {
+    /// Whether this thread is running a call of [`run_in_pool`].
+    static IN_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` on a worker of the pool while the other workers poll the
+/// pool for work until `f` returns, rather than going to sleep between
+/// its parallel regions (as OpenMP's active wait does; MKL and PyTorch
+/// run that way). With `f` in the pool, a region is a `join` on the
+/// worker's own deque, not a job handed over by a sleeping caller; with
+/// the others polling, no region waits for a thread to wake. The
+/// 64-layer chain's two-thread step: −17 to −20% on Zen 5.
+///
+/// A poller that starts on a thread already running such a call or
+/// poller (its own, or another caller's: it may have been stolen while
+/// that call waited in a `join`) returns at once: polling there would hold that
+/// call below it on the stack until this one ends, and two calls doing
+/// so to each other would wait for ever. With no pool, `f` runs here.
+pub fn run_in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(p) = pool() else { return f() };
+    p.install(|| {
+        let done = AtomicBool::new(false);
+        let outer = IN_CALL.replace(true);
+        let r = rayon::scope(|s| {
+            for _ in 1..p.current_num_threads() {
+                s.spawn(|_| {
+                    // A poller counts as a call too, so that another
+                    // poller never nests inside it.
+                    if IN_CALL.replace(true) {
+                        return;
+                    }
+                    while !done.load(Ordering::Acquire) {
+                        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    IN_CALL.set(false);
+                });
+            }
+            let r = f();
+            done.store(true, Ordering::Release);
+            r
+        });
+        IN_CALL.set(outer);
+        r
+    })
 }
 
 /// A kernel compiled as a function over a range of its outer axis:

@@ -128,6 +128,7 @@ impl Lowerer<'_> {
         }
         self.state.gemm_params.push(p1);
         self.state.gemm_params.push(p2);
+        self.state.uses_pool = true;
         fb.ins().call(f, &args);
         Ok(())
     }
@@ -249,6 +250,7 @@ impl Lowerer<'_> {
         };
         let f = self.import(fb, rf);
         let args = self.product_args(fb, &*params as *const GemmParams as i64, a, b, out);
+        self.state.uses_pool |= params.threads > 1;
         self.state.gemm_params.push(params);
         fb.ins().call(f, &args);
         Ok(())
@@ -307,6 +309,7 @@ impl Lowerer<'_> {
             threads: self.state.threads as i64,
             wide: wide_tiles() as i64,
         });
+        self.state.uses_pool |= params.threads > 1;
         if let Some(log) = &mut self.state.kernel_log {
             use std::fmt::Write;
             let _ = writeln!(

@@ -97,6 +97,7 @@ impl Lowerer<'_> {
         let chunk_v = fb.ins().iconst(types::I64, chunk as i64);
         let threads_v = fb.ins().iconst(types::I64, self.state.threads as i64);
         let pf = self.import(fb, RuntimeFn::ParallelFor);
+        self.state.uses_pool = true;
         fb.ins().call(pf, &[faddr, slots, rows_v, chunk_v, threads_v]);
         if let Some(t) = tail {
             let mut idx = Vec::new();
