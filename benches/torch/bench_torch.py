@@ -18,46 +18,27 @@ its forward and backward graphs through AOTAutograd), with
 """
 
 import json
+import os
 import platform
-import statistics
-import time
+import sys
 
 import numpy as np
 import torch
 
-
-def fmt(s):
-    return f"{s * 1e3:.3f} ms" if s >= 1e-3 else f"{s * 1e6:.1f} µs"
-
-
-def time_calls(call, warmup=5, budget=2.0, min_calls=21, max_calls=3000):
-    for _ in range(warmup):
-        call()
-    ts = []
-    start = time.perf_counter()
-    while len(ts) < min_calls or (time.perf_counter() - start < budget and len(ts) < max_calls):
-        t = time.perf_counter()
-        call()
-        ts.append(time.perf_counter() - t)
-    ts.sort()
-    n = len(ts)
-    return ts[n // 4], statistics.median(ts), ts[(3 * n) // 4], n
+# Timing, formatting and the workloads' data are the JAX script's, so the
+# two measure alike.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "jax"))
+from bench_jax import fmt, one_hot_rows, rng_arrays, time_calls  # noqa: E402
 
 
 def arrays(shapes, seed, scale_by_fan_in=False):
-    rs = np.random.default_rng(seed)
-    out = []
-    for s in shapes:
-        scale = 1.0 / np.sqrt(s[-1]) if (scale_by_fan_in and len(s) >= 2) else 0.1
-        out.append(torch.from_numpy(((rs.random(s) - 0.5) * scale).astype(np.float32)))
-    return out
+    return [torch.from_numpy(a) for a in rng_arrays(shapes, np.float32, seed, scale_by_fan_in)]
 
 
 def mlp(batch):
     w1, b1, w2, b2 = arrays([(784, 256), (256,), (256, 10), (10,)], 1)
     (x,) = arrays([(batch, 784)], 2)
-    t = torch.zeros(batch, 10)
-    t[torch.arange(batch), torch.arange(batch) % 10] = 1
+    t = torch.from_numpy(one_hot_rows(batch, 10, np.float32))
     params = [p.requires_grad_() for p in (w1, b1, w2, b2)]
 
     def loss(W1, B1, W2, B2, x, t):
@@ -106,7 +87,7 @@ def main():
             cases = [(f"mlp_{b}", *mlp(b)) for b in (32, 128, 1024)] + [("chain64", *chain())]
             for name, loss, params, data in cases:
                 f = torch.compile(loss) if mode == "compile" else loss
-                q1, med, q3, n = time_calls(step(f, params, data), warmup=5 if mode == "eager" else 8)
+                (q1, med, q3), n = time_calls(step(f, params, data), warmup=5 if mode == "eager" else 8, budget=2.0)
                 print(
                     f"{threads}T {mode:<8} {name:<10} median {fmt(med):>10}   quartiles {fmt(q1)} .. {fmt(q3)} ({n} calls)",
                     flush=True,
