@@ -308,3 +308,29 @@ fn pooled_calls_from_many_threads_at_once_finish_with_serial_results() {
         }
     });
 }
+
+/// Callers that are themselves workers of the pool (user code inside
+/// `pool::install`), several at once: a worker waiting inside one call
+/// may pick up another caller's work and call from inside the first call
+/// (it gets an arena of its own); every call gives the serial results.
+#[test]
+fn callers_inside_the_pool_get_serial_results() {
+    let ms = models();
+    let g = &ms[0].1;
+    let f = value_and_grad_with_seeds(g, &g.differentiable_inputs(), &[], &Options::default().with_threads(2)).unwrap();
+    let ins = inputs_of(g, &[], 91);
+    let refs: Vec<&Tensor> = ins.iter().collect();
+    let want = f.call(&refs).unwrap();
+    let (f, refs, want) = (&f, &refs, &want);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            s.spawn(move || {
+                wengert::runtime::pool::install(|| {
+                    for i in 0..6 {
+                        assert!(&f.call(refs).unwrap() == want, "call {i} of caller {t} differs");
+                    }
+                })
+            });
+        }
+    });
+}

@@ -179,12 +179,17 @@ unsafe fn run_entry(
         // SAFETY: per the caller; the code never reads the arena slot.
         return unsafe { call_entry(entry, ptrs, frame_bytes, pooled) };
     }
-    ARENA.with(|arena| {
-        let mut arena = arena.borrow_mut();
-        grow_arena(&mut arena, arena_bytes)?;
+    let mut run = |arena: &mut Vec<Line>| {
+        grow_arena(arena, arena_bytes)?;
         ptrs[last] = arena.as_mut_ptr() as *mut u8;
         // SAFETY: per the caller, and the arena holds `arena_bytes`.
         unsafe { call_entry(entry, ptrs, frame_bytes, pooled) }
+    };
+    // A thread already inside a call (a pool worker that picked up another
+    // caller's work while waiting in its own) gets an arena of its own.
+    ARENA.with(|arena| match arena.try_borrow_mut() {
+        Ok(mut arena) => run(&mut arena),
+        Err(_) => run(&mut Vec::new()),
     })
 }
 

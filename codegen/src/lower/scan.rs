@@ -7,8 +7,10 @@
 //! four pointers that move (this step's carry in and out, row `t` of each
 //! `xs` and `ys`) and calls the body. The carry lives in two buffers that
 //! swap roles each step (block parameters of the loop header), so a step
-//! never reads a carry it is writing. Compile time is independent of the
-//! trip count.
+//! never reads a carry it is writing. A small body is instead lowered
+//! into the loop itself, taking those pointers as values (no array
+//! written per step) and its one-element carries in registers. Compile
+//! time is independent of the trip count.
 
 use super::{Loc, Lowerer, View};
 use crate::error::CodegenError;
