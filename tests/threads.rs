@@ -334,3 +334,41 @@ fn callers_inside_the_pool_get_serial_results() {
         }
     });
 }
+
+/// A loop body compiled as a function of its own (over 512 nodes) runs
+/// its large product on the pool: the graph calling it is pooled, also
+/// the second graph of the module (which may call a body compiled for
+/// the first: `BodyFn::pooled`), and both give one thread's bits.
+#[test]
+fn a_shared_loop_body_with_a_threaded_product_pools_every_caller() {
+    let b = wengert::GraphBuilder::new("big_body");
+    let h0 = b.input("h", DType::F32, &[64, 512]);
+    let w = b.input("W", DType::F32, &[512, 512]);
+    let out = b.fori_loop(2, &[w], &[h0], |_, c, h| {
+        // 64·512·512 multiply-adds: above the parallel threshold.
+        let mut y = h[0].matmul(c[0]);
+        for _ in 0..520 {
+            y = y * 0.999;
+        }
+        vec![y]
+    })[0];
+    let g = b.build(&[("y", out)]).unwrap();
+    let codegen = |threads: usize| wengert::CodegenOptions {
+        threads,
+        ..Default::default()
+    };
+    let both = wengert::codegen::compile_graphs(&[&g, &g], &codegen(2)).unwrap();
+    assert!(
+        both.iter().all(|e| e.pooled()),
+        "{:?}",
+        both.iter().map(|e| e.pooled()).collect::<Vec<_>>()
+    );
+    let inputs = common::random_inputs(&g, &mut Rng::new(92), -0.1, 0.1);
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let one = wengert::codegen::compile_graphs(&[&g], &codegen(1)).unwrap().remove(0);
+    assert!(!one.pooled());
+    let want = one.call(&refs).unwrap();
+    for e in &both {
+        assert!(e.call(&refs).unwrap() == want, "a pooled copy differs from one thread");
+    }
+}

@@ -352,6 +352,17 @@ impl JitContext<'_> {
         self.define_cut(g, name, Abi::PointerArray, usize::MAX)
     }
 
+    /// [`JitContext::define_body`], and whether the body runs work on the
+    /// pool (recorded in its `BodyFn`: a later graph of the module that
+    /// calls the same body without lowering it again still learns it).
+    fn define_body_pooled(&mut self, g: &Graph, name: &str) -> Result<(Option<Defined>, bool), CodegenError> {
+        let outer = std::mem::replace(&mut self.state.uses_pool, false);
+        let defined = self.define_body(g, name)?;
+        let pooled = self.state.uses_pool;
+        self.state.uses_pool = outer || pooled;
+        Ok((defined, pooled))
+    }
+
     /// [`JitContext::define`] with segments of at most `max_nodes` nodes.
     fn define_cut(
         &mut self,
@@ -432,7 +443,7 @@ impl JitContext<'_> {
                 if !self.state.bodies.contains_key(&forward) {
                     self.define_bodies(&regen.forward.body, name, &mut inner)?;
                     let body_name = format!("{name}_loop{}", self.state.bodies.len());
-                    let Some(defined) = self.define_body(&regen.forward.body, &body_name)? else {
+                    let (Some(defined), pooled) = self.define_body_pooled(&regen.forward.body, &body_name)? else {
                         unreachable!("the pointer-array entry serves every graph");
                     };
                     inner.frame_bytes = inner.frame_bytes.max(defined.frame_bytes + 64);
@@ -449,6 +460,7 @@ impl JitContext<'_> {
                         crate::lower::BodyFn {
                             id: defined.id,
                             arena_bytes: defined.arena_bytes,
+                            pooled,
                         },
                     );
                 }
@@ -466,7 +478,7 @@ impl JitContext<'_> {
             }
             // Numbered across the module (inner bodies are defined first).
             let body_name = format!("{name}_loop{}", self.state.bodies.len());
-            let Some(defined) = self.define_body(&scan.body, &body_name)? else {
+            let (Some(defined), pooled) = self.define_body_pooled(&scan.body, &body_name)? else {
                 unreachable!("the pointer-array entry serves every graph");
             };
             acc.frame_bytes = acc.frame_bytes.max(defined.frame_bytes + inner.frame_bytes + 64);
@@ -483,6 +495,7 @@ impl JitContext<'_> {
                 crate::lower::BodyFn {
                     id: defined.id,
                     arena_bytes: defined.arena_bytes,
+                    pooled,
                 },
             );
         }

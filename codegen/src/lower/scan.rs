@@ -25,6 +25,8 @@ pub struct BodyFn {
     pub id: cranelift_module::FuncId,
     /// Bytes of arena the body uses (given to it as its own region).
     pub arena_bytes: usize,
+    /// Whether the body runs work on the pool (`ModuleState::uses_pool`).
+    pub pooled: bool,
 }
 
 /// Bodies of at most this many nodes are lowered into their loop rather
@@ -127,6 +129,8 @@ impl Lowerer<'_> {
                     })?,
             )
         };
+        // A called body's threaded work makes this function's too.
+        self.state.uses_pool |= body.is_some_and(|b| b.pooled);
         let ins = scan.body.inputs();
         let (nc, nk) = (scan.n_consts, scan.n_carry);
         let n_in = ins.len();
@@ -588,6 +592,7 @@ impl Lowerer<'_> {
         let (Some(bwd), Some(fwd)) = (bwd, fwd) else {
             return Err(unsupported("internal error: the loop's bodies were not compiled"));
         };
+        self.state.uses_pool |= bwd.pooled || fwd.pooled;
         let (layout, _) = scan
             .layout()
             .ok_or_else(|| unsupported("the loop's results are larger than memory"))?;
