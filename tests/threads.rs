@@ -336,9 +336,10 @@ fn callers_inside_the_pool_get_serial_results() {
 }
 
 /// A loop body compiled as a function of its own (over 512 nodes) runs
-/// its large product on the pool: the graph calling it is pooled, also
-/// the second graph of the module (which may call a body compiled for
-/// the first: `BodyFn::pooled`), and both give one thread's bits.
+/// its large product on the pool: the graph calling it is pooled, and so
+/// is a second graph of the module that calls the body compiled for the
+/// first without lowering it again (`BodyFn::pooled`); both give one
+/// thread's bits.
 #[test]
 fn a_shared_loop_body_with_a_threaded_product_pools_every_caller() {
     let b = wengert::GraphBuilder::new("big_body");
@@ -352,7 +353,9 @@ fn a_shared_loop_body_with_a_threaded_product_pools_every_caller() {
         }
         vec![y]
     })[0];
-    let g = b.build(&[("y", out)]).unwrap();
+    // Planned once, so that both graphs below hold the same loop (one
+    // body, compiled for the first and called by the second).
+    let g = wengert::passes::memory::memory_plan(&b.build(&[("y", out)]).unwrap()).unwrap();
     let codegen = |threads: usize| wengert::CodegenOptions {
         threads,
         ..Default::default()

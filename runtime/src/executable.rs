@@ -316,8 +316,9 @@ impl Executable {
     /// for its work until it returns (`pool::run_in_pool`). Called from
     /// outside, each parallel region handed the whole region to the pool
     /// and put the caller to sleep until it was done, and idle workers went
-    /// to sleep between regions: the 64-layer chain's two-thread step
-    /// spent a fifth of its time waking threads (~400 regions a step).
+    /// to sleep between regions: in a profile of the 64-layer chain's
+    /// two-thread step, a fifth of the CPU time was idle or in the
+    /// scheduler (the step has a few hundred parallel regions).
     pub fn with_pool(mut self, pooled: bool) -> Executable {
         self.pooled = pooled;
         self

@@ -84,8 +84,8 @@ std::thread_local! {
 
 /// Runs `f` on a worker of the pool while the other workers poll the
 /// pool for work until `f` returns, rather than going to sleep between
-/// its parallel regions (as OpenMP's active wait does; MKL and PyTorch
-/// run that way). With `f` in the pool, a region is a `join` on the
+/// its parallel regions (as OpenMP runtimes spin for a while before
+/// sleeping). With `f` in the pool, a region is a `join` on the
 /// worker's own deque, not a job handed over by a sleeping caller; with
 /// the others polling, no region waits for a thread to wake. The
 /// 64-layer chain's two-thread step: −17 to −20% on Zen 5.

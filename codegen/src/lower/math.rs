@@ -290,7 +290,6 @@ impl Lowerer<'_> {
         fb.ins().jump(merge, &[y.into()]);
 
         fb.switch_to_block(zero);
-        let zero_c = self.fconst(fb, ty, 0.0);
         let y = fb.ins().fcopysign(zero_c, x);
         fb.ins().jump(merge, &[y.into()]);
 

@@ -413,9 +413,10 @@ impl Lowerer<'_> {
                     ij
                 };
                 // The body's pointers, when it takes them as values.
-                let mut ptrs: Vec<Option<Value>> = vec![None; if given { n_in + n_out } else { 0 }];
-                for (k, &p) in const_ptrs.iter().enumerate().filter(|_| given) {
-                    ptrs[k] = Some(p);
+                let mut ptrs: Vec<Option<Value>> = Vec::new();
+                if given {
+                    ptrs = const_ptrs.iter().copied().map(Some).collect();
+                    ptrs.resize(n_in + n_out, None);
                 }
                 // Where each carry goes this step.
                 let mut next = Vec::with_capacity(nk);
